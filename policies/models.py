@@ -1,0 +1,84 @@
+import secrets
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+
+# Agent names appear in URLs and in MODELS_DIR paths: a slug keeps both safe.
+agent_name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
+    "Agent names are 1-100 letters, digits, '_' or '-', starting with a letter or digit.",
+)
+
+
+def new_policy_id() -> str:
+    return secrets.token_hex(6)
+
+
+class Agent(models.Model):
+    name = models.CharField(max_length=100, unique=True, validators=[agent_name_validator])
+    description = models.TextField(blank=True)
+    # TrainingConfig fields (snake_case) applied before a request's own overrides.
+    default_training_config = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PolicyVersion(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        TRAINED = "trained"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    policy_id = models.CharField(max_length=32, unique=True, default=new_policy_id, editable=False)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    # The full resolved TrainingConfig (snake_case, TrainingConfig.to_dict()).
+    config = models.JSONField(default=dict)
+    feedback_count = models.PositiveIntegerField(default=0)
+    # Ids of the Feedback rows this version trains on, fixed when it is queued.
+    feedback_snapshot = models.JSONField(default=list, blank=True)
+    # Latest figures (rewardMean, rewardStd, kl, loss, ...) plus "history": one dict per step.
+    metrics = models.JSONField(default=dict, blank=True)
+    step = models.PositiveIntegerField(default=0)
+    max_steps = models.PositiveIntegerField(default=0)
+    model_path = models.CharField(max_length=500, blank=True)
+    reward_model_path = models.CharField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    task_id = models.CharField(max_length=64, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["agent", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "number"], name="unique_version_number_per_agent"),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="version_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.agent.name} {self.version}"
+
+    @property
+    def version(self) -> str:
+        return f"v{self.number}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES

@@ -1,0 +1,28 @@
+"""n3's training core: reward model + PPO (or TRL's RLOO/GRPO) on feedback records.
+
+Django-free on purpose: use it from a notebook exactly as the service does.
+
+    from n3_server.rlhf import RLHFTrainer, TrainingConfig
+    result = RLHFTrainer(TrainingConfig(base_model="n3-tiny", max_steps=50)).train(
+        feedbacks=[{"prompt": ..., "response": ..., "score": 0.9}, ...], output_dir="models/my_agent/v1")
+"""
+from .config import PRESETS, RewardModelConfig, TrainingConfig
+from .errors import (
+    MIN_FEEDBACK,
+    BaseModelUnavailable,
+    ConfigError,
+    FeedbackFormatError,
+    InsufficientFeedbackError,
+    NonFiniteError,
+    RLHFError,
+    TrainingCancelled,
+)
+from .progress import Progress, ProgressCallback
+from .results import TrainingResult
+from .trainer import RLHFTrainer, TrainingEstimate
+
+__all__ = [
+    "PRESETS", "MIN_FEEDBACK", "RLHFTrainer", "TrainingConfig", "RewardModelConfig", "TrainingEstimate",
+    "TrainingResult", "Progress", "ProgressCallback", "RLHFError", "ConfigError", "InsufficientFeedbackError",
+    "FeedbackFormatError", "BaseModelUnavailable", "TrainingCancelled", "NonFiniteError",
+]

@@ -1,0 +1,197 @@
+"""TrainingConfig: every knob of a training run, its default, and the spec's presets.
+
+One source of truth: the REST API, the CLI and the Python API all build a TrainingConfig, and
+a PolicyVersion stores ``config.to_dict()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+ALGORITHMS = ("ppo", "rloo", "grpo")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class RewardModelConfig:
+    """The reward model: base LM + LoRA + a scalar head, regressed onto the 0..1 scores."""
+
+    base_model: Optional[str] = None  # None: the policy's base model
+    num_epochs: int = 3
+    learning_rate: float = 1e-4
+    batch_size: int = 8
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    validation_split: float = 0.2  # held-out share of feedback for val MSE / correlation
+    max_length: int = 512  # prompt + response tokens, truncated from the left of the prompt
+
+    def validate(self) -> None:
+        _check_types(self)
+        _positive(self, "num_epochs", "learning_rate", "batch_size", "lora_r", "lora_alpha", "max_length")
+        _in_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
+        _in_range(self, "validation_split", 0.0, 0.9)
+
+
+@dataclass
+class TrainingConfig:
+    """A training run. Field names follow the spec and TRL's old PPOConfig where they overlap."""
+
+    base_model: str = "gpt2"  # hub id, local path, or "n3-tiny" (built locally, offline)
+    algorithm: str = "ppo"  # "ppo" (ours), or TRL's "rloo" / "grpo"
+    # LoRA on the policy. With LoRA the KL reference is the same network with the adapter disabled.
+    use_lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0  # PPO needs rollout and update to see the same network: keep 0
+    lora_target_modules: Optional[list[str]] = None  # None: chosen from the architecture
+    # Optimisation
+    learning_rate: float = 1e-5
+    max_steps: int = 1000  # PPO steps; each samples `batch_size` responses
+    batch_size: int = 8  # rollouts per step
+    mini_batch_size: int = 4  # rollouts per forward/backward pass
+    gradient_accumulation_steps: int = 1  # mini-batches per optimizer step (capped by the batch)
+    ppo_epochs: int = 4  # passes over each batch
+    max_grad_norm: float = 1.0
+    # PPO
+    init_kl_coef: float = 0.2
+    target_kl: float = 6.0  # adaptive controller's target KL (nats per response)
+    kl_horizon: int = 10000
+    adaptive_kl: bool = True
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_rewards: bool = False
+    # Generation (sampling: top_k=0, top_p=1 so logprobs are the policy's own)
+    max_new_tokens: int = 48
+    max_prompt_length: int = 256
+    temperature: float = 1.0
+    # Runtime
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N", "mps"
+    dtype: str = "auto"  # "auto": bfloat16 on GPUs that support it, float32 on CPU
+    seed: int = 42
+    reward_model_config: RewardModelConfig = field(default_factory=RewardModelConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_model_config, dict):
+            self.reward_model_config = RewardModelConfig(**_known(RewardModelConfig, self.reward_model_config, "reward_model_config."))
+        self.validate()
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> None:
+        _check_types(self)
+        if not isinstance(self.base_model, str) or not self.base_model.strip():
+            raise ConfigError("base_model must be a non-empty string (hub id, local path or 'n3-tiny')")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        device = str(self.device)
+        if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)} or 'cuda:N', got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _positive(
+            self, "learning_rate", "max_steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps",
+            "ppo_epochs", "lora_r", "lora_alpha", "max_new_tokens", "max_prompt_length", "temperature",
+            "target_kl", "kl_horizon", "cliprange", "cliprange_value", "max_grad_norm",
+        )
+        _in_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
+        _in_range(self, "gamma", 0.0, 1.0)
+        _in_range(self, "lam", 0.0, 1.0)
+        if self.init_kl_coef < 0:
+            raise ConfigError(f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
+        if self.vf_coef < 0:
+            raise ConfigError(f"vf_coef must be >= 0, got {self.vf_coef}")
+        if self.mini_batch_size > self.batch_size:
+            raise ConfigError(
+                f"mini_batch_size ({self.mini_batch_size}) cannot exceed batch_size ({self.batch_size})"
+            )
+        if self.lora_target_modules is not None and not (
+            isinstance(self.lora_target_modules, list) and all(isinstance(m, str) for m in self.lora_target_modules)
+        ):
+            raise ConfigError("lora_target_modules must be a list of module names or null")
+        self.reward_model_config.validate()
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+        """Strict: unknown keys raise ConfigError naming them."""
+        return cls(**_known(cls, data))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "TrainingConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def replace(self, **changes: Any) -> "TrainingConfig":
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+# The spec's "Configuration Presets", by name. Values not listed keep TrainingConfig's defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick_test": {"base_model": "gpt2", "max_steps": 50, "batch_size": 4, "learning_rate": 1e-4},
+    "production": {
+        "base_model": "gpt2-medium", "max_steps": 5000, "batch_size": 16, "learning_rate": 1e-5,
+        "use_lora": True, "lora_r": 16,
+    },
+    "low_memory": {
+        "base_model": "gpt2", "use_lora": True, "lora_r": 4, "batch_size": 4, "mini_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+    },
+    "high_performance": {
+        "base_model": "gpt2-large", "use_lora": False, "batch_size": 32, "learning_rate": 1e-5, "device": "cuda",
+    },
+}
+
+
+def _known(cls: type, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be an object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"Unknown config field(s): {', '.join(prefix + u for u in unknown)}")
+    return dict(data)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(obj: Any) -> None:
+    """Fields annotated int/float/bool/str must hold that type (bool is not a number here)."""
+    for f in dataclasses.fields(obj):
+        expected = _TYPES.get(f.type)
+        value = getattr(obj, f.name)
+        if expected is None:
+            continue
+        if (bool not in expected and isinstance(value, bool)) or not isinstance(value, expected):
+            raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _in_range(obj: Any, name: str, low: float, high: float, *, high_open: bool = False) -> None:
+    value = getattr(obj, name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value and (
+        value < high if high_open else value <= high
+    )
+    if not ok:
+        raise ConfigError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
