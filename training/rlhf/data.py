@@ -1,0 +1,150 @@
+"""Feedback records: validation, the text format both models read, the train/validation split, statistics.
+
+A feedback record is a plain dict as the spec's Python API shows::
+
+    {"prompt": "Question 1", "response": "Answer 1", "score": 0.9, "run_id": "run_1", "notes": "..."}
+
+``runId`` is accepted for ``run_id`` (the REST API's spelling). Unknown keys (an id, timestamps) are ignored.
+A record whose score is None is awaiting a reviewer and is skipped, not rejected.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from .errors import MIN_FEEDBACK, FeedbackFormatError, InsufficientFeedbackError
+
+# Below this many scored samples the reward model is likely to overfit (the spec: "Use more feedback data (> 50 samples)").
+RECOMMENDED_FEEDBACK = 50
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    prompt: str
+    response: str
+    score: float
+    run_id: Optional[str] = None
+    notes: Optional[str] = None
+
+
+def format_query(prompt: str) -> str:
+    """What the policy is asked, and what the reward model reads before the response."""
+    return prompt + "\n"
+
+
+def format_text(prompt: str, response: str) -> str:
+    """Prompt and response as one text: the reward model scores exactly what the policy was given and wrote."""
+    return format_query(prompt) + response
+
+
+@dataclass
+class FeedbackData:
+    """Validated, scored feedback plus what the dry run reports about it."""
+
+    records: list[FeedbackRecord]
+    skipped_unscored: int
+    warnings: list[str]
+
+    @property
+    def scores(self) -> list[float]:
+        return [r.score for r in self.records]
+
+    @property
+    def score_mean(self) -> float:
+        return sum(self.scores) / len(self.scores)
+
+    @property
+    def score_std(self) -> float:
+        """Population standard deviation of the scores."""
+        mean = self.score_mean
+        return math.sqrt(sum((s - mean) ** 2 for s in self.scores) / len(self.scores))
+
+
+def prepare_feedback(feedbacks: Iterable[Mapping[str, Any]], *, minimum: int = MIN_FEEDBACK) -> FeedbackData:
+    """Validate every record, drop the unscored ones, and require ``minimum`` scored samples.
+
+    Raises FeedbackFormatError (naming the record's index and field) or InsufficientFeedbackError.
+    """
+    if isinstance(feedbacks, (str, bytes, Mapping)) or not isinstance(feedbacks, Iterable):
+        raise FeedbackFormatError("feedbacks must be a list of records (dicts with prompt, response, score)")
+    records: list[FeedbackRecord] = []
+    skipped = 0
+    for index, raw in enumerate(feedbacks):
+        record = normalize_record(raw, index)
+        if record is None:
+            skipped += 1
+        else:
+            records.append(record)
+    if len(records) < minimum:
+        raise InsufficientFeedbackError(len(records), minimum)
+    return FeedbackData(records=records, skipped_unscored=skipped, warnings=feedback_warnings(records, skipped))
+
+
+def normalize_record(raw: Any, index: int) -> Optional[FeedbackRecord]:
+    """One record as a FeedbackRecord, or None when its score is None (awaiting review)."""
+    where = f"Feedback record {index}"
+    if not isinstance(raw, Mapping):
+        raise FeedbackFormatError(f"{where} must be an object with prompt, response and score, got {type(raw).__name__}")
+    for name in ("prompt", "response"):
+        if name not in raw:
+            raise FeedbackFormatError(f"{where}: missing field '{name}'")
+        if not isinstance(raw[name], str):
+            raise FeedbackFormatError(f"{where}: field '{name}' must be a string, got {type(raw[name]).__name__}")
+    if not raw["prompt"].strip():
+        raise FeedbackFormatError(f"{where}: field 'prompt' must not be empty")
+    if "score" not in raw:
+        raise FeedbackFormatError(f"{where}: missing field 'score'")
+    score = raw["score"]
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise FeedbackFormatError(f"{where}: field 'score' must be a number between 0 and 1, got {score!r}")
+    if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+        raise FeedbackFormatError(f"{where}: field 'score' must be between 0 and 1, got {score!r}")
+    run_id = raw.get("run_id", raw.get("runId"))
+    notes = raw.get("notes")
+    for name, value in (("run_id", run_id), ("notes", notes)):
+        if value is not None and not isinstance(value, str):
+            raise FeedbackFormatError(f"{where}: field '{name}' must be a string or null, got {type(value).__name__}")
+    return FeedbackRecord(prompt=raw["prompt"], response=raw["response"], score=float(score), run_id=run_id or None, notes=notes)
+
+
+def feedback_warnings(records: list[FeedbackRecord], skipped_unscored: int = 0) -> list[str]:
+    """Things worth telling the person who starts a run; none of them stops it."""
+    warnings = []
+    scores = [r.score for r in records]
+    if len(set(scores)) == 1:
+        warnings.append(
+            f"All feedback scores are equal ({scores[0]:g}): the reward model cannot learn a preference. "
+            "Ensure scores vary."
+        )
+    if len(records) < RECOMMENDED_FEEDBACK:
+        warnings.append(
+            f"Only {len(records)} scored feedback samples: the reward model may overfit. "
+            f"More than {RECOMMENDED_FEEDBACK} are recommended."
+        )
+    if skipped_unscored:
+        noun = "record" if skipped_unscored == 1 else "records"
+        warnings.append(f"{skipped_unscored} feedback {noun} awaiting review (no score) skipped.")
+    return warnings
+
+
+def train_val_split(
+    records: list[FeedbackRecord], validation_split: float, seed: int
+) -> tuple[list[FeedbackRecord], list[FeedbackRecord]]:
+    """A deterministic shuffle-and-cut: the same records and seed always give the same split.
+
+    With a non-zero split at least 2 records are held out (one point has no correlation) and at
+    least 2 are kept for training.
+    """
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = 0
+    if validation_split > 0:
+        n_val = min(max(2, round(len(records) * validation_split)), len(records) - 2)
+    val = [records[i] for i in order[:n_val]]
+    train = [records[i] for i in order[n_val:]]
+    return train, val
