@@ -72,6 +72,8 @@ class TrainingConfig:
     max_new_tokens: int = 48
     max_prompt_length: int = 256
     temperature: float = 1.0
+    # PPO: subtracted from the score of a response that hit max_new_tokens without an EOS. None: no penalty.
+    missing_eos_penalty: Optional[float] = None
     # Runtime
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N", "mps"
     dtype: str = "auto"  # "auto": bfloat16 on GPUs that support it, float32 on CPU
@@ -107,6 +109,11 @@ class TrainingConfig:
             raise ConfigError(f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
         if self.vf_coef < 0:
             raise ConfigError(f"vf_coef must be >= 0, got {self.vf_coef}")
+        if self.missing_eos_penalty is not None and (
+            isinstance(self.missing_eos_penalty, bool) or not isinstance(self.missing_eos_penalty, (int, float))
+            or self.missing_eos_penalty < 0
+        ):
+            raise ConfigError(f"missing_eos_penalty must be a number >= 0 or null, got {self.missing_eos_penalty!r}")
         if self.mini_batch_size > self.batch_size:
             raise ConfigError(
                 f"mini_batch_size ({self.mini_batch_size}) cannot exceed batch_size ({self.batch_size})"
