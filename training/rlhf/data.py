@@ -135,16 +135,18 @@ def feedback_warnings(records: list[FeedbackRecord], skipped_unscored: int = 0) 
 def train_val_split(
     records: list[FeedbackRecord], validation_split: float, seed: int
 ) -> tuple[list[FeedbackRecord], list[FeedbackRecord]]:
-    """A deterministic shuffle-and-cut: the same records and seed always give the same split.
+    """Hold out a `validation_split` share of the records, stratified by score; deterministic for a seed.
 
-    With a non-zero split at least 2 records are held out (one point has no correlation) and at
-    least 2 are kept for training.
+    The records are ordered by score (ties broken at random), cut into as many equal strata as there are
+    validation records, and one record is drawn from each: the held-out set spans the score range, so its
+    MSE and correlations mean something even with 10 samples (a plain random cut of 2 may hold two 0.9s).
+    With a non-zero split at least 2 records are held out and at least 2 kept for training.
     """
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = 0
-    if validation_split > 0:
-        n_val = min(max(2, round(len(records) * validation_split)), len(records) - 2)
-    val = [records[i] for i in order[:n_val]]
-    train = [records[i] for i in order[n_val:]]
+    n = len(records)
+    n_val = min(max(2, round(n * validation_split)), n - 2) if validation_split > 0 else 0
+    rng = random.Random(seed)
+    by_score = sorted(range(n), key=lambda i: (records[i].score, rng.random()))
+    held_out = {by_score[int((k + rng.random()) * n / n_val)] for k in range(n_val)}
+    train = [r for i, r in enumerate(records) if i not in held_out]
+    val = [r for i, r in enumerate(records) if i in held_out]
     return train, val

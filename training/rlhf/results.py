@@ -27,6 +27,7 @@ class TrainingResult:
     reward_model_metrics: dict[str, Any] = field(default_factory=dict)  # val_mse, pearson, spearman, ...
     config: dict[str, Any] = field(default_factory=dict)  # TrainingConfig.to_dict()
     warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (what the dry-run estimate predicts)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -1,13 +1,88 @@
-"""RLHFTrainer: feedback -> reward model -> PPO -> versioned policy directory. (Interface stub, being built.)"""
+"""RLHFTrainer: feedback -> reward model -> PPO -> a versioned policy directory.
+
+    trainer = RLHFTrainer(TrainingConfig(base_model="n3-tiny", max_steps=50))
+    trainer.estimate(feedbacks)                 # the dry run: steps, minutes, score statistics, warnings
+    result = trainer.train(feedbacks, "models/my_agent/v1")
+
+train() lays out the spec's File Structure under output_dir::
+
+    training.log             written live from the start (one line per step: `tail -f` it)
+    policy/                  plain Hugging Face model dir: LoRA merged, float32, tokenizer, generation_config
+    reward_model/            base_model/ (peft adapter), reward_head.pt, config.json
+    training_results.json    written last: its presence marks a complete version
+
+policy/ and reward_model/ are written under temporary names and renamed into place; a run that fails or is
+cancelled removes them and writes no training_results.json (training.log keeps the reason).
+
+Precision: weights (policy, reference and reward model) are float32 master weights everywhere; on a GPU the
+forward and backward passes run under bf16 autocast when the run's dtype resolves to bfloat16. That keeps
+small LoRA/full-fine-tuning updates from being rounded away and makes the saved policy exact float32.
+"""
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+import torch
+from peft import PeftModel, get_peft_model
+from transformers import set_seed
+
+from . import estimate as calibration
 from .config import TrainingConfig
-from .progress import ProgressCallback
-from .results import TrainingResult
+from .data import FeedbackData, format_query, format_text, prepare_feedback, train_val_split
+from .errors import ConfigError, TrainingCancelled
+from .modeling import lora_config_for, resolve_device, resolve_dtype
+from .ppo import train_ppo
+from .progress import Progress, ProgressCallback
+from .results import RESULTS_FILE, TrainingResult
+
+LOG_FILE = "training.log"
+POLICY_DIR = "policy"
+REWARD_MODEL_DIR = "reward_model"
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(*args, **kwargs):  # TEMPORARY until training/rlhf/base_models.py is committed
+    from .base_models import load_tokenizer
+    return load_tokenizer(*args, **kwargs)
+
+
+def load_causal_lm(*args, **kwargs):  # TEMPORARY
+    from .base_models import load_causal_lm
+    return load_causal_lm(*args, **kwargs)
+
+
+def resolve_base_model(*args, **kwargs):  # TEMPORARY
+    from .base_models import resolve_base_model
+    return resolve_base_model(*args, **kwargs)
+
+
+def fit_reward_model(*args, **kwargs):  # TEMPORARY
+    from .reward_model import fit_reward_model
+    return fit_reward_model(*args, **kwargs)
+
+# One function per algorithm, all with train_ppo's signature:
+#   (*, policy, tokenizer, prompts, reward_fn, config, device, callback, log) -> per-step metrics (list of dicts)
+# The policy is trained in place. TRL's RLOO and GRPO plug in here.
+AlgorithmFn = Callable[..., list[dict]]
+ALGORITHMS: dict[str, AlgorithmFn] = {"ppo": train_ppo}
+
+
+def algorithm_fn(name: str) -> AlgorithmFn:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algorithm '{name}' is not available yet")
+    return ALGORITHMS[name]
 
 
 @dataclass
@@ -24,13 +99,277 @@ class TrainingEstimate:
 
 class RLHFTrainer:
     def __init__(self, config: Optional[TrainingConfig] = None, *, models_dir: Union[str, Path, None] = None):
+        """`models_dir` holds the built-in base models and the dry run's timing calibrations ($MODELS_DIR by default)."""
         self.config = config or TrainingConfig()
         self.models_dir = Path(models_dir) if models_dir else None
 
-    def estimate(self, feedbacks: Iterable[dict]) -> TrainingEstimate:
-        raise NotImplementedError
+    # -- dry run -------------------------------------------------------------------------------------------------
+    def estimate(self, feedbacks: Iterable[dict], *, recalibrate: bool = False) -> TrainingEstimate:
+        """What train() would do with this feedback and how long it would take here.
 
+        The time is measured: the first estimate for a model/device/batch/length combination runs a miniature
+        training (seconds on the tiny models; about three PPO steps' worth plus model loading on others) and
+        caches the timings under MODELS_DIR/_calibration/; later estimates reuse them. See estimate.py.
+        """
+        config = self.config
+        algorithm_fn(config.algorithm)
+        data = prepare_feedback(feedbacks)
+        device = self._device()
+        key = calibration.calibration_key(config, device=device, **self._mean_lengths(data))
+        measured = None if recalibrate else calibration.load_calibration(self._models_dir(), key)
+        if measured is None:
+            logger.info("Measuring training speed for %s on %s (once per model/device/batch)", config.base_model, device)
+            measured = self._calibrate(data)
+            calibration.store_calibration(self._models_dir(), key, measured)
+        train, val = train_val_split(data.records, config.reward_model_config.validation_split, config.seed)
+        seconds = calibration.extrapolate(measured, config, n_train=len(train), n_val=len(val))
+        return TrainingEstimate(
+            feedback_count=len(data.records),
+            estimated_steps=config.max_steps,
+            estimated_time_minutes=round(seconds / 60, 2),
+            score_mean=data.score_mean,
+            score_std=data.score_std,
+            model_config={"base_model": config.base_model, "use_lora": config.use_lora, "learning_rate": config.learning_rate},
+            warnings=list(data.warnings),
+            seconds_per_step=measured.ppo_step_s,
+        )
+
+    def _calibrate(self, data: FeedbackData) -> calibration.Calibration:
+        mini = RLHFTrainer(calibration.calibration_config(self.config), models_dir=self.models_dir)
+        scratch = self._models_dir() / calibration.CALIBRATION_DIR
+        scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            records = calibration.calibration_records(data.records, self.config)
+            result = mini.train([dataclasses.asdict(r) for r in records], Path(tmp) / "run")
+        return calibration.calibration_from_result(result)
+
+    def _mean_lengths(self, data: FeedbackData) -> dict[str, float]:
+        tokenizer = load_tokenizer(self.config.base_model, models_dir=self.models_dir)
+        prompts = tokenizer([format_query(r.prompt) for r in data.records])["input_ids"]
+        texts = tokenizer([format_text(r.prompt, r.response) for r in data.records])["input_ids"]
+        return {
+            "prompt_tokens": sum(map(len, prompts)) / len(prompts),
+            "text_tokens": sum(map(len, texts)) / len(texts),
+        }
+
+    # -- training ------------------------------------------------------------------------------------------------
     def train(
         self, feedbacks: Iterable[dict], output_dir: Union[str, Path], callback: Optional[ProgressCallback] = None
     ) -> TrainingResult:
-        raise NotImplementedError
+        """Fit the reward model, train the policy, save the version. See the module docstring for the layout.
+
+        `callback(Progress)` is called at every step of every phase; returning True cancels the run
+        (TrainingCancelled). Raises InsufficientFeedbackError / FeedbackFormatError / ConfigError before
+        touching the disk, FileExistsError when output_dir already holds a finished run.
+        """
+        started = time.perf_counter()
+        config = self.config
+        run_algorithm = algorithm_fn(config.algorithm)
+        data = prepare_feedback(feedbacks)
+        output_dir = Path(output_dir)
+        if (output_dir / RESULTS_FILE).exists():
+            raise FileExistsError(
+                f"{output_dir} already holds a finished training run ({RESULTS_FILE}); train into a new version directory"
+            )
+        device = self._device()
+        output_dir.mkdir(parents=True, exist_ok=True)
+        notify = _cancellable(callback)
+        with _run_log(output_dir / LOG_FILE) as log:
+            try:
+                return self._train(data, output_dir, device, run_algorithm, notify, log, started)
+            except TrainingCancelled as exc:
+                log.warning("Training cancelled: %s", exc)
+                _remove_outputs(output_dir)
+                raise
+            except BaseException as exc:
+                log.error("Training failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+                _remove_outputs(output_dir)
+                raise
+
+    def _train(
+        self, data: FeedbackData, output_dir: Path, device: torch.device, run_algorithm: AlgorithmFn,
+        notify: ProgressCallback, log: logging.Logger, started: float,
+    ) -> TrainingResult:
+        config = self.config
+        dtype = resolve_dtype(config.dtype, device)
+        autocast_dtype = None if dtype == torch.float32 else dtype
+        log.info(
+            "Training %s with %s on %d feedback samples (score %.3f ± %.3f) on %s (%s) into %s",
+            config.base_model, config.algorithm.upper(), len(data.records), data.score_mean, data.score_std,
+            device, str(dtype).removeprefix("torch."), output_dir,
+        )
+        log.info("config %s", json.dumps(config.to_dict(), sort_keys=True))
+        for warning in data.warnings:
+            log.warning(warning)
+        _remove_outputs(output_dir)  # leftovers of an earlier run into this directory that did not finish
+        set_seed(config.seed)
+        timings: dict[str, float] = {}
+
+        # 1. reward model
+        t0 = time.perf_counter()
+        reward_base = config.reward_model_config.base_model or config.base_model
+        reward_model = fit_reward_model(
+            data.records, base_model=reward_base, config=config.reward_model_config, device=device,
+            autocast_dtype=autocast_dtype, seed=config.seed, models_dir=self.models_dir, callback=notify, log=log,
+        )
+        reward_model.save(output_dir / _tmp(REWARD_MODEL_DIR))
+        timings["reward_model_s"] = time.perf_counter() - t0
+        metrics = reward_model.metrics
+        log.info(
+            "reward model: val_mse=%s (predict-the-mean %s), pearson=%s, spearman=%s",
+            *(_fmt(metrics[k]) for k in ("val_mse", "val_mse_baseline", "val_pearson", "val_spearman")),
+        )
+
+        # 2. policy
+        t0 = time.perf_counter()
+        tokenizer = load_tokenizer(config.base_model, models_dir=self.models_dir, padding_side="left")
+        policy = self._load_policy(device, notify)
+        log.info("%s: %s", config.algorithm, _describe_params(policy))
+        history = run_algorithm(
+            policy=policy, tokenizer=tokenizer, prompts=[r.prompt for r in data.records], reward_fn=reward_model.score,
+            config=config, device=device, callback=notify, log=log,
+        )
+        timings["policy_s"] = time.perf_counter() - t0
+        history = [_finite(h) for h in history]
+        last = history[-1]
+
+        # 3. save: temporary names, renamed into place, results last
+        t0 = time.perf_counter()
+        notify(Progress(phase="saving", step=0, total=1, message="merging and saving the policy"))
+        _save_policy(policy, tokenizer, output_dir / _tmp(POLICY_DIR))
+        os.replace(output_dir / _tmp(REWARD_MODEL_DIR), output_dir / REWARD_MODEL_DIR)
+        os.replace(output_dir / _tmp(POLICY_DIR), output_dir / POLICY_DIR)
+        notify(Progress(phase="saving", step=1, total=1, message="saved"))
+        timings["save_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - started
+        result = TrainingResult(
+            model_path=output_dir / POLICY_DIR,
+            reward_model_path=output_dir / REWARD_MODEL_DIR,
+            final_reward_mean=last["objective/scores"],
+            final_reward_std=last["objective/scores_std"],
+            training_steps=len(history),
+            final_kl=last["objective/kl"],
+            final_loss=last["loss/total"],
+            algorithm=config.algorithm,
+            feedback_count=len(data.records),
+            duration_seconds=timings["total_s"],
+            history=history,
+            reward_model_metrics=metrics,
+            config=config.to_dict(),
+            warnings=list(data.warnings),
+            timings=timings,
+        )
+        result.save(output_dir / RESULTS_FILE)
+        log.info(
+            "Training complete in %.1fs: reward %.3f ± %.3f, KL %.3f after %d steps; policy at %s",
+            timings["total_s"], result.final_reward_mean, result.final_reward_std, result.final_kl,
+            result.training_steps, result.model_path,
+        )
+        return result
+
+    def _load_policy(self, device: torch.device, notify: ProgressCallback) -> torch.nn.Module:
+        """The base causal LM in float32 on `device`, wrapped in a fresh LoRA adapter when use_lora."""
+        config = self.config
+        resolve_base_model(config.base_model, models_dir=self.models_dir, callback=notify)
+        policy = load_causal_lm(config.base_model, models_dir=self.models_dir, dtype=torch.float32, device=device)
+        if config.use_lora:
+            policy = get_peft_model(policy, lora_config_for(
+                policy, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules,
+            ))
+        return policy
+
+    def _device(self) -> torch.device:
+        try:
+            return resolve_device(self.config.device)
+        except RuntimeError as exc:  # e.g. device="cuda" on a machine without CUDA
+            raise ConfigError(str(exc)) from exc
+
+    def _models_dir(self) -> Path:
+        if self.models_dir is not None:
+            return self.models_dir
+        return Path(os.environ.get("MODELS_DIR", "models"))
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def _save_policy(policy: torch.nn.Module, tokenizer, path: Path) -> None:
+    """A plain Hugging Face directory: AutoModelForCausalLM/AutoTokenizer.from_pretrained(path) need nothing else.
+
+    The tokenizer is saved left-padded, as the policy was trained: a decoder-only model continues from the last
+    position, so a batch of prompts must be padded on the left for generate() to be right (a single prompt
+    has no padding either way). generation_config carries the pad token, so generate() needs no extra argument.
+    """
+    model = policy.merge_and_unload() if isinstance(policy, PeftModel) else policy
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"  # save_pretrained writes init kwargs, not the attribute
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+
+
+def _cancellable(callback: Optional[ProgressCallback]) -> ProgressCallback:
+    """The user's callback, raising TrainingCancelled when it returns True (the Progress contract)."""
+
+    def notify(progress: Progress) -> bool:
+        if callback is not None and callback(progress):
+            raise TrainingCancelled(
+                f"Training cancelled during the {progress.phase} phase (step {progress.step} of {progress.total})"
+            )
+        return False
+
+    return notify
+
+
+@contextmanager
+def _run_log(path: Path) -> Iterator[logging.Logger]:
+    """A logger that writes this run's lines to `path` as they happen (FileHandler flushes every record).
+
+    The logger is created outside the logging registry (one per run, never leaked) and hangs under
+    ``training.rlhf.trainer``, so LOG_LEVEL/handlers configured for the app also see the run's lines.
+    """
+    parent = logging.getLogger(__name__)
+    log = logging.Logger(f"{__name__}.run", level=logging.DEBUG if parent.isEnabledFor(logging.DEBUG) else logging.INFO)
+    log.parent = parent
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield log
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _tmp(name: str) -> str:
+    return f".{name}.tmp"
+
+
+def _remove_outputs(output_dir: Path) -> None:
+    """Remove the model directories of an unfinished run (never training.log, never a finished version)."""
+    if (output_dir / RESULTS_FILE).exists():
+        return
+    for name in (POLICY_DIR, REWARD_MODEL_DIR, _tmp(POLICY_DIR), _tmp(REWARD_MODEL_DIR)):
+        shutil.rmtree(output_dir / name, ignore_errors=True)
+
+
+def _finite(metrics: dict) -> dict:
+    """JSON-safe metrics: plain floats, NaN/inf as None (training_results.json is strict JSON)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out
+
+
+def _describe_params(model: torch.nn.Module) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{trainable:,} trainable of {total:,} parameters"
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
