@@ -131,6 +131,21 @@ def test_full_finetuning_uses_a_frozen_copy_as_reference(tiny):
     assert all(p.requires_grad for p in policy.parameters())
 
 
+def test_missing_eos_penalty_lowers_the_rl_reward_but_not_the_reported_score(tiny):
+    # One new token: the tiny model never answers with EOS straight away, so every response is cut short.
+    config = make_config(max_steps=1, max_new_tokens=1, missing_eos_penalty=1.0)
+    stats = run(tiny, lora_policy(tiny, config), config, reward_fn=lambda p, r: torch.full((len(r),), 0.5))[0]
+    assert stats["objective/scores"] == 0.5
+    assert stats["objective/rlhf_reward"] == pytest.approx(0.5 - 1.0)  # KL is 0 at step 1
+
+
+def test_options_whitened_rewards_fixed_kl_and_temperature(tiny):
+    config = make_config(max_steps=3, whiten_rewards=True, adaptive_kl=False, temperature=0.7)
+    history = run(tiny, lora_policy(tiny, config), config)
+    assert [h["objective/kl_coef"] for h in history] == [config.init_kl_coef] * 3
+    assert all(math.isfinite(h[k]) for h in history for k in METRIC_KEYS)
+
+
 def test_lora_requires_a_peft_model(tiny):
     with pytest.raises(ConfigError, match="PeftModel"):
         run(tiny, copy.deepcopy(tiny[1]), make_config(use_lora=True))
@@ -233,6 +248,11 @@ def test_gae_returns_are_rewards_to_go_and_advantages_are_whitened():
     valid = advantages[mask]
     assert valid.mean().abs() < 1e-6 and valid.std(correction=0) == pytest.approx(1.0, abs=1e-4)
     assert advantages[0, 3] == 0.0
+
+
+def test_missing_eos_penalty_must_be_non_negative():
+    with pytest.raises(ConfigError, match="missing_eos_penalty"):
+        make_config(missing_eos_penalty=-1.0)
 
 
 def test_adaptive_kl_controller_moves_towards_the_target():
