@@ -358,7 +358,6 @@ def ppo_update(
     sums: dict[str, float] = {}
     for _ in range(config.ppo_epochs):
         order = torch.randperm(B, generator=generator).to(batch.response_ids.device)
-        optimizer.zero_grad(set_to_none=True)
         for k in range(n_minibatches):
             idx = order[k * mb:(k + 1) * mb]
             mask = batch.response_mask[idx]  # [b, R]
