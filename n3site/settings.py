@@ -113,7 +113,7 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
 LOGIN_URL = "admin:login"
 
-# Bodies above this are refused with 400 before they are parsed (bulk feedback included).
+# Bodies above this are refused (the API answers 413) before they are parsed (bulk feedback included).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("N3_MAX_BODY_BYTES", 10 * 1024 * 1024)
 DATA_UPLOAD_MAX_NUMBER_FIELDS = 10_000
 
@@ -125,6 +125,8 @@ if not DEBUG:
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Token" (not 403).
+    # Session auth serves the admin's own pages and the Swagger UI; DRF enforces CSRF for it.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
@@ -135,17 +137,30 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "n3site.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "n3 API",
-    "DESCRIPTION": "Human feedback in, better policy models out (RLHF with PPO).",
+    "DESCRIPTION": (
+        "Human feedback in, better policy models out (RLHF with PPO). "
+        "Authenticate with `Authorization: Token <key>` (tokens are made in the admin or with "
+        "`manage.py drf_create_token <user>`). Errors are `{\"detail\": \"...\"}` with a 4xx status."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Separate request and response components, so read-only fields (id, createdAt) are not asked for.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Each URL also answers with a trailing slash; the schema lists the spec's form only.
+    "PREPROCESSING_HOOKS": ["policies.urls.without_trailing_slash_aliases"],
+    "ENUM_NAME_OVERRIDES": {"PolicyVersionStatusEnum": "policies.models.PolicyVersion.Status"},
 }
 
 # --- n3 -------------------------------------------------------------------------------------
 MODELS_DIR = Path(os.environ.get("MODELS_DIR", BASE_DIR / "models")).resolve()
 N3_PUBLIC_READ = env_bool("N3_PUBLIC_READ", False)
+# Directories besides MODELS_DIR from which an API request may name a local base model
+# (os.pathsep-separated). Any other path is refused, so a client cannot point training at ../../etc.
+N3_ALLOWED_MODEL_DIRS = [Path(p).resolve() for p in os.environ.get("N3_ALLOWED_MODEL_DIRS", "").split(os.pathsep) if p]
 # Base model used when a request names none. "n3-tiny" is built locally and works offline;
 # set N3_DEFAULT_BASE_MODEL=gpt2 (or a local path) on machines that have those weights.
 N3_DEFAULT_BASE_MODEL = os.environ.get("N3_DEFAULT_BASE_MODEL", "n3-tiny")

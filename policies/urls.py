@@ -1,1 +1,40 @@
-urlpatterns = []
+"""/api/policies/...: the spec's URLs, without a trailing slash; each also answers with one.
+
+Django's APPEND_SLASH would redirect a POST to the slash form and lose its body, so both forms are
+routed here instead. Agent names in feedback/ and train_policy/ URLs are matched loosely so that a
+bad one (``..%2F..%2Fetc``) reaches the view and is refused with 400 by the agent-name validator
+instead of falling through to an HTML 404.
+"""
+from django.http import JsonResponse
+from django.urls import re_path
+
+from . import views
+
+app_name = "policies"
+
+ANY_AGENT = r"(?P<agent>.*[^/])"  # anything not ending in "/": validated by the service
+AGENT = r"(?P<agent>[^/]+)"
+VERSION = r"(?P<version>[^/]+)"
+
+
+def _route(regex: str, view, name: str) -> list:
+    return [re_path(rf"^{regex}$", view, name=name), re_path(rf"^{regex}/$", view)]
+
+
+def api_not_found(request, *args, **kwargs) -> JsonResponse:
+    return JsonResponse({"detail": f"No API endpoint at {request.path}"}, status=404)
+
+
+def without_trailing_slash_aliases(endpoints, **kwargs):
+    """drf-spectacular preprocessing hook: list each API URL once, in the spec's form (no trailing slash)."""
+    return [endpoint for endpoint in endpoints if not (endpoint[0].startswith("/api/policies/") and endpoint[0].endswith("/"))]
+
+
+urlpatterns = [
+    *_route(rf"feedback/{ANY_AGENT}", views.FeedbackView.as_view(), "feedback"),
+    *_route(rf"train_policy/{ANY_AGENT}", views.TrainPolicyView.as_view(), "train-policy"),
+    *_route(AGENT, views.PolicyVersionListView.as_view(), "version-list"),
+    *_route(rf"{AGENT}/{VERSION}", views.PolicyVersionDetailView.as_view(), "version-detail"),
+    *_route(rf"{AGENT}/{VERSION}/cancel", views.PolicyVersionCancelView.as_view(), "version-cancel"),
+    re_path(r"", api_not_found),
+]

@@ -1,0 +1,199 @@
+"""Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports).
+
+Records are dicts in model field names: prompt, response, score (0..1 or None: awaiting review),
+run_id, notes. With its agent, a non-empty run_id is an idempotency key: storing the same record
+again returns the stored one (created=False); the same run_id with different content is a Conflict.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from n3site.exceptions import Conflict, ServiceError
+from policies.models import Agent, PolicyVersion
+from policies.services import get_or_create_agent
+
+from .models import Feedback
+
+FIELDS = ("prompt", "response", "score", "run_id", "notes")
+RUN_ID_MAX_LENGTH = Feedback._meta.get_field("run_id").max_length
+# Rows per SELECT when looking up a batch's run ids (SQLite allows 999 parameters in old builds).
+_LOOKUP_CHUNK = 500
+
+
+class BatchValidationError(ServiceError):
+    """Some records of a batch are invalid; nothing was stored. ``errors``: (index, message) pairs."""
+
+    def __init__(self, errors: list[tuple[int, str]]):
+        self.errors = errors
+        shown = "; ".join(f"record {index}: {message}" for index, message in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"Nothing stored: {shown}{more}")
+
+    def error_fields(self) -> dict[str, list[str]]:
+        fields: dict[str, list[str]] = {}
+        for index, message in self.errors:
+            fields.setdefault(f"[{index}]", []).append(message)
+        return fields
+
+
+class BatchConflict(BatchValidationError):
+    """Records whose run_id is already stored (or repeated in the batch) with different content."""
+
+    status_code = 409
+
+
+def record_problems(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with one record, each message naming its field; empty when it can be stored."""
+    if not isinstance(record, Mapping):
+        return ["must be an object with prompt, response and score"]
+    problems = [f"unknown field '{key}'" for key in record if key not in FIELDS]
+    for name in ("prompt", "response"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{name} is required and must be non-empty text")
+    score = record.get("score")
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, (int, float)) or not (math.isfinite(score) and 0 <= score <= 1)
+    ):
+        problems.append(f"score must be a number between 0 and 1 (or null: awaiting review), got {score!r}")
+    run_id = record.get("run_id", "")
+    if not isinstance(run_id, str) or len(run_id) > RUN_ID_MAX_LENGTH:
+        problems.append(f"run_id must be text of at most {RUN_ID_MAX_LENGTH} characters")
+    if not isinstance(record.get("notes", ""), str):
+        problems.append("notes must be text")
+    return problems
+
+
+def record_feedback(
+    *,
+    agent_name: str,
+    prompt: str,
+    response: str,
+    score: Optional[float] = None,
+    run_id: str = "",
+    notes: str = "",
+    source: str = Feedback.Source.API,
+    user: Optional[AbstractBaseUser] = None,
+    policy_version: Optional[PolicyVersion] = None,
+) -> tuple[Feedback, bool]:
+    """Store one record; returns (feedback, created). The agent is created on its first feedback.
+
+    Raises ValidationError (bad record or agent name) or Conflict (run_id stored with other content).
+    Two or three queries: the agent, the INSERT, and only on a repeated run_id the stored row.
+    """
+    record = {"prompt": prompt, "response": response, "score": score, "run_id": run_id, "notes": notes}
+    problems = record_problems(record)
+    if problems:
+        raise ValidationError(problems)
+    agent = get_or_create_agent(name=agent_name)
+    feedback = _new_feedback(agent, record, source=source, user=user, policy_version=policy_version)
+    try:
+        with transaction.atomic():  # a savepoint, so a duplicate run_id leaves an outer transaction usable
+            feedback.save(force_insert=True)
+        return feedback, True
+    except IntegrityError:
+        # Insert first, look second: a retry is rare, so the usual path is a single INSERT.
+        stored = Feedback.objects.filter(agent=agent, run_id=run_id).first() if run_id else None
+        if stored is None:
+            raise
+    stored.agent = agent
+    if not _same_content(stored, record):
+        raise Conflict(_conflict_message(agent, stored))
+    return stored, False
+
+
+def record_feedback_batch(
+    *,
+    agent_name: str,
+    records: list[dict[str, Any]],
+    source: str = Feedback.Source.API,
+    user: Optional[AbstractBaseUser] = None,
+) -> list[tuple[Feedback, bool]]:
+    """Store many records in one transaction, all or nothing; returns (feedback, created) per record, in order.
+
+    Raises BatchValidationError listing (index, message) for every bad record, BatchConflict for
+    run_ids stored with other content, ValidationError for a bad agent name.
+    """
+    problems = [(index, message) for index, record in enumerate(records) for message in record_problems(record)]
+    if problems:
+        raise BatchValidationError(problems)
+    if not records:
+        return []
+    try:
+        with transaction.atomic():
+            return _store_batch(agent_name, records, source=source, user=user)
+    except IntegrityError:
+        # Another request stored one of these run_ids between our lookup and our insert (possible
+        # on PostgreSQL; SQLite's IMMEDIATE transactions serialise writers): look again, once.
+        with transaction.atomic():
+            return _store_batch(agent_name, records, source=source, user=user)
+
+
+def _store_batch(agent_name: str, records: list[dict[str, Any]], *, source: str, user) -> list[tuple[Feedback, bool]]:
+    agent = get_or_create_agent(name=agent_name)
+    run_ids = sorted({record["run_id"] for record in records if record.get("run_id")})
+    known: dict[str, Feedback] = {}
+    for start in range(0, len(run_ids), _LOOKUP_CHUNK):
+        for stored in Feedback.objects.filter(agent=agent, run_id__in=run_ids[start:start + _LOOKUP_CHUNK]):
+            stored.agent = agent
+            known[stored.run_id] = stored
+    results, new, conflicts = [], [], []
+    for index, record in enumerate(records):
+        run_id = record.get("run_id") or ""
+        if run_id in known:  # stored before, or earlier in this batch
+            stored = known[run_id]
+            if not _same_content(stored, record):
+                conflicts.append((index, _conflict_message(agent, stored)))
+            results.append((stored, False))
+            continue
+        feedback = _new_feedback(agent, record, source=source, user=user)
+        new.append(feedback)
+        results.append((feedback, True))
+        if run_id:
+            known[run_id] = feedback
+    if conflicts:
+        raise BatchConflict(conflicts)
+    Feedback.objects.bulk_create(new)
+    return results
+
+
+def _new_feedback(agent: Agent, record: Mapping[str, Any], *, source: str, user, policy_version=None) -> Feedback:
+    score = record.get("score")
+    # A person entering a score by hand or by import is its reviewer; an agent posting through the API is not.
+    reviewer = user if user is not None and score is not None and source != Feedback.Source.API else None
+    return Feedback(
+        agent=agent,
+        prompt=record["prompt"],
+        response=record["response"],
+        score=None if score is None else float(score),
+        run_id=record.get("run_id") or "",
+        notes=record.get("notes") or "",
+        source=source,
+        policy_version=policy_version,
+        reviewer=reviewer,
+        reviewed_at=timezone.now() if reviewer else None,
+    )
+
+
+def _same_content(stored: Feedback, record: Mapping[str, Any]) -> bool:
+    score = record.get("score")
+    return (
+        stored.prompt == record["prompt"]
+        and stored.response == record["response"]
+        and stored.score == (None if score is None else float(score))
+        and stored.notes == (record.get("notes") or "")
+    )
+
+
+def _conflict_message(agent: Agent, stored: Feedback) -> str:
+    return (
+        f"runId '{stored.run_id}' is already stored for agent '{agent.name}' (feedback {stored.pk}) "
+        "with different content; a retry must send the same record, a new record needs a new runId"
+    )

@@ -1,0 +1,37 @@
+"""Reads of agents and policy versions; each raises NotFound with a message a client can act on."""
+from __future__ import annotations
+
+import re
+
+from django.db.models import QuerySet
+
+from n3site.exceptions import NotFound
+
+from .models import Agent, PolicyVersion
+
+_VERSION = re.compile(r"^v(\d{1,9})$")
+
+
+def get_agent(*, name: str) -> Agent:
+    agent = Agent.objects.filter(name=name).first()
+    if agent is None:
+        raise NotFound(f"Agent '{name}' not found")
+    return agent
+
+
+def policy_versions_for(*, agent_name: str) -> QuerySet[PolicyVersion]:
+    """The agent's versions, newest first."""
+    agent = get_agent(name=agent_name)
+    return PolicyVersion.objects.filter(agent=agent).select_related("agent").order_by("-number")
+
+
+def get_policy_version(*, agent_name: str, version: str) -> PolicyVersion:
+    """``version`` as the API writes it: "v3"."""
+    match = _VERSION.match(version)
+    found = match and PolicyVersion.objects.filter(
+        agent__name=agent_name, number=int(match.group(1))
+    ).select_related("agent").first()
+    if not found:
+        get_agent(name=agent_name)  # an unknown agent is reported as such
+        raise NotFound(f"Version '{version}' of agent '{agent_name}' not found (versions are named v1, v2, ...)")
+    return found

@@ -1,0 +1,294 @@
+"""The policies API's JSON: camelCase on the wire, snake_case in Python.
+
+The training request's fields are derived from ``TrainingConfig`` (see ``config_fields``), so a new
+config field is accepted, validated and documented without touching this file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from django.core.validators import RegexValidator
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+from rest_framework.reverse import reverse
+
+from .models import PolicyVersion
+
+
+def to_camel(name: str) -> str:
+    """``reward_model_config`` -> ``rewardModelConfig``: the one mapping from Python names to JSON names."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def camel_keys(data: Any) -> Any:
+    """A stored snake_case dict (a TrainingConfig.to_dict()) with camelCase keys, nested dicts too."""
+    if isinstance(data, Mapping):
+        return {to_camel(str(key)): camel_keys(value) for key, value in data.items()}
+    return data
+
+
+# --- strict JSON fields ------------------------------------------------------------------------
+# DRF's fields are lenient because they also parse HTML forms ("1e-5" -> 1e-5, true -> 1.0).
+# A JSON API should refuse a string where the schema says number, so these accept JSON types only.
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string. Whitespace is kept (a response's leading spaces are part of it), yet a
+    whitespace-only value counts as blank (the pattern documents that in the schema)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+        if not self.allow_blank:
+            self.validators.append(RegexValidator(r"\S", message=self.error_messages["blank"]))
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A finite JSON number (integers too); not a string, not a boolean."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer (1000 or 1e3); not 2.5, not "3", not true."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        if isinstance(data, float) and not (math.isfinite(data) and data.is_integer()):
+            self.fail("invalid")
+        return super().to_internal_value(int(data))
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """JSON true or false only."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses keys it does not know, naming them as the client wrote them: a misspelt
+    ``"maxStep"`` or a snake_case ``"max_steps"`` must not be silently ignored."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            known = {field.field_name for field in self._writable_fields}
+            unknown = {key: [_unknown_message(str(key), known)] for key in data if key not in known}
+            if unknown:
+                raise serializers.ValidationError(unknown)
+        return super().to_internal_value(data)
+
+
+def _unknown_message(key: str, known: set[str]) -> str:
+    hint = to_camel(key)
+    return f"Unknown field; did you mean '{hint}'?" if hint != key and hint in known else "Unknown field."
+
+
+# --- training configuration --------------------------------------------------------------------
+
+
+def _field_for(annotation: Any, **kwargs) -> serializers.Field:
+    """A strict DRF field for a dataclass field's type; unknown types pass through for the dataclass to check."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _field_for(args[0], allow_null=True, **kwargs)
+    if annotation is bool:
+        return StrictBooleanField(**kwargs)
+    if annotation is int:
+        return StrictIntegerField(**kwargs)
+    if annotation is float:
+        return StrictFloatField(**kwargs)
+    if annotation is str:
+        return StrictCharField(**kwargs)
+    if typing.get_origin(annotation) is list and args == [str]:
+        return serializers.ListField(child=StrictCharField(), **kwargs)
+    if dataclasses.is_dataclass(annotation):
+        return config_serializer(annotation)(**kwargs)
+    return serializers.JSONField(**kwargs)
+
+
+def config_fields(cls: type) -> dict[str, serializers.Field]:
+    """One optional camelCase field per dataclass field, reading and writing the snake_case name."""
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        name = to_camel(f.name)
+        source = {"source": f.name} if name != f.name else {}  # DRF refuses a redundant source
+        fields[name] = _field_for(hints[f.name], required=False, **source)
+    return fields
+
+
+@cache
+def config_serializer(cls: type) -> type[StrictSerializer]:
+    """A serializer class for a config dataclass, e.g. TrainingConfig -> TrainingConfigSerializer."""
+
+    def get_fields(self):
+        return {**StrictSerializer.get_fields(self), **config_fields(cls)}
+
+    return type(f"{cls.__name__}Serializer", (StrictSerializer,), {
+        "get_fields": get_fields,
+        "__doc__": f"{cls.__name__} fields in camelCase; all optional.",
+    })
+
+
+class TrainPolicyRequestSerializer(StrictSerializer):
+    """Any TrainingConfig field in camelCase (``maxSteps``, ``learningRate``, ``rewardModelConfig``
+    {``numEpochs``, ...}), applied over the preset, then over the agent's defaults."""
+
+    dryRun = StrictBooleanField(source="dry_run", default=False, help_text="true: estimate only (200); false: queue training (202)")
+
+    def get_fields(self):
+        # Built when used, not at import: training.rlhf loads torch, which the feedback API never needs.
+        from training.rlhf import PRESETS, TrainingConfig  # noqa: PLC0415
+
+        preset = serializers.ChoiceField(
+            choices=list(PRESETS), required=False, help_text="A configuration preset from the spec",
+            error_messages={"invalid_choice": f"Unknown preset \"{{input}}\"; choose one of {', '.join(PRESETS)}."},
+        )
+        return {**super().get_fields(), "preset": preset, **config_fields(TrainingConfig)}
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+SUMMARY_METRICS = ("rewardMean", "rewardStd", "kl", "loss")
+_NUMBER_OR_NULL = {"type": "number", "nullable": True}
+
+
+@extend_schema_field({
+    "type": "object",
+    "properties": {name: _NUMBER_OR_NULL for name in SUMMARY_METRICS},
+    "required": list(SUMMARY_METRICS),
+    "additionalProperties": True,
+})
+class MetricsSummaryField(serializers.Field):
+    """The latest figures (rewardMean, rewardStd, kl, loss always present, null until known); no history."""
+
+    def __init__(self, **kwargs):
+        super().__init__(read_only=True, **kwargs)
+
+    def to_representation(self, metrics):
+        metrics = metrics or {}
+        latest = {name: value for name, value in metrics.items() if name != "history"}
+        return {**{name: None for name in SUMMARY_METRICS}, **latest}
+
+
+@extend_schema_field({
+    "type": "object",
+    "properties": {
+        **{name: _NUMBER_OR_NULL for name in SUMMARY_METRICS},
+        "history": {"type": "array", "items": {"type": "object", "additionalProperties": True},
+                    "description": "One entry per logged step: step, rewardMean, kl, loss, ..."},
+    },
+    "required": [*SUMMARY_METRICS, "history"],
+    "additionalProperties": True,
+})
+class MetricsField(MetricsSummaryField):
+    """The latest figures plus ``history``, one dict per logged step."""
+
+    def to_representation(self, metrics):
+        return {**super().to_representation(metrics), "history": list((metrics or {}).get("history") or [])}
+
+
+@extend_schema_field(OpenApiTypes.URI)
+class VersionUrlField(serializers.Field):
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, version: PolicyVersion):
+        return reverse(
+            "policies:version-detail", kwargs={"agent": version.agent.name, "version": version.version},
+            request=self.context.get("request"),
+        )
+
+
+class PolicyVersionSummarySerializer(serializers.Serializer):
+    """One item of ``GET /api/policies/<agent>``."""
+
+    version = serializers.CharField(read_only=True, help_text='"v1", "v2", ... per agent')
+    policyId = serializers.CharField(source="policy_id", read_only=True)
+    agent = serializers.CharField(source="agent.name", read_only=True)
+    status = serializers.ChoiceField(choices=PolicyVersion.Status.choices, read_only=True)
+    createdAt = serializers.DateTimeField(source="queued_at", read_only=True)
+    feedbackCount = serializers.IntegerField(source="feedback_count", read_only=True)
+    trainingSteps = serializers.IntegerField(source="step", read_only=True, help_text="PPO steps done")
+    maxSteps = serializers.IntegerField(source="max_steps", read_only=True)
+    modelPath = serializers.CharField(source="model_path", read_only=True, allow_null=True)
+    rewardModelPath = serializers.CharField(source="reward_model_path", read_only=True, allow_null=True)
+    metrics = MetricsSummaryField()
+    url = VersionUrlField()
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        for key in ("modelPath", "rewardModelPath"):
+            data[key] = data[key] or None  # "" until trained
+        return data
+
+
+class PolicyVersionSerializer(PolicyVersionSummarySerializer):
+    """``GET /api/policies/<agent>/<version>``: the spec's "Training Success" body once trained,
+    and the job's progress before (status, step, maxSteps, metrics, startedAt, heartbeatAt)."""
+
+    rewardMean = serializers.SerializerMethodField()
+    rewardStd = serializers.SerializerMethodField()
+    step = serializers.IntegerField(read_only=True)
+    metrics = MetricsField()
+    config = serializers.SerializerMethodField(help_text="The full resolved TrainingConfig, camelCase")
+    error = serializers.CharField(read_only=True, allow_null=True)
+    cancelRequested = serializers.BooleanField(source="cancel_requested", read_only=True)
+    queuedAt = serializers.DateTimeField(source="queued_at", read_only=True)
+    startedAt = serializers.DateTimeField(source="started_at", read_only=True, allow_null=True)
+    finishedAt = serializers.DateTimeField(source="finished_at", read_only=True, allow_null=True)
+    heartbeatAt = serializers.DateTimeField(source="heartbeat_at", read_only=True, allow_null=True)
+
+    @extend_schema_field(_NUMBER_OR_NULL)
+    def get_rewardMean(self, version: PolicyVersion):
+        return (version.metrics or {}).get("rewardMean")
+
+    @extend_schema_field(_NUMBER_OR_NULL)
+    def get_rewardStd(self, version: PolicyVersion):
+        return (version.metrics or {}).get("rewardStd")
+
+    @extend_schema_field({"type": "object", "additionalProperties": True})
+    def get_config(self, version: PolicyVersion):
+        return camel_keys(version.config or {})
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["error"] = data["error"] or None
+        return data
+
+
+class DryRunSerializer(serializers.Serializer):
+    """The spec's dry-run body, plus ``warnings`` about the feedback (an empty list when all is well)."""
+
+    status = serializers.SerializerMethodField()
+    feedbackCount = serializers.IntegerField(source="feedback_count", help_text="Scored feedback samples")
+    estimatedSteps = serializers.IntegerField(source="estimated_steps")
+    estimatedTimeMinutes = serializers.FloatField(source="estimated_time_minutes", help_text="Measured on this machine")
+    scoreMean = serializers.FloatField(source="score_mean")
+    scoreStd = serializers.FloatField(source="score_std")
+    modelConfig = serializers.DictField(source="model_config", help_text="base_model, use_lora, learning_rate (snake_case, as in the spec)")
+    warnings = serializers.ListField(child=serializers.CharField())
+
+    @extend_schema_field({"type": "string", "enum": ["dry_run"]})
+    def get_status(self, estimate) -> str:
+        return "dry_run"

@@ -1,0 +1,192 @@
+"""The REST API of the spec: feedback in, training requests, policy versions out.
+
+Each view validates its input with a serializer, calls one service or selector, and serializes the
+result. Errors are raised, never caught here: n3site.exceptions.exception_handler answers them.
+"""
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from feedback.models import Feedback
+from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer
+from feedback.services import record_feedback, record_feedback_batch
+
+from . import selectors, services
+from .models import agent_name_validator
+from .serializers import (
+    DryRunSerializer,
+    PolicyVersionSerializer,
+    PolicyVersionSummarySerializer,
+    TrainPolicyRequestSerializer,
+)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="What went wrong, for a person")
+    errors = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()), required=False,
+        help_text='Validation errors by field as sent: "score", "rewardModelConfig.numEpochs", "[3].score"',
+    )
+
+
+AGENT = OpenApiParameter(
+    "agent", str, OpenApiParameter.PATH, pattern=agent_name_validator.regex.pattern,
+    description="Agent name: 1-100 letters, digits, '_' or '-' (other names are refused with 400 or 404)",
+)
+VERSION = OpenApiParameter("version", str, OpenApiParameter.PATH, pattern=r"^v[0-9]+$", description='"v1", "v2", ...')
+
+
+def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+    meaning = {
+        400: "Invalid input", 401: "No or invalid credentials", 403: "Missing permission",
+        404: "Unknown agent or version", 409: "Conflicts with the current state", 413: "Body too large",
+        415: "Body is not JSON",
+    }
+    return {code: OpenApiResponse(ErrorSerializer, description=meaning[code]) for code in codes}
+
+
+FEEDBACK_REQUEST = PolymorphicProxySerializer(
+    component_name="FeedbackRequestBody",
+    serializers=[FeedbackInputSerializer, FeedbackInputSerializer(many=True)],
+    resource_type_field_name=None,
+    many=False,
+)
+FEEDBACK_RESPONSE = PolymorphicProxySerializer(
+    component_name="FeedbackResponseBody",
+    serializers=[FeedbackSerializer, FeedbackSerializer(many=True)],
+    resource_type_field_name=None,
+    many=False,
+)
+
+
+class FeedbackView(APIView):
+    required_permissions = {"POST": "feedback.add_feedback"}
+
+    @extend_schema(
+        operation_id="record_feedback",
+        summary="Record feedback on one response, or a list of them",
+        parameters=[AGENT],
+        description=(
+            "The agent is created on its first feedback. A JSON array stores every record or none "
+            "(400 names the bad record's index and field). A repeated `runId` with the same content returns "
+            "the stored record with 200 instead of storing it twice; with different content, 409."
+        ),
+        request=FEEDBACK_REQUEST,
+        responses={
+            201: OpenApiResponse(FEEDBACK_RESPONSE, description="Stored (a list body answers a list)"),
+            200: OpenApiResponse(FEEDBACK_RESPONSE, description="Already stored under these runIds; nothing new"),
+            **_errors(400, 401, 403, 409, 413, 415),
+        },
+        examples=[OpenApiExample("Quick Start", request_only=True, value={
+            "prompt": "What is the capital of France?", "response": "Paris is the capital of France.",
+            "score": 0.9, "runId": "run_123", "notes": "Accurate answer",
+        })],
+    )
+    def post(self, request: Request, agent: str) -> Response:
+        if isinstance(request.data, list):
+            serializer = FeedbackInputSerializer(data=request.data, many=True, allow_empty=False)
+            serializer.is_valid(raise_exception=True)
+            results = record_feedback_batch(
+                agent_name=agent, records=serializer.validated_data, source=Feedback.Source.API, user=request.user
+            )
+            created = any(was_created for _, was_created in results)
+            body = FeedbackSerializer([feedback for feedback, _ in results], many=True).data
+        else:
+            serializer = FeedbackInputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            feedback, created = record_feedback(
+                agent_name=agent, **serializer.validated_data, source=Feedback.Source.API, user=request.user
+            )
+            body = FeedbackSerializer(feedback).data
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class TrainPolicyView(APIView):
+    required_permissions = {"POST": "policies.add_policyversion"}
+
+    @extend_schema(
+        operation_id="train_policy",
+        summary="Estimate (dryRun: true) or queue (dryRun: false) training of the agent's next policy version",
+        parameters=[AGENT],
+        description=(
+            "Any TrainingConfig field may be given in camelCase; unknown fields are refused. "
+            "Needs at least 10 scored feedback samples. `baseModel` must be a built-in model (n3-tiny, "
+            "n3-tiny-random), a hub id, or a directory under MODELS_DIR / N3_ALLOWED_MODEL_DIRS. "
+            "The estimate's time is measured by a miniature run on this machine (cached per model and batch shape)."
+        ),
+        request=TrainPolicyRequestSerializer,
+        responses={
+            200: OpenApiResponse(DryRunSerializer, description="dryRun: the estimate"),
+            202: OpenApiResponse(PolicyVersionSerializer, description="Queued: poll `url` for progress"),
+            **_errors(400, 401, 403, 404, 413, 415),
+        },
+        examples=[OpenApiExample("Quick Start", request_only=True, value={
+            "dryRun": True, "maxSteps": 1000, "learningRate": 1e-5,
+        })],
+    )
+    def post(self, request: Request, agent: str) -> Response:
+        serializer = TrainPolicyRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        overrides = dict(serializer.validated_data)
+        dry_run, preset = overrides.pop("dry_run"), overrides.pop("preset", None)
+        if dry_run:
+            estimate = services.estimate_policy_training(agent_name=agent, overrides=overrides, preset=preset)
+            return Response(DryRunSerializer(estimate).data, status=status.HTTP_200_OK)
+        version = services.queue_policy_training(agent_name=agent, overrides=overrides, preset=preset, user=request.user)
+        body = PolicyVersionSerializer(version, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+class PolicyVersionListView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion"}
+
+    @extend_schema(
+        operation_id="list_policy_versions",
+        summary="The agent's policy versions, newest first",
+        parameters=[AGENT],
+        responses={200: PolicyVersionSummarySerializer(many=True), **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str) -> Response:
+        versions = selectors.policy_versions_for(agent_name=agent)
+        return Response(PolicyVersionSummarySerializer(versions, many=True, context={"request": request}).data)
+
+
+class PolicyVersionDetailView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion"}
+
+    @extend_schema(
+        operation_id="get_policy_version",
+        summary="One version: the training result once trained, the job's progress before",
+        parameters=[AGENT, VERSION],
+        responses={200: PolicyVersionSerializer, **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str, version: str) -> Response:
+        found = selectors.get_policy_version(agent_name=agent, version=version)
+        return Response(PolicyVersionSerializer(found, context={"request": request}).data)
+
+
+class PolicyVersionCancelView(APIView):
+    required_permissions = {"POST": "policies.change_policyversion"}
+
+    @extend_schema(
+        operation_id="cancel_policy_version",
+        summary="Cancel a queued or running training",
+        parameters=[AGENT, VERSION],
+        description=(
+            "A queued version is cancelled at once; a running one stops at its next step "
+            "(`cancelRequested: true` until then). 409 if the version already finished."
+        ),
+        request=None,
+        responses={200: PolicyVersionSerializer, **_errors(401, 403, 404, 409)},
+    )
+    def post(self, request: Request, agent: str, version: str) -> Response:
+        cancelled = services.cancel_policy_training(agent_name=agent, version=version)
+        return Response(PolicyVersionSerializer(cancelled, context={"request": request}).data)

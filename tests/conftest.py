@@ -1,0 +1,67 @@
+"""Shared fixtures: users with and without the API's permissions, and API clients that use token auth."""
+import pytest
+from django.contrib.auth.models import Permission
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+# Everything the REST API checks: feedback POST, train, cancel, reads.
+API_PERMISSIONS = (
+    "feedback.add_feedback",
+    "policies.add_policyversion",
+    "policies.change_policyversion",
+    "policies.view_policyversion",
+)
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    """make_user("name", "app.codename", ...): a user holding exactly these model permissions."""
+
+    def make(username: str, *perms: str):
+        user = django_user_model.objects.create_user(username=username, password="unused-in-tests")
+        for perm in perms:
+            app_label, codename = perm.split(".")
+            user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def client_for(db):
+    """client_for(user): an APIClient sending ``Authorization: Token <key>`` for that user."""
+
+    def make(user) -> APIClient:
+        token, _ = Token.objects.get_or_create(user=user)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api_user(make_user):
+    """An agent's service account: every API permission, not staff."""
+    return make_user("agent-bot", *API_PERMISSIONS)
+
+
+@pytest.fixture
+def api(api_user, client_for) -> APIClient:
+    return client_for(api_user)
+
+
+@pytest.fixture
+def user_without_permissions(make_user):
+    return make_user("nobody")
+
+
+@pytest.fixture
+def api_without_permissions(user_without_permissions, client_for) -> APIClient:
+    """Authenticated (a valid token) but holding no permission."""
+    return client_for(user_without_permissions)
+
+
+@pytest.fixture
+def anonymous() -> APIClient:
+    return APIClient()

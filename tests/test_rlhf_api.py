@@ -1,0 +1,546 @@
+"""The REST API as the spec documents it: feedback in, training requests, versions out, errors as {"detail"}.
+
+Training requests run the real dry run (a calibration run on the built-in "n3-tiny-random" model, cached
+under MODELS_DIR) and the real queueing (a django-q2 task row on the ORM broker; no worker runs in these
+tests: the jobs tests train for real).
+"""
+import json
+import math
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from django_q.models import OrmQ
+
+from feedback import services as feedback_services
+from feedback.models import Feedback
+from policies import services as policy_services
+from policies.models import Agent, PolicyVersion
+
+pytestmark = pytest.mark.django_db
+
+MODEL = "n3-tiny-random"
+# The spec's "Dry Run" body keys; we add only "warnings" (a list).
+DRY_RUN_KEYS = {"status", "feedbackCount", "estimatedSteps", "estimatedTimeMinutes", "scoreMean", "scoreStd", "modelConfig"}
+# The spec's "Training Success" body keys.
+SUCCESS_KEYS = {"status", "policyId", "version", "modelPath", "rewardModelPath", "feedbackCount", "trainingSteps", "rewardMean", "rewardStd"}
+
+
+def feedback_url(agent: str) -> str:
+    return f"/api/policies/feedback/{agent}"
+
+
+def train_url(agent: str) -> str:
+    return f"/api/policies/train_policy/{agent}"
+
+
+def seed_feedback(agent: str, scored: int, unscored: int = 0) -> None:
+    records = [
+        {"prompt": f"Question {i}?", "response": f"Answer {i}.", "score": round((i % 10) / 10 + 0.05, 2), "run_id": f"seed-{i}"}
+        for i in range(scored)
+    ] + [{"prompt": f"Pending {i}?", "response": "Not reviewed yet."} for i in range(unscored)]
+    feedback_services.record_feedback_batch(agent_name=agent, records=records)
+
+
+def make_version(agent: str, number: int, status: str, **fields) -> PolicyVersion:
+    agent_obj, _ = Agent.objects.get_or_create(name=agent)
+    return PolicyVersion.objects.create(agent=agent_obj, number=number, status=status, **fields)
+
+
+def assert_error(response, status: int, *fragments: str) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    for fragment in fragments:
+        assert fragment in body["detail"], body
+    return body
+
+
+# --- feedback --------------------------------------------------------------------------------------------------
+
+
+def test_feedback_is_stored_and_returned_with_201(api):
+    sent = {
+        "prompt": "What is the capital of France?", "response": "Paris is the capital of France.",
+        "score": 0.9, "runId": "run_123", "notes": "Accurate answer",
+    }
+    response = api.post(feedback_url("my_agent"), sent)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert {key: body[key] for key in sent} == sent
+    assert body["agent"] == "my_agent" and body["source"] == "api"
+    assert set(body) == {"id", "agent", "prompt", "response", "score", "runId", "notes", "source", "createdAt", "updatedAt"}
+    stored = Feedback.objects.get(pk=body["id"])
+    assert (stored.agent.name, stored.score, stored.run_id, stored.notes) == ("my_agent", 0.9, "run_123", "Accurate answer")
+
+
+def test_feedback_needs_only_prompt_and_response_and_keeps_text_exactly(api):
+    response = api.post(feedback_url("bot"), {"prompt": "  Indented question", "response": "\n  code block\n"})
+
+    assert response.status_code == 201
+    body = response.json()
+    assert (body["score"], body["runId"], body["notes"]) == (None, "", "")  # null score: awaiting review
+    assert Feedback.objects.get().response == "\n  code block\n"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"response": "r", "score": 0.5}, "prompt"),
+    ({"prompt": "p", "score": 0.5}, "response"),
+    ({"prompt": "   ", "response": "r"}, "prompt"),
+    ({"prompt": "p", "response": ""}, "response"),
+    ({"prompt": 42, "response": "r"}, "prompt"),
+    ({"prompt": "p", "response": "r", "score": 1.5}, "score"),
+    ({"prompt": "p", "response": "r", "score": -0.1}, "score"),
+    ({"prompt": "p", "response": "r", "score": "0.5"}, "score"),
+    ({"prompt": "p", "response": "r", "score": True}, "score"),
+    ({"prompt": "p", "response": "r", "score": "NaN"}, "score"),
+    ({"prompt": "p", "response": "r", "score": [0.5]}, "score"),
+    ({"prompt": "p", "response": "r", "runId": 7}, "runId"),
+    ({"prompt": "p", "response": "r", "runId": "x" * 201}, "runId"),
+    ({"prompt": "p", "response": "r", "scroe": 0.5}, "scroe"),
+])
+def test_invalid_feedback_is_refused_with_400_naming_the_field(api, body, field):
+    response = api.post(feedback_url("bot"), body)
+
+    result = assert_error(response, 400, field)
+    assert field in result["errors"]
+    assert Feedback.objects.count() == 0
+
+
+def test_snake_case_run_id_is_refused_with_a_hint_instead_of_silently_ignored(api):
+    response = api.post(feedback_url("bot"), {"prompt": "p", "response": "r", "run_id": "r1"})
+
+    body = assert_error(response, 400, "run_id")
+    assert body["errors"] == {"run_id": ["Unknown field; did you mean 'runId'?"]}
+
+
+@pytest.mark.parametrize("raw", ['{"prompt": "p", "response": "r", "score": NaN}', '{"prompt": "p", "response": "r", "score": Infinity}'])
+def test_non_finite_json_numbers_are_refused(api, raw):
+    response = api.generic("POST", feedback_url("bot"), raw, content_type="application/json")
+
+    assert_error(response, 400, "JSON parse error")
+    assert Feedback.objects.count() == 0
+
+
+@pytest.mark.parametrize("name", [
+    "..%2F..%2Fetc",
+    "x%27%3B%20DROP%20TABLE%20feedback_feedback%3B--",  # x'; DROP TABLE feedback_feedback;--
+    "-starts-with-a-dash",
+    "has.dot",
+    "a" * 101,
+])
+def test_bad_agent_names_are_refused_with_400_and_create_nothing(api, name):
+    response = api.post(feedback_url(name), {"prompt": "p", "response": "r", "score": 0.5})
+
+    assert_error(response, 400, "Agent names")
+    assert not Agent.objects.exists() and not Feedback.objects.exists()
+
+
+def test_a_list_body_stores_every_record_in_order(api):
+    records = [{"prompt": f"q{i}", "response": f"a{i}", "score": i / 4, "runId": f"r{i}"} for i in range(5)]
+    records[2].pop("score")
+
+    response = api.post(feedback_url("bulk"), records)
+
+    assert response.status_code == 201
+    body = response.json()
+    assert [item["runId"] for item in body] == ["r0", "r1", "r2", "r3", "r4"]
+    assert [item["score"] for item in body] == [0.0, 0.25, None, 0.75, 1.0]
+    assert sorted(Feedback.objects.values_list("id", flat=True)) == sorted(item["id"] for item in body)
+
+
+def test_one_bad_record_in_a_list_stores_nothing_and_names_its_index_and_field(api):
+    records = [{"prompt": f"q{i}", "response": "a", "score": 0.5} for i in range(4)]
+    records[2]["score"] = 7
+
+    response = api.post(feedback_url("bulk"), records)
+
+    body = assert_error(response, 400, "[2].score")
+    assert list(body["errors"]) == ["[2].score"]
+    assert not Feedback.objects.exists() and not Agent.objects.exists()
+
+
+def test_an_empty_list_is_refused(api):
+    assert_error(api.post(feedback_url("bulk"), []), 400)
+
+
+def test_a_retry_with_the_same_run_id_returns_the_stored_record_with_200(api):
+    sent = {"prompt": "p", "response": "r", "score": 0.4, "runId": "run-1"}
+    first = api.post(feedback_url("bot"), sent)
+    again = api.post(feedback_url("bot"), sent)
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json() == first.json()
+    assert Feedback.objects.count() == 1
+    # The same runId under another agent is another record.
+    assert api.post(feedback_url("other_bot"), sent).status_code == 201
+
+
+def test_the_same_run_id_with_different_content_is_a_409(api):
+    api.post(feedback_url("bot"), {"prompt": "p", "response": "r", "score": 0.4, "runId": "run-1"})
+
+    response = api.post(feedback_url("bot"), {"prompt": "p", "response": "r", "score": 0.9, "runId": "run-1"})
+
+    assert_error(response, 409, "runId 'run-1'", "different content")
+    assert Feedback.objects.get().score == 0.4
+
+
+def test_retrying_a_list_stores_nothing_twice_and_conflicts_name_the_record(api):
+    records = [{"prompt": f"q{i}", "response": "a", "score": 0.5, "runId": f"r{i}"} for i in range(3)]
+    assert api.post(feedback_url("bulk"), records).status_code == 201
+
+    again = api.post(feedback_url("bulk"), records)
+    assert again.status_code == 200  # nothing new
+    assert Feedback.objects.count() == 3
+
+    changed = records + [{"prompt": "new", "response": "a", "runId": "r9"}]
+    changed[1] = {**records[1], "response": "edited"}
+    conflict = api.post(feedback_url("bulk"), changed)
+    body = assert_error(conflict, 409, "record 1", "runId 'r1'")
+    assert list(body["errors"]) == ["[1]"]
+    assert Feedback.objects.count() == 3  # the new record r9 was not stored either
+
+
+def test_a_run_id_repeated_within_one_list_is_stored_once():
+    results = feedback_services.record_feedback_batch(
+        agent_name="bot", records=[{"prompt": "p", "response": "r", "run_id": "x"}] * 2
+    )
+    assert [created for _, created in results] == [True, False]
+    assert results[0][0].pk == results[1][0].pk and Feedback.objects.count() == 1
+
+
+def test_trailing_slash_works_without_a_redirect(api):
+    response = api.post(feedback_url("bot") + "/", {"prompt": "p", "response": "r"})
+    assert response.status_code == 201
+    assert api.get("/api/policies/bot/").status_code == 200
+
+
+def test_form_encoded_body_is_415(api):
+    response = api.post(feedback_url("bot"), "prompt=p&response=r", content_type="application/x-www-form-urlencoded")
+    assert_error(response, 415, "Unsupported media type")
+
+
+@pytest.mark.parametrize("raw", ['{"prompt": "p", ', "", "\xff\xfe"])
+def test_malformed_json_is_400(api, raw):
+    response = api.generic("POST", feedback_url("bot"), raw.encode("latin-1"), content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["detail"]
+
+
+def test_deeply_nested_json_is_400_not_500(api):
+    depth = 100_000
+    response = api.generic("POST", feedback_url("bot"), "[" * depth + "]" * depth, content_type="application/json")
+    assert_error(response, 400, "nested too deeply")
+
+
+def test_oversized_body_is_413(api):
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
+        response = api.post(feedback_url("bot"), {"prompt": "p" * 2000, "response": "r"})
+    assert_error(response, 413, "too large")
+
+
+def test_unknown_api_urls_and_methods_answer_json(api):
+    assert_error(api.get("/api/policies/a/v1/cancel/extra"), 404, "No API endpoint")
+    assert_error(api.get(feedback_url("bot")), 405, "GET")
+
+
+# --- training requests -----------------------------------------------------------------------------------------
+
+
+def test_dry_run_answers_exactly_the_spec_keys_plus_warnings(api):
+    seed_feedback("my_agent", scored=12, unscored=2)
+
+    response = api.post(train_url("my_agent"), {
+        "dryRun": True, "baseModel": MODEL, "maxSteps": 40, "learningRate": 1e-5, "batchSize": 4, "miniBatchSize": 2,
+    })
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert set(body) == DRY_RUN_KEYS | {"warnings"}
+    assert body["status"] == "dry_run"
+    assert body["feedbackCount"] == 12  # scored feedback only
+    assert body["estimatedSteps"] == 40
+    assert body["estimatedTimeMinutes"] > 0
+    scores = list(Feedback.objects.filter(score__isnull=False).values_list("score", flat=True))
+    assert body["scoreMean"] == pytest.approx(sum(scores) / len(scores))
+    assert body["scoreStd"] == pytest.approx(math.sqrt(sum((s - body["scoreMean"]) ** 2 for s in scores) / len(scores)))
+    assert body["modelConfig"] == {"base_model": MODEL, "use_lora": True, "learning_rate": 1e-5}
+    assert any("awaiting review" in warning for warning in body["warnings"])
+    assert not PolicyVersion.objects.exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_insufficient_feedback_is_400_with_the_spec_text(api, dry_run):
+    seed_feedback("my_agent", scored=5, unscored=3)
+
+    response = api.post(train_url("my_agent"), {"dryRun": dry_run, "baseModel": MODEL})
+
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Insufficient feedback: 5 samples (minimum 10 required)"}
+    assert not PolicyVersion.objects.exists()
+
+
+def test_training_an_unknown_agent_is_404(api):
+    response = api.post(train_url("ghost"), {"dryRun": True})
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Agent 'ghost' not found"}
+
+
+@pytest.mark.parametrize("body, path, message", [
+    ({"maxStep": 10}, "maxStep", "Unknown field."),
+    ({"max_steps": 10}, "max_steps", "Unknown field; did you mean 'maxSteps'?"),
+    ({"rewardModelConfig": {"numEpoch": 2}}, "rewardModelConfig.numEpoch", "Unknown field."),
+    ({"maxSteps": "100"}, "maxSteps", "A valid integer is required."),
+    ({"maxSteps": 2.5}, "maxSteps", "A valid integer is required."),
+    ({"learningRate": True}, "learningRate", "A valid number is required."),
+    ({"useLora": "yes"}, "useLora", "Must be a valid boolean."),
+    ({"dryRun": "false"}, "dryRun", "Must be a valid boolean."),
+    ({"rewardModelConfig": 3}, "rewardModelConfig", "Invalid data. Expected a dictionary, but got int."),
+    ({"preset": "turbo"}, "preset", 'Unknown preset "turbo"; choose one of quick_test, production, low_memory, high_performance.'),
+])
+def test_bad_training_fields_are_400_named_as_sent(api, body, path, message):
+    seed_feedback("my_agent", scored=10)
+
+    response = api.post(train_url("my_agent"), body)
+
+    result = assert_error(response, 400, path)
+    assert result["errors"] == {path: [message]}
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"batchSize": 0}, "batch_size"),
+    ({"miniBatchSize": 16, "batchSize": 8}, "mini_batch_size"),
+    ({"algorithm": "dpo"}, "algorithm"),
+    ({"rewardModelConfig": {"loraDropout": 1.5}}, "lora_dropout"),
+])
+def test_config_values_the_trainer_refuses_are_400(api, body, fragment):
+    seed_feedback("my_agent", scored=10)
+    assert_error(api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, **body}), 400, fragment)
+
+
+@pytest.mark.parametrize("base_model", ["../../etc", "/etc", "~/.ssh", "models/../../etc", "a/b/c"])
+def test_base_models_outside_the_allowed_directories_are_refused(api, base_model):
+    seed_feedback("my_agent", scored=10)
+
+    response = api.post(train_url("my_agent"), {"dryRun": False, "baseModel": base_model})
+
+    assert_error(response, 400, "not allowed")
+    assert not PolicyVersion.objects.exists()
+
+
+def test_base_model_rules(tmp_path):
+    for allowed in ("n3-tiny", "n3-tiny-random", "gpt2", "openai-community/gpt2-medium", str(settings.MODELS_DIR / "my_agent" / "v1" / "policy")):
+        policy_services.check_base_model(allowed)
+    with pytest.raises(policy_services.ServiceError):
+        policy_services.check_base_model(str(tmp_path))
+    with override_settings(N3_ALLOWED_MODEL_DIRS=[tmp_path]):
+        policy_services.check_base_model(str(tmp_path / "my-model"))
+
+
+def test_queueing_creates_the_next_version_and_a_task(api):
+    seed_feedback("my_agent", scored=11, unscored=1)
+
+    response = api.post(train_url("my_agent"), {"dryRun": False, "baseModel": MODEL, "maxSteps": 20})
+
+    assert response.status_code == 202, response.content
+    body = response.json()
+    version = PolicyVersion.objects.get()
+    assert body["status"] == "queued" and version.status == "queued"
+    assert (body["version"], body["policyId"], body["agent"]) == ("v1", version.policy_id, "my_agent")
+    assert (body["feedbackCount"], body["maxSteps"]) == (11, 20)
+    assert body["url"] == "http://testserver/api/policies/my_agent/v1" == response["Location"]
+    assert OrmQ.objects.count() == 1  # the job waits for a worker
+
+    again = api.post(train_url("my_agent"), {"baseModel": MODEL})  # dryRun defaults to false
+    assert again.status_code == 202 and again.json()["version"] == "v2"
+
+
+def test_config_fields_round_trip_in_camel_case(api):
+    seed_feedback("my_agent", scored=10)
+    sent = {
+        "baseModel": MODEL, "maxSteps": 12, "learningRate": 3e-5, "batchSize": 4, "miniBatchSize": 2,
+        "gradientAccumulationSteps": 2, "useLora": True, "loraR": 4, "loraAlpha": 8, "initKlCoef": 0.5,
+        "targetKl": 3.0, "ppoEpochs": 2, "maxNewTokens": 16, "seed": 7, "device": "cpu", "algorithm": "ppo",
+        "rewardModelConfig": {"numEpochs": 2, "loraDropout": 0.2},
+    }
+    assert api.post(train_url("my_agent"), sent).status_code == 202
+
+    config = api.get("/api/policies/my_agent/v1").json()["config"]
+
+    assert {key: config[key] for key in sent if key != "rewardModelConfig"} == {k: v for k, v in sent.items() if k != "rewardModelConfig"}
+    assert config["rewardModelConfig"]["numEpochs"] == 2 and config["rewardModelConfig"]["loraDropout"] == 0.2
+    assert PolicyVersion.objects.get().config["reward_model_config"]["num_epochs"] == 2
+
+
+def test_every_training_config_field_is_accepted_in_camel_case():
+    """New TrainingConfig fields need no API change: the request serializer is derived from the dataclass."""
+    from policies.serializers import TrainPolicyRequestSerializer, to_camel
+    from training.rlhf import RewardModelConfig, TrainingConfig
+
+    fields = TrainPolicyRequestSerializer().fields
+    assert {to_camel(name) for name in TrainingConfig.field_names()} <= set(fields)
+    nested = fields["rewardModelConfig"].fields
+    assert {to_camel(f) for f in RewardModelConfig.__dataclass_fields__} == set(nested)
+
+
+# --- versions ------------------------------------------------------------------------------------------------
+
+
+TRAINED_METRICS = {
+    "rewardMean": 0.82, "rewardStd": 0.15, "kl": 2.5, "loss": 0.31,
+    "history": [{"step": 1, "rewardMean": 0.5, "kl": 0.0, "loss": 0.9}, {"step": 2, "rewardMean": 0.82, "kl": 2.5, "loss": 0.31}],
+}
+
+
+def test_versions_are_listed_newest_first_with_summary_metrics(api):
+    make_version("my_agent", 1, "trained", metrics=TRAINED_METRICS, step=2, max_steps=2, feedback_count=15,
+                 model_path="models/my_agent/v1/policy", reward_model_path="models/my_agent/v1/reward_model")
+    make_version("my_agent", 2, "failed", error="CUDA out of memory")
+    make_version("my_agent", 3, "running", metrics={"rewardMean": 0.6, "history": []}, step=1, max_steps=10)
+    make_version("other_agent", 1, "queued")
+
+    response = api.get("/api/policies/my_agent")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert [v["version"] for v in body] == ["v3", "v2", "v1"]
+    assert [v["status"] for v in body] == ["running", "failed", "trained"]
+    trained = body[2]
+    assert trained["metrics"] == {"rewardMean": 0.82, "rewardStd": 0.15, "kl": 2.5, "loss": 0.31}  # no history
+    assert (trained["trainingSteps"], trained["feedbackCount"]) == (2, 15)
+    assert (trained["modelPath"], trained["rewardModelPath"]) == ("models/my_agent/v1/policy", "models/my_agent/v1/reward_model")
+    assert body[1]["modelPath"] is None and body[1]["metrics"]["rewardMean"] is None
+    # The spec's `jq '.[] | {version, reward: .metrics.rewardMean}'` prints numbers for trained versions.
+    assert [{"version": v["version"], "reward": v["metrics"]["rewardMean"]} for v in body if v["status"] == "trained"] == [
+        {"version": "v1", "reward": 0.82}
+    ]
+
+
+def test_an_agent_without_versions_lists_an_empty_array_and_an_unknown_agent_is_404(api):
+    Agent.objects.create(name="fresh")
+    assert api.get("/api/policies/fresh").json() == []
+    assert api.get("/api/policies/ghost").json() == {"detail": "Agent 'ghost' not found"}
+
+
+def test_a_trained_version_answers_the_spec_training_success_body(api):
+    version = make_version("my_agent", 15, "trained", metrics=TRAINED_METRICS, step=1000, max_steps=1000, feedback_count=15,
+                           model_path="models/my_agent/v15/policy", reward_model_path="models/my_agent/v15/reward_model")
+
+    body = api.get("/api/policies/my_agent/v15").json()
+
+    assert {key: body[key] for key in SUCCESS_KEYS} == {
+        "status": "trained", "policyId": version.policy_id, "version": "v15",
+        "modelPath": "models/my_agent/v15/policy", "rewardModelPath": "models/my_agent/v15/reward_model",
+        "feedbackCount": 15, "trainingSteps": 1000, "rewardMean": 0.82, "rewardStd": 0.15,
+    }
+    assert body["agent"] == "my_agent" and body["error"] is None
+    assert body["metrics"]["kl"] == 2.5 and body["metrics"]["history"] == TRAINED_METRICS["history"]
+
+
+def test_a_running_version_shows_progress_and_a_failed_one_its_error(api):
+    from django.utils import timezone
+
+    now = timezone.now()
+    make_version("my_agent", 1, "running", step=3, max_steps=10, started_at=now, heartbeat_at=now,
+                 metrics={"rewardMean": 0.4, "kl": 0.1, "history": [{"step": 3}]})
+    make_version("my_agent", 2, "failed", error="Training diverged: loss is NaN at step 4")
+
+    running = api.get("/api/policies/my_agent/v1").json()
+    assert (running["status"], running["step"], running["maxSteps"]) == ("running", 3, 10)
+    assert running["metrics"]["rewardMean"] == 0.4 and running["startedAt"] and running["heartbeatAt"]
+    assert running["modelPath"] is None
+
+    failed = api.get("/api/policies/my_agent/v2").json()
+    assert (failed["status"], failed["error"]) == ("failed", "Training diverged: loss is NaN at step 4")
+
+
+@pytest.mark.parametrize("path, detail", [
+    ("/api/policies/my_agent/v9", "Version 'v9' of agent 'my_agent' not found"),
+    ("/api/policies/my_agent/1", "Version '1' of agent 'my_agent' not found"),
+    ("/api/policies/ghost/v1", "Agent 'ghost' not found"),
+])
+def test_unknown_versions_are_404(api, path, detail):
+    make_version("my_agent", 1, "trained")
+    assert_error(api.get(path), 404, detail)
+
+
+def test_cancelling_a_queued_version(api):
+    make_version("my_agent", 1, "queued")
+
+    response = api.post("/api/policies/my_agent/v1/cancel")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["status"] == "cancelled"
+    assert PolicyVersion.objects.get().status == "cancelled"
+
+
+def test_cancelling_a_running_version_requests_it(api):
+    make_version("my_agent", 1, "running")
+
+    body = api.post("/api/policies/my_agent/v1/cancel").json()
+
+    assert body["cancelRequested"] is True and body["status"] in ("running", "cancelled")
+
+
+@pytest.mark.parametrize("status", ["trained", "failed", "cancelled"])
+def test_cancelling_a_finished_version_is_409(api, status):
+    make_version("my_agent", 1, status)
+    assert_error(api.post("/api/policies/my_agent/v1/cancel"), 409)
+    assert PolicyVersion.objects.get().status == status
+
+
+# --- the spec's Quick Start, as written, plus auth -------------------------------------------------------------
+
+
+def test_quick_start(api):
+    # 1. Collect feedback (minimum 10 samples): the spec's body, then nine more.
+    quick_start = {
+        "prompt": "What is the capital of France?", "response": "Paris is the capital of France.",
+        "score": 0.9, "runId": "run_123", "notes": "Accurate answer",
+    }
+    assert api.post("/api/policies/feedback/my_agent", quick_start).status_code == 201
+    for i in range(9):
+        answer = {"prompt": f"What is {i} + {i}?", "response": f"{2 * i}", "score": 0.1 * i, "runId": f"run_{i}"}
+        assert api.post("/api/policies/feedback/my_agent", answer).status_code == 201
+    # The operator points this agent at the tiny offline model (the spec's bodies name none).
+    Agent.objects.filter(name="my_agent").update(default_training_config={"base_model": MODEL, "batch_size": 4, "mini_batch_size": 2})
+
+    # 2. Estimate training (dry run).
+    dry = api.post("/api/policies/train_policy/my_agent", {"dryRun": True, "maxSteps": 1000, "learningRate": 1e-5})
+    assert dry.status_code == 200, dry.content
+    assert set(dry.json()) - {"warnings"} == DRY_RUN_KEYS
+    assert dry.json()["feedbackCount"] == 10 and dry.json()["estimatedSteps"] == 1000
+
+    # 3. Train policy.
+    queued = api.post("/api/policies/train_policy/my_agent", {"dryRun": False, "maxSteps": 1000, "learningRate": 1e-5})
+    assert queued.status_code == 202
+    assert {"status": "queued", "version": "v1", "agent": "my_agent", "maxSteps": 1000}.items() <= queued.json().items()
+
+    # 4. List policies.
+    listed = api.get("/api/policies/my_agent")
+    assert listed.status_code == 200
+    assert [(v["version"], v["status"], v["policyId"]) for v in listed.json()] == [("v1", "queued", queued.json()["policyId"])]
+
+
+# --- OpenAPI ---------------------------------------------------------------------------------------------------
+
+
+def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
+    from drf_spectacular.validation import validate_schema
+
+    response = anonymous.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    assert response.status_code == 200
+    schema = json.loads(response.content)
+    validate_schema(schema)
+    assert {
+        "/api/policies/feedback/{agent}": {"post"},
+        "/api/policies/train_policy/{agent}": {"post"},
+        "/api/policies/{agent}": {"get"},
+        "/api/policies/{agent}/{version}": {"get"},
+        "/api/policies/{agent}/{version}/cancel": {"post"},
+    } == {path: set(ops) - {"parameters"} for path, ops in schema["paths"].items()}
+    feedback_body = schema["components"]["schemas"]["FeedbackRequestBodyRequest"]
+    assert len(feedback_body["oneOf"]) == 2  # one record, or a list of them
+    assert anonymous.get("/api/docs/").status_code == 200
