@@ -11,7 +11,6 @@ fourth record of a list) to its messages::
 """
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -22,8 +21,6 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, serializers, status
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
-
-logger = logging.getLogger(__name__)
 
 # At most this many field errors are spelled out in "detail"; "errors" always has them all.
 DETAIL_MAX_ERRORS = 5
@@ -136,6 +133,4 @@ def exception_handler(exc, context):
         response.data = {"detail": summarize(errors), "errors": errors}
     elif isinstance(exc, _Status) and exc.errors:
         response.data = {"detail": str(exc.detail), "errors": exc.errors}
-    if response.status_code >= 500:
-        logger.error("API error %s: %s", response.status_code, response.data.get("detail"))
     return response
