@@ -66,7 +66,13 @@ class StrictFloatField(serializers.FloatField):
 
 
 class StrictIntegerField(serializers.IntegerField):
-    """A JSON integer (1000 or 1e3); not 2.5, not "3", not true."""
+    """A JSON integer (1000 or 1e3); not 2.5, not "3", not true. Within 32 bits unless told otherwise,
+    so that every value fits the database's integer columns."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("min_value", -(2**31))
+        kwargs.setdefault("max_value", 2**31 - 1)
+        super().__init__(**kwargs)
 
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, (int, float)):

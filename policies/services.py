@@ -44,13 +44,16 @@ def check_base_model(name: str) -> None:
 
     if name in BUILTIN_MODELS:
         return
-    # A hub id that is also a directory here would be loaded from the directory: check it as a path.
-    if _HUB_ID.match(name) and ".." not in name and not Path(name).exists():
-        return
-    path = Path(name).expanduser().resolve()
-    allowed = [Path(settings.MODELS_DIR), *settings.N3_ALLOWED_MODEL_DIRS]
-    if any(path.is_relative_to(Path(root).resolve()) for root in allowed):
-        return
+    try:
+        # A hub id that is also a directory here would be loaded from the directory: check it as a path.
+        if _HUB_ID.match(name) and ".." not in name and not Path(name).exists():
+            return
+        path = Path(name).expanduser().resolve()
+        allowed = [Path(settings.MODELS_DIR), *settings.N3_ALLOWED_MODEL_DIRS]
+        if any(path.is_relative_to(Path(root).resolve()) for root in allowed):
+            return
+    except (OSError, ValueError, RuntimeError):  # a name too long for a path, a NUL byte, a "~user" that does not exist
+        pass
     raise ServiceError(
         f"Base model {name!r} is not allowed: use a built-in model ({', '.join(BUILTIN_MODELS)}), "
         "a Hugging Face hub id such as 'org/name', or a directory under MODELS_DIR or N3_ALLOWED_MODEL_DIRS."

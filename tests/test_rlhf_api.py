@@ -293,6 +293,7 @@ def test_training_an_unknown_agent_is_404(api):
     ({"rewardModelConfig": {"numEpoch": 2}}, "rewardModelConfig.numEpoch", "Unknown field."),
     ({"maxSteps": "100"}, "maxSteps", "A valid integer is required."),
     ({"maxSteps": 2.5}, "maxSteps", "A valid integer is required."),
+    ({"maxSteps": 2**40}, "maxSteps", "Ensure this value is less than or equal to 2147483647."),
     ({"learningRate": True}, "learningRate", "A valid number is required."),
     ({"useLora": "yes"}, "useLora", "Must be a valid boolean."),
     ({"dryRun": "false"}, "dryRun", "Must be a valid boolean."),
@@ -319,7 +320,7 @@ def test_config_values_the_trainer_refuses_are_400(api, body, fragment):
     assert_error(api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, **body}), 400, fragment)
 
 
-@pytest.mark.parametrize("base_model", ["../../etc", "/etc", "~/.ssh", "models/../../etc", "a/b/c"])
+@pytest.mark.parametrize("base_model", ["../../etc", "/etc", "~/.ssh", "~nosuchuser/x", "models/../../etc", "a/b/c", "x" * 5000])
 def test_base_models_outside_the_allowed_directories_are_refused(api, base_model):
     seed_feedback("my_agent", scored=10)
 
