@@ -133,4 +133,17 @@ def exception_handler(exc, context):
         response.data = {"detail": summarize(errors), "errors": errors}
     elif isinstance(exc, _Status) and exc.errors:
         response.data = {"detail": str(exc.detail), "errors": exc.errors}
+    response.data = _encodable(response.data)
     return response
+
+
+def _encodable(data: Any) -> Any:
+    """Messages may quote the client's input, which JSON can carry but UTF-8 cannot (a lone surrogate
+    such as "\\ud800"): escape those characters instead of failing to render the error."""
+    if isinstance(data, str):
+        return data.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(data, Mapping):
+        return {_encodable(key): _encodable(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_encodable(item) for item in data]
+    return data

@@ -240,6 +240,14 @@ def test_oversized_body_is_413(api):
     assert_error(response, 413, "too large")
 
 
+def test_an_error_quoting_a_lone_surrogate_still_renders(api):
+    """JSON may carry "\\ud800", UTF-8 cannot: the message quoting it is escaped, not a 500."""
+    response = api.generic("POST", train_url("bot"), '{"preset": "\\ud800"}', content_type="application/json")
+    assert_error(response, 400, "Unknown preset")
+    response = api.generic("POST", feedback_url("bot"), '{"prompt": "\\ud800", "response": "r"}', content_type="application/json")
+    assert_error(response, 400, "prompt")
+
+
 def test_unknown_api_urls_and_methods_answer_json(api):
     assert_error(api.get("/api/policies/a/v1/cancel/extra"), 404, "No API endpoint")
     assert_error(api.get(feedback_url("bot")), 405, "GET")
