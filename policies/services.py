@@ -5,6 +5,7 @@ feedback (the busiest endpoint) never needs.
 """
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -19,6 +20,8 @@ from .selectors import get_agent, get_policy_version
 
 if TYPE_CHECKING:
     from training.rlhf import TrainingConfig, TrainingEstimate
+
+logger = logging.getLogger(__name__)
 
 # A Hugging Face hub id: "name" or "org/name".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -78,10 +81,21 @@ def estimate_policy_training(
     ``overrides`` are TrainingConfig fields (snake_case) applied over the preset and the agent's defaults.
     Raises NotFound, ConfigError, InsufficientFeedbackError or ServiceError (base model not allowed).
     """
+    from training.rlhf import RLHFError  # noqa: PLC0415
     from training.services import estimate_training  # noqa: PLC0415
 
     agent = get_agent(name=agent_name)
-    return estimate_training(agent=agent, config=_training_config(agent=agent, overrides=overrides, preset=preset))
+    config = _training_config(agent=agent, overrides=overrides, preset=preset)
+    try:
+        return estimate_training(agent=agent, config=config)
+    except RLHFError:
+        raise  # the training core's own, explained errors
+    except Exception as exc:
+        # The estimate trains a miniature run with this config, so torch/peft/transformers errors that
+        # the config provokes (target modules the model lacks, sequences longer than its context)
+        # surface here untyped. The full run would fail the same way: tell the client why.
+        logger.exception("Dry run failed for agent %s", agent_name)
+        raise ServiceError(f"Training with this configuration fails: {type(exc).__name__}: {exc}") from exc
 
 
 def queue_policy_training(

@@ -328,6 +328,15 @@ def test_config_values_the_trainer_refuses_are_400(api, body, fragment):
     assert_error(api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, **body}), 400, fragment)
 
 
+def test_a_dry_run_that_cannot_train_with_the_config_is_400_saying_why(api):
+    """The estimate trains a miniature run: a config the model cannot take fails there, as the full run would."""
+    seed_feedback("my_agent", scored=10)
+
+    response = api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, "loraTargetModules": ["no_such_layer"]})
+
+    assert_error(response, 400, "Training with this configuration fails", "no_such_layer")
+
+
 @pytest.mark.parametrize("base_model", ["../../etc", "/etc", "~/.ssh", "~nosuchuser/x", "models/../../etc", "a/b/c", "x" * 5000])
 def test_base_models_outside_the_allowed_directories_are_refused(api, base_model):
     seed_feedback("my_agent", scored=10)
