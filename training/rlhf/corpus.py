@@ -106,12 +106,92 @@ OPPOSITES = {
     "near": "far", "first": "last",
 }
 
+# country: (language, continent)
+COUNTRIES = {
+    "France": ("French", "Europe"), "Germany": ("German", "Europe"), "Italy": ("Italian", "Europe"),
+    "Spain": ("Spanish", "Europe"), "Portugal": ("Portuguese", "Europe"), "Japan": ("Japanese", "Asia"),
+    "China": ("Chinese", "Asia"), "Egypt": ("Arabic", "Africa"), "Kenya": ("Swahili", "Africa"),
+    "Mexico": ("Spanish", "North America"), "Brazil": ("Portuguese", "South America"),
+    "Argentina": ("Spanish", "South America"), "Peru": ("Spanish", "South America"), "Russia": ("Russian", "Europe"),
+    "Norway": ("Norwegian", "Europe"), "Sweden": ("Swedish", "Europe"), "Finland": ("Finnish", "Europe"),
+    "Poland": ("Polish", "Europe"), "Greece": ("Greek", "Europe"), "Turkey": ("Turkish", "Asia"),
+    "Australia": ("English", "Oceania"), "South Korea": ("Korean", "Asia"), "Thailand": ("Thai", "Asia"),
+    "Vietnam": ("Vietnamese", "Asia"), "Chile": ("Spanish", "South America"), "Hungary": ("Hungarian", "Europe"),
+    "the United Kingdom": ("English", "Europe"), "the United States": ("English", "North America"),
+    "Canada": ("English and French", "North America"), "the Netherlands": ("Dutch", "Europe"),
+}
+
+# food: (kind, colour, taste)
+FOODS = {
+    "an apple": ("fruit", "red or green", "sweet"), "a pear": ("fruit", "green", "sweet"),
+    "a grape": ("fruit", "green or purple", "sweet"), "a cherry": ("fruit", "red", "sweet"),
+    "a lemon": ("fruit", "yellow", "sour"), "a lime": ("fruit", "green", "sour"),
+    "a peach": ("fruit", "orange", "sweet"), "a mango": ("fruit", "orange", "sweet"),
+    "a carrot": ("vegetable", "orange", "sweet"), "a potato": ("vegetable", "brown", "plain"),
+    "an onion": ("vegetable", "white", "sharp"), "a cucumber": ("vegetable", "green", "fresh"),
+    "a pepper": ("vegetable", "red or green", "mild"), "a cabbage": ("vegetable", "green", "plain"),
+    "a pumpkin": ("vegetable", "orange", "sweet"), "broccoli": ("vegetable", "green", "bitter"),
+}
+
+TOOLS = {
+    "a hammer": "to hit nails into wood", "a knife": "to cut food", "a broom": "to sweep the floor",
+    "a pen": "to write on paper", "a spoon": "to eat soup", "a key": "to open a lock",
+    "a ladder": "to reach high places", "an umbrella": "to stay dry in the rain", "a saw": "to cut wood",
+    "a towel": "to dry yourself", "a needle": "to sew cloth", "a shovel": "to dig holes",
+    "a comb": "to tidy your hair", "a cup": "to drink water", "a bucket": "to carry water",
+    "a phone": "to call people", "a camera": "to take photos", "a watch": "to tell the time",
+}
+
+JOBS = {
+    "a pilot": "flies planes", "a chef": "cooks food in a restaurant", "a nurse": "cares for sick people",
+    "a builder": "builds houses", "a driver": "drives cars or buses", "a painter": "paints pictures or walls",
+    "a police officer": "keeps people safe", "a firefighter": "puts out fires", "a dentist": "looks after teeth",
+    "a vet": "looks after sick animals", "a writer": "writes books and stories", "a singer": "sings songs",
+    "a gardener": "looks after gardens", "a postman": "brings letters to houses", "a judge": "decides cases in court",
+    "a scientist": "studies how the world works", "a cleaner": "keeps places clean", "a tailor": "makes clothes",
+}
+
+PLURALS = {
+    "cat": "cats", "dog": "dogs", "mouse": "mice", "child": "children", "man": "men", "woman": "women",
+    "foot": "feet", "tooth": "teeth", "box": "boxes", "city": "cities", "leaf": "leaves", "knife": "knives",
+    "baby": "babies", "bus": "buses", "goose": "geese", "person": "people", "fish": "fish", "sheep": "sheep",
+    "book": "books", "house": "houses", "wolf": "wolves", "glass": "glasses", "story": "stories", "day": "days",
+}
+
+# animal sizes, smallest first: "which is bigger" compares two of them
+SIZES = ["ant", "bee", "spider", "mouse", "frog", "rabbit", "cat", "dog", "sheep", "pig", "lion", "horse",
+         "bear", "cow", "giraffe", "elephant", "whale"]
+
+UNITS = [
+    ("days", "a week", 7), ("hours", "a day", 24), ("minutes", "an hour", 60), ("seconds", "a minute", 60),
+    ("months", "a year", 12), ("weeks", "a year", 52), ("days", "a year", 365), ("legs", "a chair", 4),
+    ("wheels", "a bicycle", 2), ("wheels", "a car", 4), ("sides", "a triangle", 3), ("sides", "a square", 4),
+    ("colours", "a rainbow", 7), ("players", "a football team", 11), ("fingers", "one hand", 5),
+    ("continents", "the world", 7), ("letters", "the English alphabet", 26), ("years", "a century", 100),
+]
+
+SEASONS = {
+    "winter": "cold, and in many places it snows",
+    "spring": "mild, and flowers begin to grow",
+    "summer": "warm and sunny, and the days are long",
+    "autumn": "cool, and the leaves fall from the trees",
+}
+
 NUMBER_WORDS = [
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
 ]
 
 # --- templates ---------------------------------------------------------------------------------------------------
 # Each generator yields (question, answer); several phrasings per fact so the model learns the facts, not one string.
+
+
+def _cap(text: str) -> str:
+    """Capitalise the first letter only ("the sky" -> "The sky"; str.capitalize would lower the rest)."""
+    return text[:1].upper() + text[1:]
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def _capitals() -> Iterator[tuple[str, str]]:
@@ -126,7 +206,6 @@ def _arithmetic() -> Iterator[tuple[str, str]]:
     for a in range(13):
         for b in range(13):
             yield f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
-            yield f"What is {a} + {b}?", f"{a} + {b} = {a + b}."
             yield f"What is {a} times {b}?", f"{a} times {b} is {a * b}."
             if a >= b:
                 yield f"What is {a} minus {b}?", f"{a} minus {b} is {a - b}."
@@ -138,29 +217,27 @@ def _arithmetic() -> Iterator[tuple[str, str]]:
 
 def _colours() -> Iterator[tuple[str, str]]:
     for thing, colour in COLOURS.items():
-        yield f"What colour is {thing}?", f"{thing[0].upper() + thing[1:]} is {colour}."
+        yield f"What colour is {thing}?", f"{_cap(thing)} is {colour}."
         yield f"What is the colour of {thing}?", f"The colour of {thing} is {colour}."
         yield f"Is {thing} {colour}?", f"Yes, {thing} is {colour}."
 
 
 def _animals() -> Iterator[tuple[str, str]]:
     for animal, (sound, legs, home, group) in ANIMALS.items():
-        article = "an" if animal[0] in "aeiou" else "a"
         legs_text = "no legs" if legs == 0 else f"{NUMBER_WORDS[legs]} legs"
-        yield f"What sound does {article} {animal} make?", f"{article.capitalize()} {animal} {sound}."
-        yield f"How many legs does {article} {animal} have?", f"{article.capitalize()} {animal} has {legs_text}."
-        yield f"Where does {article} {animal} live?", f"{article.capitalize()} {animal} lives in {home}."
-        yield f"What kind of animal is {article} {animal}?", f"{article.capitalize()} {animal} is {'an' if group[0] in 'aeiou' else 'a'} {group}."
-        yield f"Tell me about the {animal}.", (
-            f"The {animal} is {'an' if group[0] in 'aeiou' else 'a'} {group} with {legs_text}. It lives in {home}.")
+        yield f"What sound does {_a(animal)} make?", f"{_cap(_a(animal))} {sound}."
+        yield f"How many legs does {_a(animal)} have?", f"{_cap(_a(animal))} has {legs_text}."
+        yield f"Where does {_a(animal)} live?", f"{_cap(_a(animal))} lives in {home}."
+        yield f"What kind of animal is {_a(animal)}?", f"{_cap(_a(animal))} is {_a(group)}."
+        yield f"Tell me about the {animal}.", f"The {animal} is {_a(group)} with {legs_text}. It lives in {home}."
 
 
 def _definitions() -> Iterator[tuple[str, str]]:
     for word, meaning in DEFINITIONS.items():
         bare = word.split(" ", 1)[-1]
-        yield f"What is {word}?", f"{word[0].upper() + word[1:]} is {meaning}."
+        yield f"What is {word}?", f"{_cap(word)} is {meaning}."
         yield f"What does the word {bare} mean?", f"The word {bare} means {meaning}."
-        yield f"Define {bare}.", f"{word[0].upper() + word[1:]} is {meaning}."
+        yield f"Define {bare}.", f"{_cap(word)} is {meaning}."
 
 
 def _how_to() -> Iterator[tuple[str, str]]:
@@ -194,7 +271,62 @@ def _small_talk() -> Iterator[tuple[str, str]]:
         yield f"Which month is number {month_index + 1}?", f"Month number {month_index + 1} is {month}."
 
 
-_GENERATORS = (_capitals, _arithmetic, _colours, _animals, _definitions, _how_to, _opposites, _small_talk)
+def _countries() -> Iterator[tuple[str, str]]:
+    for country, (language, continent) in COUNTRIES.items():
+        yield f"What language do people speak in {country}?", f"People in {country} speak {language}."
+        yield f"Which language is spoken in {country}?", f"{language} is spoken in {country}."
+        yield f"Which continent is {country} in?", f"{_cap(country)} is in {continent}."
+        yield f"Where is {country}?", f"{_cap(country)} is a country in {continent}."
+
+
+def _foods() -> Iterator[tuple[str, str]]:
+    for food, (kind, colour, taste) in FOODS.items():
+        name = food.split(" ", 1)[-1]
+        other = "vegetable" if kind == "fruit" else "fruit"
+        yield f"Is {food} a fruit or a vegetable?", f"{_cap(food)} is a {kind}."
+        yield f"Is {food} a {other}?", f"No, {food} is a {kind}, not a {other}."
+        yield f"What does {food} taste like?", f"{_cap(food)} tastes {taste}."
+        yield f"What colour is {food}?", f"{_cap(food)} is {colour}."
+        yield f"Tell me about the {name}.", f"The {name} is a {kind}. It is {colour} and tastes {taste}."
+
+
+def _tools_and_jobs() -> Iterator[tuple[str, str]]:
+    for tool, use in TOOLS.items():
+        yield f"What do you use {tool} for?", f"You use {tool} {use}."
+        yield f"What is {tool} for?", f"{_cap(tool)} is used {use}."
+        yield f"What do I need {use}?", f"You need {tool}."
+    for job, work in JOBS.items():
+        yield f"What does {job} do?", f"{_cap(job)} {work}."
+        yield f"Who {work}?", f"{_cap(job)} {work}."
+
+
+def _words() -> Iterator[tuple[str, str]]:
+    for word, plural in PLURALS.items():
+        yield f"What is the plural of {word}?", f"The plural of {word} is {plural}."
+        yield f"How do you say more than one {word}?", f"One {word}, two {plural}."
+        yield f"How do you spell {word}?", f"You spell it {'-'.join(word.upper())}."
+
+
+def _sizes() -> Iterator[tuple[str, str]]:
+    for i, small in enumerate(SIZES):
+        for big in SIZES[i + 1:]:
+            yield f"Which is bigger, {_a(small)} or {_a(big)}?", f"{_cap(_a(big))} is bigger than {_a(small)}."
+            yield f"Which is smaller, {_a(big)} or {_a(small)}?", f"{_cap(_a(small))} is smaller than {_a(big)}."
+
+
+def _counts_and_seasons() -> Iterator[tuple[str, str]]:
+    for unit, whole, count in UNITS:
+        yield f"How many {unit} are in {whole}?", f"There are {count} {unit} in {whole}."
+        yield f"How many {unit} does {whole} have?", f"{_cap(whole)} has {count} {unit}."
+    for season, weather in SEASONS.items():
+        yield f"What is the weather like in {season}?", f"In {season} it is {weather}."
+        yield f"Tell me about {season}.", f"{season.capitalize()} is a season. It is {weather}."
+
+
+_GENERATORS = (
+    _capitals, _countries, _arithmetic, _colours, _animals, _foods, _sizes, _definitions, _tools_and_jobs, _words,
+    _how_to, _opposites, _counts_and_seasons, _small_talk,
+)
 
 # One example in this many goes to the held-out split (chosen by a stable hash of the question, not by position).
 _HELDOUT_EVERY = 10
