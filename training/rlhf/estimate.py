@@ -1,7 +1,7 @@
 """How long a training run will take on this machine: measured, not guessed.
 
 A dry run cannot know the speed of an unknown model on an unknown machine, so the trainer measures it:
-it runs a *calibration* — a real, miniature training run (a few reward-model batches, 4 PPO steps, the
+it runs a *calibration* — a real, miniature training run (a few reward-model batches, 5 PPO steps, the
 saves) with the run's own model, batch sizes and lengths on this machine's device — and reads the seconds
 of each phase from its TrainingResult.timings and per-step history. This module holds the arithmetic around
 that: which runs can share a calibration (the cache key), where it is cached (JSON under
@@ -9,7 +9,7 @@ MODELS_DIR/_calibration/), and how a calibration extrapolates to the full run::
 
     total = fixed costs (loading both models, the PPO set-up, saving)
           + reward-model steps x seconds per step + validation batches x seconds per batch
-          + first PPO step + (max_steps - 1) x seconds per later PPO step
+          + first PPO step + (max_steps - 1) x seconds per later PPO step (their median)
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from .results import TrainingResult
 
 CALIBRATION_VERSION = 1  # bump when the training code's cost changes, so old measurements are not reused
 CALIBRATION_DIR = "_calibration"
-CALIBRATION_PPO_STEPS = 4  # the first step carries one-time costs; the median of the later ones is the pace
+CALIBRATION_PPO_STEPS = 5  # the first step carries one-time costs; the later ones give the pace
 CALIBRATION_RM_EPOCHS = 2
 
 
@@ -49,9 +49,14 @@ class Calibration:
 
 
 def calibration_key(
-    config: TrainingConfig, *, device: torch.device, prompt_tokens: float, text_tokens: float
+    config: TrainingConfig, *, device: torch.device, prompt_tokens: float, text_tokens: float,
+    base_model_path: str, reward_base_model_path: str,
 ) -> dict[str, Any]:
-    """Everything a step's cost depends on. Lengths are bucketed to powers of two so similar data shares a calibration."""
+    """Everything a step's cost depends on. Lengths are bucketed to powers of two so similar data shares a calibration.
+
+    The base models' paths (as resolve_base_model returns them) are fingerprinted by their config.json, so a
+    rebuilt or replaced model at the same name is measured again.
+    """
     rm = config.reward_model_config
     return {
         "version": CALIBRATION_VERSION,
@@ -60,8 +65,8 @@ def calibration_key(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "base_model": config.base_model,
-        "reward_base_model": rm.base_model or config.base_model,
+        "base_model": [config.base_model, _fingerprint(base_model_path)],
+        "reward_base_model": [rm.base_model or config.base_model, _fingerprint(reward_base_model_path)],
         **{name: getattr(config, name) for name in (
             "algorithm", "dtype", "use_lora", "lora_r", "lora_target_modules", "batch_size", "mini_batch_size",
             "gradient_accumulation_steps", "ppo_epochs", "max_new_tokens", "max_prompt_length",
@@ -121,6 +126,8 @@ def calibration_from_result(result: TrainingResult) -> Calibration:
         rm_step_s=rm_train_s / max(rm["steps"], 1),
         rm_eval_batch_s=rm_eval_s / rm_eval_batches if rm_eval_batches else 0.0,
         ppo_first_step_s=step_s[0],
+        # The median: robust to a step slowed by another process, and unlike the minimum it does not pick the
+        # step whose sampled responses happened to end earliest.
         ppo_step_s=statistics.median(step_s[1:]) if len(step_s) > 1 else step_s[0],
     )
 
@@ -137,6 +144,12 @@ def extrapolate(calibration: Calibration, config: TrainingConfig, *, n_train: in
         + calibration.ppo_first_step_s
         + (config.max_steps - 1) * calibration.ppo_step_s
     )
+
+
+def _fingerprint(model_path: str) -> Optional[str]:
+    """A hash of a local model directory's config.json; None for a hub id (its cache is not ours to read)."""
+    config_file = Path(model_path) / "config.json"
+    return hashlib.sha256(config_file.read_bytes()).hexdigest()[:16] if config_file.is_file() else None
 
 
 def _bucket(tokens: float) -> int:

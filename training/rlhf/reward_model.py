@@ -189,6 +189,8 @@ def fit_reward_model(
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    # float16 autocast needs loss scaling against gradient underflow; for float32/bfloat16 this is a no-op.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total = config.num_epochs * steps_per_epoch
     order_rng = torch.Generator().manual_seed(seed)
@@ -208,9 +210,11 @@ def fit_reward_model(
             target = torch.tensor([r.score for r in batch], device=model.device)
             loss = nn.functional.mse_loss(model(**inputs), target)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(loss.item())
             step += 1
             if callback is not None and callback(Progress(

@@ -38,6 +38,7 @@ from peft import PeftModel, get_peft_model
 from transformers import set_seed
 
 from . import estimate as calibration
+from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .config import TrainingConfig
 from .data import FeedbackData, format_query, format_text, prepare_feedback, train_val_split
 from .errors import ConfigError, TrainingCancelled
@@ -45,6 +46,7 @@ from .modeling import lora_config_for, resolve_device, resolve_dtype
 from .ppo import train_ppo
 from .progress import Progress, ProgressCallback
 from .results import RESULTS_FILE, TrainingResult
+from .reward_model import fit_reward_model
 
 LOG_FILE = "training.log"
 POLICY_DIR = "policy"
@@ -52,25 +54,6 @@ REWARD_MODEL_DIR = "reward_model"
 
 logger = logging.getLogger(__name__)
 
-
-def load_tokenizer(*args, **kwargs):  # TEMPORARY until training/rlhf/base_models.py is committed
-    from .base_models import load_tokenizer
-    return load_tokenizer(*args, **kwargs)
-
-
-def load_causal_lm(*args, **kwargs):  # TEMPORARY
-    from .base_models import load_causal_lm
-    return load_causal_lm(*args, **kwargs)
-
-
-def resolve_base_model(*args, **kwargs):  # TEMPORARY
-    from .base_models import resolve_base_model
-    return resolve_base_model(*args, **kwargs)
-
-
-def fit_reward_model(*args, **kwargs):  # TEMPORARY
-    from .reward_model import fit_reward_model
-    return fit_reward_model(*args, **kwargs)
 
 # One function per algorithm, all with train_ppo's signature:
 #   (*, policy, tokenizer, prompts, reward_fn, config, device, callback, log) -> per-step metrics (list of dicts)
@@ -108,14 +91,20 @@ class RLHFTrainer:
         """What train() would do with this feedback and how long it would take here.
 
         The time is measured: the first estimate for a model/device/batch/length combination runs a miniature
-        training (seconds on the tiny models; about three PPO steps' worth plus model loading on others) and
+        training (seconds on the tiny models; five PPO steps plus model loading and saving on others) and
         caches the timings under MODELS_DIR/_calibration/; later estimates reuse them. See estimate.py.
         """
         config = self.config
         algorithm_fn(config.algorithm)
         data = prepare_feedback(feedbacks)
         device = self._device()
-        key = calibration.calibration_key(config, device=device, **self._mean_lengths(data))
+        key = calibration.calibration_key(
+            config, device=device, **self._mean_lengths(data),
+            base_model_path=resolve_base_model(config.base_model, models_dir=self.models_dir),
+            reward_base_model_path=resolve_base_model(
+                config.reward_model_config.base_model or config.base_model, models_dir=self.models_dir,
+            ),
+        )
         measured = None if recalibrate else calibration.load_calibration(self._models_dir(), key)
         if measured is None:
             logger.info("Measuring training speed for %s on %s (once per model/device/batch)", config.base_model, device)
@@ -286,22 +275,19 @@ class RLHFTrainer:
             raise ConfigError(str(exc)) from exc
 
     def _models_dir(self) -> Path:
-        if self.models_dir is not None:
-            return self.models_dir
-        return Path(os.environ.get("MODELS_DIR", "models"))
+        return self.models_dir if self.models_dir is not None else default_models_dir()
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
 def _save_policy(policy: torch.nn.Module, tokenizer, path: Path) -> None:
     """A plain Hugging Face directory: AutoModelForCausalLM/AutoTokenizer.from_pretrained(path) need nothing else.
 
-    The tokenizer is saved left-padded, as the policy was trained: a decoder-only model continues from the last
+    The tokenizer is saved left-padded (load_tokenizer(padding_side="left") records it in tokenizer_config.json),
+    as the policy was trained: a decoder-only model continues from the last
     position, so a batch of prompts must be padded on the left for generate() to be right (a single prompt
     has no padding either way). generation_config carries the pad token, so generate() needs no extra argument.
     """
     model = policy.merge_and_unload() if isinstance(policy, PeftModel) else policy
-    tokenizer.padding_side = "left"
-    tokenizer.init_kwargs["padding_side"] = "left"  # save_pretrained writes init kwargs, not the attribute
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path)
