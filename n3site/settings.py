@@ -174,6 +174,11 @@ N3_TRAINING_TIMEOUT = env_int("N3_TRAINING_TIMEOUT", 6 * 3600)
 N3_HEARTBEAT_TIMEOUT = env_int("N3_HEARTBEAT_TIMEOUT", 60)
 # Minimum seconds between two metric writes of a running job (heartbeat and history).
 N3_METRICS_INTERVAL = float(os.environ.get("N3_METRICS_INTERVAL", 2.0))
+# Seconds a running job has to stop by itself after a cancel before its training process is terminated.
+N3_CANCEL_GRACE = float(os.environ.get("N3_CANCEL_GRACE", 60))
+# What runs a job's training process: a command that runs a Python script with its arguments (shell syntax).
+# Empty: this Python. For several GPUs: N3_TRAINING_LAUNCHER="accelerate launch --num_processes 2".
+N3_TRAINING_LAUNCHER = os.environ.get("N3_TRAINING_LAUNCHER", "")
 
 # --- Jobs (django-q2) -----------------------------------------------------------------------
 # retry > timeout > longest training: django-q2 re-delivers a task that outlives `retry`, and a
@@ -192,6 +197,7 @@ Q_CLUSTER = {
     "poll": float(os.environ.get("N3_Q_POLL", 1.0)),
 }
 if os.environ.get("REDIS_URL"):
+    # django-q2 passes a string to redis.from_url ("redis://[:password@]host:6379/0", "rediss://..." for TLS).
     Q_CLUSTER["redis"] = os.environ["REDIS_URL"]
 else:
     Q_CLUSTER["orm"] = "default"

@@ -1,0 +1,223 @@
+"""django-q2 tasks: a version's training job, and the sweep that fails jobs whose process died.
+
+The job never trains inside the django-q2 worker. The worker is a fork of the cluster process: CUDA must not be
+initialised after a fork, an out-of-memory kill should take only the training with it, and a cancel must be
+able to stop the training without stopping the worker. So the job starts a child process
+(``manage.py train_policy --version-id N``, through N3_TRAINING_LAUNCHER so ``accelerate launch`` can replace
+the plain launch), watches it, and records what happened if the child could not (killed, crashed).
+
+Nothing here imports the training core (torch): the worker stays small.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+from django.conf import settings
+
+from policies.models import PolicyVersion
+
+from . import services
+
+logger = logging.getLogger(__name__)
+
+Status = PolicyVersion.Status
+POLL_SECONDS = 1.0
+# After SIGTERM, how long the child gets to clean up (remove partial outputs, record its state) before SIGKILL.
+KILL_AFTER_SECONDS = 15.0
+# Lines of the child's output kept for the error message of a child that died.
+TAIL_LINES = 20
+TAIL_CHARS = 3000
+
+
+def run_policy_version(version_id: int) -> str:
+    """Claim the version, train it in a child process, and make sure it ends trained, failed or cancelled.
+
+    A version that is not queued any more (claimed by another delivery of this task, cancelled) is left alone:
+    a training never runs twice. Returns a one-line outcome (django-q2 stores it as the task's result).
+    """
+    if not services.claim_version(version_id=version_id):
+        status = PolicyVersion.objects.filter(pk=version_id).values_list("status", flat=True).first()
+        logger.info("Version %s not trained by this task: it is %s, not queued", version_id, status or "deleted")
+        return f"not run: version {version_id} is {status or 'deleted'}"
+
+    version = PolicyVersion.objects.select_related("agent").get(pk=version_id)
+    command = training_command(version_id)
+    logger.info("Training %s: %s", version, shlex.join(command))
+    # Its own process group: stopping it stops what it started too (a launcher's per-GPU processes).
+    child = subprocess.Popen(
+        command, cwd=settings.BASE_DIR, env=child_environment(), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+        start_new_session=True,
+    )
+    output = OutputTail(child.stdout, prefix=f"[{version.agent.name} {version.version}] ")
+    try:
+        stopped_because = supervise(version_id, child)
+    except BaseException:
+        # The supervisor itself failed (e.g. the database went away): do not leave an unsupervised child.
+        logger.exception("Supervising %s failed; stopping its training process", version)
+        stop(child)
+        services.fail_running_version(version_id=version_id, error="The job supervising the training failed; see the worker log.")
+        raise
+    finally:
+        if not output.join(timeout=5):
+            # The child is gone but something it started still holds its output open: stop its process group
+            # (which still exists while such a member lives, so its id cannot name anyone else).
+            logger.warning("Stopping processes left behind by the training process of %s", version)
+            _signal_group(child, signal.SIGKILL)
+            output.join(timeout=5)
+
+    version.refresh_from_db()
+    if version.status == Status.RUNNING:  # the child could not record an outcome itself
+        if stopped_because == "cancel":
+            services.fail_running_version(
+                version_id=version_id, status=Status.CANCELLED,
+                error=f"Cancelled: the training process did not stop within N3_CANCEL_GRACE={settings.N3_CANCEL_GRACE} s and was stopped.",
+            )
+        else:
+            tail = output.text()
+            services.fail_running_version(
+                version_id=version_id,
+                error=f"The training process {describe_exit(child.returncode)}." + (f"\nLast output:\n{tail}" if tail else ""),
+            )
+        version.refresh_from_db()
+    logger.info("Training %s ended %s (exit code %s)", version, version.status, child.returncode)
+    return f"{version.agent.name} {version.version}: {version.status}"
+
+
+def sweep_stale_versions() -> int:
+    """The scheduled sweep (every minute, and at each worker start); see services.sweep_stale_versions."""
+    return services.sweep_stale_versions()
+
+
+# --- the child process ------------------------------------------------------------------------------------------
+def training_command(version_id: int) -> list[str]:
+    """The command that trains one version: N3_TRAINING_LAUNCHER (default: this Python) + manage.py train_policy.
+
+    A launcher is anything that runs a Python script with its arguments, e.g.
+    ``N3_TRAINING_LAUNCHER="accelerate launch --num_processes 2"`` for several GPUs.
+    """
+    launcher = shlex.split(settings.N3_TRAINING_LAUNCHER) or [sys.executable]
+    return [*launcher, str(Path(settings.BASE_DIR) / "manage.py"), "train_policy", "--version-id", str(version_id)]
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment, plus what the child must agree on with us (settings module, MODELS_DIR)."""
+    env = dict(os.environ)
+    # (SETTINGS_MODULE is None while a test overrides settings; the environment has it then.)
+    env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE or env["DJANGO_SETTINGS_MODULE"]
+    env["MODELS_DIR"] = str(settings.MODELS_DIR)
+    env["PYTHONUNBUFFERED"] = "1"  # its log lines reach the worker's log as they happen
+    env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no download/loading bars in a log file
+    return env
+
+
+def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
+    """Wait for the child; meanwhile beat the heartbeat and stop the child when it must stop.
+
+    Returns why we stopped it ("cancel", "timeout", "gone": the version is no longer running), or None when it
+    exited by itself. A cancel is first left to the child (its progress callback sees the flag between steps
+    and records the version cancelled); only a child still running N3_CANCEL_GRACE seconds later is terminated,
+    and killed if SIGTERM does not end it within KILL_AFTER_SECONDS.
+    """
+    started = time.monotonic()
+    beat_every = max(1.0, settings.N3_HEARTBEAT_TIMEOUT / 4)
+    next_beat = started
+    asked_to_stop: Optional[float] = None  # when we first saw that the child should stop by itself
+    stopped_because: Optional[str] = None
+    terminated: Optional[float] = None
+    while child.poll() is None:
+        now = time.monotonic()
+        if stopped_because is None:
+            state = PolicyVersion.objects.filter(pk=version_id).values_list("status", "cancel_requested").first()
+            if state is None or state[0] != Status.RUNNING or state[1]:
+                # Cancel requested, or the version is decided: recorded by the child, which is now exiting, or
+                # failed by the sweep or an operator (the child's next progress write tells it to stop).
+                asked_to_stop = asked_to_stop or now
+                if now - asked_to_stop >= settings.N3_CANCEL_GRACE:
+                    stopped_because = "cancel" if state and state[0] == Status.RUNNING else "gone"
+            elif now - started >= settings.N3_TRAINING_TIMEOUT:
+                # Recorded before the child hears of it: it would otherwise record itself as interrupted.
+                services.fail_running_version(
+                    version_id=version_id,
+                    error=f"Training ran longer than N3_TRAINING_TIMEOUT={settings.N3_TRAINING_TIMEOUT} s and was stopped.",
+                )
+                stopped_because = "timeout"
+            elif now >= next_beat:
+                services.heartbeat(version_id=version_id)
+                next_beat = now + beat_every
+        if stopped_because is not None:
+            if terminated is None:
+                logger.warning("Stopping the training process of version %s (%s)", version_id, stopped_because)
+                # The child turns SIGTERM into KeyboardInterrupt: it removes partial outputs and records itself.
+                _signal_group(child, signal.SIGTERM)
+                terminated = now
+            elif now - terminated >= KILL_AFTER_SECONDS:
+                _signal_group(child, signal.SIGKILL)
+        time.sleep(POLL_SECONDS)
+    return stopped_because
+
+
+def stop(child: subprocess.Popen) -> None:
+    _signal_group(child, signal.SIGTERM)
+    try:
+        child.wait(KILL_AFTER_SECONDS)
+    except subprocess.TimeoutExpired:
+        _signal_group(child, signal.SIGKILL)
+        child.wait()
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    """Signal the child's process group (its id is the child's pid: start_new_session)."""
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass  # already gone
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (the out-of-memory killer sends this)" if -returncode == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    if returncode == 0:
+        return "exited without recording a result"
+    return f"exited with code {returncode}"
+
+
+class OutputTail:
+    """Copies the child's output to this process's stderr (the worker's log) and keeps its last lines.
+
+    A thread reads the pipe so the child never blocks on a full pipe buffer.
+    """
+
+    def __init__(self, stream: IO[str], *, prefix: str = ""):
+        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._thread = threading.Thread(target=self._read, args=(stream, prefix), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str], prefix: str) -> None:
+        with stream:
+            for line in stream:
+                self.lines.append(line.rstrip("\n"))
+                sys.stderr.write(prefix + line)
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the end of the output; False if it is still open after ``timeout`` seconds."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def text(self) -> str:
+        return "\n".join(self.lines)[-TAIL_CHARS:]
