@@ -132,6 +132,8 @@ def load_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side, local_files_only=not hub_allowed())
     except (OSError, ValueError) as exc:  # missing files, offline hub, malformed repo id
         raise BaseModelUnavailable(unavailable_message(name, exc)) from exc
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers builds an empty one from config.json alone
+        raise BaseModelUnavailable(unavailable_message(name, OSError("its tokenizer has no vocabulary (files missing)")))
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise BaseModelUnavailable(f"Base model {name!r} has a tokenizer with neither a pad nor an EOS token")
@@ -163,18 +165,21 @@ def build_base_model(
     if name not in RECIPES:
         raise ValueError(f"{name!r} is not a built-in model (built-in: {', '.join(BUILTIN_MODELS)})")
     base = Path(models_dir) / BASE_SUBDIR
-    base.mkdir(parents=True, exist_ok=True)
     target = base / name
     try:
+        base.mkdir(parents=True, exist_ok=True)
         with FileLock(str(base / f".{name}.lock"), timeout=LOCK_TIMEOUT_S):
             if is_complete_build(target):  # built by another process while we waited
                 return target
             for leftover in base.glob(f".{name}.building-*"):  # from a builder that died: we hold the lock
                 shutil.rmtree(leftover, ignore_errors=True)
             building = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=base))
-            building.chmod(0o755)  # mkdtemp makes it private; workers running as other users read the model too
             try:
                 _build(name, building, callback)
+                # mkdtemp and the weights writer make private files; workers running as other users read them too
+                building.chmod(0o755)
+                for file in building.iterdir():
+                    file.chmod(0o644)
                 if target.exists():  # an old version or a damaged directory: replace it
                     stale = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=base))
                     target.rename(stale / name)
@@ -187,6 +192,8 @@ def build_base_model(
         raise BaseModelUnavailable(
             f"Waited {LOCK_TIMEOUT_S // 60} minutes for another process to build {name!r} in {base}; "
             f"remove {exc.lock_file} if no build is running") from exc
+    except OSError as exc:  # read-only or full disk, wrong permissions on MODELS_DIR
+        raise BaseModelUnavailable(f"Cannot build base model {name!r} in {base}: {exc}") from exc
     return target
 
 
@@ -207,15 +214,18 @@ def unavailable_message(name: str, exc: Exception) -> str:
     """Says why ``name`` could not be loaded and what to use instead."""
     alternatives = f'Use base_model="{N3_TINY}" (built locally, no download) or the path of a local model directory.'
     path = Path(name).expanduser()
-    if path.exists():
-        reason = f"{path} is not a loadable model directory ({exc})"
+    if path.is_dir() and not (path / "config.json").exists():
+        reason = f"{path} is not a model directory (it has no config.json)"
+    elif path.exists():
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # transformers' messages run on for lines
+        reason = f"{path} is not a loadable model directory ({detail})"
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a hub id is "name" or "owner/name"
         reason = f"there is no directory {path}"
     elif hub_allowed():
         reason = f"it could not be loaded from the Hugging Face hub ({exc})"
     else:
-        reason = ("it is not in the local Hugging Face cache and downloads are off "
-                  "(an operator can set N3_ALLOW_HUB=1 to allow the hub)")
+        reason = ("there is no local directory of that name, and as a hub id it is not in the local Hugging Face "
+                  "cache and downloads are off (an operator can set N3_ALLOW_HUB=1 to allow the hub)")
     return f"Base model {name!r} is unavailable: {reason}. {alternatives}"
 
 
