@@ -50,12 +50,12 @@ class Command(BaseCommand):
         if options["dry_run"] and options["run_async"]:
             raise CommandError("--dry-run and --async exclude each other.")
 
-        from training import services
-        from training.rlhf import RLHFError
-
         agent = Agent.objects.filter(name=options["agent"]).first()
         if agent is None:
             raise CommandError(f"Agent '{options['agent']}' not found (agents are created by their first feedback).")
+
+        from training import services
+        from training.rlhf import RLHFError  # loads torch: after the checks that do not need it
         try:
             config = services.resolve_training_config(agent=agent, overrides=self.overrides(options), preset=options["preset"])
             if options["dry_run"]:

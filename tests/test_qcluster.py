@@ -1,0 +1,34 @@
+"""The embedded deployment end to end: a real `manage.py qcluster` on SQLite trains a queued version."""
+import signal
+import sqlite3
+
+import pytest
+
+from tests.sites import make_site
+
+
+@pytest.mark.slow
+def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
+    site = make_site(tmp_path)
+    pk = site.queue_version(max_steps=3)
+    cluster = site.popen("qcluster")
+    seen: list[str] = []
+    try:
+        version = site.wait_for(pk, lambda v: v["status"] not in ("queued", "running"), timeout=240, seen=seen)
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        log, _ = cluster.communicate(timeout=60)
+
+    assert version["status"] == "trained", log
+    assert seen == ["queued", "running", "trained"]
+    assert version["step"] == 3 and version["metrics"]["rewardMean"] is not None
+    assert (site.models_dir / "bot" / "v1" / "training_results.json").exists()
+    # The job ran once, in a worker, and said so; the worker's log carries the training's own lines.
+    with sqlite3.connect(site.db_path) as db:
+        results = db.execute("SELECT success FROM django_q_task WHERE func = 'training.tasks.run_policy_version'").fetchall()
+        schedules = db.execute("SELECT func FROM django_q_schedule").fetchall()
+    assert results == [(1,)]
+    assert schedules == [("training.tasks.sweep_stale_versions",)]
+    assert "[bot v1]" in log and "ppo step 3/3" in log
+    assert "Q Cluster" in log and "has stopped" in log and "Traceback" not in log
+    assert cluster.returncode == 0
