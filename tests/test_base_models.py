@@ -64,6 +64,29 @@ def n3_tiny(tmp_path_factory):
     return load_causal_lm(N3_TINY, models_dir=models_dir), load_tokenizer(N3_TINY, models_dir=models_dir), marker
 
 
+# -- the corpus ---------------------------------------------------------------------------------------------------------
+def test_corpus_is_deterministic_and_split_without_overlap():
+    assert corpus_examples(50, seed=3) == corpus_examples(50, seed=3) != corpus_examples(50, seed=4)
+    train, heldout = corpus_examples(split="train"), corpus_examples(split="heldout")
+    assert len(train) > 1000 and 0.05 < len(heldout) / (len(train) + len(heldout)) < 0.15
+    assert sorted(train + heldout) == sorted(corpus_examples())
+    assert len({q for q, _ in corpus_examples()}) == len(corpus_examples())  # one answer per question
+
+
+def test_corpus_fits_the_prompt_newline_response_format():
+    for question, answer in corpus_examples():
+        assert question.strip() == question and answer.strip() == answer and question and answer
+        assert "\n" not in question + answer and EOS not in question + answer
+
+
+def test_asking_for_more_examples_than_exist_repeats_them():
+    everything = corpus_examples()
+    more = corpus_examples(len(everything) + 10, seed=1)
+    assert len(more) == len(everything) + 10 and set(more) == set(everything)
+    with pytest.raises(ValueError):
+        corpus_examples(split="validation")
+
+
 # -- n3-tiny-random: building, loading, determinism --------------------------------------------------------------------
 def test_builtin_names_resolve_to_a_plain_hugging_face_directory(random_models_dir):
     path = resolve_base_model(N3_TINY_RANDOM, models_dir=random_models_dir)

@@ -2,9 +2,9 @@
 
 Every example is a ``(question, answer)`` pair. The base model is pretrained on ``question + "\\n" + answer + EOS``,
 the same text format the training core uses (``data.format_text``), so a policy built on ``n3-tiny`` answers on the
-line after the prompt and then stops. Teammates also use these pairs as toy prompts and benchmarks.
+line after the prompt and then stops. Tests and benchmarks use the pairs as toy prompts too.
 
-Generated rather than shipped: a few hundred facts times a few phrasings each give thousands of distinct, correct
+Generated rather than shipped: a few hundred facts times a few phrasings each give about 1,700 distinct, correct
 dialogues, and the same code always yields the same list (no file to keep in sync, no randomness but a seeded RNG).
 """
 from __future__ import annotations
@@ -348,8 +348,8 @@ def _is_heldout(question: str) -> bool:
 def corpus_examples(n: int | None = None, seed: int = 0, *, split: str = "all") -> list[tuple[str, str]]:
     """``(question, answer)`` pairs, shuffled by ``seed``; the same arguments always give the same list.
 
-    ``n=None`` returns every distinct example of the split (a few thousand); a larger ``n`` than that repeats the
-    examples, reshuffled each pass. ``split`` is ``"all"``, ``"train"`` (what ``n3-tiny`` is pretrained on) or
+    ``n=None`` returns every distinct example of the split (1,667 in all: 1,495 train, 172 held out); a larger
+    ``n`` repeats them, reshuffled each pass. ``split`` is ``"all"``, ``"train"`` (what ``n3-tiny`` is pretrained on) or
     ``"heldout"`` (about 10 %, never seen in pretraining: measure generalisation on these).
     """
     if split not in ("all", "train", "heldout"):
