@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult
 from training.rlhf import (
-    MIN_FEEDBACK, ConfigError, FeedbackFormatError, InsufficientFeedbackError, Progress, RewardModelConfig,
+    MIN_FEEDBACK, BaseModelUnavailable, ConfigError, FeedbackFormatError, InsufficientFeedbackError, Progress, RewardModelConfig,
     TrainingCancelled,
 )
 from training.rlhf.data import prepare_feedback, train_val_split
@@ -331,6 +331,27 @@ class TestRLHFTrainer:
             )
         assert sorted(p.name for p in output_dir.iterdir()) == ["training.log"]
         assert "Training cancelled" in (output_dir / "training.log").read_text()
+
+    def test_a_directory_left_by_a_crashed_run_is_trained_into_cleanly(self, tmp_path):
+        output_dir = tmp_path / "v3"
+        (output_dir / "policy").mkdir(parents=True)
+        (output_dir / "policy" / "stale.bin").write_text("from a run that died before finishing")
+        (output_dir / ".reward_model.tmp").mkdir()
+        result = RLHFTrainer(tiny_config(max_steps=2)).train(feedbacks=toy_feedback(), output_dir=output_dir)
+        assert not (output_dir / "policy" / "stale.bin").exists()
+        assert sorted(p.name for p in output_dir.iterdir()) == [
+            "policy", "reward_model", "training.log", "training_results.json",
+        ]
+        assert result.training_steps == 2
+
+    def test_unavailable_base_model_fails_cleanly(self, tmp_path):
+        output_dir = tmp_path / "v4"
+        with pytest.raises(BaseModelUnavailable, match="no-such-model"):
+            RLHFTrainer(tiny_config(base_model=str(tmp_path / "no-such-model"))).train(
+                feedbacks=toy_feedback(), output_dir=output_dir,
+            )
+        assert sorted(p.name for p in output_dir.iterdir()) == ["training.log"]
+        assert "Training failed: BaseModelUnavailable" in (output_dir / "training.log").read_text()
 
     def test_algorithms_not_yet_available(self, tmp_path):
         with pytest.raises(ConfigError, match="algorithm 'rloo' is not available yet"):

@@ -54,8 +54,8 @@ def calibration_key(
 ) -> dict[str, Any]:
     """Everything a step's cost depends on. Lengths are bucketed to powers of two so similar data shares a calibration.
 
-    The base models' paths (as resolve_base_model returns them) are fingerprinted by their config.json, so a
-    rebuilt or replaced model at the same name is measured again.
+    The base models' paths (as resolve_base_model returns them) are fingerprinted, so a rebuilt or replaced
+    model at the same name is measured again.
     """
     rm = config.reward_model_config
     return {
@@ -147,9 +147,12 @@ def extrapolate(calibration: Calibration, config: TrainingConfig, *, n_train: in
 
 
 def _fingerprint(model_path: str) -> Optional[str]:
-    """A hash of a local model directory's config.json; None for a hub id (its cache is not ours to read)."""
+    """A local model directory's config.json, hashed with its modification time (a rebuild of the same
+    architecture may answer at another length); None for a hub id (its cache is not ours to read)."""
     config_file = Path(model_path) / "config.json"
-    return hashlib.sha256(config_file.read_bytes()).hexdigest()[:16] if config_file.is_file() else None
+    if not config_file.is_file():
+        return None
+    return hashlib.sha256(config_file.read_bytes() + str(config_file.stat().st_mtime_ns).encode()).hexdigest()[:16]
 
 
 def _bucket(tokens: float) -> int:

@@ -29,12 +29,12 @@ from typing import Any, Optional, Union
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
-from transformers import AutoModel
+from transformers import AutoModel, PreTrainedModel
 
-from .base_models import load_tokenizer, resolve_base_model
+from .base_models import hub_allowed, load_tokenizer, resolve_base_model, unavailable_message
 from .config import RewardModelConfig
 from .data import FeedbackRecord, format_text, train_val_split
-from .errors import TrainingCancelled
+from .errors import BaseModelUnavailable, TrainingCancelled
 from .modeling import lora_config_for
 from .progress import Progress, ProgressCallback
 
@@ -124,13 +124,13 @@ def build_reward_model(
 ) -> RewardModel:
     """A fresh reward model: base body + a new LoRA adapter + a head that predicts `initial_score` for everything.
 
-    The head's weight starts at zero and its bias at `initial_score` (the mean training score): before any
-    training step the model is exactly the predict-the-mean baseline, and training can only move away from it.
+    The head's weight starts at zero and its bias at `initial_score` (the mean training score): the fit starts
+    from exactly the predict-the-mean baseline that `val_mse_baseline` measures.
     """
-    path = resolve_base_model(base_model, models_dir=models_dir, callback=callback)
+    resolve_base_model(base_model, models_dir=models_dir, callback=callback)  # builds a built-in model, reporting progress
     tokenizer = load_tokenizer(base_model, models_dir=models_dir, padding_side="right")
     tokenizer.truncation_side = "left"  # keep the response and the EOS, drop the start of a long prompt
-    body = AutoModel.from_pretrained(path, dtype=torch.float32)
+    body = _load_body(base_model, models_dir)
     body = get_peft_model(body, lora_config_for(
         body, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, task_type="FEATURE_EXTRACTION",
     ))
@@ -153,8 +153,7 @@ def load_reward_model(
     base_model = saved["base_model"]
     tokenizer = load_tokenizer(base_model, models_dir=models_dir, padding_side="right")
     tokenizer.truncation_side = "left"
-    body = AutoModel.from_pretrained(resolve_base_model(base_model, models_dir=models_dir), dtype=torch.float32)
-    body = PeftModel.from_pretrained(body, path / ADAPTER_DIR)
+    body = PeftModel.from_pretrained(_load_body(base_model, models_dir), path / ADAPTER_DIR)
     head = nn.Linear(saved["head"]["in_features"], saved["head"]["out_features"])
     head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
     model = RewardModel(
@@ -162,6 +161,15 @@ def load_reward_model(
     ).to(torch.device(device))
     model.metrics = saved.get("metrics", {})
     return model.eval()
+
+
+def _load_body(base_model: str, models_dir: Union[str, Path, None]) -> PreTrainedModel:
+    """The base model without its LM head (AutoModel), float32, offline unless the operator allows the hub."""
+    path = resolve_base_model(base_model, models_dir=models_dir)
+    try:
+        return AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=not hub_allowed())
+    except (OSError, ValueError) as exc:
+        raise BaseModelUnavailable(unavailable_message(base_model, exc)) from exc
 
 
 def fit_reward_model(
