@@ -127,7 +127,7 @@ def test_lora_targets_the_gpt2_attention_and_projection_layers(random_models_dir
     model = load_causal_lm(N3_TINY_RANDOM, models_dir=random_models_dir)
     config = lora_config_for(model, r=4, alpha=8, dropout=0.0)
     peft_model = get_peft_model(model, config)
-    adapted = {name.split(".")[-1] for name, _ in peft_model.named_modules() if hasattr(_, "lora_A")}
+    adapted = {name.split(".")[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
     assert adapted == {"c_attn", "c_proj"} and config.fan_in_fan_out
 
 
