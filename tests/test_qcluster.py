@@ -11,6 +11,13 @@ from tests.sites import make_site
 def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
     site = make_site(tmp_path)
     pk = site.queue_version(max_steps=3)
+    # A version whose worker died while no cluster ran: the workers' start-up sweep fails it.
+    dead = int(site.shell(
+        "from datetime import timedelta; from django.utils import timezone; from policies.models import Agent, PolicyVersion; "
+        "t = timezone.now() - timedelta(hours=1); "
+        "print(PolicyVersion.objects.create(agent=Agent.objects.get(name='bot'), number=99, status='running', "
+        "started_at=t, heartbeat_at=t).pk)"
+    ))
     cluster = site.popen("qcluster")
     seen: list[str] = []
     try:
@@ -23,6 +30,8 @@ def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
     assert seen == ["queued", "running", "trained"]
     assert version["step"] == 3 and version["metrics"]["rewardMean"] is not None
     assert (site.models_dir / "bot" / "v1" / "training_results.json").exists()
+    assert site.version(dead)["status"] == "failed" and "no heartbeat" in site.version(dead)["error"]
+    assert log.index("Marked 1 training job(s) failed") < log.index("[bot v1]")  # swept before the first job
     # The job ran once, in a worker, and said so; the worker's log carries the training's own lines.
     with sqlite3.connect(site.db_path) as db:
         results = db.execute("SELECT success FROM django_q_task WHERE func = 'training.tasks.run_policy_version'").fetchall()
