@@ -190,8 +190,9 @@ def test_a_training_error_fails_the_version_with_its_reason(models_dir):
 @pytest.mark.parametrize("launcher, reason", [
     ("false", "The training process exited with code 1."),
     ("sh -c 'echo CUDA out of memory >&2; kill -KILL $$'", "The training process was killed by SIGKILL"),
+    ("/no/such/launcher", "Could not start the training process (/no/such/launcher "),
 ])
-def test_a_child_that_dies_without_recording_fails_its_version_with_exit_and_output(models_dir, settings, launcher, reason):
+def test_a_child_that_cannot_record_an_outcome_fails_its_version_with_the_reason(models_dir, settings, launcher, reason):
     # The launcher replaces the training command's interpreter: these children die at once, like a crashed one.
     settings.N3_TRAINING_LAUNCHER = launcher
     version = queue(agent_with_feedback())

@@ -219,9 +219,10 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     from training.rlhf import RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig  # noqa: PLC0415
 
     version = PolicyVersion.objects.select_related("agent").get(pk=version_id)
-    if version.status == Status.QUEUED:
-        claim_version(version_id=version_id)
+    if version.status == Status.QUEUED and claim_version(version_id=version_id):
         version.refresh_from_db()
+    elif version.status == Status.QUEUED:  # claimed by someone else a moment ago
+        raise Conflict(f"{version.agent.name} {version.version} was just claimed by another process.")
     if version.status != Status.RUNNING:
         raise Conflict(f"{version.agent.name} {version.version} is {version.status}; there is nothing to train.")
 
@@ -345,9 +346,13 @@ class JobProgress:
     def write(self) -> bool:
         """Step, metrics and heartbeat in one short UPDATE; True when the version must stop."""
         self._last_write = time.monotonic()
-        updated = PolicyVersion.objects.filter(
-            pk=self.version_id, status=Status.RUNNING, cancel_requested=False,
-        ).update(step=self.step, metrics=self.metrics(), heartbeat_at=timezone.now())
+        try:
+            updated = PolicyVersion.objects.filter(
+                pk=self.version_id, status=Status.RUNNING, cancel_requested=False,
+            ).update(step=self.step, metrics=self.metrics(), heartbeat_at=timezone.now())
+        except DatabaseError as exc:  # e.g. SQLite busy past its timeout: a training is not lost for that
+            logger.warning("Progress of version %s not written (next step will retry): %s", self.version_id, exc)
+            return False
         return not updated
 
     def metrics(self) -> dict[str, Any]:

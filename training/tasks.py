@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from policies.models import PolicyVersion
 
@@ -53,12 +54,16 @@ def run_policy_version(version_id: int) -> str:
     version = PolicyVersion.objects.select_related("agent").get(pk=version_id)
     command = training_command(version_id)
     logger.info("Training %s: %s", version, shlex.join(command))
-    # Its own process group: stopping it stops what it started too (a launcher's per-GPU processes).
-    child = subprocess.Popen(
-        command, cwd=settings.BASE_DIR, env=child_environment(), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-        start_new_session=True,
-    )
+    try:
+        # Its own process group: stopping it stops what it started too (a launcher's per-GPU processes).
+        child = subprocess.Popen(
+            command, cwd=settings.BASE_DIR, env=child_environment(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+            start_new_session=True,
+        )
+    except OSError as exc:  # a launcher that does not exist, no memory to fork
+        services.fail_running_version(version_id=version_id, error=f"Could not start the training process ({shlex.join(command)}): {exc}")
+        return f"{version.agent.name} {version.version}: failed"
     output = OutputTail(child.stdout, prefix=f"[{version.agent.name} {version.version}] ")
     try:
         stopped_because = supervise(version_id, child)
@@ -137,14 +142,15 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
     terminated: Optional[float] = None
     while child.poll() is None:
         now = time.monotonic()
-        if stopped_because is None:
-            state = PolicyVersion.objects.filter(pk=version_id).values_list("status", "cancel_requested").first()
-            if state is None or state[0] != Status.RUNNING or state[1]:
+        state = _read_state(version_id)
+        if stopped_because is None and state is not None:
+            status, cancel_requested = state
+            if status != Status.RUNNING or cancel_requested:
                 # Cancel requested, or the version is decided: recorded by the child, which is now exiting, or
                 # failed by the sweep or an operator (the child's next progress write tells it to stop).
                 asked_to_stop = asked_to_stop or now
                 if now - asked_to_stop >= settings.N3_CANCEL_GRACE:
-                    stopped_because = "cancel" if state and state[0] == Status.RUNNING else "gone"
+                    stopped_because = "cancel" if status == Status.RUNNING else "gone"
             elif now - started >= settings.N3_TRAINING_TIMEOUT:
                 # Recorded before the child hears of it: it would otherwise record itself as interrupted.
                 services.fail_running_version(
@@ -152,8 +158,7 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
                     error=f"Training ran longer than N3_TRAINING_TIMEOUT={settings.N3_TRAINING_TIMEOUT} s and was stopped.",
                 )
                 stopped_because = "timeout"
-            elif now >= next_beat:
-                services.heartbeat(version_id=version_id)
+            elif now >= next_beat and _beat(version_id):
                 next_beat = now + beat_every
         if stopped_because is not None:
             if terminated is None:
@@ -165,6 +170,26 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
                 _signal_group(child, signal.SIGKILL)
         time.sleep(POLL_SECONDS)
     return stopped_because
+
+
+def _read_state(version_id: int) -> Optional[tuple[str, bool]]:
+    """(status, cancel_requested); ("deleted", False) if the row is gone; None if the database did not answer
+    (SQLite busy past its timeout, say): a training is not stopped for that, the next poll looks again."""
+    try:
+        state = PolicyVersion.objects.filter(pk=version_id).values_list("status", "cancel_requested").first()
+    except DatabaseError as exc:
+        logger.warning("Could not read version %s (will retry): %s", version_id, exc)
+        return None
+    return state or ("deleted", False)
+
+
+def _beat(version_id: int) -> bool:
+    try:
+        services.heartbeat(version_id=version_id)
+        return True
+    except DatabaseError as exc:
+        logger.warning("Heartbeat of version %s not written (will retry): %s", version_id, exc)
+        return False
 
 
 def stop(child: subprocess.Popen) -> None:
