@@ -100,11 +100,17 @@ print(services.start_training(agent=agent, config=config).pk)
             time.sleep(poll)
 
 
-def make_site(tmp_path: Path, **env: str) -> Site:
+def tmp_models_dir(tmp_path: Path) -> Path:
+    """``tmp_path/models``: a MODELS_DIR where versions start afresh, sharing the suite's built base models."""
     shared_base = Path(settings.MODELS_DIR) / "_base"
     shared_base.mkdir(parents=True, exist_ok=True)
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "_base").symlink_to(shared_base, target_is_directory=True)
+    return tmp_path / "models"
+
+
+def make_site(tmp_path: Path, **env: str) -> Site:
+    tmp_models_dir(tmp_path)
     site = Site(root=tmp_path, env={
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "n3site.settings",

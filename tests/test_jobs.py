@@ -18,7 +18,7 @@ from django_q.models import OrmQ, Task
 from feedback import services as feedback_services
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
-from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site
+from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
 from training import services, tasks
 from training.rlhf import ConfigError, InsufficientFeedbackError
 from training.rlhf.results import RESULTS_FILE
@@ -28,14 +28,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def models_dir(tmp_path, settings):
-    """MODELS_DIR in a tmp dir (versions start afresh), sharing the suite's built base models."""
-    shared = Path(settings.MODELS_DIR) / "_base"
-    shared.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "_base").symlink_to(shared, target_is_directory=True)
-    settings.MODELS_DIR = tmp_path / "models"
+    settings.MODELS_DIR = tmp_models_dir(tmp_path)
     settings.N3_METRICS_INTERVAL = 0.0
-    return tmp_path / "models"
+    return settings.MODELS_DIR
 
 
 def agent_with_feedback(name: str = "bot", *, scored: int = 12, unscored: int = 0) -> Agent:

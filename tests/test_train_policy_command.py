@@ -10,7 +10,7 @@ from django_q.models import OrmQ
 
 from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
-from tests.sites import LEAN_CONFIG, ROOT, feedback_records
+from tests.sites import LEAN_CONFIG, ROOT, feedback_records, tmp_models_dir
 
 pytestmark = pytest.mark.django_db
 
@@ -18,11 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def agent(tmp_path, settings):
     """An agent with 12 scored records, trained on n3-tiny-random into a fresh MODELS_DIR."""
-    shared = Path(settings.MODELS_DIR) / "_base"
-    shared.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "_base").symlink_to(shared, target_is_directory=True)
-    settings.MODELS_DIR = tmp_path / "models"
+    settings.MODELS_DIR = tmp_models_dir(tmp_path)
     feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
     Agent.objects.filter(name="bot").update(default_training_config=LEAN_CONFIG)
     return Agent.objects.get(name="bot")
