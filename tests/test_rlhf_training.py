@@ -32,16 +32,14 @@ EQUAL_SCORES_WARNING = (
 
 
 def toy_feedback(topics=TOPICS) -> list[dict]:
-    """A learnable preference: a helpful answer is scored high, a shrug low."""
+    """A learnable preference: for every prompt a helpful answer scored high and a shrug scored low (each prompt
+    appears with both, so only the response can explain the score)."""
     records = []
     for i, topic in enumerate(topics):
-        good = i % 2 == 0
-        records.append({
-            "prompt": f"Tell me about {topic}.",
-            "response": f"Sure! Here is a clear answer about {topic}." if good else "I don't know, sorry.",
-            "score": 0.9 if good else 0.1,
-            "run_id": f"run_{i}",
-        })
+        prompt = f"Tell me about {topic}."
+        records.append({"prompt": prompt, "response": f"Sure! Here is a clear answer about {topic}.", "score": 0.9,
+                        "run_id": f"run_{i}_a"})
+        records.append({"prompt": prompt, "response": "I don't know, sorry.", "score": 0.1, "run_id": f"run_{i}_b"})
     return records
 
 
@@ -128,7 +126,7 @@ class TestFeedback:
         with pytest.raises(InsufficientFeedbackError, match=f"{MIN_FEEDBACK - 1} samples"):
             prepare_feedback(records)
         data = prepare_feedback(toy_feedback() + [{"prompt": "p", "response": "r", "score": None}])
-        assert (len(data.records), data.skipped_unscored) == (len(TOPICS), 1)
+        assert (len(data.records), data.skipped_unscored) == (2 * len(TOPICS), 1)
 
     @pytest.mark.parametrize("bad, message", [
         ({"response": "r", "score": 0.5}, "Feedback record 3: missing field 'prompt'"),
@@ -153,14 +151,15 @@ class TestFeedback:
     def test_split_is_deterministic_and_disjoint(self):
         records = prepare_feedback(toy_feedback()).records
         train, val = train_val_split(records, 0.2, seed=7)
-        assert (len(train), len(val)) == (16, 4)
+        assert (len(train), len(val)) == (32, 8)
+        assert sorted(r.score for r in val) == [0.1] * 4 + [0.9] * 4  # stratified by score
         assert set(train).isdisjoint(val) and set(train) | set(val) == set(records)
         assert train_val_split(records, 0.2, seed=7) == (train, val)
 
     def test_score_statistics_and_small_dataset_warning(self):
         data = prepare_feedback(toy_feedback())
         assert data.score_mean == pytest.approx(0.5) and data.score_std == pytest.approx(0.4)
-        assert any("Only 20 scored feedback samples" in w for w in data.warnings)
+        assert any("Only 40 scored feedback samples" in w for w in data.warnings)
         assert EQUAL_SCORES_WARNING not in data.warnings
 
 
@@ -177,7 +176,7 @@ def reward_model():
 class TestRewardModel:
     def test_fit_beats_the_predict_the_mean_baseline(self, reward_model):
         metrics = reward_model.metrics
-        assert (metrics["train_size"], metrics["val_size"]) == (15, 5)
+        assert (metrics["train_size"], metrics["val_size"]) == (30, 10)
         assert metrics["val_mse"] < 0.5 * metrics["val_mse_baseline"], metrics
         assert metrics["val_pearson"] > 0.5, metrics
         # a topic it never saw: it learned the preference, not the prompts
@@ -233,7 +232,7 @@ class TestRLHFTrainer:
     def test_estimate_training(self):
         trainer = RLHFTrainer(tiny_config(max_steps=10))
         estimate = trainer.estimate(toy_feedback())
-        assert estimate.feedback_count == len(TOPICS)
+        assert estimate.feedback_count == 2 * len(TOPICS)
         assert estimate.estimated_steps == 10
         assert (estimate.score_mean, estimate.score_std) == (pytest.approx(0.5), pytest.approx(0.4))
         assert estimate.model_config == {"base_model": MODEL, "use_lora": True, "learning_rate": 1e-4}
@@ -272,7 +271,7 @@ class TestRLHFTrainer:
         assert result.final_reward_std == last["objective/scores_std"]
         assert (result.final_kl, result.final_loss) == (last["objective/kl"], last["loss/total"])
         assert 0 <= result.final_reward_mean <= 1 and math.isfinite(result.final_kl)
-        assert result.feedback_count == len(TOPICS) and result.config["max_steps"] == 4
+        assert result.feedback_count == 2 * len(TOPICS) and result.config["max_steps"] == 4
         assert result.reward_model_metrics["val_mse"] is not None
         assert result.duration_seconds > 0 and result.timings["total_s"] == result.duration_seconds
 
