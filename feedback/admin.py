@@ -1,0 +1,245 @@
+"""Feedback in the admin: the reviewers' list (filters, inline scoring, bulk actions) and import/export."""
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, StreamingHttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.text import Truncator
+
+from n3site.exceptions import ServiceError
+from policies.models import Agent
+
+from . import importexport, review
+from .models import Feedback
+
+
+class ScoreBandFilter(admin.SimpleListFilter):
+    """The spec's five scoring bands, plus unscored (the review queue) and scored."""
+
+    title = "score"
+    parameter_name = "score_band"
+
+    def lookups(self, request, model_admin):
+        return [("unscored", "Unscored (awaiting review)"), ("scored", "Scored")] + [
+            (band.key, f"{band.quality} ({band.range_label})") for band in review.SCORE_BANDS
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value == "unscored":
+            return queryset.filter(score__isnull=True)
+        if value == "scored":
+            return queryset.filter(score__isnull=False)
+        for band in review.SCORE_BANDS:
+            if value == band.key:
+                return queryset.filter(review.band_q(band))
+        return queryset
+
+
+class ScoreActionForm(ActionForm):
+    """The admin's action bar, plus the score that "Set score" applies.
+
+    A plain text field: if it refused bad input itself, Django would drop the action with a vague
+    "No action selected"; ``set_score`` checks it and says what is wrong.
+    """
+
+    score = forms.CharField(
+        required=False, label="score",
+        widget=forms.NumberInput(attrs={"step": "0.05", "min": "0", "max": "1", "placeholder": "0–1", "style": "width:5em"}),
+    )
+
+
+class FeedbackListForm(forms.ModelForm):
+    """Compact widgets for scoring and annotating straight from the list."""
+
+    class Meta:
+        model = Feedback
+        fields = ["score", "notes"]
+        widgets = {
+            "score": forms.NumberInput(attrs={"step": "0.05", "min": "0", "max": "1", "style": "width:5em"}),
+            "notes": forms.Textarea(attrs={"rows": 2, "cols": 24}),
+        }
+
+
+class ImportForm(forms.Form):
+    agent = forms.CharField(
+        max_length=100, help_text="Existing agent, or a new name (created on first feedback).",
+        widget=forms.TextInput(attrs={"list": "n3-agent-names", "autocomplete": "off"}),
+    )
+    file = forms.FileField(help_text="JSONL (one JSON object per line) or CSV with a header row.")
+    format = forms.ChoiceField(
+        choices=[("", "From the file name"), ("jsonl", "JSONL"), ("csv", "CSV")], required=False,
+    )
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    list_display = [
+        "prompt_preview", "response_preview", "score", "notes", "agent", "reviewer", "source", "policy_version",
+        "created_at",
+    ]
+    list_display_links = ["prompt_preview"]
+    list_editable = ["score", "notes"]
+    list_filter = [
+        "agent", ScoreBandFilter, ("reviewer", admin.RelatedOnlyFieldListFilter), "source",
+        ("policy_version", admin.RelatedOnlyFieldListFilter), "created_at",
+    ]
+    list_select_related = ["agent", "reviewer", "policy_version"]
+    list_per_page = 50
+    search_fields = ["prompt", "response", "=run_id"]
+    search_help_text = "Searches prompts and responses (and exact run ids)."
+    date_hierarchy = "created_at"
+    action_form = ScoreActionForm
+    actions = ["set_score", "clear_score", "delete_selected", "export_jsonl", "export_csv"]
+    readonly_fields = [
+        "source", "reviewer", "reviewed_at", "claimed_by", "claimed_until", "created_at", "updated_at",
+    ]
+    fieldsets = [
+        (None, {"fields": ["agent", "prompt", "response"]}),
+        ("Review", {"fields": ["score", "notes", "reviewer", "reviewed_at"]}),
+        ("Origin", {"fields": ["run_id", "source", "policy_version", "created_at", "updated_at"]}),
+        ("Review queue", {"fields": ["claimed_by", "claimed_until"], "classes": ["collapse"]}),
+    ]
+    raw_id_fields = ["policy_version"]
+
+    # -- list ------------------------------------------------------------------------------
+    @admin.display(description="prompt")
+    def prompt_preview(self, obj: Feedback) -> str:
+        return Truncator(obj.prompt).chars(80)
+
+    @admin.display(description="response")
+    def response_preview(self, obj: Feedback) -> str:
+        return Truncator(obj.response).chars(100)
+
+    def get_changelist_form(self, request, **kwargs):
+        return FeedbackListForm
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return self.readonly_fields
+        # What the agent sent stays as sent; reviewers change score and notes.
+        return [*self.readonly_fields, "agent", "prompt", "response", "run_id", "policy_version"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.source = Feedback.Source.ADMIN
+        if "score" in form.changed_data or (not change and obj.score is not None):
+            scored = obj.score is not None
+            obj.reviewer = request.user if scored else None
+            obj.reviewed_at = timezone.now() if scored else None
+            obj.claimed_by, obj.claimed_until = None, None
+        super().save_model(request, obj, form, change)
+
+    # -- actions ---------------------------------------------------------------------------
+    @admin.action(description="Set score of selected feedback (enter the score beside the action)",
+                  permissions=["change"])
+    def set_score(self, request, queryset):
+        text = request.POST.get("score", "").strip()
+        try:
+            if not text:
+                raise ServiceError("Enter a score between 0 and 1 in the box beside the action.")
+            score = review.validate_score(text)
+        except ServiceError as exc:
+            self.message_user(request, f"No score set: {exc}", messages.ERROR)
+            return None
+        count = review.set_scores(queryset=queryset, score=score, user=request.user)
+        self.message_user(request, f"Set score {score:g} on {count} feedback.", messages.SUCCESS)
+        return None
+
+    @admin.action(description="Clear score of selected feedback (back to the review queue)", permissions=["change"])
+    def clear_score(self, request, queryset):
+        count = review.clear_scores(queryset=queryset)
+        self.message_user(request, f"Cleared the score of {count} feedback; they are back in the review queue.")
+
+    @admin.action(description="Export selected feedback as JSONL", permissions=["view"])
+    def export_jsonl(self, request, queryset):
+        return self._export(queryset, "jsonl", "selected")
+
+    @admin.action(description="Export selected feedback as CSV", permissions=["view"])
+    def export_csv(self, request, queryset):
+        return self._export(queryset, "csv", "selected")
+
+    # -- import / export views -------------------------------------------------------------
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("import/", wrap(self.import_view), name="feedback_feedback_import"),
+            path("export/", wrap(self.export_view), name="feedback_feedback_export"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {
+            **(extra_context or {}),
+            "review_url": reverse("review:queue"),
+            "unscored_count": Feedback.objects.filter(score__isnull=True).count(),
+            "export_query": urlencode([(k, v) for k, v in request.GET.items() if k not in {"p", "e"}]),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def import_view(self, request: HttpRequest):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        errors: list = []
+        error_total = 0
+        if request.method == "POST":
+            form = ImportForm(request.POST, request.FILES)
+            if form.is_valid():
+                upload = form.cleaned_data["file"]
+                try:
+                    result = importexport.import_feedback(
+                        agent_name=form.cleaned_data["agent"].strip(),
+                        stream=upload,
+                        fmt=form.cleaned_data["format"] or importexport.format_for(upload.name),
+                        user=request.user,
+                    )
+                except importexport.ImportFailed as exc:
+                    errors, error_total = exc.errors[:100], len(exc.errors)
+                except ServiceError as exc:
+                    form.add_error(None, str(exc))
+                else:
+                    self.message_user(request, result.summary(), messages.SUCCESS)
+                    agent = Agent.objects.get(name=result.agent_name)
+                    return redirect(f"{reverse('admin:feedback_feedback_changelist')}?agent__id__exact={agent.pk}")
+        else:
+            form = ImportForm(initial={"agent": request.GET.get("agent", "")})
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Import feedback",
+            "form": form,
+            "errors": errors,
+            "error_total": error_total,
+            "agent_names": Agent.objects.values_list("name", flat=True),
+            "fields": importexport.FIELDS,
+        }
+        return TemplateResponse(request, "admin/feedback/feedback/import.html", context)
+
+    def export_view(self, request: HttpRequest):
+        """Download what the changelist shows (its filters and search apply), as JSONL or CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        request.GET = request.GET.copy()
+        fmt = request.GET.pop("format", ["jsonl"])[-1]
+        if fmt not in importexport.FORMATS:
+            self.message_user(request, f"Unknown export format {fmt!r}.", messages.ERROR)
+            return redirect("admin:feedback_feedback_changelist")
+        queryset = self.get_changelist_instance(request).get_queryset(request)
+        agent_names = set(queryset.values_list("agent__name", flat=True).distinct()[:2])
+        label = agent_names.pop() if len(agent_names) == 1 else "all"
+        return self._export(queryset, fmt, label)
+
+    def _export(self, queryset, fmt: str, label: str) -> StreamingHttpResponse:
+        filename = f"feedback-{label}-{timezone.now():%Y%m%d-%H%M}.{fmt}"
+        response = StreamingHttpResponse(
+            importexport.export_lines(queryset=queryset, fmt=fmt), content_type=importexport.CONTENT_TYPES[fmt]
+        )
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response

@@ -1,0 +1,231 @@
+"""Feedback files: JSONL and CSV in the API's field names (prompt, response, score, runId, notes).
+
+Import is all or nothing: every line is parsed and checked first (by the same rules as the REST API,
+``feedback.services.record_problems``), each problem is reported with its line number, and only a
+file without problems is stored, in one transaction, through ``record_feedback_batch``.
+Export streams rows from the database in chunks, so a large agent never sits in memory.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import IO, Any, Optional
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+
+from n3site.exceptions import ServiceError
+
+from . import services
+from .models import Feedback
+
+# The API's field names, in file order, and the model field each one maps to.
+FIELDS = ("prompt", "response", "score", "runId", "notes")
+_TO_MODEL = {"prompt": "prompt", "response": "response", "score": "score", "runId": "run_id", "notes": "notes"}
+REQUIRED = ("prompt", "response")
+FORMATS = ("jsonl", "csv")
+CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/csv; charset=utf-8"}
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
+# Stop collecting problems after this many: a wrong file usually fails on every line.
+MAX_ERRORS = 1000
+# Records per record_feedback_batch call (all inside one transaction).
+BATCH_SIZE = 2000
+
+
+class ImportFailed(ServiceError):
+    """The file has problems; nothing was stored. ``errors`` lists (line number, message)."""
+
+    def __init__(self, errors: list[tuple[int, str]]):
+        self.errors = errors
+        shown = "; ".join(f"line {line}: {message}" for line, message in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        super().__init__(f"Nothing imported: {len(errors)} problem(s): {shown}{more}")
+
+
+@dataclass
+class ImportResult:
+    agent_name: str
+    created: int
+    existing: int  # rows whose runId was already stored for this agent (idempotent re-import)
+
+    def summary(self) -> str:
+        text = f"Imported {self.created} feedback for {self.agent_name}"
+        if self.existing:
+            text += f"; {self.existing} were already there (same runId) and were left as they were"
+        return text + "."
+
+
+def format_for(filename: str) -> str:
+    fmt = _EXTENSIONS.get(PurePath(filename).suffix.lower())
+    if fmt is None:
+        raise ServiceError(f"Cannot tell the format of {filename!r} from its name: choose jsonl or csv")
+    return fmt
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+def import_feedback(
+    *, agent_name: str, stream: IO, fmt: str, user: Optional[AbstractBaseUser] = None
+) -> ImportResult:
+    """Check a whole file, then store it in one transaction; raises ImportFailed listing bad lines.
+
+    Content rules (required text, score range, ...) are the service's, as for the REST API: its
+    ``record_problems`` checks every row first, so one upload reports all bad lines at once.
+    """
+    if fmt not in FORMATS:
+        raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
+    lines, records, errors = [], [], []
+    for line, record, error in (_parse_jsonl if fmt == "jsonl" else _parse_csv)(_text(stream)):
+        problems = [error] if error else services.record_problems(record)
+        errors += [(line, problem) for problem in problems]
+        if len(errors) >= MAX_ERRORS:
+            break
+        lines.append(line)
+        records.append(record)
+    if errors:
+        raise ImportFailed(errors)
+    if not records:
+        raise ImportFailed([(1, "the file has no feedback rows")])
+    created = 0
+    try:
+        with transaction.atomic():
+            for start in range(0, len(records), BATCH_SIZE):
+                results = services.record_feedback_batch(
+                    agent_name=agent_name, records=records[start:start + BATCH_SIZE], source=Feedback.Source.IMPORT,
+                    user=user,
+                )
+                created += sum(1 for _, was_created in results if was_created)
+    except services.BatchValidationError as exc:
+        # E.g. a runId already stored with other content: translate the batch's indexes to file lines.
+        raise ImportFailed([(lines[start + index], message) for index, message in exc.errors]) from None
+    except ValidationError as exc:  # the agent name
+        raise ServiceError(" ".join(exc.messages)) from None
+    return ImportResult(agent_name=agent_name, created=created, existing=len(records) - created)
+
+
+def _text(stream: IO) -> io.TextIOBase:
+    """Uploaded files and files opened in binary mode are read as UTF-8 (a BOM from Excel is dropped)."""
+    if isinstance(stream, io.TextIOBase):
+        return stream
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+
+
+Parsed = Iterator[tuple[int, dict, str]]  # (line number, record in model field names, error or "")
+
+
+def _parse_jsonl(text: Iterable[str]) -> Parsed:
+    number = 0
+    try:
+        for number, line in enumerate(text, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                yield number, {}, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            if not isinstance(row, dict):
+                yield number, {}, 'each line must be a JSON object like {"prompt": ..., "response": ..., "score": ...}'
+                continue
+            yield _record(number, row)
+    except UnicodeDecodeError:
+        yield number + 1, {}, "the file is not UTF-8 text"
+
+
+def _parse_csv(text: Iterable[str]) -> Parsed:
+    reader = csv.reader(text)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [name.strip() for name in header]
+        unknown = [name for name in header if name not in FIELDS]
+        missing = [name for name in REQUIRED if name not in header]
+        if unknown or missing:
+            problems = [f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "",
+                        f"missing column(s) {', '.join(missing)}" if missing else ""]
+            yield 1, {}, f"{'; '.join(p for p in problems if p)} (columns are {', '.join(FIELDS)})"
+            return
+        start = reader.line_num + 1  # a quoted field may span lines: report where the row starts
+        for values in reader:
+            if not any(v.strip() for v in values):
+                start = reader.line_num + 1
+                continue
+            if len(values) != len(header):
+                yield start, {}, f"expected {len(header)} values, found {len(values)}"
+            else:
+                row: dict[str, Any] = dict(zip(header, values))
+                if "score" in row:
+                    row["score"] = _csv_score(row["score"])
+                yield _record(start, row)
+            start = reader.line_num + 1
+    except UnicodeDecodeError:
+        yield reader.line_num + 1, {}, "the file is not UTF-8 text"
+    except csv.Error as exc:
+        yield reader.line_num, {}, f"cannot read CSV ({exc})"
+
+
+def _csv_score(text: str):
+    """CSV cells are text: an empty score means "awaiting review", a number becomes a float, and
+    anything else is passed on as text for the service to refuse with its usual message."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _record(number: int, row: dict) -> tuple[int, dict, str]:
+    """One row in the API's names -> a record in model names (the service checks the content)."""
+    return number, {_TO_MODEL.get(key, key): value for key, value in row.items()}, ""
+
+
+# --- export ----------------------------------------------------------------------------------
+
+
+def export_lines(*, queryset: QuerySet[Feedback], fmt: str, chunk_rows: int = 1000) -> Iterator[str]:
+    """The rows of ``queryset``, oldest first, as JSONL or CSV text in chunks (for streaming)."""
+    if fmt not in FORMATS:
+        raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
+    rows = (
+        queryset.order_by("created_at", "id")
+        .values_list("prompt", "response", "score", "run_id", "notes")
+        .iterator(chunk_size=chunk_rows)
+    )
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(FIELDS)
+    count = 0
+    for row in rows:
+        if fmt == "jsonl":
+            buffer.write(json.dumps(dict(zip(FIELDS, row)), ensure_ascii=False))
+            buffer.write("\n")
+        else:
+            writer.writerow(["" if value is None else value for value in row])
+        count += 1
+        if count % chunk_rows == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def export_feedback(*, agent_name: str, fmt: str, out: IO[str], scored_only: bool = False) -> int:
+    """Write one agent's feedback to ``out``; returns the number of rows."""
+    queryset = Feedback.objects.filter(agent__name=agent_name)
+    if scored_only:
+        queryset = queryset.filter(score__isnull=False)
+    for chunk in export_lines(queryset=queryset, fmt=fmt):
+        out.write(chunk)
+    return queryset.count()

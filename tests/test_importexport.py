@@ -1,0 +1,248 @@
+"""Feedback files: JSONL/CSV import (all or nothing, errors by line) and export, from the CLI and the admin."""
+import io
+import json
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import Client
+from django.urls import reverse
+
+from feedback import importexport
+from feedback.models import Feedback
+from policies.models import Agent
+
+pytestmark = pytest.mark.django_db
+
+
+def jsonl(*rows) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows).encode()
+
+
+def do_import(data: bytes, fmt: str, agent_name: str = "support"):
+    return importexport.import_feedback(agent_name=agent_name, stream=io.BytesIO(data), fmt=fmt)
+
+
+def stored(agent_name: str = "support") -> list[tuple]:
+    return list(
+        Feedback.objects.filter(agent__name=agent_name).order_by("created_at", "id")
+        .values_list("prompt", "response", "score", "run_id", "notes", "source")
+    )
+
+
+def test_jsonl_import_uses_the_api_field_names():
+    result = do_import(jsonl(
+        {"prompt": "What is the capital of France?", "response": "Paris.", "score": 0.9, "runId": "run_1",
+         "notes": "Accurate answer"},
+        "",  # blank lines are ignored
+        {"prompt": "2+2?", "response": "5", "score": 0.1},
+        {"prompt": "Unreviewed?", "response": "Maybe", "score": None},
+        {"prompt": "No score key", "response": "ok"},
+    ), "jsonl")
+    assert (result.created, result.existing) == (4, 0)
+    assert stored() == [
+        ("What is the capital of France?", "Paris.", 0.9, "run_1", "Accurate answer", "import"),
+        ("2+2?", "5", 0.1, "", "", "import"),
+        ("Unreviewed?", "Maybe", None, "", "", "import"),
+        ("No score key", "ok", None, "", "", "import"),
+    ]
+
+
+def test_csv_import_with_quoted_newlines_empty_score_and_excel_bom():
+    data = (
+        "\ufeffprompt,response,score,runId,notes\r\n"
+        '"Write a haiku","Old pond,\nfrog jumps in\nsplash",0.8,r1,"has ""quotes"""\r\n'
+        "Unscored one,answer,,,\r\n"
+    ).encode()
+    assert do_import(data, "csv").created == 2
+    assert stored() == [
+        ("Write a haiku", "Old pond,\nfrog jumps in\nsplash", 0.8, "r1", 'has "quotes"', "import"),
+        ("Unscored one", "answer", None, "", "", "import"),
+    ]
+
+
+def test_jsonl_problems_are_reported_by_line_and_nothing_is_stored():
+    Agent.objects.create(name="support")
+    data = jsonl(
+        {"prompt": "ok", "response": "fine", "score": 0.5},
+        {"prompt": "ok", "response": "fine", "score": 0.5},
+        '{"prompt": "broken", ',
+        '["not", "an", "object"]',
+        {"prompt": "q", "response": "a", "score": "high"},
+        {"prompt": "q", "score": 0.5},
+        {"prompt": "q", "response": "a", "scroe": 0.5},
+        {"prompt": "ok", "response": "fine", "score": 0.5},
+    )
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(data, "jsonl")
+    lines = [line for line, _ in failed.value.errors]
+    assert lines == [3, 4, 5, 6, 7]
+    messages = dict(failed.value.errors)
+    assert messages[3].startswith("not valid JSON")
+    assert messages[5] == "score must be a number between 0 and 1 (or null: awaiting review), got 'high'"
+    assert messages[6] == "response is required and must be non-empty text"
+    assert messages[7] == "unknown field 'scroe'"
+    assert Feedback.objects.count() == 0
+
+
+def test_a_score_out_of_range_is_reported_on_its_line():
+    rows = [{"prompt": f"q{i}", "response": "a", "score": 0.5} for i in range(5)]
+    rows.append({"prompt": "too good", "response": "a", "score": 1.5})
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl(*rows), "jsonl")
+    assert failed.value.errors == [(6, "score must be a number between 0 and 1 (or null: awaiting review), got 1.5")]
+    assert Feedback.objects.count() == 0
+
+
+def test_a_conflict_found_after_earlier_batches_were_written_rolls_everything_back():
+    """All rows are well-formed, so storing starts; the last one reuses a runId with other content."""
+    rows = [{"prompt": f"q{i}", "response": "a", "score": 0.5, "runId": f"r{i}"}
+            for i in range(importexport.BATCH_SIZE + 10)]
+    rows.append({"prompt": "something else", "response": "a", "score": 0.5, "runId": "r0"})
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl(*rows), "jsonl")
+    ((line, message),) = failed.value.errors
+    assert line == len(rows) and "runId 'r0' is already stored" in message
+    assert Feedback.objects.count() == 0
+
+
+def test_csv_header_and_row_shape_problems():
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(b"prompt,answer,score\nq,a,0.5\n", "csv")
+    assert failed.value.errors == [
+        (1, "unknown column(s) 'answer'; missing column(s) response (columns are prompt, response, score, runId, notes)"),
+    ]
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(b'prompt,response,score\n"multi\nline",a,0.5\nq,a\nq,a,zero\n', "csv")
+    assert failed.value.errors == [
+        (4, "expected 3 values, found 2"),
+        (5, "score must be a number between 0 and 1 (or null: awaiting review), got 'zero'"),
+    ]
+
+
+def test_empty_and_non_utf8_files():
+    with pytest.raises(importexport.ImportFailed, match="no feedback rows"):
+        do_import(b"\n\n", "jsonl")
+    with pytest.raises(importexport.ImportFailed, match="not UTF-8"):
+        do_import('{"prompt": "caf\u00e9", "response": "a"}\n'.encode("latin-1"), "jsonl")
+
+
+def test_reimporting_the_same_run_ids_stores_nothing_twice():
+    data = jsonl(*[{"prompt": f"q{i}", "response": "a", "score": 0.5, "runId": f"r{i}"} for i in range(3)])
+    assert do_import(data, "jsonl").created == 3
+    again = do_import(data, "jsonl")
+    assert (again.created, again.existing) == (0, 3)
+    assert "3 were already there" in again.summary()
+    assert Feedback.objects.count() == 3
+
+
+TRICKY = [
+    ("Plain", "Answer", 0.9, "r1", "ok"),
+    ("Commas, \"quotes\" and\nnewlines", "Line 1\n  indented line 2\n", 0.35, "", "multi\nline note"),
+    ("Unicode: caf\u00e9 \u2014 \u6771\u4eac \U0001f600", "\u00e9\u00e8", None, "r3", ""),
+    ("Zero", "score zero", 0.0, "r4", ""),
+]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_export_then_import_round_trips(tmp_path, fmt):
+    source = Agent.objects.create(name="source")
+    for prompt, response, score, run_id, notes in TRICKY:
+        Feedback.objects.create(agent=source, prompt=prompt, response=response, score=score, run_id=run_id, notes=notes)
+    path = tmp_path / f"out.{fmt}"
+    call_command("export_feedback", "--agent", "source", "-o", str(path), stderr=io.StringIO())
+    call_command("import_feedback", str(path), "--agent", "copy", stdout=io.StringIO())
+    assert [row[:5] for row in stored("copy")] == TRICKY
+
+
+def test_export_jsonl_to_stdout_has_exactly_the_api_fields():
+    agent = Agent.objects.create(name="support")
+    Feedback.objects.create(agent=agent, prompt="q", response="a", score=0.25, run_id="r", notes="n")
+    Feedback.objects.create(agent=agent, prompt="q2", response="a2")
+    out = io.StringIO()
+    call_command("export_feedback", "--agent", "support", stdout=out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert rows == [
+        {"prompt": "q", "response": "a", "score": 0.25, "runId": "r", "notes": "n"},
+        {"prompt": "q2", "response": "a2", "score": None, "runId": "", "notes": ""},
+    ]
+    out = io.StringIO()
+    call_command("export_feedback", "--agent", "support", "--format", "csv", "--scored-only", stdout=out)
+    assert out.getvalue() == "prompt,response,score,runId,notes\nq,a,0.25,r,n\n"
+
+
+def test_import_command_reports_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(jsonl({"prompt": "q", "response": "a"}, "{oops"))
+    err = io.StringIO()
+    with pytest.raises(CommandError, match="Nothing imported: 1 problem"):
+        call_command("import_feedback", str(path), "--agent", "support", stderr=err)
+    assert f"{path}:2: not valid JSON" in err.getvalue()
+    with pytest.raises(CommandError, match="Cannot tell the format"):
+        call_command("import_feedback", str(tmp_path / "x.txt"), "--agent", "support")
+    with pytest.raises(CommandError, match="No such file"):
+        call_command("import_feedback", str(tmp_path / "missing.csv"), "--agent", "support")
+    with pytest.raises(CommandError, match="No agent named 'nobody'"):
+        call_command("export_feedback", "--agent", "nobody")
+
+
+# --- admin -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def importer():
+    user = User.objects.create_superuser("admin", password="pw")
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_admin_upload_imports_and_shows_the_agents_feedback(importer):
+    upload = SimpleUploadedFile("batch.csv", b"prompt,response,score\nq1,a1,0.9\nq2,a2,\n")
+    response = importer.post(reverse("admin:feedback_feedback_import"), {"agent": "support", "file": upload})
+    agent = Agent.objects.get(name="support")
+    assert response.status_code == 302 and response["Location"].endswith(f"?agent__id__exact={agent.pk}")
+    assert [row[:3] for row in stored()] == [("q1", "a1", 0.9), ("q2", "a2", None)]
+    page = importer.get(response["Location"]).content.decode()
+    assert "Imported 2 feedback for support." in page
+
+
+def test_admin_upload_lists_bad_lines_and_stores_nothing(importer):
+    upload = SimpleUploadedFile("batch.jsonl", jsonl({"prompt": "q", "response": "a", "score": 0.5}, "nope"))
+    response = importer.post(reverse("admin:feedback_feedback_import"), {"agent": "support", "file": upload})
+    html = response.content.decode()
+    assert response.status_code == 200 and "Nothing was imported" in html
+    assert '<td class="n3-num">2</td><td>not valid JSON' in html
+    assert Feedback.objects.count() == 0
+
+
+def test_admin_upload_needs_a_known_extension_or_format(importer):
+    upload = SimpleUploadedFile("batch.txt", b"prompt,response\nq,a\n")
+    response = importer.post(reverse("admin:feedback_feedback_import"), {"agent": "support", "file": upload})
+    assert "Cannot tell the format of &#x27;batch.txt&#x27;" in response.content.decode()
+    upload = SimpleUploadedFile("batch.txt", b"prompt,response\nq,a\n")
+    importer.post(reverse("admin:feedback_feedback_import"), {"agent": "support", "file": upload, "format": "csv"})
+    assert Feedback.objects.count() == 1
+
+
+def test_admin_export_downloads_what_the_list_shows(importer):
+    agent = Agent.objects.create(name="support")
+    Feedback.objects.create(agent=agent, prompt="scored", response="a", score=0.9)
+    Feedback.objects.create(agent=agent, prompt="pending", response="a")
+    response = importer.get(reverse("admin:feedback_feedback_export"), {"score_band": "unscored", "format": "csv"})
+    assert response.status_code == 200
+    assert response["Content-Disposition"].startswith('attachment; filename="feedback-support-')
+    body = b"".join(response.streaming_content).decode()
+    assert body == "prompt,response,score,runId,notes\npending,a,,,\n"
+
+
+def test_admin_import_needs_the_add_permission():
+    from django.contrib.auth.models import Permission
+
+    user = User.objects.create_user("rita", password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_feedback", "change_feedback"]))
+    client = Client()
+    client.force_login(user)
+    assert client.get(reverse("admin:feedback_feedback_import")).status_code == 403
+    assert client.get(reverse("admin:feedback_feedback_export")).status_code == 200
