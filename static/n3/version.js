@@ -1,0 +1,65 @@
+// Policy version page: while a run is queued or running, poll its progress JSON and update the
+// status box, the log tail and (when new steps arrived) the server-rendered charts.
+(function () {
+  "use strict";
+
+  const POLL_MS = 2000;
+
+  document.addEventListener("DOMContentLoaded", function () {
+    const root = document.getElementById("n3-version");
+    if (!root) return;
+    const $ = (id) => document.getElementById(id);
+    const log = $("n3-log");
+    log.scrollTop = log.scrollHeight; // the latest lines are the interesting ones
+    if (root.dataset.active !== "1") return;
+    let historyLength = parseInt(root.dataset.historyLength, 10) || 0;
+    const fixed = (value) => (typeof value === "number" ? value.toFixed(3) : "—");
+
+    async function refreshCharts() {
+      const response = await fetch(root.dataset.chartsUrl, { credentials: "same-origin" });
+      if (response.ok) $("n3-charts").innerHTML = await response.text();
+    }
+
+    async function poll() {
+      let data;
+      try {
+        const response = await fetch(root.dataset.progressUrl, {
+          credentials: "same-origin", headers: { "Accept": "application/json" },
+        });
+        if (!response.ok) throw new Error(String(response.status));
+        data = await response.json();
+      } catch (err) {
+        setTimeout(poll, POLL_MS * 3); // the server is busy or restarting: try again a little later
+        return;
+      }
+      if (!data.active) {
+        window.location.reload(); // finished, failed or cancelled: show the final page
+        return;
+      }
+      $("n3-status-badge").textContent = data.status;
+      $("n3-status-badge").className = "n3-status-badge n3-status-" + data.status;
+      $("n3-step").textContent = data.step;
+      $("n3-max-steps").textContent = data.maxSteps;
+      $("n3-phase").textContent = data.phase || "";
+      $("n3-progress-bar").style.width = data.percent + "%";
+      $("n3-elapsed").textContent = data.elapsed || "—";
+      $("n3-eta").textContent = data.eta || "—";
+      $("n3-reward").textContent = fixed(data.rewardMean);
+      $("n3-kl").textContent = fixed(data.kl);
+      $("n3-loss").textContent = fixed(data.loss);
+      $("n3-cancel-note").hidden = !data.cancelRequested;
+      if (data.logTail !== null) {
+        const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+        log.textContent = data.logTail;
+        if (atBottom) log.scrollTop = log.scrollHeight;
+      }
+      if (data.historyLength !== historyLength) {
+        historyLength = data.historyLength;
+        await refreshCharts();
+      }
+      setTimeout(poll, POLL_MS);
+    }
+
+    setTimeout(poll, POLL_MS);
+  });
+})();

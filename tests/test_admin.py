@@ -1,0 +1,429 @@
+"""The admin as reviewers and engineers use it: feedback list, agent health, version pages, permissions."""
+import json
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from feedback.models import Feedback
+from policies.models import Agent, PolicyVersion
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:feedback_feedback_changelist"
+
+
+def staff(username: str, *perms: str) -> User:
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    app_perms = [p.split(".") for p in perms]
+    user.user_permissions.set(
+        [Permission.objects.get(content_type__app_label=app, codename=codename) for app, codename in app_perms]
+    )
+    return User.objects.get(pk=user.pk)
+
+
+def login(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def agent():
+    return Agent.objects.create(name="support")
+
+
+@pytest.fixture
+def reviewer():
+    return staff("rita", "feedback.view_feedback", "feedback.change_feedback", "feedback.delete_feedback",
+                 "policies.view_agent")
+
+
+@pytest.fixture
+def engineer():
+    return staff("eng", "policies.view_agent", "policies.view_policyversion", "policies.change_policyversion",
+                 "policies.add_policyversion", "feedback.view_feedback")
+
+
+@pytest.fixture
+def scored(agent):
+    """One response per band, one unscored, and one from another agent."""
+    rows = {score: Feedback.objects.create(agent=agent, prompt=f"q{score}", response=f"a{score}", score=score)
+            for score in (0.1, 0.4, 0.6, 0.8, 0.95, 1.0)}
+    rows[None] = Feedback.objects.create(agent=agent, prompt="pending question", response="pending answer")
+    other = Agent.objects.create(name="sales")
+    Feedback.objects.create(agent=other, prompt="other", response="other", score=0.5)
+    return rows
+
+
+def listed_ids(response) -> set[int]:
+    return {obj.pk for obj in response.context["cl"].result_list}
+
+
+# --- feedback list -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("band, scores", [
+    ("5", {0.95, 1.0}), ("4", {0.8}), ("3", {0.6}), ("2", {0.4}), ("1", {0.1}), ("unscored", {None}),
+])
+def test_score_band_filter(scored, reviewer, band, scores):
+    response = login(reviewer).get(reverse(CHANGELIST), {"score_band": band, "agent__id__exact": scored[0.1].agent_id})
+    assert response.status_code == 200
+    assert listed_ids(response) == {scored[s].pk for s in scores}
+
+
+def test_other_filters_and_search(scored, reviewer, agent):
+    client = login(reviewer)
+    url = reverse(CHANGELIST)
+    assert len(listed_ids(client.get(url, {"agent__id__exact": agent.pk}))) == 7
+    assert listed_ids(client.get(url, {"q": "pending"})) == {scored[None].pk}
+    assert len(listed_ids(client.get(url, {"source__exact": "api"}))) == 8
+    midnight = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    assert len(listed_ids(client.get(url, {"created_at__gte": midnight.isoformat(" ")}))) == 8
+
+
+def test_list_shows_import_export_and_queue_links(scored, reviewer):
+    html = login(reviewer).get(reverse(CHANGELIST)).content.decode()
+    assert "Review queue (1 unscored)" in html
+    assert reverse("admin:feedback_feedback_export") + "?format=jsonl" in html
+    # Import needs the add permission, which this reviewer lacks.
+    assert reverse("admin:feedback_feedback_import") not in html
+
+
+def test_score_edited_in_the_list_records_the_reviewer(agent, reviewer):
+    item = Feedback.objects.create(agent=agent, prompt="q", response="a")
+    response = login(reviewer).post(reverse(CHANGELIST), {
+        "form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": str(item.pk),
+        "form-0-score": "0.7", "form-0-notes": "fine", "_save": "Save",
+    })
+    assert response.status_code == 302
+    item.refresh_from_db()
+    assert (item.score, item.notes, item.reviewer) == (0.7, "fine", reviewer)
+    assert item.reviewed_at is not None
+
+
+def test_list_edit_refuses_a_score_above_1(agent, reviewer):
+    item = Feedback.objects.create(agent=agent, prompt="q", response="a")
+    response = login(reviewer).post(reverse(CHANGELIST), {
+        "form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": str(item.pk),
+        "form-0-score": "1.5", "form-0-notes": "", "_save": "Save",
+    })
+    assert response.status_code == 200 and response.context["cl"].formset.errors
+    item.refresh_from_db()
+    assert item.score is None
+
+
+def run_action(client, action, ids, **extra):
+    data = {"action": action, "index": "0", "_selected_action": [str(i) for i in ids], **extra}
+    return client.post(reverse(CHANGELIST), data, follow=True)
+
+
+def test_bulk_set_score(scored, reviewer):
+    ids = [scored[None].pk, scored[0.1].pk]
+    response = run_action(login(reviewer), "set_score", ids, score="0.6")
+    assert "Set score 0.6 on 2 feedback" in response.content.decode()
+    for item in Feedback.objects.filter(pk__in=ids):
+        assert (item.score, item.reviewer) == (0.6, reviewer)
+
+
+@pytest.mark.parametrize("score, message", [
+    ("", "Enter a score between 0 and 1 in the box beside the action."),
+    ("2", "Score must be between 0 and 1, got &#x27;2&#x27;"),
+    ("x", "Score must be a number between 0 and 1, got &#x27;x&#x27;"),
+])
+def test_bulk_set_score_needs_a_valid_score(scored, reviewer, score, message):
+    response = run_action(login(reviewer), "set_score", [scored[None].pk], score=score)
+    assert "No score set: " + message in response.content.decode()
+    assert Feedback.objects.get(pk=scored[None].pk).score is None
+
+
+def test_bulk_clear_score_puts_items_back_in_the_queue(scored, reviewer):
+    run_action(login(reviewer), "clear_score", [scored[0.8].pk])
+    item = Feedback.objects.get(pk=scored[0.8].pk)
+    assert (item.score, item.reviewer, item.reviewed_at) == (None, None, None)
+
+
+def test_bulk_delete_asks_for_confirmation(scored, reviewer):
+    client = login(reviewer)
+    ids = [scored[0.1].pk, scored[0.4].pk]
+    confirm = client.post(reverse(CHANGELIST), {"action": "delete_selected", "_selected_action": ids})
+    assert confirm.status_code == 200 and "Are you sure" in confirm.content.decode()
+    assert Feedback.objects.filter(pk__in=ids).count() == 2
+    client.post(reverse(CHANGELIST), {"action": "delete_selected", "_selected_action": ids, "post": "yes"})
+    assert not Feedback.objects.filter(pk__in=ids).exists()
+
+
+def test_view_only_staff_cannot_change_scores(scored):
+    viewer = staff("val", "feedback.view_feedback")
+    client = login(viewer)
+    assert client.get(reverse(CHANGELIST)).status_code == 200
+    run_action(client, "set_score", [scored[None].pk], score="0.9")
+    assert Feedback.objects.get(pk=scored[None].pk).score is None
+
+
+# --- agent page ----------------------------------------------------------------------------------
+
+
+def test_agent_page_histogram_counts_and_warnings(agent, engineer):
+    for score in (0.5, 0.5, 0.5):
+        Feedback.objects.create(agent=agent, prompt="q", response="a", score=score)
+    Feedback.objects.create(agent=agent, prompt="q", response="a")
+    html = login(engineer).get(reverse("admin:policies_agent_change", args=[agent.pk])).content.decode()
+    assert '<svg class="n3-histogram"' in html
+    assert "0.5–0.6: 3 responses (Mediocre)" in html  # the bar's tooltip
+    assert "0.0–0.1: 0 responses (Very Poor)" in html
+    assert "Insufficient feedback: 3 samples (minimum 10 required)" in html
+    assert "All feedback scores are equal (0.5)" in html
+    assert '<strong>3</strong><span>scored</span>' in html
+    assert "Review queue (1)" in html
+
+
+def test_agent_page_without_warnings_when_feedback_is_healthy(agent, engineer):
+    for i in range(60):
+        Feedback.objects.create(agent=agent, prompt=f"q{i}", response="a", score=(i % 10) / 10 + 0.05)
+    html = login(engineer).get(reverse("admin:policies_agent_change", args=[agent.pk])).content.decode()
+    assert 'class="n3-warnings"' not in html
+    assert html.count('class="n3-hist-') == 10
+
+
+def test_agent_page_versions_table(agent, engineer):
+    PolicyVersion.objects.create(agent=agent, number=1, status="trained", metrics={"rewardMean": 0.71, "kl": 2.5},
+                                 step=50, max_steps=50)
+    PolicyVersion.objects.create(agent=agent, number=2, status="running", step=10, max_steps=50)
+    html = login(engineer).get(reverse("admin:policies_agent_change", args=[agent.pk])).content.decode()
+    assert "0.710" in html and "2.500" in html and "10 / 50" in html
+    assert html.index(">v2<") < html.index(">v1<")  # newest first
+
+
+def test_agent_list_counts(agent, engineer):
+    Feedback.objects.create(agent=agent, prompt="q", response="a")
+    Feedback.objects.create(agent=agent, prompt="q", response="a", score=0.3)
+    html = login(engineer).get(reverse("admin:policies_agent_changelist")).content.decode()
+    assert f'{reverse("review:queue")}?agent=support">1 — review' in html
+
+
+# --- policy version page ---------------------------------------------------------------------------
+
+
+def realistic_history(steps: int = 40) -> list[dict]:
+    return [
+        {"step": s, "rewardMean": 0.35 + 0.4 * s / steps, "kl": 0.05 * s, "loss": 1.0 / (1 + 0.2 * s)}
+        for s in range(1, steps + 1)
+    ]
+
+
+@pytest.fixture
+def trained(agent, tmp_path, settings):
+    settings.MODELS_DIR = tmp_path
+    history = realistic_history()
+    return PolicyVersion.objects.create(
+        agent=agent, number=1, status="trained", step=40, max_steps=40, feedback_count=60,
+        config={"base_model": "n3-tiny", "learning_rate": 1e-5, "use_lora": True, "max_steps": 40},
+        metrics={"rewardMean": history[-1]["rewardMean"], "rewardStd": 0.12, "kl": history[-1]["kl"],
+                 "loss": history[-1]["loss"], "history": history,
+                 "rewardModel": {"valMse": 0.031, "pearson": 0.82, "spearman": 0.79}},
+        started_at=timezone.now() - timedelta(minutes=12), finished_at=timezone.now(),
+    )
+
+
+def test_version_page_draws_curves_and_reward_model_metrics(trained, engineer):
+    html = login(engineer).get(reverse("admin:policies_policyversion_change", args=[trained.pk])).content.decode()
+    assert html.count('<polyline class="n3-line') == 3
+    for title in ("Reward mean", "KL divergence", "Loss"):
+        assert f"<title>{title} per step</title>" in html
+    assert "target 0.7" in html  # the spec's reward target line
+    assert "valMse" in html and "0.031" in html and "pearson" in html
+    assert "Retrain with this config" in html
+    assert "Cancel training" not in html  # only while running
+    assert 'name="_save"' not in html  # versions are read-only
+
+
+def test_version_page_shows_the_log_tail(trained, engineer, settings):
+    from training.services import version_dir
+
+    log = version_dir("support", 1) / "training.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("".join(f"step {i}\n" for i in range(200)))
+    html = login(engineer).get(reverse("admin:policies_policyversion_change", args=[trained.pk])).content.decode()
+    assert "step 199" in html and "step 120" in html and "step 119\n" not in html
+
+
+def test_progress_json_while_running(agent, engineer):
+    version = PolicyVersion.objects.create(
+        agent=agent, number=3, status="running", step=10, max_steps=40,
+        started_at=timezone.now() - timedelta(seconds=100), metrics={"history": realistic_history(10), "kl": 0.5},
+    )
+    data = login(engineer).get(reverse("admin:policies_policyversion_progress", args=[version.pk])).json()
+    assert (data["status"], data["step"], data["maxSteps"], data["percent"]) == ("running", 10, 40, 25.0)
+    assert 99 <= data["elapsedSeconds"] <= 105 and 295 <= data["etaSeconds"] <= 320
+    assert data["historyLength"] == 10 and data["kl"] == 0.5 and data["active"] is True
+    page = login(engineer).get(reverse("admin:policies_policyversion_change", args=[version.pk])).content.decode()
+    assert "Cancel training" in page and 'data-active="1"' in page
+    fragment = login(engineer).get(reverse("admin:policies_policyversion_charts", args=[version.pk]))
+    assert fragment.content.decode().count("<polyline") == 3
+
+
+def test_compare_page_side_by_side(trained, engineer):
+    worse = PolicyVersion.objects.create(
+        agent=trained.agent, number=2, status="trained", step=40, max_steps=40,
+        metrics={"rewardMean": 0.5, "kl": 9.0, "history": realistic_history(20)},
+    )
+    url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
+    html = login(engineer).get(url, {"other": worse.pk}).content.decode()
+    assert html.count('<polyline class="n3-line') == 6
+    assert 'n3-better">0.75<' in html  # the higher reward mean is highlighted
+    assert "Generate samples" in html
+
+
+def test_compare_samples_guard_missing_model_files(trained, engineer):
+    other = PolicyVersion.objects.create(agent=trained.agent, number=2, status="failed")
+    Feedback.objects.create(agent=trained.agent, prompt="What is 2+2?", response="4", score=0.9)
+    url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
+    html = login(engineer).get(url, {"other": other.pk, "samples": "1"}).content.decode()
+    assert "No policy files at (no path recorded)" in html
+
+
+# --- permissions -----------------------------------------------------------------------------------
+
+
+def test_reviewers_cannot_reach_the_user_admin_but_superusers_can(reviewer):
+    assert login(reviewer).get(reverse("admin:auth_user_changelist")).status_code == 403
+    boss = User.objects.create_superuser("boss", password="pw")
+    assert login(boss).get(reverse("admin:auth_user_changelist")).status_code == 200
+
+
+def test_version_views_need_the_view_permission(trained, reviewer):
+    client = login(reviewer)
+    for name in ("progress", "charts", "change"):
+        assert client.get(reverse(f"admin:policies_policyversion_{name}", args=[trained.pk])).status_code == 403
+    assert client.get(reverse("admin:policies_policyversion_compare", args=[trained.pk]),
+                      {"other": trained.pk}).status_code == 403
+
+
+def test_anonymous_admin_pages_redirect_to_login(trained):
+    response = Client().get(reverse("admin:policies_policyversion_progress", args=[trained.pk]))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
+
+
+# --- training from the admin --------------------------------------------------------------------------
+# Real dry runs and real queueing (a django-q2 task row; no worker runs here) on the built-in tiny model.
+TINY = "n3-tiny-random"
+
+
+def seed(agent: Agent, scored: int) -> None:
+    for i in range(scored):
+        Feedback.objects.create(agent=agent, prompt=f"Question {i}?", response=f"Answer {i}.", score=(i % 10) / 10 + 0.05)
+
+
+def train_url(agent: Agent) -> str:
+    return reverse("admin:policies_agent_train", args=[agent.pk])
+
+
+def test_train_form_previews_a_dry_run_then_queues_on_confirm(agent, engineer):
+    from django_q.models import OrmQ
+
+    seed(agent, 12)
+    client = login(engineer)
+    assert "quick_test" in client.get(train_url(agent)).content.decode()
+    form = {"preset": "quick_test", "base_model": TINY, "max_steps": "20", "learning_rate": "", "batch_size": "4",
+            "use_lora": "unknown", "extra": '{"mini_batch_size": 2}'}
+
+    preview = client.post(train_url(agent), {**form, "preview": "1"})
+    html = preview.content.decode()
+    assert preview.status_code == 200 and 'id="n3-preview"' in html
+    assert "<strong>12</strong><span>scored feedback</span>" in html
+    assert "<strong>20</strong><span>steps</span>" in html
+    config = json.loads(preview.context["preview"]["config_json"])
+    assert (config["base_model"], config["learning_rate"], config["batch_size"]) == (TINY, 1e-4, 4)  # preset's rate
+    assert "&quot;mini_batch_size&quot;: 2" in html
+    assert not PolicyVersion.objects.exists()
+
+    started = client.post(train_url(agent), {**form, "confirm": "1"})
+    version = PolicyVersion.objects.get()
+    assert started.status_code == 302
+    assert started["Location"] == reverse("admin:policies_policyversion_change", args=[version.pk])
+    assert (version.status, version.max_steps, version.config["mini_batch_size"], version.created_by) == (
+        "queued", 20, 2, engineer)
+    assert OrmQ.objects.count() == 1
+
+
+def test_train_form_shows_why_it_cannot_train(agent, engineer):
+    seed(agent, 3)
+    client = login(engineer)
+    base = {"preset": "", "base_model": TINY, "use_lora": "unknown"}
+    html = client.post(train_url(agent), {**base, "preview": "1"}).content.decode()
+    assert "Insufficient feedback: 3 samples (minimum 10 required)" in html
+    html = client.post(train_url(agent), {**base, "extra": "{oops", "preview": "1"}).content.decode()
+    assert "Not valid JSON" in html
+    seed(agent, 10)
+    html = client.post(train_url(agent), {**base, "extra": '{"max_stepz": 3}', "confirm": "1"}).content.decode()
+    assert "Unknown config field(s): max_stepz" in html
+    assert not PolicyVersion.objects.exists()
+
+
+def test_retrain_fills_the_form_with_the_versions_config(agent, engineer):
+    old = PolicyVersion.objects.create(agent=agent, number=1, status="trained",
+                                       config={"base_model": TINY, "max_steps": 7, "not_a_field": 1})
+    form = login(engineer).get(train_url(agent), {"from_version": old.pk}).context["form"]
+    assert '"max_steps": 7' in form.initial["extra"] and "not_a_field" not in form.initial["extra"]
+
+
+def test_training_needs_the_add_version_permission(agent, reviewer):
+    assert login(reviewer).get(train_url(agent)).status_code == 403
+
+
+def test_train_now_action_uses_the_agents_default_config(agent, engineer):
+    agent.default_training_config = {"base_model": TINY, "max_steps": 5}
+    agent.save()
+    seed(agent, 10)
+    starved = Agent.objects.create(name="starved")
+    response = login(engineer).post(reverse("admin:policies_agent_changelist"), {
+        "action": "train_now", "index": "0", "_selected_action": [agent.pk, starved.pk]}, follow=True)
+    html = response.content.decode()
+    version = PolicyVersion.objects.get()
+    assert (version.agent, version.max_steps, version.config["base_model"]) == (agent, 5, TINY)
+    assert "Agent support: <a" in html and "v1</a> queued" in html
+    assert "Agent starved: not started: Insufficient feedback: 0 samples (minimum 10 required)" in html
+
+
+def test_cancel_button(agent, engineer):
+    running = PolicyVersion.objects.create(agent=agent, number=1, status="running")
+    done = PolicyVersion.objects.create(agent=agent, number=2, status="trained")
+    client = login(engineer)
+    client.post(reverse("admin:policies_policyversion_cancel", args=[running.pk]))
+    running.refresh_from_db()
+    assert running.cancel_requested and running.status == "running"  # stops at its next step
+    page = client.post(reverse("admin:policies_policyversion_cancel", args=[done.pk]), follow=True).content.decode()
+    assert "Could not cancel support v2: support v2 is already trained" in page
+    assert client.get(reverse("admin:policies_policyversion_cancel", args=[done.pk])).status_code == 405
+
+
+def test_cancel_needs_the_change_permission(agent):
+    viewer = staff("viewer", "policies.view_policyversion")
+    running = PolicyVersion.objects.create(agent=agent, number=1, status="running")
+    assert login(viewer).post(reverse("admin:policies_policyversion_cancel", args=[running.pk])).status_code == 403
+    running.refresh_from_db()
+    assert not running.cancel_requested
+
+
+def test_compare_generates_greedy_samples_from_both_policies(trained, engineer):
+    from django.conf import settings
+
+    from training.rlhf.base_models import resolve_base_model
+
+    policy = resolve_base_model(TINY, models_dir=settings.MODELS_DIR)  # a plain HF model directory
+    trained.model_path = policy
+    trained.save()
+    other = PolicyVersion.objects.create(agent=trained.agent, number=2, status="trained", model_path=policy)
+    for prompt in ("What is 2+2?", "Name a colour.", "What is 2+2?", "Say hello."):
+        Feedback.objects.create(agent=trained.agent, prompt=prompt, response="...", score=0.5)
+    url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
+    response = login(engineer).get(url, {"other": other.pk, "samples": "1"})
+    rows = response.context["samples"]["rows"]
+    assert [row["prompt"] for row in rows] == ["Say hello.", "What is 2+2?", "Name a colour."]  # latest, distinct
+    for row in rows:
+        first, second = row["outputs"]
+        assert first and first == second  # same weights, greedy decoding: the same text
