@@ -351,9 +351,20 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
     return TemplateResponse(request, "admin/policies/policyversion/compare.html", context)
 
 
+# metrics.rewardModel as training.services names it, in reading order, with words for people.
+REWARD_MODEL_LABELS = {
+    "valMse": "Validation MSE", "valMseBaseline": "Validation MSE of predicting the mean",
+    "pearson": "Pearson r (validation)", "spearman": "Spearman rank r (validation)", "trainLoss": "Training loss",
+    "trainSize": "Training samples", "valSize": "Validation samples", "epochs": "Epochs", "fitSeconds": "Fit time (s)",
+}
+
+
 def _scalars(table: Optional[dict]) -> list[tuple[str, Any]]:
-    """A metrics dict's plain values, by name (per-epoch histories and such are left out)."""
-    return sorted((k, v) for k, v in (table or {}).items() if v is None or isinstance(v, (int, float, str)))
+    """A reward-model metrics dict's plain values as (label, value), known names first."""
+    order = list(REWARD_MODEL_LABELS)
+    items = [(k, v) for k, v in (table or {}).items() if v is None or isinstance(v, (int, float, str))]
+    items.sort(key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
+    return [(REWARD_MODEL_LABELS.get(k, k), v) for k, v in items]
 
 
 def _reward_model_rows(pair: Sequence[PolicyVersion]) -> list[dict]:

@@ -235,7 +235,7 @@ def test_version_page_draws_curves_and_reward_model_metrics(trained, engineer):
     for title in ("Reward mean", "KL divergence", "Loss"):
         assert f"<title>{title} per step</title>" in html
     assert "target 0.7" in html  # the spec's reward target line
-    assert "valMse" in html and "0.031" in html and "pearson" in html
+    assert "Validation MSE" in html and "0.031" in html and "Pearson r (validation)" in html
     assert "Retrain with this config" in html
     assert "Cancel training" not in html  # only while running
     assert 'name="_save"' not in html  # versions are read-only
@@ -427,3 +427,19 @@ def test_compare_generates_greedy_samples_from_both_policies(trained, engineer):
     for row in rows:
         first, second = row["outputs"]
         assert first and first == second  # same weights, greedy decoding: the same text
+
+
+def test_feedback_added_and_edited_by_hand(agent):
+    boss = User.objects.create_superuser("boss", password="pw")
+    client = login(boss)
+    response = client.post(reverse("admin:feedback_feedback_add"), {
+        "agent": agent.pk, "prompt": "Typed in", "response": "By hand", "score": "0.9", "notes": "", "run_id": "",
+    })
+    assert response.status_code == 302
+    item = Feedback.objects.get()
+    assert (item.source, item.score, item.reviewer) == ("admin", 0.9, boss)
+    page = client.get(reverse("admin:feedback_feedback_change", args=[item.pk])).content.decode()
+    assert 'name="prompt"' not in page and "Typed in" in page  # what was sent stays as sent
+    client.post(reverse("admin:feedback_feedback_change", args=[item.pk]), {"score": "", "notes": "unsure"})
+    item.refresh_from_db()
+    assert (item.score, item.reviewer, item.notes) == (None, None, "unsure")

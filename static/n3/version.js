@@ -40,7 +40,7 @@
       $("n3-status-badge").className = "n3-status-badge n3-status-" + data.status;
       $("n3-step").textContent = data.step;
       $("n3-max-steps").textContent = data.maxSteps;
-      $("n3-phase").textContent = data.phase || "";
+      $("n3-phase").textContent = data.phase ? "· " + data.phase + " phase" : "";
       $("n3-progress-bar").style.width = data.percent + "%";
       $("n3-elapsed").textContent = data.elapsed || "—";
       $("n3-eta").textContent = data.eta || "—";
