@@ -104,10 +104,9 @@ def claim_next(
     An item the reviewer already holds comes first (a reloaded page shows the same item again).
     ``exclude_ids`` are items this reviewer skipped: they stay in the queue for others.
     """
-    exclude_ids = set(exclude_ids)
     now = timezone.now()
-    queue = unscored_feedback(agent_name=agent_name).exclude(id__in=exclude_ids)
-    held = queue.filter(claimed_by=user, claimed_until__gt=now).first()
+    queue = unscored_feedback(agent_name=agent_name).exclude(id__in=list(exclude_ids))
+    held = queue.filter(claimed_by=user, claimed_until__gt=now).select_related("agent", "policy_version").first()
     if held is not None:
         Feedback.objects.filter(pk=held.pk, claimed_by=user).update(claimed_until=now + LEASE)
         held.claimed_until = now + LEASE
@@ -117,19 +116,26 @@ def claim_next(
         if not candidates:
             return None
         for pk in candidates:
-            # The conditional UPDATE is the claim: it matches only while the row is still free.
-            won = (
-                Feedback.objects.filter(pk=pk, score__isnull=True)
-                .filter(_free_for(user, now))
-                .update(claimed_by=user, claimed_until=now + LEASE)
-            )
-            if won:
+            if try_claim(feedback_id=pk, user=user, now=now):
                 # A reviewer works one item at a time: whatever else they held goes back to the queue.
                 Feedback.objects.filter(claimed_by=user).exclude(pk=pk).update(claimed_by=None, claimed_until=None)
                 return Feedback.objects.select_related("agent", "policy_version").get(pk=pk)
         # Every candidate went to someone else in the meantime: look again (the queue moved on).
-        exclude_ids.update(candidates)
         queue = queue.exclude(id__in=candidates)
+
+
+def try_claim(*, feedback_id: int, user: AbstractBaseUser, now=None) -> bool:
+    """Lease one unscored item to ``user`` if nobody else holds it; True when the claim is theirs.
+
+    One conditional UPDATE: of two reviewers who both saw the item free, only the first UPDATE
+    matches the row; the second finds the new lease in its WHERE clause and changes nothing.
+    """
+    now = now or timezone.now()
+    return bool(
+        Feedback.objects.filter(pk=feedback_id, score__isnull=True)
+        .filter(_free_for(user, now))
+        .update(claimed_by=user, claimed_until=now + LEASE)
+    )
 
 
 def release_claim(*, feedback_id: int, user: AbstractBaseUser) -> None:

@@ -65,6 +65,16 @@ def test_queue_is_oldest_unscored_first_and_two_reviewers_get_different_items(ag
     assert first.claimed_by == alice and first.claimed_until > timezone.now() + timedelta(minutes=4)
 
 
+def test_of_two_reviewers_who_saw_the_same_free_item_only_the_first_claims_it(agent, alice, bob):
+    """The race, step by step: both read item 1 as free; the second conditional UPDATE matches nothing."""
+    first, second = add_feedback(agent, 2)
+    assert review.try_claim(feedback_id=first.pk, user=alice)
+    assert not review.try_claim(feedback_id=first.pk, user=bob)
+    assert review.claim_next(user=bob).pk == second.pk
+    first.refresh_from_db()
+    assert first.claimed_by == alice
+
+
 def test_reloading_returns_the_item_already_held(agent, alice):
     add_feedback(agent, 2)
     held = review.claim_next(user=alice)
