@@ -1,6 +1,7 @@
 """Shared fixtures: users with and without the API's permissions, and API clients that use token auth."""
 import pytest
 from django.contrib.auth.models import Permission
+from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -11,6 +12,14 @@ API_PERMISSIONS = (
     "policies.change_policyversion",
     "policies.view_policyversion",
 )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """The API caches permission sets by user id, and a rolled-back test may hand the next one the same ids."""
+    cache.clear()
+    yield
+    cache.clear()
 
 
 @pytest.fixture

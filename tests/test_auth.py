@@ -1,5 +1,6 @@
 """Who may call the API: token or session auth, one model permission per endpoint, optional public reads."""
 import pytest
+from django.contrib.auth.models import Permission
 from django.test import override_settings
 from rest_framework.test import APIClient
 
@@ -110,3 +111,38 @@ def test_session_auth_works_for_reads_and_enforces_csrf_on_writes(make_user):
 def test_the_schema_and_docs_are_public(anonymous):
     assert anonymous.get("/api/schema/").status_code == 200
     assert anonymous.get("/api/docs/").status_code == 200
+
+
+def test_a_removed_permission_takes_effect_within_the_cache_time(make_user, client_for, settings):
+    from django.core.cache import cache
+
+    user = make_user("bot", "feedback.add_feedback")
+    client = client_for(user)
+    assert client.post("/api/policies/feedback/bot", FEEDBACK).status_code == 201
+    user.user_permissions.clear()
+
+    assert client.post("/api/policies/feedback/bot", {**FEEDBACK, "prompt": "q2"}).status_code == 201  # cached
+    cache.clear()  # what N3_PERMISSION_CACHE_SECONDS later looks like
+    assert client.post("/api/policies/feedback/bot", {**FEEDBACK, "prompt": "q3"}).status_code == 403
+
+    settings.N3_PERMISSION_CACHE_SECONDS = 0  # no cache: at once
+    user.user_permissions.add(Permission.objects.get(codename="add_feedback"))
+    assert client.post("/api/policies/feedback/bot", {**FEEDBACK, "prompt": "q4"}).status_code == 201
+    user.user_permissions.clear()
+    assert client.post("/api/policies/feedback/bot", {**FEEDBACK, "prompt": "q5"}).status_code == 403
+
+
+def test_a_deactivated_user_is_refused_at_once_despite_the_cache(make_user, client_for):
+    user = make_user("bot", "feedback.add_feedback")
+    client = client_for(user)
+    assert client.post("/api/policies/feedback/bot", FEEDBACK).status_code == 201
+    user.is_active = False
+    user.save()
+    assert client.post("/api/policies/feedback/bot", {**FEEDBACK, "prompt": "q2"}).status_code == 401
+
+
+def test_a_feedback_post_takes_few_queries(api, django_assert_max_num_queries):
+    api.post("/api/policies/feedback/bot", FEEDBACK)  # permissions cached, agent created
+    # token+user, agent, and the INSERT in its savepoint
+    with django_assert_max_num_queries(5):
+        assert api.post("/api/policies/feedback/bot", {**FEEDBACK, "runId": "r1"}).status_code == 201
