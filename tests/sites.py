@@ -3,16 +3,27 @@
 pytest-django's test database is in memory: another process cannot see it. A Site has its own SQLite file in a
 tmp dir, migrated by ``manage.py migrate``; the test drives it through manage.py and reads it with sqlite3.
 Built-in base models are shared with the rest of the suite (a symlink to the test MODELS_DIR's ``_base``).
+``make_site(tmp_path, DATABASE_URL="postgres://...")`` makes one on PostgreSQL instead (see ``Site.query``).
+
+The web side: ``Site.api_token()`` makes an API user, ``Site.gunicorn()`` serves the site with a real gunicorn on
+127.0.0.1, and ``feedback_load()`` drives it with concurrent keep-alive HTTP clients (tests/test_load.py, bench/).
 """
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import random
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -99,6 +110,65 @@ print(services.start_training(agent=agent, config=config).pk)
                 raise AssertionError(f"timed out after {timeout} s waiting on version {pk}: {row['status']} {row['error']}")
             time.sleep(poll)
 
+    # --- the web side: an API user, a real gunicorn, the database read directly ------------------------------
+
+    def api_token(self, username: str = "load-bot", perms: tuple[str, ...] = ("feedback.add_feedback",)) -> str:
+        """A user holding exactly ``perms`` (not staff, not superuser) and its API token's key."""
+        code = f"""
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from rest_framework.authtoken.models import Token
+user, _ = get_user_model().objects.get_or_create(username={username!r})
+for perm in {list(perms)!r}:
+    app_label, codename = perm.split(".")
+    user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+print(Token.objects.get_or_create(user=user)[0].key)
+"""
+        return self.shell(code).strip().splitlines()[-1]
+
+    @contextlib.contextmanager
+    def gunicorn(self, *, workers: int = 2, threads: int = 1, worker_class: str = "", args: tuple[str, ...] = (),
+                 ready_timeout: float = 60) -> Iterator["Server"]:
+        """Serve this site with gunicorn on 127.0.0.1 (a free port) using n3site/gunicorn.conf.py; stop it after.
+
+        ``worker_class`` empty: the config's choice (gthread when threads > 1, else sync). The server's log is
+        ``root/gunicorn.log`` (``Server.log()``).
+        """
+        port = free_port()
+        log_path = self.root / "gunicorn.log"
+        command = [
+            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "n3site" / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
+            *(("--worker-class", worker_class) if worker_class else ()), *args, os.environ.get("N3_WSGI_APP", "n3site.wsgi:application"),
+        ]
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        server = Server(process=process, host="127.0.0.1", port=port, log_path=log_path)
+        try:
+            server.wait_ready(ready_timeout)
+            yield server
+        finally:
+            server.stop()
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one SQL query (``?`` placeholders) on the site's own database: SQLite, or DATABASE_URL's PostgreSQL."""
+        url = self.env.get("DATABASE_URL")
+        if url:
+            import psycopg  # noqa: PLC0415  (only sites on PostgreSQL need it)
+
+            with psycopg.connect(url) as db:
+                return db.execute(sql.replace("?", "%s"), params).fetchall()
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=20)) as db:
+            return db.execute(sql, params).fetchall()
+
+    def feedback_rows(self, agent: str) -> dict[str, tuple[int, str, Optional[float]]]:
+        """The agent's stored feedback by run id: (rows with that run id, prompt, score)."""
+        rows = self.query(
+            "SELECT f.run_id, COUNT(*), MIN(f.prompt), MIN(f.score) FROM feedback_feedback f "
+            "JOIN policies_agent a ON a.id = f.agent_id WHERE a.name = ? GROUP BY f.run_id", (agent,))
+        return {run_id: (count, prompt, score) for run_id, count, prompt, score in rows}
+
 
 def tmp_models_dir(tmp_path: Path) -> Path:
     """``tmp_path/models``: a MODELS_DIR where versions start afresh, sharing the suite's built base models."""
@@ -141,3 +211,241 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid:
             found.append(int(stat.parent.name))
     return found
+
+
+# --- a real web server and concurrent HTTP clients -------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A gunicorn started by ``Site.gunicorn``, in its own session (stop() ends it and its workers)."""
+
+    process: subprocess.Popen
+    host: str
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until the API answers (401 without a token is an answer); raises with the log if gunicorn exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            try:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=5)
+                conn.request("GET", "/api/policies/ready-check")
+                conn.getresponse().read()
+                conn.close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log()[-4000:]}")
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (graceful: workers finish their request), SIGKILL to the whole session after ``timeout``."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, 9)
+                self.process.wait(10)
+        return self.process.returncode
+
+
+@dataclass
+class LoadResult:
+    """What ``feedback_load`` sent and what it got back."""
+
+    records: dict[str, dict] = field(default_factory=dict)  # run id -> the record sent (every one, once)
+    statuses: Counter = field(default_factory=Counter)  # HTTP status of every response read (retries included)
+    single_latencies: list[float] = field(default_factory=list)  # seconds per single-record POST
+    bulk_latencies: list[float] = field(default_factory=list)  # seconds per list POST
+    single_requests: int = 0
+    bulk_requests: int = 0
+    bulk_records: int = 0
+    retries: int = 0  # requests sent again after a simulated timeout (same body, same runIds)
+    retry_statuses: Counter = field(default_factory=Counter)  # the answers to those re-sends
+    reconnects: int = 0  # keep-alive connections the server had closed (request re-sent on a new one)
+    errors: list[str] = field(default_factory=list)  # 5xx, unexpected statuses or bodies, connection failures
+    wall_s: float = 0.0
+
+    @property
+    def requests(self) -> int:
+        return self.single_requests + self.bulk_requests
+
+    @property
+    def server_errors(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status >= 500)
+
+    def problems(self, stored: dict[str, tuple[int, str, Optional[float]]]) -> list[str]:
+        """Differences between the records sent and ``stored`` (Site.feedback_rows): lost, doubled, extra, altered."""
+        found = []
+        missing = [run_id for run_id in self.records if run_id not in stored]
+        doubled = [run_id for run_id, (count, _, _) in stored.items() if count != 1]
+        extra = [run_id for run_id in stored if run_id not in self.records]
+        altered = [
+            run_id for run_id, (_, prompt, score) in stored.items() if run_id in self.records
+            and (prompt != self.records[run_id]["prompt"] or score != self.records[run_id]["score"])
+        ]
+        for name, run_ids in (("missing", missing), ("stored more than once", doubled), ("not sent", extra),
+                              ("stored with other content", altered)):
+            if run_ids:
+                found.append(f"{len(run_ids)} {name}: {run_ids[:5]}")
+        return found
+
+
+def load_records(client: int, count: int, rng: random.Random) -> list[dict]:
+    """``count`` feedback records for one client, each with its own runId; one in ten awaits review (score null)."""
+    return [
+        {"prompt": f"Client {client} question {i}: what is {i} times {client}?",
+         "response": f"{i} times {client} is {i * client}. " + "x" * rng.randrange(0, 200),
+         "score": None if i % 10 == 9 else round(rng.random(), 3),
+         "runId": f"c{client:02d}-{i:06d}", "notes": "load test" if i % 3 == 0 else ""}
+        for i in range(count)
+    ]
+
+
+def feedback_load(
+    base_url: str, token: str, *, agent: str, records: int, clients: int = 16, bulk_share: float = 0.5,
+    bulk_size: tuple[int, int] = (10, 100), retry_clients: int = 4, retry_every: int = 10, seed: int = 0,
+    timeout: float = 60,
+) -> LoadResult:
+    """``clients`` threads, each on its own keep-alive connection, POST ``records`` feedback records in all.
+
+    About ``bulk_share`` of the records go in JSON arrays of ``bulk_size`` records, the rest one per POST, in an
+    order mixed at random. The first ``retry_clients`` clients give up on every ``retry_every``-th request as a
+    client whose timeout fired would: half the time they close the connection without reading the answer, half
+    the time they read it and act as if it was lost; then they send the same body again (same runIds), which must
+    answer 200 or 201 with the same records and store nothing twice. Request bodies are built before the clock
+    starts; the clock covers sending and reading every response.
+    """
+    host, port = base_url.removeprefix("http://").split(":")
+    result = LoadResult()
+    plans = []
+    for client in range(clients):
+        rng = random.Random(seed * 1000 + client)
+        share = records // clients + (1 if client < records % clients else 0)
+        mine = load_records(client, share, rng)
+        result.records.update({record["runId"]: {"prompt": record["prompt"], "score": record["score"]} for record in mine})
+        mean_bulk = sum(bulk_size) / 2
+        p_bulk = bulk_share / (mean_bulk * (1 - bulk_share) + bulk_share) if bulk_share < 1 else 1.0
+        plan, i = [], 0
+        while i < len(mine):
+            if rng.random() < p_bulk:
+                size = rng.randint(*bulk_size)
+                batch = mine[i:i + size]
+                plan.append((True, [r["runId"] for r in batch], json.dumps(batch).encode()))
+                i += len(batch)
+            else:
+                plan.append((False, [mine[i]["runId"]], json.dumps(mine[i]).encode()))
+                i += 1
+        plans.append(plan)
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+    headers = {"Content-Type": "application/json", "Authorization": f"Token {token}"}
+    path = f"/api/policies/feedback/{agent}"
+
+    def run(client: int, plan: list) -> None:
+        rng = random.Random(seed * 1000 + client + 500)
+        retrying = client < retry_clients
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        statuses, retry_statuses, errors = Counter(), Counter(), []
+        single, bulk, reconnects, retries, bulk_records = [], [], 0, 0, 0
+
+        def send(body: bytes) -> tuple[int, bytes]:
+            nonlocal reconnects
+            for attempt in range(2):
+                try:
+                    conn.request("POST", path, body, headers)
+                    response = conn.getresponse()
+                    return response.status, response.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    conn.close()  # the server closed the idle keep-alive connection: same request, new connection
+                    if attempt:
+                        raise
+                    reconnects += 1
+            raise AssertionError("unreachable")
+
+        def check(status: int, content: bytes, run_ids: list, is_bulk: bool, allowed: tuple) -> None:
+            statuses[status] += 1
+            if status not in allowed:
+                errors.append(f"client {client}: {status} for {run_ids[0]}: {content[:300]!r}")
+                return
+            data = json.loads(content)
+            got = [item["runId"] for item in data] if is_bulk else [data["runId"]]
+            if got != run_ids:
+                errors.append(f"client {client}: answer for {run_ids[0]} names {got[:3]}")
+
+        start.wait()
+        for n, (is_bulk, run_ids, body) in enumerate(plan):
+            try:
+                if retrying and n % retry_every == retry_every // 2:
+                    retries += 1
+                    if rng.random() < 0.5:  # gave up before the answer came
+                        conn.request("POST", path, body, headers)
+                        time.sleep(rng.random() * 0.005)
+                        conn.close()
+                    else:  # the answer was lost on the way
+                        status, content = send(body)
+                        check(status, content, run_ids, is_bulk, (201,))
+                    began = time.perf_counter()
+                    status, content = send(body)
+                    retry_statuses[status] += 1
+                    check(status, content, run_ids, is_bulk, (200, 201))
+                else:
+                    began = time.perf_counter()
+                    status, content = send(body)
+                    check(status, content, run_ids, is_bulk, (201,))
+                (bulk if is_bulk else single).append(time.perf_counter() - began)
+                bulk_records += len(run_ids) if is_bulk else 0
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                errors.append(f"client {client}: {type(error).__name__} {error} for {run_ids[0]}")
+                conn.close()
+        conn.close()
+        with lock:
+            result.statuses.update(statuses)
+            result.retry_statuses.update(retry_statuses)
+            result.errors.extend(errors)
+            result.single_latencies.extend(single)
+            result.bulk_latencies.extend(bulk)
+            result.single_requests += len(single)
+            result.bulk_requests += len(bulk)
+            result.bulk_records += bulk_records
+            result.reconnects += reconnects
+            result.retries += retries
+
+    threads = [threading.Thread(target=run, args=(client, plan), daemon=True) for client, plan in enumerate(plans)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    result.wall_s = time.perf_counter() - began
+    return result
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]

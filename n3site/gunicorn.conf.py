@@ -1,0 +1,34 @@
+"""gunicorn settings for the n3 web process (the REST API and the admin).
+
+    gunicorn -c n3site/gunicorn.conf.py n3site.wsgi:application
+
+Every value can be changed by an environment variable here, or on gunicorn's command line (which wins):
+
+- ``N3_BIND`` (``127.0.0.1:8000``): where to listen; put a TLS-terminating proxy in front for anything public.
+- ``WEB_CONCURRENCY`` (2 per CPU core, at least 2): worker processes. Django's work is CPU-bound under the GIL,
+  so processes, not threads, add throughput; on SQLite every write still takes the one write lock in turn.
+- ``N3_WEB_THREADS`` (1): threads per worker. Above 1 the worker class is ``gthread``, which keeps client
+  connections alive (the sync worker closes each connection after one answer).
+- ``N3_WEB_TIMEOUT`` (60 s): a worker silent for longer is killed and replaced. Requests never train: training
+  runs in the qcluster, so a long timeout is never needed here.
+- ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
+
+bench/ingest_bench.py measures the throughput of these settings on the machine at hand.
+"""
+import os
+
+_cores = os.cpu_count() or 1
+
+bind = os.environ.get("N3_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", max(2, 2 * _cores)))
+threads = int(os.environ.get("N3_WEB_THREADS", 1))
+worker_class = "gthread" if threads > 1 else "sync"
+keepalive = 5
+timeout = int(os.environ.get("N3_WEB_TIMEOUT", 60))
+graceful_timeout = 30
+# Django and the app load before the fork: workers start at once and share the code's memory pages.
+# Django opens database connections lazily (in each worker), so none is shared across the fork.
+preload_app = True
+accesslog = os.environ.get("N3_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
