@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from django.core.validators import RegexValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -102,6 +103,18 @@ class StrictSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError(unknown)
         return super().to_internal_value(data)
+
+
+class StrictSerializerExtension(OpenApiSerializerExtension):
+    """The schema says what StrictSerializer does: no properties beyond the listed ones
+    (``additionalProperties: false``), so generated clients and fuzzers do not send keys that are refused."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
 
 
 def _unknown_message(key: str, known: set[str]) -> str:

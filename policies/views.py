@@ -3,6 +3,8 @@
 Each view validates its input with a serializer, calls one service or selector, and serializes the
 result. Errors are raised, never caught here: n3site.exceptions.exception_handler answers them.
 """
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.serializers import PolymorphicProxySerializerExtension
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -53,7 +55,23 @@ def _errors(*codes: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer, description=meaning[code]) for code in codes}
 
 
-FEEDBACK_REQUEST = PolymorphicProxySerializer(
+class NonEmptyListProxySerializer(PolymorphicProxySerializer):
+    """A PolymorphicProxySerializer whose list variants say ``minItems: 1``: the feedback view refuses an empty
+    list (400), and drf-spectacular does not carry a ListSerializer's ``allow_empty=False`` into the schema."""
+
+
+class NonEmptyListProxySerializerExtension(PolymorphicProxySerializerExtension):
+    target_class = NonEmptyListProxySerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = super().map_serializer(auto_schema, direction)
+        for variant in schema.get("oneOf", []):
+            if variant.get("type") == "array":
+                variant["minItems"] = 1
+        return schema
+
+
+FEEDBACK_REQUEST = NonEmptyListProxySerializer(
     component_name="FeedbackRequestBody",
     serializers=[FeedbackInputSerializer, FeedbackInputSerializer(many=True)],
     resource_type_field_name=None,
@@ -67,8 +85,18 @@ FEEDBACK_RESPONSE = PolymorphicProxySerializer(
 )
 
 
+class RequiredBodySchema(AutoSchema):
+    """The request body is required: drf-spectacular cannot tell for a PolymorphicProxySerializer (one record
+    or a list), whose schema has no required properties of its own, and would mark an empty POST as valid."""
+
+    def _get_request_for_media_type(self, serializer, direction="request"):
+        schema, _ = super()._get_request_for_media_type(serializer, direction)
+        return schema, schema is not None
+
+
 class FeedbackView(APIView):
     required_permissions = {"POST": "feedback.add_feedback"}
+    schema = RequiredBodySchema()
 
     @extend_schema(
         operation_id="record_feedback",
