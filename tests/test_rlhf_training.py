@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult
@@ -19,7 +20,11 @@ from training.rlhf import (
     TrainingCancelled,
 )
 from training.rlhf.data import prepare_feedback, train_val_split
+from training.rlhf.base_models import load_causal_lm, load_tokenizer
+from training.rlhf.errors import NonFiniteError
+from training.rlhf.modeling import lora_config_for
 from training.rlhf.reward_model import fit_reward_model, load_reward_model, pearson, spearman
+from training.rlhf.trl_algorithms import train_grpo, train_rloo, trl_args
 
 MODEL = "n3-tiny-random"
 TOPICS = [
@@ -352,9 +357,12 @@ class TestRLHFTrainer:
         assert sorted(p.name for p in output_dir.iterdir()) == ["training.log"]
         assert "Training failed: BaseModelUnavailable" in (output_dir / "training.log").read_text()
 
-    def test_algorithms_not_yet_available(self, tmp_path):
-        with pytest.raises(ConfigError, match="algorithm 'rloo' is not available yet"):
-            RLHFTrainer(tiny_config(algorithm="rloo")).train(feedbacks=toy_feedback(), output_dir=tmp_path / "v1")
+    def test_invalid_algorithm_is_a_config_error(self, tmp_path):
+        with pytest.raises(ConfigError, match="algorithm must be one of ppo, rloo, grpo"):
+            RLHFTrainer(tiny_config(algorithm="dpo")).train(feedbacks=toy_feedback(), output_dir=tmp_path / "v1")
+        with pytest.raises(ConfigError, match="RLOO compares completions of the same prompt: batch_size must be even"):
+            train_rloo(policy=None, tokenizer=None, prompts=["p"], reward_fn=None, config=tiny_config(
+                algorithm="rloo", use_lora=False, batch_size=3, mini_batch_size=1), device=torch.device("cpu"))
         assert not (tmp_path / "v1").exists()
 
     @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
@@ -362,6 +370,92 @@ class TestRLHFTrainer:
         with pytest.raises(ConfigError, match="CUDA is not available"):
             RLHFTrainer(tiny_config(device="cuda")).train(feedbacks=toy_feedback(), output_dir=tmp_path / "v1")
         assert not (tmp_path / "v1").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRL's RLOO and GRPO behind the same trainer
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rloo_trained(tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("models") / "my_agent" / "v1"
+    events: list[Progress] = []
+    config = tiny_config(algorithm="rloo", max_steps=3)
+    result = RLHFTrainer(config).train(feedbacks=toy_feedback(), output_dir=output_dir, callback=events.append)
+    return result, output_dir, events
+
+
+def tiny_policy(use_lora: bool = True):
+    """n3-tiny-random as the trainer hands it to an algorithm: float32, LoRA-wrapped when use_lora."""
+    model = load_causal_lm(MODEL)
+    return get_peft_model(model, lora_config_for(model, r=8, alpha=16, dropout=0.0)) if use_lora else model
+
+
+def short_answers(prompts, responses):
+    """A cheap deterministic reward: 1 for an empty answer, falling with its length."""
+    return torch.tensor([1.0 / (1 + len(r)) for r in responses])
+
+
+class TestTRLAlgorithms:
+    def test_rloo_writes_the_spec_layout_and_a_usable_policy(self, rloo_trained):
+        result, output_dir, events = rloo_trained
+        assert sorted(p.name for p in output_dir.iterdir()) == [
+            "policy", "reward_model", "training.log", "training_results.json",
+        ]
+        assert (output_dir / "policy" / "model.safetensors").is_file()
+        assert (result.algorithm, result.training_steps, len(result.history)) == ("rloo", 3, 3)
+        assert all(math.isfinite(h["objective/scores"]) and 0 <= h["objective/scores"] <= 1 for h in result.history)
+        assert result.history[0]["objective/kl"] == pytest.approx(0.0, abs=1e-6)  # reference = the adapter disabled
+        assert set(result.history[0]) >= {"objective/kl_coef", "loss/total", "timing/generate_s", "tokens_per_s"}
+        assert TrainingResult.load(output_dir).history == result.history
+        assert [e.step for e in events if e.phase == "policy"] == [1, 2, 3]
+        log = (output_dir / "training.log").read_text()
+        assert "with RLOO" in log and all(f"rloo step {i}/3" in log for i in (1, 2, 3))
+
+        model = AutoModelForCausalLM.from_pretrained(str(result.model_path))
+        tokenizer = AutoTokenizer.from_pretrained(str(result.model_path))
+        inputs = tokenizer("What is quantum computing?", return_tensors="pt")
+        assert model.generate(**inputs, max_new_tokens=4).shape[1] > inputs["input_ids"].shape[1]
+        assert not any("lora" in name for name, _ in model.named_parameters())
+
+    def test_rloo_cancel_leaves_no_version_behind(self, tmp_path):
+        output_dir = tmp_path / "v2"
+        with pytest.raises(TrainingCancelled, match="policy phase \\(step 1 of 3\\)"):
+            RLHFTrainer(tiny_config(algorithm="rloo", max_steps=3, reward_model_config={"num_epochs": 1})).train(
+                feedbacks=toy_feedback(), output_dir=output_dir, callback=lambda p: p.phase == "policy",
+            )
+        assert sorted(p.name for p in output_dir.iterdir()) == ["training.log"]
+
+    def test_callback_returning_true_stops_after_that_step(self):
+        """Called directly (not through RLHFTrainer, whose callback raises): True stops TRL cleanly, then raises."""
+        policy = tiny_policy()
+        with pytest.raises(TrainingCancelled, match="after RLOO step 1 of 3") as excinfo:
+            train_rloo(policy=policy, tokenizer=load_tokenizer(MODEL), prompts=TOPICS, reward_fn=short_answers,
+                       config=tiny_config(algorithm="rloo", max_steps=3), device=torch.device("cpu"),
+                       callback=lambda p: True)
+        assert [h["step"] for h in excinfo.value.history] == [1]
+        assert list(policy.peft_config) == ["default"]  # TRL's "ref" adapter copy was dropped
+
+    def test_non_finite_reward_stops_training(self):
+        with pytest.raises(NonFiniteError, match="non-finite scores"):
+            train_rloo(policy=tiny_policy(), tokenizer=load_tokenizer(MODEL), prompts=TOPICS,
+                       reward_fn=lambda p, r: torch.full((len(r),), float("nan")),
+                       config=tiny_config(algorithm="rloo", max_steps=2), device=torch.device("cpu"))
+
+    def test_grpo_smoke_full_fine_tuning(self):
+        policy = tiny_policy(use_lora=False)
+        before = [p.detach().clone() for p in policy.parameters()]
+        history = train_grpo(policy=policy, tokenizer=load_tokenizer(MODEL), prompts=TOPICS, reward_fn=short_answers,
+                             config=tiny_config(algorithm="grpo", use_lora=False, max_steps=2),
+                             device=torch.device("cpu"))
+        assert [h["step"] for h in history] == [1, 2] and all(math.isfinite(h["objective/scores"]) for h in history)
+        assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))  # trained in place
+
+    def test_config_fields_map_onto_trl(self):
+        config = tiny_config(algorithm="rloo", batch_size=8, mini_batch_size=3, max_new_tokens=20, init_kl_coef=0.1)
+        args = trl_args(config, torch.device("cpu"), "/unused", num_generations=4)
+        assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (2, 4)  # one step per batch
+        assert (args["max_completion_length"], args["beta"], args["max_steps"]) == (20, 0.1, config.max_steps)
+        assert (args["use_cpu"], args["bf16"], args["report_to"], args["save_strategy"]) == (True, False, "none", "no")
 
 
 @pytest.mark.slow

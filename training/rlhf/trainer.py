@@ -47,6 +47,7 @@ from .ppo import train_ppo
 from .progress import Progress, ProgressCallback
 from .results import RESULTS_FILE, TrainingResult
 from .reward_model import fit_reward_model
+from .trl_algorithms import train_grpo, train_rloo
 
 LOG_FILE = "training.log"
 POLICY_DIR = "policy"
@@ -57,9 +58,9 @@ logger = logging.getLogger(__name__)
 
 # One function per algorithm, all with train_ppo's signature:
 #   (*, policy, tokenizer, prompts, reward_fn, config, device, callback, log) -> per-step metrics (list of dicts)
-# The policy is trained in place. TRL's RLOO and GRPO plug in here.
+# The policy is trained in place. RLOO and GRPO run TRL's own trainers (trl_algorithms.py).
 AlgorithmFn = Callable[..., list[dict]]
-ALGORITHMS: dict[str, AlgorithmFn] = {"ppo": train_ppo}
+ALGORITHMS: dict[str, AlgorithmFn] = {"ppo": train_ppo, "rloo": train_rloo, "grpo": train_grpo}
 
 
 def algorithm_fn(name: str) -> AlgorithmFn:
@@ -250,8 +251,8 @@ class RLHFTrainer:
         )
         result.save(output_dir / RESULTS_FILE)
         log.info(
-            "Training complete in %.1fs: reward %.3f ± %.3f, KL %.3f after %d steps; policy at %s",
-            timings["total_s"], result.final_reward_mean, result.final_reward_std, result.final_kl,
+            "Training complete in %.1fs: reward %.3f ± %.3f, KL %s after %d steps; policy at %s",
+            timings["total_s"], result.final_reward_mean, result.final_reward_std, _fmt(result.final_kl),
             result.training_steps, result.model_path,
         )
         return result
