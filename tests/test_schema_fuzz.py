@@ -1,0 +1,119 @@
+"""The API against its own OpenAPI schema (drf-spectacular's /api/schema/), fuzzed by schemathesis.
+
+Every operation gets schema-valid and schema-violating requests (bodies, path parameters) from a user holding
+every API permission. Each answer must be no server error, carry a status and a content type the schema
+documents, match the documented body, and an invalid request must be refused. The WSGI app runs in this
+process on pytest-django's database; each generated request runs in a savepoint that is rolled back, so
+nothing accumulates between requests: a train_policy request never finds an agent with enough feedback to
+calibrate or queue anything. The success bodies of train_policy (200 dry run, 202 queued) and of the reads
+(queued, running, trained, failed versions) are checked against the schema on seeded data at the end.
+"""
+import os
+
+import pytest
+import schemathesis
+from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+from django_q.models import OrmQ
+from hypothesis import HealthCheck, settings
+from rest_framework.authtoken.models import Token
+
+from feedback import services as feedback_services
+from policies.models import Agent, PolicyVersion
+from tests.conftest import API_PERMISSIONS
+from tests.sites import LEAN_CONFIG, feedback_records
+
+pytestmark = pytest.mark.django_db
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a base model named "gpt2" must fail fast, not try to download
+
+
+@pytest.fixture(scope="module")
+def wsgi_app():
+    """Django's WSGI handler as a server runs it, except that a request does not close the database connection
+    (the test's transaction on pytest-django's database must survive it, as Django's own test client ensures)."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    try:
+        yield WSGIHandler()
+    finally:
+        request_started.connect(close_old_connections)
+        request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def api_schema(wsgi_app):
+    return schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.fixture
+def token(make_user):
+    user = make_user("fuzzer", *API_PERMISSIONS)
+    return Token.objects.create(user=user).key
+
+
+@pytest.fixture
+def seeded(settings):
+    """An agent with scored feedback and versions in every state the reads can show."""
+    settings.N3_DEFAULT_BASE_MODEL = "n3-tiny-random"
+    feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
+    agent = Agent.objects.get(name="bot")
+    agent.default_training_config = LEAN_CONFIG
+    agent.save()
+    now = timezone.now()
+    PolicyVersion.objects.create(
+        agent=agent, number=1, status="trained", step=2, max_steps=2, feedback_count=12, config=LEAN_CONFIG,
+        model_path="models/bot/v1/policy", reward_model_path="models/bot/v1/reward_model",
+        started_at=now, heartbeat_at=now, finished_at=now,
+        metrics={"rewardMean": 0.8, "rewardStd": 0.1, "kl": 0.01, "loss": 0.5, "rewardModel": {"valMse": 0.1},
+                 "warnings": [], "history": [{"step": 1, "rewardMean": 0.7, "kl": None, "loss": 0.6}]},
+    )
+    PolicyVersion.objects.create(agent=agent, number=2, status="failed", error="The training process was killed by SIGKILL",
+                                 started_at=now, finished_at=now)
+    PolicyVersion.objects.create(agent=agent, number=3, status="running", step=1, max_steps=5, started_at=now,
+                                 heartbeat_at=now, metrics={"rewardMean": None, "phase": "policy", "history": []})
+    return agent
+
+
+@schema.parametrize()
+@settings(
+    max_examples=25, derandomize=True, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_every_operation_answers_as_its_schema_says(case, token):
+    with transaction.atomic():
+        case.call_and_validate(headers={"Authorization": f"Token {token}"})
+        transaction.set_rollback(True)  # the next request starts from the same database
+
+
+def test_success_bodies_match_the_schema(api_schema, token, seeded):
+    """The 200/202 bodies that the fuzzer cannot reach without seeded data: a dry run, a queued training,
+    reads of trained, failed, running and queued versions, a cancel."""
+    auth = {"Authorization": f"Token {token}"}
+    train = api_schema["/api/policies/train_policy/{agent}"]["POST"]
+
+    dry_run = train.Case(path_parameters={"agent": "bot"}, body={"dryRun": True, "maxSteps": 3}, media_type="application/json")
+    assert dry_run.call_and_validate(headers=auth).status_code == 200
+    queued = train.Case(path_parameters={"agent": "bot"}, body={"dryRun": False, "maxSteps": 3}, media_type="application/json")
+    response = queued.call_and_validate(headers=auth)
+    assert response.status_code == 202 and response.json()["version"] == "v4"
+    # Queued only: its job waits in the ORM queue (no worker runs here, and no training started in this process).
+    assert [q.args() for q in OrmQ.objects.all()] == [(PolicyVersion.objects.get(number=4).pk,)]
+
+    listed = api_schema["/api/policies/{agent}"]["GET"].Case(path_parameters={"agent": "bot"}).call_and_validate(headers=auth)
+    assert [v["status"] for v in listed.json()] == ["queued", "running", "failed", "trained"]
+    detail = api_schema["/api/policies/{agent}/{version}"]["GET"]
+    for version in ("v1", "v2", "v3", "v4"):
+        assert detail.Case(path_parameters={"agent": "bot", "version": version}).call_and_validate(headers=auth).status_code == 200
+    cancel = api_schema["/api/policies/{agent}/{version}/cancel"]["POST"]
+    for version, status in (("v4", 200), ("v3", 200), ("v1", 409)):
+        assert cancel.Case(path_parameters={"agent": "bot", "version": version}).call_and_validate(headers=auth).status_code == status
+    feedback = api_schema["/api/policies/feedback/{agent}"]["POST"]
+    record = {"prompt": "p", "response": "r", "score": 0.5, "runId": "once"}
+    for status in (201, 200):  # stored, then the same runId again
+        assert feedback.Case(path_parameters={"agent": "bot"}, body=[record], media_type="application/json").call_and_validate(headers=auth).status_code == status
