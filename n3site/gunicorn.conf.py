@@ -12,12 +12,18 @@ Every value can be changed by an environment variable here, or on gunicorn's com
 - ``N3_WEB_TIMEOUT`` (60 s): a worker silent for longer is killed and replaced. Requests never train: training
   runs in the qcluster, so a long timeout is never needed here.
 - ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
+- ``DB_CONN_MAX_AGE`` (here 300 s; settings.py's default, for other processes, is 0): each worker (each thread
+  under gthread) keeps its database connection between requests. Opening one per request costs more CPU than the
+  rest of a feedback POST's database work (on SQLite: the connection, its PRAGMAs and Django's SQL functions;
+  about 40 % of the request). Django checks a kept connection before reusing it (CONN_HEALTH_CHECKS).
 
 bench/ingest_bench.py measures the throughput of these settings on the machine at hand.
 """
 import os
 
 _cores = os.cpu_count() or 1
+# Read by n3site/settings.py when the app loads (below, or in each worker without preload).
+os.environ.setdefault("DB_CONN_MAX_AGE", "300")
 
 bind = os.environ.get("N3_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, 2 * _cores)))

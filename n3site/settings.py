@@ -85,6 +85,8 @@ DATABASES = {
         env="DATABASE_URL",
         default=f"sqlite:///{VAR_DIR / 'n3.sqlite3'}",
         conn_max_age=env_int("DB_CONN_MAX_AGE", 0),
+        # A kept connection (DB_CONN_MAX_AGE > 0, as n3site/gunicorn.conf.py sets) is checked before a request reuses it.
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -179,7 +181,10 @@ N3_METRICS_INTERVAL = float(os.environ.get("N3_METRICS_INTERVAL", 2.0))
 # Seconds a running job has to stop by itself after a cancel before its training process is terminated.
 N3_CANCEL_GRACE = float(os.environ.get("N3_CANCEL_GRACE", 60))
 # What runs a job's training process: a command that runs a Python script with its arguments (shell syntax).
-# Empty: this Python. For several GPUs: N3_TRAINING_LAUNCHER="accelerate launch --num_processes 2".
+# Empty: this Python. For several GPUs: N3_TRAINING_LAUNCHER="accelerate launch --num_processes 2" (or torchrun
+# --nproc_per_node 2): data-parallel PPO, one process per GPU, batch_size rollouts per process and step, bf16 on
+# GPUs as with one; rank 0 alone writes the version and the database. No model sharding (each GPU holds the whole
+# model); TRL's RLOO/GRPO parallelise themselves. Details: training/rlhf/distributed.py.
 N3_TRAINING_LAUNCHER = os.environ.get("N3_TRAINING_LAUNCHER", "")
 
 # --- Jobs (django-q2) -----------------------------------------------------------------------

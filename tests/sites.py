@@ -75,15 +75,17 @@ class Site:
     def shell(self, code: str) -> str:
         return self.manage("shell", "-v", "0", "-c", code).stdout
 
-    def queue_version(self, *, agent: str = "bot", max_steps: int = 2) -> int:
-        """An agent with 12 scored feedback records and a queued version (its job row waits in the ORM queue)."""
+    def queue_version(self, *, agent: str = "bot", max_steps: int = 2, config: Optional[dict] = None) -> int:
+        """An agent with 12 scored feedback records and a queued version (its job row waits in the ORM queue).
+
+        ``config``: TrainingConfig fields (snake_case) instead of LEAN_CONFIG."""
         code = f"""
 from feedback.services import record_feedback_batch
 from policies.models import Agent
 from training import services
 record_feedback_batch(agent_name={agent!r}, records={feedback_records()!r})
 agent = Agent.objects.get(name={agent!r})
-config = services.resolve_training_config(agent=agent, overrides={{**{LEAN_CONFIG!r}, "max_steps": {max_steps}}})
+config = services.resolve_training_config(agent=agent, overrides={{**{config or LEAN_CONFIG!r}, "max_steps": {max_steps}}})
 print(services.start_training(agent=agent, config=config).pk)
 """
         return int(self.shell(code).strip().splitlines()[-1])
@@ -127,18 +129,20 @@ print(Token.objects.get_or_create(user=user)[0].key)
         return self.shell(code).strip().splitlines()[-1]
 
     @contextlib.contextmanager
-    def gunicorn(self, *, workers: int = 2, threads: int = 1, worker_class: str = "", args: tuple[str, ...] = (),
-                 ready_timeout: float = 60) -> Iterator["Server"]:
+    def gunicorn(self, *, workers: Optional[int] = 2, threads: Optional[int] = 1, worker_class: str = "",
+                 args: tuple[str, ...] = (), ready_timeout: float = 60) -> Iterator["Server"]:
         """Serve this site with gunicorn on 127.0.0.1 (a free port) using n3site/gunicorn.conf.py; stop it after.
 
-        ``worker_class`` empty: the config's choice (gthread when threads > 1, else sync). The server's log is
-        ``root/gunicorn.log`` (``Server.log()``).
+        ``workers``/``threads`` None and ``worker_class`` empty: the config's choice. The server's log is
+        ``root/gunicorn.log`` (``Server.log()``). N3_WSGI_APP in the environment replaces the WSGI application
+        (``module:callable``, e.g. a profiling wrapper).
         """
         port = free_port()
         log_path = self.root / "gunicorn.log"
         command = [
             sys.executable, "-m", "gunicorn", "-c", str(ROOT / "n3site" / "gunicorn.conf.py"),
-            "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads),
+            "--bind", f"127.0.0.1:{port}", *(("--workers", str(workers)) if workers else ()),
+            *(("--threads", str(threads)) if threads else ()),
             *(("--worker-class", worker_class) if worker_class else ()), *args, os.environ.get("N3_WSGI_APP", "n3site.wsgi:application"),
         ]
         with open(log_path, "ab") as log:
@@ -318,7 +322,7 @@ def load_records(client: int, count: int, rng: random.Random) -> list[dict]:
         {"prompt": f"Client {client} question {i}: what is {i} times {client}?",
          "response": f"{i} times {client} is {i * client}. " + "x" * rng.randrange(0, 200),
          "score": None if i % 10 == 9 else round(rng.random(), 3),
-         "runId": f"c{client:02d}-{i:06d}", "notes": "load test" if i % 3 == 0 else ""}
+         "runId": f"{client:02d}-{i:06d}", "notes": "load test" if i % 3 == 0 else ""}
         for i in range(count)
     ]
 
@@ -326,7 +330,7 @@ def load_records(client: int, count: int, rng: random.Random) -> list[dict]:
 def feedback_load(
     base_url: str, token: str, *, agent: str, records: int, clients: int = 16, bulk_share: float = 0.5,
     bulk_size: tuple[int, int] = (10, 100), retry_clients: int = 4, retry_every: int = 10, seed: int = 0,
-    timeout: float = 60,
+    timeout: float = 60, max_seconds: Optional[float] = None, agent_prefix: str = "c",
 ) -> LoadResult:
     """``clients`` threads, each on its own keep-alive connection, POST ``records`` feedback records in all.
 
@@ -335,7 +339,9 @@ def feedback_load(
     client whose timeout fired would: half the time they close the connection without reading the answer, half
     the time they read it and act as if it was lost; then they send the same body again (same runIds), which must
     answer 200 or 201 with the same records and store nothing twice. Request bodies are built before the clock
-    starts; the clock covers sending and reading every response.
+    starts; the clock covers sending and reading every response. ``max_seconds``: clients stop starting requests
+    after that long (``records`` then lists only what was sent). ``agent_prefix`` starts every runId, so that
+    several loads on one agent do not collide.
     """
     host, port = base_url.removeprefix("http://").split(":")
     result = LoadResult()
@@ -344,6 +350,8 @@ def feedback_load(
         rng = random.Random(seed * 1000 + client)
         share = records // clients + (1 if client < records % clients else 0)
         mine = load_records(client, share, rng)
+        for record in mine:
+            record["runId"] = agent_prefix + record["runId"]
         result.records.update({record["runId"]: {"prompt": record["prompt"], "score": record["score"]} for record in mine})
         mean_bulk = sum(bulk_size) / 2
         p_bulk = bulk_share / (mean_bulk * (1 - bulk_share) + bulk_share) if bulk_share < 1 else 1.0
@@ -395,7 +403,14 @@ def feedback_load(
                 errors.append(f"client {client}: answer for {run_ids[0]} names {got[:3]}")
 
         start.wait()
+        stop_at = time.perf_counter() + max_seconds if max_seconds else None
         for n, (is_bulk, run_ids, body) in enumerate(plan):
+            if stop_at and time.perf_counter() > stop_at:
+                with lock:
+                    for _, unsent, _ in plan[n:]:
+                        for run_id in unsent:
+                            del result.records[run_id]
+                break
             try:
                 if retrying and n % retry_every == retry_every // 2:
                     retries += 1
