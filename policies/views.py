@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.models import Feedback
-from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer
+from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
 from feedback.services import record_feedback, record_feedback_batch
 
 from . import selectors, services
@@ -119,19 +119,26 @@ class FeedbackView(APIView):
         })],
     )
     def post(self, request: Request, agent: str) -> Response:
+        # quick_validated: plainly valid records skip DRF's per-field validation; the serializer handles the rest.
         if isinstance(request.data, list):
-            serializer = FeedbackInputSerializer(data=request.data, many=True, allow_empty=False)
-            serializer.is_valid(raise_exception=True)
+            records = [quick_validated(item) for item in request.data]
+            if not records or None in records:
+                serializer = FeedbackInputSerializer(data=request.data, many=True, allow_empty=False)
+                serializer.is_valid(raise_exception=True)
+                records = serializer.validated_data
             results = record_feedback_batch(
-                agent_name=agent, records=serializer.validated_data, source=Feedback.Source.API, user=request.user
+                agent_name=agent, records=records, source=Feedback.Source.API, user=request.user
             )
             created = any(was_created for _, was_created in results)
             body = FeedbackSerializer([feedback for feedback, _ in results], many=True).data
         else:
-            serializer = FeedbackInputSerializer(data=request.data)
-            serializer.is_valid(raise_exception=True)
+            record = quick_validated(request.data)
+            if record is None:
+                serializer = FeedbackInputSerializer(data=request.data)
+                serializer.is_valid(raise_exception=True)
+                record = serializer.validated_data
             feedback, created = record_feedback(
-                agent_name=agent, **serializer.validated_data, source=Feedback.Source.API, user=request.user
+                agent_name=agent, **record, source=Feedback.Source.API, user=request.user
             )
             body = FeedbackSerializer(feedback).data
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

@@ -1,0 +1,94 @@
+"""The feedback API's short ways (feedback/serializers.py) give exactly what DRF's generic machinery gives.
+
+``quick_validated`` may decline any record (None: the serializer then decides), but whatever it accepts the
+serializer must accept with the same validated data; ``FeedbackSerializer.to_representation`` must equal the
+generic field-by-field ``Serializer.to_representation``.
+"""
+import pytest
+from rest_framework import serializers
+
+from feedback.models import Feedback
+from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
+from feedback.services import record_feedback, record_feedback_batch
+
+VALID = {"prompt": "What is 2+2?", "response": "  4 ", "score": 0.9, "runId": "run_1", "notes": "fine"}
+CASES = [
+    VALID,
+    {"prompt": "p", "response": "r"},
+    {"prompt": "p", "response": "r", "score": None},
+    {"prompt": "p", "response": "r", "score": 1},
+    {"prompt": "p", "response": "r", "score": 0},
+    {"prompt": "p", "response": "r", "score": True},
+    {"prompt": "p", "response": "r", "score": "0.5"},
+    {"prompt": "p", "response": "r", "score": 1.5},
+    {"prompt": "p", "response": "r", "score": -0.1},
+    {"prompt": "p", "response": "r", "score": float("nan")},
+    {"prompt": "p", "response": "r", "score": float("inf")},
+    {"prompt": "p", "response": "r", "score": 10**400},
+    {"prompt": "", "response": "r"},
+    {"prompt": " \t\n", "response": "r"},
+    {"prompt": "\u00a0\u2003", "response": "r"},
+    {"prompt": None, "response": "r"},
+    {"prompt": 5, "response": "r"},
+    {"prompt": ["p"], "response": "r"},
+    {"response": "r"},
+    {"prompt": "p"},
+    {"prompt": "p", "response": "r", "runId": ""},
+    {"prompt": "p", "response": "r", "runId": None},
+    {"prompt": "p", "response": "r", "runId": 7},
+    {"prompt": "p", "response": "r", "runId": "x" * 200},
+    {"prompt": "p", "response": "r", "runId": "x" * 201},
+    {"prompt": "p", "response": "r", "notes": ""},
+    {"prompt": "p", "response": "r", "notes": None},
+    {"prompt": "p", "response": "r", "notes": 3},
+    {"prompt": "p\x00", "response": "r"},
+    {"prompt": "p", "response": "r", "notes": "a\x00b"},
+    {"prompt": "p", "response": "r", "runId": "\x00"},
+    {"prompt": "p\ud800", "response": "r"},
+    {"prompt": "p", "response": "r\udfff"},
+    {"prompt": "p", "response": "r", "run_id": "snake"},
+    {"prompt": "p", "response": "r", "extra": 1},
+    {"prompt": "日本語", "response": "émoji 🎉", "score": 0.25},
+    "not an object",
+    ["p", "r"],
+    None,
+    42,
+]
+
+
+@pytest.mark.parametrize("data", CASES, ids=[repr(case)[:60] for case in CASES])
+def test_quick_validated_accepts_only_what_the_serializer_accepts_and_gives_the_same_data(data):
+    serializer = FeedbackInputSerializer(data=data)
+    try:
+        valid = serializer.is_valid()
+    except OverflowError:  # DRF's own FloatField on a huge integer; the quick path must just step aside
+        valid = False
+    quick = quick_validated(data)
+    if quick is not None:
+        assert valid, serializer.errors
+        assert quick == dict(serializer.validated_data)
+        assert [type(quick[k]) for k in sorted(quick)] == [type(serializer.validated_data[k]) for k in sorted(quick)]
+
+
+def test_quick_validated_vouches_for_plain_records():
+    """Otherwise it would be no short way at all."""
+    assert quick_validated(VALID) == {"prompt": "What is 2+2?", "response": "  4 ", "score": 0.9, "run_id": "run_1",
+                                      "notes": "fine"}
+    assert quick_validated({"prompt": "p", "response": "r", "score": 1}) == {
+        "prompt": "p", "response": "r", "score": 1.0, "run_id": "", "notes": ""}
+
+
+@pytest.mark.django_db
+def test_the_direct_representation_equals_drfs_generic_one():
+    created, _ = record_feedback(agent_name="bot", prompt="p", response=" r ", score=1, run_id="a", notes="n")
+    awaiting, _ = record_feedback(agent_name="bot", prompt="p2", response="r2")
+    batch = [feedback for feedback, _ in record_feedback_batch(
+        agent_name="bot", records=[{"prompt": "p3", "response": "r3", "score": 0.5, "run_id": "b"}])]
+    stored = list(Feedback.objects.select_related("agent"))
+    for instance in [created, awaiting, *batch, *stored]:
+        serializer = FeedbackSerializer(instance)
+        generic = serializers.Serializer.to_representation(serializer, instance)
+        direct = serializer.to_representation(instance)
+        assert direct == dict(generic)
+        assert list(direct) == list(generic)
+        assert [type(v) for v in direct.values()] == [type(v) for v in generic.values()]
