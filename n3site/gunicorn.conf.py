@@ -5,10 +5,12 @@
 Every value can be changed by an environment variable here, or on gunicorn's command line (which wins):
 
 - ``N3_BIND`` (``127.0.0.1:8000``): where to listen; put a TLS-terminating proxy in front for anything public.
-- ``WEB_CONCURRENCY`` (2 per CPU core, at least 2): worker processes. Django's work is CPU-bound under the GIL,
+- ``WEB_CONCURRENCY`` (one per CPU core, at least 2): worker processes. Django's work is CPU-bound under the GIL,
   so processes, not threads, add throughput; on SQLite every write still takes the one write lock in turn.
-- ``N3_WEB_THREADS`` (1): threads per worker. Above 1 the worker class is ``gthread``, which keeps client
-  connections alive (the sync worker closes each connection after one answer).
+- ``N3_WEB_THREADS`` (4): threads per worker. Above 1 the worker class is ``gthread``, which keeps client
+  connections alive (the sync worker closes each connection after one answer: a new TCP connection per request
+  cost the server and the client about a third more CPU per feedback POST in bench/ingest_bench.py), and a
+  worker's other threads keep the CPU busy while one waits for SQLite's write lock. 1: the ``sync`` worker.
 - ``N3_WEB_TIMEOUT`` (60 s): a worker silent for longer is killed and replaced. Requests never train: training
   runs in the qcluster, so a long timeout is never needed here.
 - ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
@@ -26,8 +28,8 @@ _cores = os.cpu_count() or 1
 os.environ.setdefault("DB_CONN_MAX_AGE", "300")
 
 bind = os.environ.get("N3_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", max(2, 2 * _cores)))
-threads = int(os.environ.get("N3_WEB_THREADS", 1))
+workers = int(os.environ.get("WEB_CONCURRENCY", max(2, _cores)))
+threads = int(os.environ.get("N3_WEB_THREADS", 4))
 worker_class = "gthread" if threads > 1 else "sync"
 keepalive = 5
 timeout = int(os.environ.get("N3_WEB_TIMEOUT", 60))

@@ -141,7 +141,8 @@ print(Token.objects.get_or_create(user=user)[0].key)
         log_path = self.root / "gunicorn.log"
         command = [
             sys.executable, "-m", "gunicorn", "-c", str(ROOT / "n3site" / "gunicorn.conf.py"),
-            "--bind", f"127.0.0.1:{port}", *(("--workers", str(workers)) if workers else ()),
+            "--bind", f"127.0.0.1:{port}", "--no-control-socket",  # not the one in $HOME that a real server uses
+            *(("--workers", str(workers)) if workers else ()),
             *(("--threads", str(threads)) if threads else ()),
             *(("--worker-class", worker_class) if worker_class else ()), *args, os.environ.get("N3_WSGI_APP", "n3site.wsgi:application"),
         ]

@@ -42,9 +42,9 @@ def postgres_url():
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def assert_every_record_stored_once(site: Site, *, workers: int, threads: int) -> None:
+def assert_every_record_stored_once(site: Site, *, workers: int, threads: int, worker_class: str) -> None:
     token = site.api_token()
-    with site.gunicorn(workers=workers, threads=threads) as server:
+    with site.gunicorn(workers=workers, threads=threads, worker_class=worker_class) as server:
         result = feedback_load(server.base_url, token, agent="load-bot", records=RECORDS, clients=CLIENTS,
                                bulk_share=0.5, bulk_size=(5, 50), retry_clients=4, retry_every=10)
     log = server.log()
@@ -59,15 +59,17 @@ def assert_every_record_stored_once(site: Site, *, workers: int, threads: int) -
     assert len(stored) == RECORDS == len(result.records)
     assert site.query("SELECT COUNT(*) FROM feedback_feedback")[0][0] == RECORDS
     assert "Traceback" not in log, log[-3000:]
+    assert f"Using worker: {worker_class}" in log
 
 
 def test_sqlite_gthread_workers_store_every_record_once(tmp_path: Path):
-    assert_every_record_stored_once(make_site(tmp_path), workers=2, threads=4)
+    assert_every_record_stored_once(make_site(tmp_path), workers=2, threads=4, worker_class="gthread")
 
 
 def test_sqlite_sync_workers_store_every_record_once(tmp_path: Path):
-    assert_every_record_stored_once(make_site(tmp_path), workers=3, threads=1)
+    assert_every_record_stored_once(make_site(tmp_path), workers=3, threads=1, worker_class="sync")
 
 
 def test_postgresql_stores_every_record_once(tmp_path: Path, postgres_url: str):
-    assert_every_record_stored_once(make_site(tmp_path, DATABASE_URL=postgres_url), workers=2, threads=4)
+    assert_every_record_stored_once(make_site(tmp_path, DATABASE_URL=postgres_url), workers=2, threads=4,
+                                    worker_class="gthread")

@@ -215,10 +215,15 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     TrainingCancelled, Ctrl-C and SIGTERM (which the command turns into KeyboardInterrupt) end the version as
     cancelled; any other exception as failed with its message (the traceback goes to the log). KeyboardInterrupt
     is re-raised after it is recorded.
+
+    Under a launcher (N3_TRAINING_LAUNCHER="accelerate launch ...": one process per GPU, training.rlhf.distributed)
+    only rank 0 does all of the above; the other ranks train alongside it and write nothing (train_replica).
     """
-    from training.rlhf import RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig  # noqa: PLC0415
+    from training.rlhf import RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig, distributed  # noqa: PLC0415
 
     version = PolicyVersion.objects.select_related("agent").get(pk=version_id)
+    if not distributed.setup(version.config.get("device", "auto")).is_main_process:
+        return train_replica(version)
     if version.status == Status.QUEUED and claim_version(version_id=version_id):
         version.refresh_from_db()
     elif version.status == Status.QUEUED:  # claimed by someone else a moment ago
@@ -236,6 +241,14 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     except TrainingCancelled as exc:
         _finish(version_id, Status.CANCELLED, error=str(exc), step=job.step, metrics=job.metrics())
     except KeyboardInterrupt:
+        if distributed.is_distributed() and not PolicyVersion.objects.filter(pk=version_id, cancel_requested=True).exists():
+            # Not a cancel: the launcher stops every process when one of them fails (torch elastic sends SIGTERM).
+            _finish(
+                version_id, Status.FAILED, step=job.step, metrics=job.metrics(),
+                error=f"Stopped at PPO step {job.step} of {version.max_steps} by SIGTERM or Ctrl-C, usually the launcher "
+                      "stopping every training process because another one failed (its traceback is in the job's log).",
+            )
+            raise
         _finish(
             version_id, Status.CANCELLED, step=job.step, metrics=job.metrics(),
             error=f"Interrupted (Ctrl-C or SIGTERM) at PPO step {job.step} of {version.max_steps}; partial outputs were removed.",
@@ -252,6 +265,26 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
             metrics=result_metrics(result),
         )
     version.refresh_from_db()
+    return version
+
+
+def train_replica(version: PolicyVersion) -> PolicyVersion:
+    """A launcher's rank > 0: train the version alongside rank 0, which alone records progress and the outcome.
+
+    Reads the version and its feedback snapshot, writes nothing (no row, no file). A cancel reaches it through
+    rank 0 (the trainer broadcasts rank 0's decision at every step) and ends it quietly; any failure propagates,
+    so this process exits non-zero and the launcher stops the others.
+    """
+    from training.rlhf import RLHFTrainer, TrainingCancelled, TrainingConfig  # noqa: PLC0415
+
+    if version.status not in (Status.QUEUED, Status.RUNNING):  # rank 0 finds nothing to train either
+        return version
+    try:
+        RLHFTrainer(TrainingConfig.from_dict(version.config), models_dir=settings.MODELS_DIR).train(
+            selectors.snapshot_records(version=version), version_dir(version.agent.name, version.number),
+        )
+    except TrainingCancelled:
+        pass
     return version
 
 

@@ -35,6 +35,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel
 
+from . import distributed
 from .config import TrainingConfig
 from .data import format_query
 from .errors import ConfigError, NonFiniteError, TrainingCancelled
@@ -96,13 +97,17 @@ def train_ppo(
         raise ConfigError("use_lora is set but the policy is not a PeftModel: wrap it with get_peft_model() first")
     eos_id, pad_id = _special_ids(tokenizer)
 
-    torch.manual_seed(config.seed)  # generate() samples from the global generator (also seeds CUDA)
-    prompt_order = _cycle_shuffled(len(prompts), random.Random(config.seed))
-    minibatch_rng = torch.Generator().manual_seed(config.seed)
+    # Under a launcher each process draws its own prompts and samples its own responses (seed + rank); in a single
+    # process rank is 0. See distributed.py for what a multi-process run shares.
+    rank_seed = config.seed + distributed.process_index()
+    torch.manual_seed(rank_seed)  # generate() samples from the global generator (also seeds CUDA)
+    prompt_order = _cycle_shuffled(len(prompts), random.Random(rank_seed))
+    minibatch_rng = torch.Generator().manual_seed(rank_seed)
 
     value_head = _make_value_head(policy, device)
     reference = None if is_peft else copy.deepcopy(policy).requires_grad_(False).eval()
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    distributed.broadcast_parameters(trainable)  # every process starts from rank 0's weights (as DDP does)
     # No weight decay (as TRL): the KL penalty is what keeps the policy near its reference, not a pull towards 0.
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
     kl_ctl = KLController(config)
@@ -145,7 +150,12 @@ def train_ppo(
                 rl_scores = scores - config.missing_eos_penalty * (~ended).float()
             rewards, kl = compute_rewards(rl_scores, logprobs, ref_logprobs, response_mask, kl_coef)  # [B, R] each
             kl_per_response = kl.sum(dim=1)  # [B]
-            mean_kl = kl_per_response.mean().item()
+            # Every process's rollouts ([processes * B] each): the logged figures and the KL the controller sees
+            # are the global batch's, identical on every process (kl_coef must stay the same everywhere).
+            all_scores, all_kl, all_rlhf_reward = distributed.gather(
+                torch.stack([scores, kl_per_response, rl_scores - kl_coef * kl_per_response], dim=1)
+            ).unbind(dim=1)
+            mean_kl = all_kl.mean().item()
             _check_finite("KL", mean_kl, step, config)
             if config.whiten_rewards:
                 rewards = masked_whiten(rewards, response_mask, shift_mean=False)
@@ -159,21 +169,22 @@ def train_ppo(
             kl_ctl.update(mean_kl, config.batch_size)
             t3 = _now(device)
 
-            # 5. log
-            n_tokens = int(response_mask.sum())
+            # 5. log (losses and token counts averaged over the processes; timings are this process's)
+            update_stats = distributed.mean({**update_stats, "n_tokens": float(response_mask.sum())})
+            n_tokens = update_stats.pop("n_tokens") * distributed.num_processes()  # all processes' tokens
             stats = {
                 "step": step,
-                "objective/scores": scores.mean().item(),
-                "objective/scores_std": scores.std(correction=0).item(),
+                "objective/scores": all_scores.mean().item(),
+                "objective/scores_std": all_scores.std(correction=0).item(),
                 "objective/kl": mean_kl,
                 "objective/kl_coef": kl_coef,
-                "objective/rlhf_reward": (rl_scores - kl_coef * kl_per_response).mean().item(),
+                "objective/rlhf_reward": all_rlhf_reward.mean().item(),
                 **update_stats,
                 "timing/generate_s": t1 - t0,
                 "timing/score_s": t2 - t1,
                 "timing/update_s": t3 - t2,
                 "tokens_per_s": n_tokens / max(t3 - t0, 1e-9),
-                "response_length": n_tokens / config.batch_size,
+                "response_length": n_tokens / len(all_scores),
             }
             history.append(stats)
             log.info(
@@ -181,7 +192,8 @@ def train_ppo(
                 step, config.max_steps, stats["objective/scores"], mean_kl, stats["loss/total"], stats["tokens_per_s"],
             )
             progress = Progress(phase="policy", step=step, total=config.max_steps, metrics=stats)
-            if callback is not None and callback(progress):
+            # Rank 0's callback decides for every process (a cancel must not leave the others in a collective).
+            if distributed.should_stop(lambda: callback is not None and callback(progress)):
                 log.info("ppo cancelled after step %d/%d", step, config.max_steps)
                 raise TrainingCancelled(f"Training cancelled after PPO step {step} of {config.max_steps}")
     except (TrainingCancelled, NonFiniteError) as exc:
@@ -387,6 +399,7 @@ def ppo_update(
             group_size = min(accumulate, n_minibatches - group_start)
             (loss / group_size).backward()
             if k == group_start + group_size - 1:
+                distributed.average_gradients(trainable)  # data parallel: every process takes the same step
                 grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 _check_finite("gradient norm", grad_norm.item(), step, config)
                 optimizer.step()

@@ -31,6 +31,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
+from . import distributed
 from .base_models import hub_allowed, load_tokenizer, resolve_base_model, unavailable_message
 from .config import RewardModelConfig
 from .data import FeedbackRecord, format_text, train_val_split
@@ -225,9 +226,10 @@ def fit_reward_model(
             scaler.update()
             losses.append(loss.item())
             step += 1
-            if callback is not None and callback(Progress(
+            # Rank 0's callback decides for every process of a multi-process run (see distributed.should_stop).
+            if distributed.should_stop(lambda: callback is not None and callback(Progress(
                 phase="reward_model", step=step, total=total, metrics={"loss": loss.item(), "epoch": epoch},
-            )):
+            ))):
                 raise TrainingCancelled(f"Training cancelled during reward model step {step} of {total}")
         t0 = time.perf_counter()
         val_metrics = evaluate(model, val) if val else {}
@@ -237,6 +239,11 @@ def fit_reward_model(
             "reward model epoch %d/%d train_loss=%.4f val_mse=%s (baseline %s)", epoch, config.num_epochs,
             history[-1]["train_loss"], _fmt(val_metrics.get("val_mse")), _fmt(baseline),
         )
+    # Several processes (a launcher): each one fitted this same model on the same data in the same order, which is
+    # simpler than splitting the data and averaging gradients and costs no wall time (they run side by side; the
+    # fit is small next to PPO). Same seed alone is not enough on GPUs, whose kernels are not bitwise
+    # deterministic, so rank 0's weights, the ones it saves, are copied to all: every PPO replica scores alike.
+    distributed.broadcast_parameters(trainable)
     model.eval()
     last = history[-1]
     model.metrics = {

@@ -14,6 +14,9 @@ train() lays out the spec's File Structure under output_dir::
 policy/ and reward_model/ are written under temporary names and renamed into place; a run that fails or is
 cancelled removes them and writes no training_results.json (training.log keeps the reason).
 
+Under a launcher (several processes, see distributed.py) every process trains and only rank 0 writes any of
+these files or calls `callback`; the other processes return the same TrainingResult without writing anything.
+
 Precision: weights (policy, reference and reward model) are float32 master weights everywhere; on a GPU the
 forward and backward passes run under bf16 autocast when the run's dtype resolves to bfloat16. That keeps
 small LoRA/full-fine-tuning updates from being rounded away and makes the saved policy exact float32.
@@ -37,6 +40,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import set_seed
 
+from . import distributed
 from . import estimate as calibration
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .config import TrainingConfig
@@ -162,18 +166,22 @@ class RLHFTrainer:
                 f"{output_dir} already holds a finished training run ({RESULTS_FILE}); train into a new version directory"
             )
         device = self._device()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        notify = _cancellable(callback)
-        with _run_log(output_dir / LOG_FILE) as log:
+        main = distributed.is_main_process()  # rank 0 of a launcher, or a plain single process: the one that writes
+        if main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        notify = _cancellable(callback if main else None)
+        with _run_log(output_dir / LOG_FILE if main else None) as log:
             try:
                 return self._train(data, output_dir, device, run_algorithm, notify, log, started)
             except TrainingCancelled as exc:
                 log.warning("Training cancelled: %s", exc)
-                _remove_outputs(output_dir)
+                if main:
+                    _remove_outputs(output_dir)
                 raise
             except BaseException as exc:
                 log.error("Training failed: %s: %s", type(exc).__name__, exc, exc_info=True)
-                _remove_outputs(output_dir)
+                if main:
+                    _remove_outputs(output_dir)
                 raise
 
     def _train(
@@ -181,6 +189,7 @@ class RLHFTrainer:
         notify: ProgressCallback, log: logging.Logger, started: float,
     ) -> TrainingResult:
         config = self.config
+        main = distributed.is_main_process()
         dtype = resolve_dtype(config.dtype, device)
         autocast_dtype = None if dtype == torch.float32 else dtype
         log.info(
@@ -188,10 +197,16 @@ class RLHFTrainer:
             config.base_model, config.algorithm.upper(), len(data.records), data.score_mean, data.score_std,
             device, str(dtype).removeprefix("torch."), output_dir,
         )
+        if distributed.is_distributed():
+            log.info(
+                "%d processes, data parallel: batch_size %d per process, %d rollouts per step",
+                distributed.num_processes(), config.batch_size, distributed.num_processes() * config.batch_size,
+            )
         log.info("config %s", json.dumps(config.to_dict(), sort_keys=True))
         for warning in data.warnings:
             log.warning(warning)
-        _remove_outputs(output_dir)  # leftovers of an earlier run into this directory that did not finish
+        if main:
+            _remove_outputs(output_dir)  # leftovers of an earlier run into this directory that did not finish
         set_seed(config.seed)
         timings: dict[str, float] = {}
 
@@ -202,7 +217,8 @@ class RLHFTrainer:
             data.records, base_model=reward_base, config=config.reward_model_config, device=device,
             autocast_dtype=autocast_dtype, seed=config.seed, models_dir=self.models_dir, callback=notify, log=log,
         )
-        reward_model.save(output_dir / _tmp(REWARD_MODEL_DIR))
+        if main:
+            reward_model.save(output_dir / _tmp(REWARD_MODEL_DIR))
         timings["reward_model_s"] = time.perf_counter() - t0
         metrics = reward_model.metrics
         log.info(
@@ -225,11 +241,12 @@ class RLHFTrainer:
 
         # 3. save: temporary names, renamed into place, results last
         t0 = time.perf_counter()
-        notify(Progress(phase="saving", step=0, total=1, message="merging and saving the policy"))
-        _save_policy(policy, tokenizer, output_dir / _tmp(POLICY_DIR))
-        os.replace(output_dir / _tmp(REWARD_MODEL_DIR), output_dir / REWARD_MODEL_DIR)
-        os.replace(output_dir / _tmp(POLICY_DIR), output_dir / POLICY_DIR)
-        notify(Progress(phase="saving", step=1, total=1, message="saved"))
+        if main:  # the other processes hold the same weights (distributed.py) and are done
+            notify(Progress(phase="saving", step=0, total=1, message="merging and saving the policy"))
+            _save_policy(policy, tokenizer, output_dir / _tmp(POLICY_DIR))
+            os.replace(output_dir / _tmp(REWARD_MODEL_DIR), output_dir / REWARD_MODEL_DIR)
+            os.replace(output_dir / _tmp(POLICY_DIR), output_dir / POLICY_DIR)
+            notify(Progress(phase="saving", step=1, total=1, message="saved"))
         timings["save_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
         result = TrainingResult(
@@ -249,7 +266,8 @@ class RLHFTrainer:
             warnings=list(data.warnings),
             timings=timings,
         )
-        result.save(output_dir / RESULTS_FILE)
+        if main:
+            result.save(output_dir / RESULTS_FILE)
         log.info(
             "Training complete in %.1fs: reward %.3f ± %.3f, KL %s after %d steps; policy at %s",
             timings["total_s"], result.final_reward_mean, result.final_reward_std, _fmt(result.final_kl),
@@ -271,9 +289,12 @@ class RLHFTrainer:
 
     def _device(self) -> torch.device:
         try:
-            return resolve_device(self.config.device)
+            device = resolve_device(self.config.device)
         except RuntimeError as exc:  # e.g. device="cuda" on a machine without CUDA
             raise ConfigError(str(exc)) from exc
+        if distributed.setup(self.config.device).num_processes > 1:
+            return distributed.device()  # one GPU per process (cuda:LOCAL_RANK), or the CPU with gloo
+        return device
 
     def _models_dir(self) -> Path:
         return self.models_dir if self.models_dir is not None else default_models_dir()
@@ -309,15 +330,20 @@ def _cancellable(callback: Optional[ProgressCallback]) -> ProgressCallback:
 
 
 @contextmanager
-def _run_log(path: Path) -> Iterator[logging.Logger]:
+def _run_log(path: Optional[Path]) -> Iterator[logging.Logger]:
     """A logger that writes this run's lines to `path` as they happen (FileHandler flushes every record).
 
     The logger is created outside the logging registry (one per run, never leaked) and hangs under
     ``training.rlhf.trainer``, so LOG_LEVEL/handlers configured for the app also see the run's lines.
+    No `path` (the other processes of a multi-process run): no file, and only warnings and errors go on.
     """
     parent = logging.getLogger(__name__)
     log = logging.Logger(f"{__name__}.run", level=logging.DEBUG if parent.isEnabledFor(logging.DEBUG) else logging.INFO)
     log.parent = parent
+    if path is None:
+        log.setLevel(logging.WARNING)
+        yield log
+        return
     handler = logging.FileHandler(path, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 from typing import Any
 
@@ -45,6 +46,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["version_id"] is not None:
             return self.run_claimed_version(options["version_id"])
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would start a version of its own
+            raise CommandError(
+                "Several processes (a launcher such as torchrun or accelerate launch) train a version only as a job: "
+                "set N3_TRAINING_LAUNCHER and queue it with --async (or the API); see training/rlhf/distributed.py."
+            )
         if not options["agent"]:
             raise CommandError("Name the agent to train, e.g. `manage.py train_policy my_agent` (see --help).")
         if options["dry_run"] and options["run_async"]:
@@ -96,7 +102,12 @@ class Command(BaseCommand):
         self.stdout.write(f"Policy: {version.model_path}\nReward model: {version.reward_model_path}")
 
     def run_claimed_version(self, version_id: int) -> None:
-        """The child process of a django-q2 job: train, record the outcome, exit 0 (the job reads the version)."""
+        """The child process of a django-q2 job: train, record the outcome, exit 0 (the job reads the version).
+
+        Under N3_TRAINING_LAUNCHER="accelerate launch ..." this runs once per process: rank 0 records everything,
+        the other ranks train alongside it and write nothing (services.run_version); a rank that fails exits
+        non-zero, and the launcher then stops the others and exits non-zero too.
+        """
         from training import services
 
         # SIGTERM (the job stopping a cancelled run) becomes KeyboardInterrupt: the trainer removes its partial
