@@ -68,6 +68,11 @@ def record_problems(record: Mapping[str, Any]) -> list[str]:
         problems.append(f"run_id must be text of at most {RUN_ID_MAX_LENGTH} characters")
     if not isinstance(record.get("notes", ""), str):
         problems.append("notes must be text")
+    # PostgreSQL cannot store NUL in text (SQLite can): refused everywhere, so a file that imports here imports there.
+    problems += [
+        f"{name} must not contain NUL characters (\\u0000)"
+        for name in ("prompt", "response", "run_id", "notes") if "\x00" in str(record.get(name) or "")
+    ]
     return problems
 
 
