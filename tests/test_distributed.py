@@ -1,5 +1,6 @@
-"""Several training processes under a launcher (training/rlhf/distributed.py), for real: torchrun starts two CPU
-processes that talk over gloo, as `accelerate launch` starts one per GPU (both are torch elastic underneath).
+"""Several training processes under a launcher (training/rlhf/distributed.py), for real: two CPU processes that
+talk over gloo, started by `accelerate launch --multi_gpu` (what N3_TRAINING_LAUNCHER documents; it takes the
+multi-process path on a machine without GPUs too) or by torchrun (torch elastic, which accelerate runs underneath).
 
 The job runs in a Site (its own SQLite file) with N3_TRAINING_LAUNCHER set, through the job supervisor
 (training.tasks.run_policy_version) exactly as a django-q2 worker runs it. The launcher is torchrun plus a small
@@ -19,10 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.sites import LEAN_CONFIG, ROOT, feedback_records, make_site
+from tests.sites import LEAN_CONFIG, ROOT, feedback_records, free_port, make_site
 from training.rlhf import distributed
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+ACCELERATE = Path(sys.executable).with_name("accelerate")
 
 HOOK = """
 import os, runpy, sys
@@ -72,6 +74,7 @@ for name in ("ok", "bad", "stop"):
     print(name, services.start_training(agent=agent, config=config).pk)
 """  # one shell for all three: each manage.py start loads torch
     site.pks = dict(line.split() for line in site.shell(code).strip().splitlines()[-3:])
+    site.hook = hook
     return site
 
 
@@ -86,7 +89,11 @@ def run_job(site, agent: str, **env: str) -> tuple[str, dict, float]:
 
 @pytest.mark.slow
 def test_two_processes_train_one_version_and_end_with_identical_weights(site):
-    outcome, row, _ = run_job(site, "ok")
+    launcher = (
+        f"{ACCELERATE} launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+        f"--dynamo_backend no --main_process_port {free_port()} {site.hook}"
+    )
+    outcome, row, _ = run_job(site, "ok", N3_TRAINING_LAUNCHER=launcher)
 
     assert (outcome, row["status"]) == ("ok v1: trained", "trained"), row["error"]
     assert row["step"] == 2 and len(row["metrics"]["history"]) == 2
