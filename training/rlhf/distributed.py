@@ -2,7 +2,9 @@
 
     N3_TRAINING_LAUNCHER="accelerate launch --num_processes 2"      # or: torchrun --nproc_per_node 2
 
-starts `manage.py train_policy --version-id N` once per process. accelerate's ``PartialState`` reads the
+starts `manage.py train_policy --version-id N` once per process (accelerate turns on its multi-process launcher
+by itself when it sees several GPUs; on a machine without, `--multi_gpu` forces it, and the processes use gloo on
+the CPU: that is how tests/test_distributed.py runs). accelerate's ``PartialState`` reads the
 launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), initialises torch.distributed (NCCL on
 CUDA, gloo on CPU) and gives each process its rank and device. In a plain single process it is a no-op: every
 helper below then returns at once and training is exactly what it is without a launcher.
@@ -33,6 +35,10 @@ What does not:
 - TRL's RLOO/GRPO (trl_algorithms.py) are accelerate-native and do their own data parallelism; for them only the
   "rank 0 writes" part of the trainer applies.
 - The dry run's time estimate measures one process.
+- Tested with real processes on the CPU (gloo) only; NCCL on real GPUs is the same code with other tensors'
+  devices, but unverified here. A process that fails *alone* between collectives (e.g. rank 0 recording a NaN
+  loss) leaves its partners blocked in the next collective: gloo notices the closed connection at once, NCCL
+  only at its timeout, so there the job supervisor ends them (the version is decided: N3_CANCEL_GRACE later).
 """
 from __future__ import annotations
 
