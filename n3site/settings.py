@@ -166,6 +166,8 @@ MODELS_DIR = Path(os.environ.get("MODELS_DIR", BASE_DIR / "models")).resolve()
 N3_PUBLIC_READ = env_bool("N3_PUBLIC_READ", False)
 # How long the API may reuse a user's permission set (seconds; 0: ask the database on every request).
 N3_PERMISSION_CACHE_SECONDS = env_int("N3_PERMISSION_CACHE_SECONDS", 10)
+# How long a process may reuse an agent's row when recording feedback (seconds; 0: look it up on every request).
+N3_AGENT_CACHE_SECONDS = env_int("N3_AGENT_CACHE_SECONDS", 10)
 # Directories besides MODELS_DIR from which an API request may name a local base model
 # (os.pathsep-separated). Any other path is refused, so a client cannot point training at ../../etc.
 N3_ALLOWED_MODEL_DIRS = [Path(p).resolve() for p in os.environ.get("N3_ALLOWED_MODEL_DIRS", "").split(os.pathsep) if p]

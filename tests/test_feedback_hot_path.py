@@ -1,13 +1,18 @@
-"""The feedback API's short ways (feedback/serializers.py) give exactly what DRF's generic machinery gives.
+"""The feedback API's short ways give exactly what the long ways give.
 
-``quick_validated`` may decline any record (None: the serializer then decides), but whatever it accepts the
-serializer must accept with the same validated data; ``FeedbackSerializer.to_representation`` must equal the
-generic field-by-field ``Serializer.to_representation``.
+``quick_validated`` (feedback/serializers.py) may decline any record (None: the serializer then decides), but
+whatever it accepts the serializer must accept with the same validated data; ``FeedbackSerializer.to_representation``
+must equal the generic field-by-field ``Serializer.to_representation``; the services' agent cache
+(N3_AGENT_CACHE_SECONDS) must never store feedback for an agent that no longer exists.
 """
 import pytest
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from rest_framework import serializers
 
 from feedback.models import Feedback
+from policies.models import Agent
 from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
 from feedback.services import record_feedback, record_feedback_batch
 
@@ -92,3 +97,43 @@ def test_the_direct_representation_equals_drfs_generic_one():
         assert direct == dict(generic)
         assert list(direct) == list(generic)
         assert [type(v) for v in direct.values()] == [type(v) for v in generic.values()]
+
+
+# Real commits (transaction=True): SQLite and PostgreSQL check the feedback's foreign key at COMMIT, which a test
+# inside a rolled-back transaction never reaches.
+@pytest.mark.django_db(transaction=True)
+def test_feedback_for_a_cached_agent_that_was_deleted_creates_the_agent_again():
+    first, _ = record_feedback(agent_name="bot", prompt="p", response="r", run_id="a")
+    Agent.objects.filter(name="bot").delete()  # the admin deletes the agent (and its feedback) meanwhile
+
+    again, created = record_feedback(agent_name="bot", prompt="p", response="r", run_id="a")
+    batch = record_feedback_batch(agent_name="bot", records=[{"prompt": "p", "response": "r", "run_id": "b"}])
+
+    agent = Agent.objects.get(name="bot")
+    assert created and again.agent_id == agent.pk != first.agent_id
+    assert batch[0][1] and batch[0][0].agent_id == agent.pk
+    assert sorted(Feedback.objects.filter(agent=agent).values_list("run_id", flat=True)) == ["a", "b"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_for_a_cached_agent_that_was_deleted_creates_the_agent_again():
+    record_feedback(agent_name="bot", prompt="p", response="r", run_id="a")
+    Agent.objects.filter(name="bot").delete()
+
+    batch = record_feedback_batch(agent_name="bot", records=[{"prompt": "p", "response": "r", "run_id": "a"}])
+
+    assert batch[0][1] and batch[0][0].agent_id == Agent.objects.get(name="bot").pk
+    assert Feedback.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_agent_cache_saves_the_agent_lookup():
+    def agent_queries(**record) -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            record_feedback(agent_name="bot", **record)
+        return [q["sql"] for q in queries.captured_queries if "policies_agent" in q["sql"]]
+
+    assert agent_queries(prompt="p", response="r")  # the first: looked up (created)
+    assert agent_queries(prompt="p2", response="r2") == []
+    with override_settings(N3_AGENT_CACHE_SECONDS=0):
+        assert agent_queries(prompt="p3", response="r3")
