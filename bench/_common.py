@@ -173,7 +173,10 @@ class Figure:
     passed: bool | None = None
 
     def row(self) -> tuple[str, str, str, str]:
-        value = f"{self.value:,.1f}" if abs(self.value) < 100 else f"{self.value:,.0f}"
+        if isinstance(self.value, int) or abs(self.value) >= 100:
+            value = f"{self.value:,.0f}"
+        else:
+            value = f"{self.value:,.1f}"
         verdict = "" if self.passed is None else ("pass" if self.passed else "MISS")
         return self.name, f"{value} {self.unit}", self.target, verdict
 

@@ -16,6 +16,9 @@ token auth (a user holding only feedback.add_feedback, so the permission check r
 4. the proof at full size: 10,000 records, mixed single and bulk (5..100), four clients that give up on every
    tenth request and send it again: every record stored exactly once, no 5xx answer.
 
+Then bench/feedback_profile.py splits a feedback POST's server CPU by part (auth, validation, agent lookup,
+INSERT, output, Django/DRF), in-process on the SQLite site.
+
 PostgreSQL: N3_TEST_DATABASE_URL when set (a database is created and dropped on that server), else a throwaway
 cluster on 127.0.0.1 when this machine has initdb/pg_ctl, else skipped. Steps 1, 2 and 4 run on it too.
 
@@ -36,6 +39,7 @@ import time
 from pathlib import Path
 
 import _common
+import feedback_profile
 from _common import Figure, cpu_note, cpu_use, postgres_database, postgres_server, print_table, throwaway_site
 
 from tests.sites import LoadResult, Site, feedback_load, load_records, percentile
@@ -150,12 +154,13 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=10_000, help="records in the mixed proof (default 10,000)")
     parser.add_argument("--single-records", type=int, default=20_000, help="most single POSTs to send (default 20,000)")
     parser.add_argument("--bulk-records", type=int, default=50_000, help="most records to send in bulk (default 50,000)")
-    parser.add_argument("--seconds", type=float, default=20, help="longest a throughput phase runs (default 20)")
+    parser.add_argument("--seconds", type=float, default=15, help="longest a throughput phase runs (default 15)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 0)) or None,
                         help="gunicorn workers (default: n3site/gunicorn.conf.py's)")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: the config's)")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-profile", action="store_true", help="skip the in-process CPU split (bench/feedback_profile.py)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes and 5 s phases")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -169,6 +174,7 @@ def main() -> int:
         figures += found
         notes += said
         raw = raw_sqlite_rate(site, args.bulk_records)
+        split = "" if args.no_profile else feedback_profile.run_in_site(site, 300, 10)
     bulk_rate = next(f.value for f in figures if f.name.startswith("SQLite: bulk"))
     figures.append(Figure("raw sqlite3 INSERT (100/transaction)", raw, "rows/s"))
     figures.append(Figure("SQLite: bulk POST / raw sqlite3", bulk_rate / raw * 100, "%",
@@ -185,6 +191,9 @@ def main() -> int:
     workers, threads = args.workers or "config", args.threads or "config"
     print_table(f"Feedback ingestion, gunicorn workers={workers} threads={threads}, {args.clients} clients, "
                 f"{os.cpu_count()} CPU cores ({time.monotonic() - began:.0f} s)", figures, notes)
+    if split:
+        print("\nWhere a feedback POST's server CPU goes (bench/feedback_profile.py: in-process, SQLite, no HTTP):", end="")
+        print(split, end="")
     if args.json:
         args.json.write_text(json.dumps([f.__dict__ for f in figures], indent=2))
     return 0 if all(f.passed is not False for f in figures) else 1
