@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -177,6 +178,31 @@ def cancel_training(*, version: PolicyVersion) -> PolicyVersion:
 def version_dir(agent_name: str, number: int) -> Path:
     """MODELS_DIR/<agent>/v<N>/: the one place that lays out where a version's files live."""
     return Path(settings.MODELS_DIR) / agent_name / f"v{number}"
+
+
+# What a training writes besides training.log (training.rlhf.trainer's POLICY_DIR, REWARD_MODEL_DIR and their
+# temporary names, RESULTS_FILE; tests/test_faults.py checks they agree). Spelt out here so that the worker and the
+# sweep, which never import the training core (torch), can clean up after a training that died.
+UNFINISHED_OUTPUTS = ("policy", "reward_model", ".policy.tmp", ".reward_model.tmp")
+RESULTS_FILE = "training_results.json"
+
+
+def remove_unfinished_outputs(*, agent_name: str, number: int) -> list[str]:
+    """Remove the model directories a training left when its process died (SIGKILL, OOM, power loss): a killed
+    process cannot remove them itself, and no later run trains into this version's directory. Keeps training.log;
+    never touches a directory that training_results.json marks finished. Returns the names removed."""
+    directory = version_dir(agent_name, number)
+    if (directory / RESULTS_FILE).exists():
+        return []
+    removed = []
+    for name in UNFINISHED_OUTPUTS:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+    if removed:
+        logger.info("Removed the unfinished outputs of %s v%s: %s", agent_name, number, ", ".join(removed))
+    return removed
 
 
 def stored_path(path: Path | str) -> str:
@@ -506,7 +532,7 @@ def sweep_stale_versions() -> int:
     limit = settings.N3_HEARTBEAT_TIMEOUT
     cutoff = now - timedelta(seconds=limit)
     swept = 0
-    stale = PolicyVersion.objects.filter(status=Status.RUNNING).filter(
+    stale = PolicyVersion.objects.select_related("agent").filter(status=Status.RUNNING).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
     )
     for version in stale:
@@ -516,9 +542,12 @@ def sweep_stale_versions() -> int:
             f"(limit N3_HEARTBEAT_TIMEOUT={limit} s). Its worker was probably killed (out of memory, a restart)."
         )
         # Conditional on the heartbeat seen: a process that beats again in between keeps its version.
-        swept += PolicyVersion.objects.filter(
+        failed = PolicyVersion.objects.filter(
             pk=version.pk, status=Status.RUNNING, heartbeat_at=version.heartbeat_at,
         ).update(status=Status.FAILED, error=error, finished_at=now)
+        if failed:
+            remove_unfinished_outputs(agent_name=version.agent.name, number=version.number)
+        swept += failed
     for version, error in _lost_queued_versions(cutoff):
         swept += _finish(version.pk, Status.FAILED, from_status=Status.QUEUED, error=error)
     if swept:

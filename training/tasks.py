@@ -95,6 +95,9 @@ def run_policy_version(version_id: int) -> str:
                 error=f"The training process {describe_exit(child.returncode)}." + (f"\nLast output:\n{tail}" if tail else ""),
             )
         version.refresh_from_db()
+    if version.status != Status.TRAINED:
+        # A killed child leaves its half-written model directories behind (one that exited cleanly removed them).
+        services.remove_unfinished_outputs(agent_name=version.agent.name, number=version.number)
     logger.info("Training %s ended %s (exit code %s)", version, version.status, child.returncode)
     return f"{version.agent.name} {version.version}: {version.status}"
 
