@@ -463,7 +463,7 @@ def merged_adapter(policy: nn.Module) -> Iterator[None]:
 
     peft's LoRA layers add two small matmuls and a Python detour to every targeted module on every forward, and
     generate() runs one forward per token: with the adapter merged a decoding step costs what the base model's does
-    (generation ~25 % faster on n3-tiny, see bench/train_bench.py). The sampled tokens' log-probs are then computed
+    (n3-tiny, batch 8, one CPU thread: 8.0 instead of 10.9 ms per decoding step, medians of interleaved runs). The sampled tokens' log-probs are then computed
     by score_responses on the unmerged model, as the update sees it. Unmerging subtracts the same delta again, so
     the base weights (the KL reference) come back to within float32 rounding.
     """
