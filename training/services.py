@@ -316,6 +316,10 @@ def train_replica(version: PolicyVersion) -> PolicyVersion:
 
 def _finish(version_id: int, status: str, *, from_status: str = Status.RUNNING, **fields: Any) -> bool:
     """from_status -> status (a final one), only if the version is still in from_status."""
+    if "error" in fields:
+        # Errors quote exceptions and a dead process's output, which may hold NUL: PostgreSQL refuses it in text
+        # (the UPDATE would raise and leave the version running until the sweep), so it is written escaped.
+        fields["error"] = str(fields["error"]).replace("\x00", "\\x00")
     return bool(
         PolicyVersion.objects.filter(pk=version_id, status=from_status)
         .update(status=status, finished_at=timezone.now(), **fields)
