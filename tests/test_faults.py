@@ -255,3 +255,21 @@ def test_the_worker_knows_the_training_outputs_by_their_real_names():
     assert set(services.UNFINISHED_OUTPUTS) == {
         trainer.POLICY_DIR, trainer.REWARD_MODEL_DIR, trainer._tmp(trainer.POLICY_DIR), trainer._tmp(trainer.REWARD_MODEL_DIR)}
     assert services.RESULTS_FILE == RESULTS_FILE
+
+
+@pytest.mark.django_db
+def test_a_child_printing_nul_bytes_before_dying_still_gets_its_version_failed_portably(models_dir, settings):
+    """The error quotes the child's last output. PostgreSQL refuses NUL in text, so an error carrying one would make
+    the UPDATE that fails the version raise, leaving it running until the sweep: the NUL is escaped instead."""
+    from training import tasks
+
+    settings.N3_TRAINING_LAUNCHER = "sh -c 'printf \"binary\\000garbage\\n\"; exit 3'"
+    feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
+    agent = Agent.objects.get(name="bot")
+    version = services.start_training(agent=agent, config=services.resolve_training_config(agent=agent, overrides=LEAN_CONFIG))
+
+    assert tasks.run_policy_version(version.pk) == "bot v1: failed"
+
+    version.refresh_from_db()
+    assert version.error.startswith("The training process exited with code 3.")
+    assert "\x00" not in version.error and "binary\\x00garbage" in version.error, repr(version.error)
