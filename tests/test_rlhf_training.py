@@ -379,7 +379,8 @@ class TestRLHFTrainer:
 def rloo_trained(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("models") / "my_agent" / "v1"
     events: list[Progress] = []
-    config = tiny_config(algorithm="rloo", max_steps=3)
+    quick_reward_model = RewardModelConfig(num_epochs=1, batch_size=4, learning_rate=1e-3)  # its fit is tested above
+    config = tiny_config(algorithm="rloo", max_steps=3, reward_model_config=quick_reward_model)
     result = RLHFTrainer(config).train(feedbacks=toy_feedback(), output_dir=output_dir, callback=events.append)
     return result, output_dir, events
 
