@@ -322,6 +322,8 @@ def test_bad_training_fields_are_400_named_as_sent(api, body, path, message):
     ({"miniBatchSize": 16, "batchSize": 8}, "mini_batch_size"),
     ({"algorithm": "dpo"}, "algorithm"),
     ({"rewardModelConfig": {"loraDropout": 1.5}}, "lora_dropout"),
+    # A dry run calibrates with the request's batch: a million rollouts would exhaust the web process's memory.
+    ({"batchSize": 1_000_000, "miniBatchSize": 1}, "batch_size must be at most 4096"),
 ])
 def test_config_values_the_trainer_refuses_are_400(api, body, fragment):
     seed_feedback("my_agent", scored=10)

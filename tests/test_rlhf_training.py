@@ -101,6 +101,9 @@ class TestTrainingConfig:
         ("algorithm", "dpo", "algorithm must be one of"),
         ("lora_dropout", 1.0, "lora_dropout must be in"),
         ("reward_model_config", {"num_epochs": 0}, "num_epochs must be a positive number"),
+        ("batch_size", 1_000_000, "batch_size must be at most 4096"),
+        ("max_new_tokens", 100_000, "max_new_tokens must be at most 8192"),
+        ("reward_model_config", {"batch_size": 10**6}, "batch_size must be at most 4096"),
     ])
     def test_bad_values_are_rejected(self, field, value, message):
         with pytest.raises(ConfigError, match=message):

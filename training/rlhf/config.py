@@ -14,6 +14,13 @@ from .errors import ConfigError
 ALGORITHMS = ("ppo", "rloo", "grpo")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Ceilings far above any real run, so a typo (or a hostile request) cannot ask a dry run's calibration or a
+# training for a million rollouts per step and exhaust the machine's memory before anything can fail cleanly.
+MAXIMA = {
+    "batch_size": 4096, "mini_batch_size": 4096, "gradient_accumulation_steps": 4096, "ppo_epochs": 100,
+    "max_new_tokens": 8192, "max_prompt_length": 32768, "lora_r": 1024, "lora_alpha": 4096,
+    "num_epochs": 1000, "max_length": 32768,
+}
 
 
 @dataclass
@@ -35,6 +42,7 @@ class RewardModelConfig:
         _positive(self, "num_epochs", "learning_rate", "batch_size", "lora_r", "lora_alpha", "max_length")
         _in_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
         _in_range(self, "validation_split", 0.0, 0.9)
+        _at_most(self)
 
 
 @dataclass
@@ -102,6 +110,7 @@ class TrainingConfig:
             "ppo_epochs", "lora_r", "lora_alpha", "max_new_tokens", "max_prompt_length", "temperature",
             "target_kl", "kl_horizon", "cliprange", "cliprange_value", "max_grad_norm",
         )
+        _at_most(self)
         _in_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
         _in_range(self, "gamma", 0.0, 1.0)
         _in_range(self, "lam", 0.0, 1.0)
@@ -193,6 +202,14 @@ def _positive(obj: Any, *names: str) -> None:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _at_most(obj: Any) -> None:
+    """The MAXIMA of obj's fields (positive numbers already checked)."""
+    for f in dataclasses.fields(obj):
+        limit = MAXIMA.get(f.name)
+        if limit is not None and getattr(obj, f.name) > limit:
+            raise ConfigError(f"{f.name} must be at most {limit}, got {getattr(obj, f.name)!r}")
 
 
 def _in_range(obj: Any, name: str, low: float, high: float, *, high_open: bool = False) -> None:
