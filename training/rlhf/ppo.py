@@ -246,7 +246,16 @@ def generate_responses(
         repetition_penalty=1.0, no_repeat_ngram_size=0, num_beams=1, use_cache=True,
         eos_token_id=eos_id, pad_token_id=pad_id,
     )
-    output = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
+    try:
+        output = policy.generate(input_ids=query_ids, attention_mask=query_mask, generation_config=generation_config)
+    except RuntimeError as exc:
+        # Weights that an update turned NaN/inf are first met here, by torch's sampler, before any loss is computed.
+        if "probability tensor contains" not in str(exc):
+            raise
+        raise NonFiniteError(
+            "The policy's next-token probabilities became NaN/inf (the last update made its weights non-finite); "
+            f"training stopped. Try a lower learning_rate (now {config.learning_rate:g})."
+        ) from exc
     return output[:, query_ids.shape[1]:]  # [B, R]
 
 
