@@ -30,7 +30,7 @@ os.environ.setdefault("DB_CONN_MAX_AGE", "300")
 bind = os.environ.get("N3_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, _cores)))
 threads = int(os.environ.get("N3_WEB_THREADS", 4))
-worker_class = "gthread" if threads > 1 else "sync"
+# No worker_class: gunicorn runs "gthread" when threads > 1 and "sync" at 1, whichever sets the threads.
 keepalive = 5
 timeout = int(os.environ.get("N3_WEB_TIMEOUT", 60))
 graceful_timeout = 30

@@ -129,7 +129,7 @@ print(Token.objects.get_or_create(user=user)[0].key)
         return self.shell(code).strip().splitlines()[-1]
 
     @contextlib.contextmanager
-    def gunicorn(self, *, workers: Optional[int] = 2, threads: Optional[int] = 1, worker_class: str = "",
+    def gunicorn(self, *, workers: Optional[int] = None, threads: Optional[int] = None, worker_class: str = "",
                  args: tuple[str, ...] = (), ready_timeout: float = 60) -> Iterator["Server"]:
         """Serve this site with gunicorn on 127.0.0.1 (a free port) using n3site/gunicorn.conf.py; stop it after.
 
@@ -144,7 +144,8 @@ print(Token.objects.get_or_create(user=user)[0].key)
             "--bind", f"127.0.0.1:{port}", "--no-control-socket",  # not the one in $HOME that a real server uses
             *(("--workers", str(workers)) if workers else ()),
             *(("--threads", str(threads)) if threads else ()),
-            *(("--worker-class", worker_class) if worker_class else ()), *args, os.environ.get("N3_WSGI_APP", "n3site.wsgi:application"),
+            *(("--worker-class", worker_class) if worker_class else ()), *args,
+            os.environ.get("N3_WSGI_APP", "n3site.wsgi:application"),
         ]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
