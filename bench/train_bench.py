@@ -134,7 +134,8 @@ def pace(history: list[dict], batch_size: int) -> dict[str, float]:
         "step_s": statistics.median(step_seconds(h) for h in later),
         "cpu_s": statistics.median(h["cpu_s"] for h in later),
         "tokens_per_s": tokens / seconds,
-        **{phase: statistics.median(h[f"timing/{phase}_s"] for h in later) for phase in ("generate", "score", "update")},
+        **{phase: statistics.median(h[f"timing/{phase}_s"] for h in later)
+           for phase in ("generate", "score", "update")},
         "response_length": statistics.mean(h["response_length"] for h in later),
     }
 
@@ -174,14 +175,15 @@ def time_to_target(max_steps: int, learning_rate: float) -> dict[str, dict[str, 
                 return True
             return False
 
-        history, wall = run(algorithm, bench_config(max_steps=max_steps, learning_rate=learning_rate), stop=stop_at_target)
+        config = bench_config(max_steps=max_steps, learning_rate=learning_rate)
+        history, wall = run(algorithm, config, stop=stop_at_target)
         out[label] = {
             "seconds": reached.get("seconds"), "cpu_seconds": reached.get("cpu_seconds"), "step": reached.get("step"),
             "steps_run": len(history),
             "wall_s": wall, "scores": [round(s, 2) for s in scores],
         }
-        print(f"  {label:5s} reached={reached or 'no'} after {len(history)} steps, {wall:.1f}s; scores {out[label]['scores']}",
-              flush=True)
+        print(f"  {label:5s} reached={reached or 'no'} after {len(history)} steps, {wall:.1f}s; "
+              f"scores {out[label]['scores']}", flush=True)
     return out
 
 
@@ -246,9 +248,11 @@ def estimate_vs_measured(steps: int, recalibrate: bool) -> dict[str, float]:
     out = {"estimated_s": estimate.estimated_time_minutes * 60, "measured_s": measured, "estimate_call_s": estimate_s,
            "timings": result.timings, "estimated_step_s": estimate.seconds_per_step,
            "measured_step_s": statistics.median(steps_s[1:])}
-    print(f"  estimated {out['estimated_s']:.1f}s, measured {measured:.1f}s (the estimate itself took {estimate_s:.1f}s); "
+    print(f"  estimated {out['estimated_s']:.1f}s, measured {measured:.1f}s "
+          f"(the estimate itself took {estimate_s:.1f}s); "
           f"PPO step: calibrated {estimate.seconds_per_step:.3f}s, measured median {out['measured_step_s']:.3f}s "
-          f"(first 5 {statistics.median(steps_s[1:6]):.3f}s, last 5 {statistics.median(steps_s[-5:]):.3f}s)", flush=True)
+          f"(first 5 {statistics.median(steps_s[1:6]):.3f}s, last 5 {statistics.median(steps_s[-5:]):.3f}s)",
+          flush=True)
     return out
 
 
@@ -256,8 +260,10 @@ def estimate_vs_measured(steps: int, recalibrate: bool) -> dict[str, float]:
 def table(speed_: dict, target: dict, mem: dict, est: dict) -> list[tuple]:
     ppo, rloo, default = speed_["ppo_equal"], speed_["rloo"], speed_["ppo_default"]
     rows = [
-        ("step CPU s, equal work (PPO 1 epoch vs RLOO)", ppo["cpu_s"], rloo["cpu_s"], "<= 0.8x", ppo["cpu_s"] / rloo["cpu_s"] <= 0.8),
-        ("step wall s, equal work (PPO 1 epoch vs RLOO)", ppo["step_s"], rloo["step_s"], "<= 0.8x", ppo["step_s"] / rloo["step_s"] <= 0.8),
+        ("step CPU s, equal work (PPO 1 epoch vs RLOO)", ppo["cpu_s"], rloo["cpu_s"], "<= 0.8x",
+         ppo["cpu_s"] <= 0.8 * rloo["cpu_s"]),
+        ("step wall s, equal work (PPO 1 epoch vs RLOO)", ppo["step_s"], rloo["step_s"], "<= 0.8x",
+         ppo["step_s"] <= 0.8 * rloo["step_s"]),
         ("step CPU s, our defaults (PPO 4 epochs vs RLOO)", default["cpu_s"], rloo["cpu_s"], "-", None),
         ("step wall s, our defaults (PPO 4 epochs vs RLOO)", default["step_s"], rloo["step_s"], "-", None),
         ("tokens/s, equal work", ppo["tokens_per_s"], rloo["tokens_per_s"], "-", None),
@@ -271,7 +277,8 @@ def table(speed_: dict, target: dict, mem: dict, est: dict) -> list[tuple]:
     for clock, key in (("CPU", "cpu_seconds"), ("wall", "seconds")):
         ours, theirs = target["ppo"][key], target["rloo"][key]
         ok = ours is not None and (theirs is None or ours <= 0.8 * theirs)
-        rows.append((f"time-to-target {clock} s (mean '{WORD}' reward >= {TARGET_REWARD})", ours, theirs, "<= 0.8x", ok))
+        name = f"time-to-target {clock} s (mean '{WORD}' reward >= {TARGET_REWARD})"
+        rows.append((name, ours, theirs, "<= 0.8x", ok))
     rows.append(("  steps to target", target["ppo"]["step"], target["rloo"]["step"], "-", None))
     inference, lora, full = mem["inference"]["peak_mb"], mem["lora"]["peak_mb"], mem["full"]["peak_mb"]
     rows.append(("peak RSS MB, LoRA PPO | inference", lora, inference, "<= 1.5x", lora <= 1.5 * inference))
@@ -279,15 +286,18 @@ def table(speed_: dict, target: dict, mem: dict, est: dict) -> list[tuple]:
     above = {k: mem[k]["peak_mb"] - mem[k]["baseline_mb"] for k in mem}
     rows.append(("  MB above imports: LoRA | inference", above["lora"], above["inference"], "-", None))
     rows.append(("  MB above imports: full FT | inference", above["full"], above["inference"], "-", None))
-    error = est["estimated_s"] / est["measured_s"] - 1
-    rows.append(("dry-run estimate s | measured s", est["estimated_s"], est["measured_s"], "+-25 %", abs(error) <= 0.25))
-    rows.append(("  PPO step s: calibrated | measured median", est["estimated_step_s"], est["measured_step_s"], "-", None))
+    within = abs(est["estimated_s"] / est["measured_s"] - 1) <= 0.25
+    rows.append(("dry-run estimate s | measured s", est["estimated_s"], est["measured_s"], "+-25 %", within))
+    rows.append(("  PPO step s: calibrated | measured median", est["estimated_step_s"], est["measured_step_s"], "-",
+                 None))
     return rows
 
 
 def print_table(rows: list[tuple]) -> None:
     def fmt(v: Any) -> str:
-        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) and abs(v) < 10 else f"{v:.1f}" if isinstance(v, float) else str(v)
+        if not isinstance(v, float):
+            return "-" if v is None else str(v)
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
 
     print(f"\n{'figure':50s} {'ours':>9s} {'TRL/ref':>9s} {'ratio':>7s}  {'target':8s} result")
     for name, ours, ref, target, ok in rows:
@@ -329,8 +339,8 @@ def main() -> None:
     print_table(rows)
     print(f"\n(bench took {time.perf_counter() - started:.0f}s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"speed": speed_, "time_to_target": target, "memory": mem, "estimate": est},
-                                              indent=2, default=str))
+        figures = {"speed": speed_, "time_to_target": target, "memory": mem, "estimate": est}
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=str))
 
 
 if __name__ == "__main__":

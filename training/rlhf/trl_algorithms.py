@@ -102,7 +102,8 @@ def train_trl(
     num_generations = _num_generations(config.batch_size, algorithm)
     per_step_prompts = config.batch_size // num_generations
     prompts = prompts * math.ceil(per_step_prompts / len(prompts))  # TRL drops a step it cannot fill with prompts
-    dataset = Dataset.from_dict({"prompt": _queries(tokenizer, prompts, config.max_prompt_length), "raw_prompt": prompts})
+    queries = _queries(tokenizer, prompts, config.max_prompt_length)
+    dataset = Dataset.from_dict({"prompt": queries, "raw_prompt": prompts})
     recorder = _StepRecorder(algorithm, config, callback, log)
     was_training = policy.training
     with tempfile.TemporaryDirectory(prefix=f"n3-{algorithm}-") as scratch:
@@ -160,7 +161,8 @@ def _queries(tokenizer, prompts: list[str], max_prompt_length: int) -> list[str]
     """format_query(prompt), cut to its last max_prompt_length tokens (TRL re-tokenizes the text)."""
     queries = []
     for prompt, ids in zip(prompts, tokenizer([format_query(p) for p in prompts])["input_ids"]):
-        queries.append(format_query(prompt) if len(ids) <= max_prompt_length else tokenizer.decode(ids[-max_prompt_length:]))
+        fits = len(ids) <= max_prompt_length
+        queries.append(format_query(prompt) if fits else tokenizer.decode(ids[-max_prompt_length:]))
     return queries
 
 
@@ -200,7 +202,9 @@ def _time_phases(trainer, recorder: "_StepRecorder") -> None:
 class _StepRecorder(TrainerCallback):
     """TRL's per-step logs -> our metrics dicts, training.log lines, Progress callbacks, NaN guard, cancellation."""
 
-    def __init__(self, algorithm: str, config: TrainingConfig, callback: Optional[ProgressCallback], log: logging.Logger):
+    def __init__(
+        self, algorithm: str, config: TrainingConfig, callback: Optional[ProgressCallback], log: logging.Logger,
+    ):
         self.algorithm, self.config, self.callback, self.log = algorithm, config, callback, log
         self.history: list[dict] = []
         self.phase_s: dict[str, float] = {}
