@@ -11,8 +11,10 @@ Every value can be changed by an environment variable here, or on gunicorn's com
   connections alive (the sync worker closes each connection after one answer: a new TCP connection per request
   cost the server and the client about a third more CPU per feedback POST in bench/ingest_bench.py), and a
   worker's other threads keep the CPU busy while one waits for SQLite's write lock. 1: the ``sync`` worker.
-- ``N3_WEB_TIMEOUT`` (60 s): a worker silent for longer is killed and replaced. Requests never train: training
-  runs in the qcluster, so a long timeout is never needed here.
+- ``N3_WEB_TIMEOUT`` (60 s): a worker silent for longer is killed and replaced. Training runs in the qcluster,
+  but the first dry run for a new model/batch measures a miniature training in the web process (seconds on
+  n3-tiny, a minute or more for bigger models on CPU). A gthread worker stays responsive meanwhile (the request
+  runs in one of its threads); with the sync worker (``N3_WEB_THREADS=1``) raise this above that time.
 - ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
 - ``DB_CONN_MAX_AGE`` (here 300 s; settings.py's default, for other processes, is 0): each worker (each thread
   under gthread) keeps its database connection between requests. Opening one per request costs more CPU than the
