@@ -7,12 +7,8 @@ is run by bash with curl against gunicorn serving a throwaway installation (test
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -41,38 +37,15 @@ def readme_curls() -> dict[str, str]:
     return commands
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     site = make_site(tmp_path)
-    token = site.shell(
-        "from django.contrib.auth import get_user_model; from rest_framework.authtoken.models import Token; "
-        "u = get_user_model().objects.create_superuser('ops', 'ops@example.com', 'unused'); "
-        "print(Token.objects.create(user=u).key)"
-    ).strip().splitlines()[-1]
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "n3site.wsgi", "--workers", "2", "--bind", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=site.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{base}/api/schema/", timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None, process.communicate()[0]
-                time.sleep(0.2)
-        yield site, base, token
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+    token = site.api_token("ops", perms=(
+        "feedback.add_feedback", "policies.add_policyversion", "policies.change_policyversion",
+        "policies.view_policyversion",
+    ))
+    with site.gunicorn() as server:
+        yield site, server.base_url, token
 
 
 def run(command: str, base: str, token: str) -> str:
