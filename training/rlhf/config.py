@@ -123,6 +123,11 @@ class TrainingConfig:
             or self.missing_eos_penalty < 0
         ):
             raise ConfigError(f"missing_eos_penalty must be a number >= 0 or null, got {self.missing_eos_penalty!r}")
+        if self.algorithm in ("rloo", "grpo") and self.batch_size % 2:
+            raise ConfigError(
+                f"{self.algorithm.upper()} compares completions of the same prompt: batch_size must be even, "
+                f"got {self.batch_size}"
+            )
         if self.mini_batch_size > self.batch_size:
             raise ConfigError(
                 f"mini_batch_size ({self.mini_batch_size}) cannot exceed batch_size ({self.batch_size})"

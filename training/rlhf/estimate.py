@@ -31,7 +31,7 @@ from .data import FeedbackRecord
 from .errors import MIN_FEEDBACK
 from .results import TrainingResult
 
-CALIBRATION_VERSION = 1  # bump when the training code's cost changes, so old measurements are not reused
+CALIBRATION_VERSION = 2  # bump when the training code's cost changes, so old measurements are not reused
 CALIBRATION_DIR = "_calibration"
 CALIBRATION_PPO_STEPS = 5  # the first step carries one-time costs; the later ones give the pace
 CALIBRATION_RM_EPOCHS = 2

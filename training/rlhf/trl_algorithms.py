@@ -46,6 +46,9 @@ objective/kl is per response as in PPO (per-token mean x mean completion length,
 first-order estimate; GRPO's is Schulman's k3). Phase timings come from timing TRL's `_generate` (generate) and
 `_generate_and_score_completions` (the rest of it: score); update is the remainder of the step. Keys TRL has no
 equivalent for are None.
+
+Under a launcher (N3_TRAINING_LAUNCHER="accelerate launch ...") TRL's trainer is data-parallel by itself and rank 0's
+cancel decision reaches every process (distributed.should_stop); that path is not exercised by the tests (PPO's is).
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from transformers import PrinterCallback, TrainerCallback
 from transformers import ProgressCallback as HFProgressCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+from . import distributed
 from .config import TrainingConfig
 from .data import format_query
 from .errors import ConfigError, NonFiniteError, TrainingCancelled
@@ -99,7 +103,7 @@ def train_trl(
     if config.use_lora and not isinstance(policy, PeftModel):
         raise ConfigError("use_lora is set but the policy is not a PeftModel: wrap it with get_peft_model() first")
     config_cls, trainer_cls = TRL_TRAINERS[algorithm]
-    num_generations = _num_generations(config.batch_size, algorithm)
+    num_generations = _num_generations(config.batch_size)
     per_step_prompts = config.batch_size // num_generations
     prompts = prompts * math.ceil(per_step_prompts / len(prompts))  # TRL drops a step it cannot fill with prompts
     queries = _queries(tokenizer, prompts, config.max_prompt_length)
@@ -149,11 +153,8 @@ def trl_args(config: TrainingConfig, device: torch.device, output_dir: str, num_
     )
 
 
-def _num_generations(batch_size: int, algorithm: str) -> int:
-    if batch_size < 2 or batch_size % 2:
-        raise ConfigError(
-            f"{algorithm.upper()} compares completions of the same prompt: batch_size must be even, got {batch_size}"
-        )
+def _num_generations(batch_size: int) -> int:
+    """Completions per prompt (TrainingConfig makes batch_size even for these algorithms)."""
     return 4 if batch_size % 4 == 0 else 2
 
 
@@ -233,7 +234,8 @@ class _StepRecorder(TrainerCallback):
             stats["tokens_per_s"],
         )
         progress = Progress(phase="policy", step=stats["step"], total=self.config.max_steps, metrics=stats)
-        if self.callback is not None and self.callback(progress):
+        # Under a launcher rank 0's callback decides for every process, as in PPO (see distributed.should_stop).
+        if distributed.should_stop(lambda: self.callback is not None and self.callback(progress)):
             self.log.info("%s cancelled after step %d/%d", self.algorithm, stats["step"], self.config.max_steps)
             self.cancelled_at = stats["step"]
             control.should_training_stop = True
