@@ -1,7 +1,7 @@
 """Feedback JSON: the spec's field names (prompt, response, score, runId, notes) plus stored facts.
 
 Feedback is the API's hot path (agents post it in loops, a list body carries thousands of records), so both
-directions have a short way for the plain case, checked against DRF's own results in tests/test_feedback_fast_path.py:
+directions have a short way for the plain case, checked against DRF's own results in tests/test_feedback_hot_path.py:
 ``quick_validated`` accepts a plainly valid record without DRF's per-field machinery (anything else goes through
 FeedbackInputSerializer, which words the errors), and FeedbackSerializer builds its dict directly.
 """

@@ -20,6 +20,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +98,15 @@ def start_job(site, pk: int) -> subprocess.Popen:
     return site.popen("shell", "-v", "0", "-c", f"from training.tasks import run_policy_version; print(run_policy_version({pk}))")
 
 
+def run_job(site, pk: int, timeout: float = 300) -> str:
+    """start_job, waited for; returns its output."""
+    job = start_job(site, pk)
+    try:
+        return job.communicate(timeout=timeout)[0]
+    finally:
+        job.kill()
+
+
 def descendants(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
@@ -132,11 +142,7 @@ def test_a_killed_training_process_fails_its_version_and_the_next_training_works
 
     # The agent is not stuck: its next version trains, into its own directory.
     pk2 = site.queue_version(max_steps=2)
-    job = start_job(site, pk2)
-    try:
-        output, _ = job.communicate(timeout=300)
-    finally:
-        job.kill()
+    output = run_job(site, pk2)
     trained = site.version(pk2)
     assert (trained["number"], trained["status"], trained["step"]) == (2, "trained", 2), output
     assert (site.models_dir / "bot" / "v2" / RESULTS_FILE).exists() and (site.models_dir / "bot" / "v2" / "policy").is_dir()
@@ -212,8 +218,6 @@ def test_a_full_disk_fails_the_version_with_the_reason_and_leaves_no_partial_mod
     """MODELS_DIR/bot is a 512 KiB tmpfs for the training process alone: the reward model (~80 KB) fits, the
     policy (~1.2 MB) does not, so the save fails with the kernel's own ENOSPC. Inside the namespace, after the
     training exits, the launcher prints what was left in the version directory (the tmpfs vanishes with it)."""
-    import sys
-
     script = (
         'mkdir -p "$MODELS_DIR/bot" && mount -t tmpfs -o size=512k tmpfs "$MODELS_DIR/bot" || exit 99; '
         f'{shlex.quote(sys.executable)} "$@"; rc=$?; '
@@ -222,11 +226,7 @@ def test_a_full_disk_fails_the_version_with_the_reason_and_leaves_no_partial_mod
     site = make_site(tmp_path, N3_TRAINING_LAUNCHER=f"unshare -rm sh -c {shlex.quote(script)} sh")
     pk = site.queue_version(max_steps=2)
 
-    job = start_job(site, pk)
-    try:
-        output, _ = job.communicate(timeout=300)
-    finally:
-        job.kill()
+    output = run_job(site, pk)
 
     version = site.version(pk)
     assert version["status"] == "failed", output[-3000:]
