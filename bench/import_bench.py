@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import Figure, print_table, throwaway_site
 
 
 def write_files(directory: Path, rows: int) -> tuple[Path, Path]:
@@ -52,43 +48,35 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="n3-import-bench-") as tmp:
-        tmp = Path(tmp)
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "n3site.settings", "SECRET_KEY": "bench", "N3_VAR_DIR": str(tmp / "var"),
-               "MODELS_DIR": str(tmp / "models"), "HF_HUB_OFFLINE": "1"}
-        for name in ("DATABASE_URL", "REDIS_URL"):
-            env.pop(name, None)
-
-        def manage(*command: str) -> float:
+    with throwaway_site("import") as site:
+        def timed(*command: str) -> float:
             started = time.perf_counter()
-            subprocess.run([sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            site.manage(*command, timeout=600)
             return time.perf_counter() - started
 
-        manage("migrate", "-v", "0")
-        jsonl, csv_path = write_files(tmp, args.rows)
-        figures = [
-            ("import JSONL", manage("import_feedback", str(jsonl), "--agent", "bench_jsonl")),
-            ("import CSV", manage("import_feedback", str(csv_path), "--agent", "bench_csv")),
-            ("re-import JSONL (all runIds known)", manage("import_feedback", str(jsonl), "--agent", "bench_jsonl")),
-            ("export JSONL", manage("export_feedback", "--agent", "bench_jsonl", "-o", str(tmp / "out.jsonl"))),
-            ("export CSV", manage("export_feedback", "--agent", "bench_csv", "-o", str(tmp / "out.csv"))),
-        ]
-        with sqlite3.connect(tmp / "var" / "n3.sqlite3") as db:
-            stored = dict(db.execute(
-                "SELECT a.name, count(*) FROM feedback_feedback f JOIN policies_agent a ON a.id = f.agent_id GROUP BY a.name"
-            ).fetchall())
-        exported = sum(1 for _ in (tmp / "out.jsonl").open())
+        jsonl, csv_path = write_files(site.root, args.rows)
+        out = site.root / "out.jsonl"
+        seconds = {
+            "import JSONL": timed("import_feedback", str(jsonl), "--agent", "bench_jsonl"),
+            "import CSV": timed("import_feedback", str(csv_path), "--agent", "bench_csv"),
+            "re-import JSONL (all runIds known)": timed("import_feedback", str(jsonl), "--agent", "bench_jsonl"),
+            "export JSONL": timed("export_feedback", "--agent", "bench_jsonl", "-o", str(out)),
+            "export CSV": timed("export_feedback", "--agent", "bench_csv", "-o", str(site.root / "out.csv")),
+        }
+        stored = dict(site.query(
+            "SELECT a.name, count(*) FROM feedback_feedback f JOIN policies_agent a ON a.id = f.agent_id GROUP BY a.name"
+        ))
+        exported = sum(1 for _ in out.open())
 
-    print(f"\nFeedback import/export, {args.rows:,} rows, SQLite WAL, wall clock incl. process start")
-    print(f"{'operation':<36} {'seconds':>8} {'rows/s':>10}")
-    for name, seconds in figures:
-        print(f"{name:<36} {seconds:8.2f} {args.rows / seconds:10,.0f}")
-    ok = stored == {"bench_jsonl": args.rows, "bench_csv": args.rows} and exported == args.rows
-    print(f"stored {stored}, exported {exported:,} lines: {'all rows exactly once' if ok else 'MISMATCH'}")
-    target = figures[0][1] < 60
-    print(f"target: 100k-row import well under 60 s -> {'pass' if target else 'MISS'} ({figures[0][1]:.1f} s)")
-    if not ok:
+    once = stored == {"bench_jsonl": args.rows, "bench_csv": args.rows} and exported == args.rows
+    figures = [Figure(name, value, "s") for name, value in seconds.items()]
+    figures[0] = Figure("import JSONL", seconds["import JSONL"], "s", "< 60", seconds["import JSONL"] < 60)
+    figures.append(Figure("rows stored once, exported once", args.rows if once else 0, "rows", f"= {args.rows:,}", once))
+    print_table(
+        f"Feedback import/export, {args.rows:,} rows, SQLite WAL, wall clock incl. process start", figures,
+        [f"import JSONL {args.rows / seconds['import JSONL']:,.0f} rows/s; stored {stored}, exported {exported:,} lines"],
+    )
+    if not once:
         sys.exit(1)
 
 
