@@ -85,10 +85,6 @@ def device() -> torch.device:
     return torch.device("cpu") if device.type == "cpu" else device  # accelerate says cpu:0
 
 
-def wait_for_everyone() -> None:
-    setup().wait_for_everyone()
-
-
 def broadcast_parameters(params: Iterable[torch.nn.Parameter]) -> None:
     """Overwrite every process's ``params`` with rank 0's, in place."""
     if is_distributed():
