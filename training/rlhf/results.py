@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 RESULTS_FILE = "training_results.json"
 
@@ -28,6 +28,9 @@ class TrainingResult:
     config: dict[str, Any] = field(default_factory=dict)  # TrainingConfig.to_dict()
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (what the dry-run estimate predicts)
+    # The version against the model it started from, on held-out prompts (evaluation.py); None when skipped.
+    # Older files have no such key and load with None.
+    evaluation: Optional[dict[str, Any]] = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
