@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
+from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.html import format_html
 
@@ -94,6 +95,10 @@ class PolicyVersionAdmin(admin.ModelAdmin):
     list_select_related = ["agent"]
     search_fields = ["agent__name", "policy_id"]
     change_form_template = "admin/policies/policyversion/change_form.html"
+
+    class Media:
+        css = {"all": ["n3/n3.css"]}  # the change list's status and warning badges
+
     # Versions are written by training, never by hand: the form is for reading.
     fieldsets = [
         ("Details", {"classes": ["collapse"], "fields": [
@@ -111,8 +116,10 @@ class PolicyVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, version: PolicyVersion):
-        return format_html('<span class="n3-status-badge n3-status-{}">{}</span>', version.status,
-                           version.get_status_display())
+        return format_html(
+            '<span class="n3-status-badge n3-status-{}">{}</span> {}', version.status, version.get_status_display(),
+            render_to_string("n3/_warning_badge.html", {"warnings": version.warnings}),
+        )
 
     @admin.display(description="step")
     def progress_text(self, version: PolicyVersion) -> str:

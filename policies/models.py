@@ -1,4 +1,5 @@
 import secrets
+from typing import Optional
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -82,3 +83,15 @@ class PolicyVersion(models.Model):
     @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE_STATUSES
+
+    @property
+    def warnings(self) -> list[str]:
+        """What its training warned about (metrics.warnings), e.g. a reward model no better than the mean score."""
+        warnings = (self.metrics or {}).get("warnings")
+        return [str(w) for w in warnings] if isinstance(warnings, list) else []
+
+    @property
+    def evaluation(self) -> Optional[dict]:
+        """metrics.evaluation: the version against the model it started from, {"skipped": reason}, or None."""
+        evaluation = (self.metrics or {}).get("evaluation")
+        return evaluation if isinstance(evaluation, dict) else None

@@ -190,16 +190,75 @@ class TrainPolicyRequestSerializer(StrictSerializer):
 
 SUMMARY_METRICS = ("rewardMean", "rewardStd", "kl", "loss")
 _NUMBER_OR_NULL = {"type": "number", "nullable": True}
+_INTERVAL = {"type": "array", "items": _NUMBER_OR_NULL, "minItems": 2, "maxItems": 2, "nullable": True,
+             "description": "95 % bootstrap interval [low, high]"}
+_WARNINGS = {"type": "array", "items": {"type": "string"},
+             "description": "What training warned about in plain English, e.g. a reward model no better than "
+                              "predicting the mean score"}
+
+# metrics.evaluation as training.services.evaluation_metrics stores it: the version against the model it started
+# from, on prompts held out of its training. Every figure is scored by this version's own reward model.
+_EVALUATION_FIGURES = {
+    "better": {"type": "boolean", "nullable": True, "description": "winRateCi's lower bound is above 0.5"},
+    "baseline": {"type": "string", "nullable": True, "description": "What the version started from, in words"},
+    "scoredBy": {"type": "string", "nullable": True, "description": "Which reward model scored both sides"},
+    "n": {"type": "integer", "nullable": True, "description": "(held-out prompt, sample) pairs compared"},
+    "heldoutPrompts": {"type": "integer", "nullable": True,
+                       "description": "How many prompts a seeded split held out of training"},
+    "splitSeed": {"type": "integer", "nullable": True},
+    "winRate": {**_NUMBER_OR_NULL, "description": "P(the version's response scores higher than the baseline's); "
+                                                  "ties count half"},
+    "winRateCi": _INTERVAL,
+    "rewardMean": {**_NUMBER_OR_NULL, "description": "Mean score of the version's responses"},
+    "baselineRewardMean": {**_NUMBER_OR_NULL, "description": "Mean score of the baseline's responses"},
+    "rewardDiff": {**_NUMBER_OR_NULL, "description": "rewardMean - baselineRewardMean"},
+    "rewardDiffCi": _INTERVAL,
+    "kl": {**_NUMBER_OR_NULL, "description": "KL(version || baseline) on the held-out prompts, nats per response"},
+    "responseLength": {**_NUMBER_OR_NULL, "description": "Mean response length, tokens"},
+    "baselineResponseLength": _NUMBER_OR_NULL,
+}
+_EVALUATION_SAMPLES = {
+    "type": "array", "description": "Up to 8 held-out prompts with both responses and their scores",
+    "items": {"type": "object", "properties": {
+        "prompt": {"type": "string"}, "response": {"type": "string"}, "baselineResponse": {"type": "string"},
+        "score": _NUMBER_OR_NULL, "baselineScore": _NUMBER_OR_NULL,
+    }},
+}
+_EVALUATION_SKIPPED = {
+    "type": "object", "properties": {"skipped": {"type": "string", "description": "Why it was not evaluated"}},
+    "required": ["skipped"],
+}
 
 
-@extend_schema_field({
-    "type": "object",
-    "properties": {name: _NUMBER_OR_NULL for name in SUMMARY_METRICS},
-    "required": list(SUMMARY_METRICS),
-    "additionalProperties": True,
-})
+def _evaluation_schema(*, samples: bool) -> dict:
+    properties = {**_EVALUATION_FIGURES, "samples": _EVALUATION_SAMPLES} if samples else _EVALUATION_FIGURES
+    evaluated = {"type": "object", "properties": properties, "required": list(_EVALUATION_FIGURES)}
+    return {
+        "oneOf": [evaluated, _EVALUATION_SKIPPED],
+        "description": "Is this version better than the model it started from? Absent for versions not evaluated "
+                       "(still training, failed, or trained before evaluations); {skipped: reason} when skipped."
+                       + ("" if samples else " The version's own body adds the samples."),
+    }
+
+
+def _metrics_schema(*, detail: bool) -> dict:
+    properties = {
+        **{name: _NUMBER_OR_NULL for name in SUMMARY_METRICS},
+        "warnings": _WARNINGS,
+        "evaluation": _evaluation_schema(samples=detail),
+    }
+    required = list(SUMMARY_METRICS)
+    if detail:
+        properties["history"] = {"type": "array", "items": {"type": "object", "additionalProperties": True},
+                                 "description": "One entry per logged step: step, rewardMean, kl, loss, ..."}
+        required.append("history")
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": True}
+
+
+@extend_schema_field(_metrics_schema(detail=False))
 class MetricsSummaryField(serializers.Field):
-    """The latest figures (rewardMean, rewardStd, kl, loss always present, null until known); no history."""
+    """The latest figures (rewardMean, rewardStd, kl, loss always present, null until known), warnings and the
+    evaluation once there are any; no history, no evaluation samples."""
 
     def __init__(self, **kwargs):
         super().__init__(read_only=True, **kwargs)
@@ -207,24 +266,21 @@ class MetricsSummaryField(serializers.Field):
     def to_representation(self, metrics):
         metrics = metrics or {}
         latest = {name: value for name, value in metrics.items() if name != "history"}
+        if isinstance(latest.get("evaluation"), Mapping):
+            latest["evaluation"] = {k: v for k, v in latest["evaluation"].items() if k != "samples"}
         return {**{name: None for name in SUMMARY_METRICS}, **latest}
 
 
-@extend_schema_field({
-    "type": "object",
-    "properties": {
-        **{name: _NUMBER_OR_NULL for name in SUMMARY_METRICS},
-        "history": {"type": "array", "items": {"type": "object", "additionalProperties": True},
-                    "description": "One entry per logged step: step, rewardMean, kl, loss, ..."},
-    },
-    "required": [*SUMMARY_METRICS, "history"],
-    "additionalProperties": True,
-})
+@extend_schema_field(_metrics_schema(detail=True))
 class MetricsField(MetricsSummaryField):
-    """The latest figures plus ``history``, one dict per logged step."""
+    """The latest figures plus ``history``, one dict per logged step, and the evaluation's samples."""
 
     def to_representation(self, metrics):
-        return {**super().to_representation(metrics), "history": list((metrics or {}).get("history") or [])}
+        metrics = metrics or {}
+        data = {**super().to_representation(metrics), "history": list(metrics.get("history") or [])}
+        if isinstance(metrics.get("evaluation"), Mapping):
+            data["evaluation"] = metrics["evaluation"]
+        return data
 
 
 @extend_schema_field(OpenApiTypes.URI)
@@ -253,7 +309,12 @@ class PolicyVersionSummarySerializer(serializers.Serializer):
     modelPath = serializers.CharField(source="model_path", read_only=True, allow_null=True)
     rewardModelPath = serializers.CharField(source="reward_model_path", read_only=True, allow_null=True)
     metrics = MetricsSummaryField()
+    warnings = serializers.SerializerMethodField()
     url = VersionUrlField()
+
+    @extend_schema_field(_WARNINGS)
+    def get_warnings(self, version: PolicyVersion) -> list[str]:
+        return version.warnings
 
     def to_representation(self, instance):
         data = super().to_representation(instance)

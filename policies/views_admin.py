@@ -240,7 +240,8 @@ def version_context(version: PolicyVersion) -> dict:
         "summary": summary_rows([version]),
         "reward_model": [(k, _format(v)) for k, v in _scalars(metrics.get("rewardModel"))],
         "config_json": json.dumps(version.config, indent=2, sort_keys=True),
-        "warnings": metrics.get("warnings") or [],
+        "warnings": version.warnings,
+        "evaluation": evaluation_view(version),
         "compare_choices": others,
     }
 
@@ -260,8 +261,14 @@ SUMMARY_FIELDS = [
     ("Duration", lambda v: _duration((v.finished_at - v.started_at).total_seconds())
      if v.finished_at and v.started_at else ""),
 ]
-# Which way is better, for highlighting the better side of a comparison.
-_HIGHER_IS_BETTER = {"Reward mean": True, "KL": False}
+# Which way is better, for highlighting the better side of a comparison. Not the reward: each version's reward is
+# its own reward model's score, so two versions' rewards are on different scales (their evaluations compare each
+# one with its start instead).
+_HIGHER_IS_BETTER = {"KL": False}
+NOT_COMPARABLE = (
+    "Each version's reward is measured by its own reward model, so rewards are not comparable across versions; "
+    "compare their evaluations against their starting models instead."
+)
 
 
 def summary_rows(versions: Sequence[PolicyVersion]) -> list[dict]:
@@ -335,6 +342,7 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
             {"prompt": p, "outputs": [col["outputs"][i] if col["outputs"] else "" for col in samples["columns"]]}
             for i, p in enumerate(prompts)
         ]
+    evaluations = [evaluation_view(v) for v in pair]
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": PolicyVersion._meta,
@@ -345,6 +353,9 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
         "summary": summary_rows(pair),
         "charts": version_charts(pair),
         "reward_model_rows": _reward_model_rows(pair),
+        "evaluations": list(zip(pair, evaluations)),
+        "evaluation_rows": _evaluation_rows(evaluations),
+        "not_comparable": NOT_COMPARABLE,
         "samples": samples,
         "max_new_tokens": SAMPLE_MAX_NEW_TOKENS,
     }
@@ -371,6 +382,88 @@ def _reward_model_rows(pair: Sequence[PolicyVersion]) -> list[dict]:
     tables = [dict(_scalars((v.metrics or {}).get("rewardModel"))) for v in pair]
     keys = sorted(set().union(*tables))
     return [{"label": k, "cells": [_format(t.get(k)) for t in tables]} for k in keys]
+
+
+# --- evaluation: the version against the model it started from --------------------------------------------------
+
+
+def evaluation_view(version: PolicyVersion) -> Optional[dict]:
+    """metrics.evaluation in words: {"sentence", "verdict", "rows", "samples"}, {"skipped": reason} when it was
+    skipped, None when there is none (not trained yet, or trained before versions were evaluated)."""
+    e = version.evaluation
+    if e is None:
+        return None
+    if "skipped" in e:
+        return {"skipped": str(e["skipped"])}
+    better = e.get("better")
+    verdict = "yes" if better is True else "no" if better is False else "—"
+    n = e.get("n")
+    reward = f"{_fixed(e.get('baselineRewardMean'))} → {_fixed(e.get('rewardMean'))}"
+    sentence = (
+        f"Better than its start: {verdict} — win rate {_percent(e.get('winRate'))} "
+        f"(95 % interval {_percent_interval(e.get('winRateCi'))}) on {n if n is not None else '—'} held-out samples, "
+        f"reward {reward}, KL {_short(e.get('kl'))}"
+    )
+    diff = _number(e.get("rewardDiff"))
+    rows = [
+        ("Started from", e.get("baseline") or "—"),
+        ("Scored by", e.get("scoredBy") or "—"),
+        ("Win rate", f"{_percent(e.get('winRate'))} (95 % interval {_percent_interval(e.get('winRateCi'))})"),
+        ("Reward (start → version)", reward),
+        ("Reward difference", f"{'—' if diff is None else f'{diff:+.2f}'} "
+                              f"(95 % interval {_interval(e.get('rewardDiffCi'))})"),
+        ("KL from its start", f"{_short(e.get('kl'))} nats per response"),
+        ("Response length (start → version)",
+         f"{_short(e.get('baselineResponseLength'))} → {_short(e.get('responseLength'))} tokens"),
+        ("Held-out prompts", f"{_format(e.get('heldoutPrompts'))} (split seed {_format(e.get('splitSeed'))})"),
+        ("Samples compared", _format(n)),
+    ]
+    samples = [
+        {**s, "score": _fixed(s.get("score")), "baselineScore": _fixed(s.get("baselineScore"))}
+        for s in e.get("samples") or [] if isinstance(s, dict)
+    ]
+    return {"sentence": sentence, "verdict": verdict, "better": better is True, "rows": rows, "samples": samples}
+
+
+def _evaluation_rows(views: Sequence[Optional[dict]]) -> list[dict]:
+    """evaluation_view()s' figures side by side (never ranked: each compares a version with its own start)."""
+    tables = [dict(view["rows"]) if view and "rows" in view else {} for view in views]
+    labels = next((list(t) for t in tables if t), [])
+    return [{"label": label, "cells": [t.get(label, "—") for t in tables]} for label in labels]
+
+
+def _percent(value: Any) -> str:
+    value = _number(value)
+    return "—" if value is None else f"{100 * value:.0f} %"
+
+
+def _percent_interval(bounds: Any) -> str:
+    low, high = _bounds(bounds)
+    return "—" if low is None or high is None else f"{100 * low:.0f}–{100 * high:.0f} %"
+
+
+def _interval(bounds: Any) -> str:
+    low, high = _bounds(bounds)
+    return "—" if low is None or high is None else f"{low:.2f} to {high:.2f}"
+
+
+def _bounds(bounds: Any) -> tuple[Optional[float], Optional[float]]:
+    if isinstance(bounds, (list, tuple)) and len(bounds) == 2:
+        return _number(bounds[0]), _number(bounds[1])
+    return None, None
+
+
+def _fixed(value: Any) -> str:
+    value = _number(value)
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _short(value: Any) -> str:
+    """3.1, 12.4, 0.043: one decimal from 1 up, two significant digits below."""
+    value = _number(value)
+    if value is None:
+        return "—"
+    return f"{value:.1f}" if abs(value) >= 1 else f"{value:.2g}"
 
 
 def sample_prompts(*, agent: Agent, count: int = SAMPLE_PROMPTS) -> list[str]:

@@ -1,6 +1,7 @@
 """The admin as reviewers and engineers use it: feedback list, agent health, version pages, permissions."""
 import json
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -274,8 +275,82 @@ def test_compare_page_side_by_side(trained, engineer):
     url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
     html = login(engineer).get(url, {"other": worse.pk}).content.decode()
     assert html.count('<polyline class="n3-line') == 6
-    assert 'n3-better">0.75<' in html  # the higher reward mean is highlighted
+    # Each reward comes from the version's own reward model: shown, never ranked. The lower KL still is.
+    assert ">0.75<" in html and ">0.5<" in html and 'n3-better">0.75<' not in html
+    assert 'n3-better">2<' in html and html.count("n3-better") == 1
     assert "Generate samples" in html
+
+
+# --- evaluation and warnings -----------------------------------------------------------------------------
+POOR_FIT = ("Reward model is no better than predicting the mean score (cross-validated MSE 0.16 vs 0.15): "
+            "its scores carry little of the reviewers' judgement.")
+# metrics.evaluation as training.services stores it (camelCase, held-out prompts counted, at most 8 samples).
+EVALUATION = {
+    "better": True, "baseline": "base model n3-tiny", "scoredBy": "this version's reward model", "n": 64,
+    "heldoutPrompts": 12, "splitSeed": 42, "winRate": 0.66, "winRateCi": [0.55, 0.76], "rewardMean": 0.71,
+    "baselineRewardMean": 0.52, "rewardDiff": 0.19, "rewardDiffCi": [0.10, 0.28], "kl": 3.1, "responseLength": 9.2,
+    "baselineResponseLength": 11.0,
+    "samples": [{"prompt": "Where is the Louvre?", "response": "In Paris.", "baselineResponse": "Museum museum.",
+                 "score": 0.8, "baselineScore": 0.4}],
+}
+SENTENCE = ("Better than its start: yes — win rate 66 % (95 % interval 55–76 %) on 64 held-out samples, "
+            "reward 0.52 → 0.71, KL 3.1")
+NOT_COMPARABLE = ("Each version's reward is measured by its own reward model, so rewards are not comparable across "
+                  "versions; compare their evaluations against their starting models instead.")
+
+
+@pytest.fixture
+def evaluated(trained):
+    trained.metrics = {**trained.metrics, "evaluation": EVALUATION, "warnings": [POOR_FIT, "Only 12 prompts."]}
+    trained.save()
+    return trained
+
+
+def page(user: User, name: str, *args, **params) -> str:
+    return unescape(login(user).get(reverse(name, args=args), params).content.decode())
+
+
+def test_version_page_shows_the_evaluation_its_samples_and_a_warning_badge(evaluated, engineer):
+    html = page(engineer, "admin:policies_policyversion_change", evaluated.pk)
+    assert SENTENCE in html
+    assert "Started from" in html and "base model n3-tiny" in html and "+0.19 (95 % interval 0.10 to 0.28)" in html
+    assert "11.0 → 9.2 tokens" in html and "12 (split seed 42)" in html
+    samples = html[html.index('id="n3-evaluation-samples"'):]
+    assert "Where is the Louvre?" in samples and "Museum museum." in samples and "0.40" in samples
+    assert 'class="n3-warning-badge"' in html and ">2 warnings</span>" in html
+    assert POOR_FIT in html and 'id="n3-warnings"' in html
+
+
+def test_version_page_says_when_a_version_was_not_evaluated(trained, engineer):
+    html = page(engineer, "admin:policies_policyversion_change", trained.pk)
+    assert "trained before n3 evaluated its versions" in html and "n3-warning-badge" not in html
+    trained.metrics = {**trained.metrics, "evaluation": {"skipped": "fewer than 2 distinct prompts"}}
+    trained.save()
+    html = page(engineer, "admin:policies_policyversion_change", trained.pk)
+    assert "Not evaluated: fewer than 2 distinct prompts" in html and "Better than its start" not in html
+
+
+def test_warning_badges_on_the_agent_page_and_the_change_list(evaluated, engineer):
+    PolicyVersion.objects.create(agent=evaluated.agent, number=2, status="trained", metrics={"warnings": [POOR_FIT]})
+    agent_page = page(engineer, "admin:policies_agent_change", evaluated.agent.pk)
+    assert ">2 warnings</span>" in agent_page and ">1 warning</span>" in agent_page
+    assert f'title="{POOR_FIT}' in agent_page  # the badge lists them
+    change_list = page(engineer, "admin:policies_policyversion_changelist")
+    assert ">2 warnings</span>" in change_list and ">1 warning</span>" in change_list
+    assert "n3/n3.css" in change_list
+
+
+def test_compare_page_shows_evaluations_instead_of_ranking_rewards(evaluated, engineer):
+    other = PolicyVersion.objects.create(
+        agent=evaluated.agent, number=2, status="trained", step=40, max_steps=40,
+        metrics={"rewardMean": 0.9, "kl": 9.0, "history": realistic_history(20),
+                 "evaluation": {**EVALUATION, "better": False, "winRate": 0.52, "winRateCi": [0.41, 0.63]}},
+    )
+    html = page(engineer, "admin:policies_policyversion_compare", evaluated.pk, other=other.pk)
+    assert NOT_COMPARABLE in html
+    assert 'n3-better">0.9<' not in html and 'n3-better">0.75<' not in html
+    assert SENTENCE in html
+    assert "Better than its start: no — win rate 52 % (95 % interval 41–63 %)" in html
 
 
 def test_compare_samples_guard_missing_model_files(trained, engineer):

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def readme_curls() -> dict[str, str]:
-    """The README's curl commands, keyed by method and API path: 'POST feedback/my_agent', 'GET my_agent | jq', ..."""
+    """The README's curl commands, keyed by method and API path: 'POST feedback/my_agent', 'GET my_agent | jq', ...
+    (the jq line of the evaluation section is 'GET my_agent | jq (evaluation)')."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     commands = {}
     for block in blocks:
@@ -32,7 +33,7 @@ def readme_curls() -> dict[str, str]:
             if '"dryRun": true' in command:
                 key += " (dry run)"
             if "| jq" in command:
-                key += " | jq"
+                key += " | jq (evaluation)" if ".metrics.evaluation" in command else " | jq"
             commands[key] = command
     return commands
 
@@ -61,7 +62,8 @@ def test_the_readme_commands_match_the_spec_quick_start():
     curls = readme_curls()
     assert set(curls) == {
         "POST feedback/my_agent", "POST train_policy/my_agent (dry run)", "POST train_policy/my_agent",
-        "GET my_agent", "GET my_agent | jq", "GET my_agent/v1", "POST my_agent/v1/cancel",
+        "GET my_agent", "GET my_agent | jq", "GET my_agent | jq (evaluation)", "GET my_agent/v1",
+        "POST my_agent/v1/cancel",
     }
     assert all('-H "Authorization: Token $TOKEN"' in command for command in curls.values())
     assert '"dryRun": false' in curls["POST train_policy/my_agent"]
@@ -103,5 +105,9 @@ def test_the_readme_curls_work_against_a_running_server(server):
     assert [(v["version"], v["status"]) for v in listed] == [("v1", "queued")]
     if shutil.which("jq"):
         assert json.loads(run(curls["GET my_agent | jq"], base, token)) == {"version": "v1", "reward": None}
+        # Not trained yet, so not evaluated: jq prints nulls.
+        assert json.loads(run(curls["GET my_agent | jq (evaluation)"], base, token)) == {
+            "version": "v1", "better": None, "winRate": None,
+        }
     assert json.loads(run(curls["GET my_agent/v1"], base, token))["policyId"] == queued["policyId"]
     assert json.loads(run(curls["POST my_agent/v1/cancel"], base, token))["status"] == "cancelled"

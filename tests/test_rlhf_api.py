@@ -16,6 +16,8 @@ from feedback import services as feedback_services
 from feedback.models import Feedback
 from policies import services as policy_services
 from policies.models import Agent, PolicyVersion
+from training.rlhf.results import TrainingResult
+from training.services import result_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -475,6 +477,78 @@ def test_a_running_version_shows_progress_and_a_failed_one_its_error(api):
     assert (failed["status"], failed["error"]) == ("failed", "Training diverged: loss is NaN at step 4")
 
 
+# The training core's TrainingResult.evaluation (snake_case) and what training.services stores of it in metrics.
+CORE_EVALUATION = {
+    "baseline": "base model n3-tiny", "n": 64, "heldout_prompts": [f"Held-out {i}?" for i in range(12)],
+    "split_seed": 42, "win_rate": 0.66, "win_rate_ci": [0.55, 0.76], "reward_mean": 0.71, "baseline_reward_mean": 0.52,
+    "reward_diff": 0.19, "reward_diff_ci": [0.10, float("nan")], "kl": 3.1, "response_length": 9.2,
+    "baseline_response_length": 11.0, "better": True, "scored_by": "this version's reward model",
+    "samples": [
+        {"prompt": f"Held-out {i}?", "response": f"Answer {i}.", "baseline_response": "Hmm.", "score": 0.8,
+         "baseline_score": float("inf") if i == 1 else 0.4}
+        for i in range(10)
+    ],
+}
+STORED_EVALUATION = {
+    "better": True, "baseline": "base model n3-tiny", "scoredBy": "this version's reward model", "n": 64,
+    "heldoutPrompts": 12, "splitSeed": 42, "winRate": 0.66, "winRateCi": [0.55, 0.76], "rewardMean": 0.71,
+    "baselineRewardMean": 0.52, "rewardDiff": 0.19, "rewardDiffCi": [0.10, None], "kl": 3.1, "responseLength": 9.2,
+    "baselineResponseLength": 11.0,
+    "samples": [
+        {"prompt": f"Held-out {i}?", "response": f"Answer {i}.", "baselineResponse": "Hmm.", "score": 0.8,
+         "baselineScore": None if i == 1 else 0.4}
+        for i in range(8)
+    ],
+}
+POOR_FIT = ("Reward model is no better than predicting the mean score (cross-validated MSE 0.16 vs 0.15): "
+            "its scores carry little of the reviewers' judgement.")
+EVALUATED_METRICS = {**TRAINED_METRICS, "warnings": [POOR_FIT], "evaluation": STORED_EVALUATION}
+
+
+def training_result(**fields) -> TrainingResult:
+    return TrainingResult(model_path="models/a/v1/policy", reward_model_path="models/a/v1/reward_model",
+                          final_reward_mean=0.82, final_reward_std=0.15, training_steps=2, **fields)
+
+
+def test_result_metrics_store_the_evaluation_camel_cased_and_json_safe():
+    metrics = result_metrics(training_result(evaluation=CORE_EVALUATION, warnings=[POOR_FIT]))
+    assert metrics["evaluation"] == STORED_EVALUATION  # heldout prompts as their count, at most 8 samples
+    assert metrics["warnings"] == [POOR_FIT]
+    json.dumps(metrics, allow_nan=False)  # strict JSON, as the column stores it
+
+    skipped = result_metrics(training_result(evaluation={"skipped": "fewer than 2 distinct prompts to hold out"}))
+    assert skipped["evaluation"] == {"skipped": "fewer than 2 distinct prompts to hold out"}
+    assert "evaluation" not in result_metrics(training_result(evaluation=None))  # runs from before evaluations
+    partial = result_metrics(training_result(evaluation={"win_rate": 0.5}))["evaluation"]
+    assert set(partial) == set(STORED_EVALUATION) and partial["better"] is None and partial["samples"] == []
+
+
+def test_list_and_detail_show_the_evaluation_and_the_warnings(api):
+    make_version("my_agent", 1, "trained", metrics=TRAINED_METRICS, step=2, max_steps=2)
+    make_version("my_agent", 2, "trained", metrics=EVALUATED_METRICS, step=2, max_steps=2)
+    make_version("my_agent", 3, "trained", metrics={**TRAINED_METRICS, "evaluation": {"skipped": "eval_fraction 0"}})
+
+    listed = {v["version"]: v for v in api.get("/api/policies/my_agent").json()}
+    evaluated = listed["v2"]
+    summary = {key: value for key, value in STORED_EVALUATION.items() if key != "samples"}
+    assert evaluated["metrics"]["evaluation"] == summary  # the list stays light: no samples, no prompts
+    assert evaluated["warnings"] == [POOR_FIT] and evaluated["metrics"]["warnings"] == [POOR_FIT]
+    assert evaluated["metrics"]["rewardMean"] == 0.82  # the spec's jq line still reads it
+    assert listed["v3"]["metrics"]["evaluation"] == {"skipped": "eval_fraction 0"}
+    assert "evaluation" not in listed["v1"]["metrics"] and listed["v1"]["warnings"] == []
+    # The README's `jq '.[] | {version, better: .metrics.evaluation.better, winRate: .metrics.evaluation.winRate}'`
+    evaluations = {name: v["metrics"].get("evaluation") or {} for name, v in listed.items()}
+    assert {name: (e.get("better"), e.get("winRate")) for name, e in evaluations.items()} == {
+        "v3": (None, None), "v2": (True, 0.66), "v1": (None, None),
+    }
+
+    detail = api.get("/api/policies/my_agent/v2").json()
+    assert detail["metrics"]["evaluation"] == STORED_EVALUATION  # with its samples
+    assert detail["warnings"] == [POOR_FIT] and detail["rewardMean"] == 0.82
+    plain = api.get("/api/policies/my_agent/v1").json()
+    assert "evaluation" not in plain["metrics"] and plain["warnings"] == []
+
+
 @pytest.mark.parametrize("path, detail", [
     ("/api/policies/my_agent/v9", "Version 'v9' of agent 'my_agent' not found"),
     ("/api/policies/my_agent/1", "Version '1' of agent 'my_agent' not found"),
@@ -563,6 +637,12 @@ def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
     } == {path: set(ops) - {"parameters"} for path, ops in schema["paths"].items()}
     feedback_body = schema["components"]["schemas"]["FeedbackRequestBodyRequest"]
     assert len(feedback_body["oneOf"]) == 2  # one record, or a list of them
+    for name, samples in (("PolicyVersionSummary", False), ("PolicyVersion", True)):
+        version = schema["components"]["schemas"][name]["properties"]
+        assert version["warnings"]["items"] == {"type": "string"}
+        evaluated, skipped = version["metrics"]["properties"]["evaluation"]["oneOf"]
+        assert {"better", "winRate", "winRateCi", "kl", "heldoutPrompts", "scoredBy"} <= set(evaluated["required"])
+        assert ("samples" in evaluated["properties"]) is samples and skipped["required"] == ["skipped"]
     docs = anonymous.get("/api/docs/")
     assert docs.status_code == 200
     assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs.content  # served locally: works offline

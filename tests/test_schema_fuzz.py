@@ -24,6 +24,7 @@ from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
 from tests.conftest import API_PERMISSIONS
 from tests.sites import LEAN_CONFIG, feedback_records
+from training.services import evaluation_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -71,13 +72,26 @@ def seeded(settings):
         model_path="models/bot/v1/policy", reward_model_path="models/bot/v1/reward_model",
         started_at=now, heartbeat_at=now, finished_at=now,
         metrics={"rewardMean": 0.8, "rewardStd": 0.1, "kl": 0.01, "loss": 0.5, "rewardModel": {"valMse": 0.1},
-                 "warnings": [], "history": [{"step": 1, "rewardMean": 0.7, "kl": None, "loss": 0.6}]},
+                 "warnings": ["Reward model is no better than predicting the mean score"],
+                 "history": [{"step": 1, "rewardMean": 0.7, "kl": None, "loss": 0.6}],
+                 "evaluation": result_metrics_evaluation()},
     )
     PolicyVersion.objects.create(agent=agent, number=2, status="failed", error="The training process was killed by SIGKILL",
-                                 started_at=now, finished_at=now)
+                                 started_at=now, finished_at=now, metrics={"evaluation": {"skipped": "it failed"}})
     PolicyVersion.objects.create(agent=agent, number=3, status="running", step=1, max_steps=5, started_at=now,
                                  heartbeat_at=now, metrics={"rewardMean": None, "phase": "policy", "history": []})
     return agent
+
+
+def result_metrics_evaluation() -> dict:
+    """An evaluation block as training.services stores it, with a bound the core could not compute."""
+    return evaluation_metrics({
+        "baseline": "base model n3-tiny-random", "n": 4, "heldout_prompts": ["q1", "q2"], "split_seed": 42,
+        "win_rate": 0.75, "win_rate_ci": [0.5, float("nan")], "reward_mean": 0.6, "baseline_reward_mean": 0.4,
+        "reward_diff": 0.2, "reward_diff_ci": [0.0, 0.4], "kl": 1.5, "response_length": 5.0,
+        "baseline_response_length": 6.0, "better": False, "scored_by": "this version's reward model",
+        "samples": [{"prompt": "q1", "response": "a", "baseline_response": "b", "score": 0.7, "baseline_score": 0.3}],
+    })
 
 
 @schema.parametrize()

@@ -373,6 +373,20 @@ REWARD_MODEL_KEYS = {
     "train_loss": "trainLoss", "train_size": "trainSize", "val_size": "valSize", "epochs": "epochs",
     "fit_seconds": "fitSeconds",
 }
+# TrainingResult.evaluation's figures as the API names them (training.rlhf.results). All are written, None when the
+# core left one out, so the block has one shape. heldout_prompts is stored as its count; the samples (at most 8) are
+# stored for the version's own page and API body, which the list API leaves out to stay light.
+EVALUATION_KEYS = {
+    "better": "better", "baseline": "baseline", "scored_by": "scoredBy", "n": "n", "win_rate": "winRate",
+    "win_rate_ci": "winRateCi", "reward_mean": "rewardMean", "baseline_reward_mean": "baselineRewardMean",
+    "reward_diff": "rewardDiff", "reward_diff_ci": "rewardDiffCi", "kl": "kl", "response_length": "responseLength",
+    "baseline_response_length": "baselineResponseLength", "split_seed": "splitSeed",
+}
+EVALUATION_SAMPLE_KEYS = {
+    "prompt": "prompt", "response": "response", "baseline_response": "baselineResponse", "score": "score",
+    "baseline_score": "baselineScore",
+}
+MAX_EVALUATION_SAMPLES = 8
 
 
 class JobProgress:
@@ -443,7 +457,7 @@ def result_metrics(result: Any) -> dict[str, Any]:
         name: _finite(result.reward_model_metrics.get(key))
         for key, name in REWARD_MODEL_KEYS.items() if key in result.reward_model_metrics
     }
-    return {
+    metrics = {
         "rewardMean": _finite(result.final_reward_mean),
         "rewardStd": _finite(result.final_reward_std),
         "kl": _finite(result.final_kl),
@@ -453,6 +467,27 @@ def result_metrics(result: Any) -> dict[str, Any]:
         "warnings": list(result.warnings),
         "history": [history_entry(step) for step in result.history],
     }
+    evaluation = evaluation_metrics(result.evaluation)
+    if evaluation is not None:
+        metrics["evaluation"] = evaluation
+    return metrics
+
+
+def evaluation_metrics(evaluation: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """TrainingResult.evaluation as stored in metrics: camelCase figures, or {"skipped": reason}; None for none
+    (a run from before versions were evaluated)."""
+    if not isinstance(evaluation, dict):
+        return None
+    if "skipped" in evaluation:
+        return {"skipped": str(evaluation["skipped"])}
+    block = {name: _finite_json(evaluation.get(key)) for key, name in EVALUATION_KEYS.items()}
+    heldout = evaluation.get("heldout_prompts")
+    block["heldoutPrompts"] = len(heldout) if isinstance(heldout, (list, tuple)) else _finite(heldout)
+    block["samples"] = [
+        {name: _finite_json(sample.get(key)) for key, name in EVALUATION_SAMPLE_KEYS.items()}
+        for sample in (evaluation.get("samples") or [])[:MAX_EVALUATION_SAMPLES] if isinstance(sample, dict)
+    ]
+    return block
 
 
 def _finite(value: Any) -> Any:
@@ -460,6 +495,13 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _finite_json(value: Any) -> Any:
+    """_finite, also inside lists (an interval's bounds)."""
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return _finite(value)
 
 
 class ProgressBars:
