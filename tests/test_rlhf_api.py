@@ -322,7 +322,7 @@ def test_bad_training_fields_are_400_named_as_sent(api, body, path, message):
 @pytest.mark.parametrize("body, fragment", [
     ({"batchSize": 0}, "batch_size"),
     ({"miniBatchSize": 16, "batchSize": 8}, "mini_batch_size"),
-    ({"algorithm": "dpo"}, "algorithm"),
+    ({"algorithm": "a2c"}, "algorithm"),
     ({"rewardModelConfig": {"loraDropout": 1.5}}, "lora_dropout"),
     # A dry run calibrates with the request's batch: a million rollouts would exhaust the web process's memory.
     ({"batchSize": 1_000_000, "miniBatchSize": 1}, "batch_size must be at most 4096"),

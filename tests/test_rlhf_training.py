@@ -98,7 +98,7 @@ class TestTrainingConfig:
         ("use_lora", "yes", "use_lora must be of type bool"),
         ("mini_batch_size", 64, r"mini_batch_size \(64\) cannot exceed batch_size"),
         ("device", "tpu", "device must be one of"),
-        ("algorithm", "dpo", "algorithm must be one of"),
+        ("algorithm", "a2c", "algorithm must be one of"),
         ("lora_dropout", 1.0, "lora_dropout must be in"),
         ("reward_model_config", {"num_epochs": 0}, "num_epochs must be a positive number"),
         ("batch_size", 1_000_000, "batch_size must be at most 4096"),
@@ -361,8 +361,8 @@ class TestRLHFTrainer:
         assert "Training failed: BaseModelUnavailable" in (output_dir / "training.log").read_text()
 
     def test_invalid_algorithm_is_a_config_error(self, tmp_path):
-        with pytest.raises(ConfigError, match="algorithm must be one of ppo, rloo, grpo"):
-            RLHFTrainer(tiny_config(algorithm="dpo")).train(feedbacks=toy_feedback(), output_dir=tmp_path / "v1")
+        with pytest.raises(ConfigError, match="algorithm must be one of ppo, rloo, grpo, kto, dpo"):
+            RLHFTrainer(tiny_config(algorithm="a2c")).train(feedbacks=toy_feedback(), output_dir=tmp_path / "v1")
         with pytest.raises(ConfigError, match="RLOO compares completions of the same prompt: batch_size must be even"):
             tiny_config(algorithm="rloo", batch_size=3, mini_batch_size=1)  # refused with the request, before training
         assert not (tmp_path / "v1").exists()

@@ -86,7 +86,8 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def estimate_training(*, agent: Agent, config: "TrainingConfig") -> "TrainingEstimate":
-    """The dry run on the agent's scored feedback. Raises InsufficientFeedbackError below the minimum.
+    """The dry run on the agent's scored feedback. Raises InsufficientFeedbackError below the minimum, ConfigError
+    when KTO/DPO cannot train on it (as start_training).
 
     The first estimate for a model/device/batch combination measures a miniature run (seconds on the tiny
     models) and caches the timings under MODELS_DIR; see training.rlhf.estimate.
@@ -96,7 +97,18 @@ def estimate_training(*, agent: Agent, config: "TrainingConfig") -> "TrainingEst
     records = selectors.feedback_records(selectors.scored_feedback(agent=agent))
     if len(records) < MIN_FEEDBACK:  # before loading any model
         raise InsufficientFeedbackError(len(records))
+    check_preference_feedback(records=records, config=config)
     return RLHFTrainer(config, models_dir=settings.MODELS_DIR).estimate(records)
+
+
+def check_preference_feedback(*, records: list[dict], config: "TrainingConfig") -> None:
+    """KTO/DPO: raise ConfigError when the feedback yields one class only or too few pairs (the message says how
+    many it found), so that the request is refused instead of a job failing later. Other algorithms: nothing."""
+    from training.rlhf.data import prepare_feedback  # noqa: PLC0415
+    from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data  # noqa: PLC0415
+
+    if config.algorithm in PREFERENCE_ALGORITHMS:
+        check_preference_data(prepare_feedback(records).records, config)
 
 
 # --- queueing ---------------------------------------------------------------------------------------------------
@@ -105,10 +117,12 @@ def start_training(
 ) -> PolicyVersion:
     """Create the agent's next version (queued) on its scored feedback and enqueue its training job.
 
-    Raises InsufficientFeedbackError below the minimum. ``enqueue=False`` is for callers that train the version
-    themselves (``manage.py train_policy`` in-process: claim_version, then run_version).
+    Raises InsufficientFeedbackError below the minimum, ConfigError when KTO/DPO cannot train on this feedback (one
+    class only, too few pairs). ``enqueue=False`` is for callers that train the version themselves (``manage.py
+    train_policy`` in-process: claim_version, then run_version).
     """
     from training.rlhf import MIN_FEEDBACK, InsufficientFeedbackError  # noqa: PLC0415
+    from training.rlhf.preference_data import PREFERENCE_ALGORITHMS  # noqa: PLC0415
 
     with transaction.atomic():
         # Two concurrent starts for one agent must not both take number max+1. On PostgreSQL the agent's row
@@ -118,6 +132,9 @@ def start_training(
         feedback_ids = list(selectors.scored_feedback(agent=agent).values_list("id", flat=True))
         if len(feedback_ids) < MIN_FEEDBACK:
             raise InsufficientFeedbackError(len(feedback_ids))
+        if config.algorithm in PREFERENCE_ALGORITHMS:  # read the rows only for them
+            records = selectors.feedback_records(selectors.scored_feedback(agent=agent))  # the rows counted above
+            check_preference_feedback(records=records, config=config)
         number = (PolicyVersion.objects.filter(agent=agent).aggregate(n=Max("number"))["n"] or 0) + 1
         version = PolicyVersion.objects.create(
             agent=agent, number=number, status=Status.QUEUED, config=config.to_dict(),

@@ -1,4 +1,4 @@
-"""n3's training core: reward model + PPO (or TRL's RLOO/GRPO) on feedback records.
+"""n3's training core: reward model + PPO (or TRL's RLOO/GRPO, or KTO/DPO on the scores) on feedback records.
 
 Django-free on purpose: use it from a notebook exactly as the service does.
 

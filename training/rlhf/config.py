@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from .errors import ConfigError
 
-ALGORITHMS = ("ppo", "rloo", "grpo")
+ALGORITHMS = ("ppo", "rloo", "grpo", "kto", "dpo")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Ceilings far above any real run, so a typo (or a hostile request) cannot ask a dry run's calibration or a
@@ -50,7 +50,7 @@ class TrainingConfig:
     """A training run. Field names follow the spec and TRL's old PPOConfig where they overlap."""
 
     base_model: str = "gpt2"  # hub id, local path, or "n3-tiny" (built locally, offline)
-    algorithm: str = "ppo"  # "ppo" (ours), or TRL's "rloo" / "grpo"
+    algorithm: str = "ppo"  # "ppo" (ours), or TRL's "rloo" / "grpo" (reward model), "kto" / "dpo" (the scores)
     # LoRA on the policy. With LoRA the KL reference is the same network with the adapter disabled.
     use_lora: bool = True
     lora_r: int = 8
@@ -76,6 +76,10 @@ class TrainingConfig:
     gamma: float = 1.0
     lam: float = 0.95
     whiten_rewards: bool = False
+    # KTO and DPO learn from the scored feedback itself (preference_data.py)
+    kto_desirable_threshold: float = 0.6  # KTO: a response scored >= this is desirable
+    kto_undesirable_threshold: float = 0.4  # KTO: <= this is undesirable; the scores in between are left out
+    dpo_pair_margin: float = 0.2  # DPO: two responses to one prompt whose scores differ by this much make a pair
     # Generation (sampling: top_k=0, top_p=1 so logprobs are the policy's own)
     max_new_tokens: int = 48
     max_prompt_length: int = 256
@@ -128,6 +132,17 @@ class TrainingConfig:
                 f"{self.algorithm.upper()} compares completions of the same prompt: batch_size must be even, "
                 f"got {self.batch_size}"
             )
+        _in_range(self, "kto_desirable_threshold", 0.0, 1.0)
+        _in_range(self, "kto_undesirable_threshold", 0.0, 1.0)
+        if self.kto_undesirable_threshold >= self.kto_desirable_threshold:
+            raise ConfigError(
+                f"kto_undesirable_threshold ({self.kto_undesirable_threshold}) must be below kto_desirable_threshold "
+                f"({self.kto_desirable_threshold})"
+            )
+        _positive(self, "dpo_pair_margin")
+        _in_range(self, "dpo_pair_margin", 0.0, 1.0)
+        if self.algorithm == "kto" and self.batch_size < 2:
+            raise ConfigError("KTO estimates its KL term from the other examples of a batch: batch_size must be >= 2")
         if self.mini_batch_size > self.batch_size:
             raise ConfigError(
                 f"mini_batch_size ({self.mini_batch_size}) cannot exceed batch_size ({self.batch_size})"

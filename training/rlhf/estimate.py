@@ -29,6 +29,7 @@ import torch
 from .config import TrainingConfig
 from .data import FeedbackRecord
 from .errors import MIN_FEEDBACK
+from .preference_data import PREFERENCE_ALGORITHMS, preference_subset
 from .results import TrainingResult
 
 CALIBRATION_VERSION = 2  # bump when the training code's cost changes, so old measurements are not reused
@@ -106,18 +107,23 @@ def calibration_config(config: TrainingConfig) -> TrainingConfig:
 
 
 def calibration_records(records: list[FeedbackRecord], config: TrainingConfig) -> list[FeedbackRecord]:
-    """A seeded sample of the feedback, large enough for 2 reward-model batches per epoch."""
+    """A seeded sample of the feedback, large enough for 2 reward-model batches per epoch (for KTO and DPO, one
+    that still holds both classes or enough pairs)."""
     rm = config.reward_model_config
     wanted = max(MIN_FEEDBACK, math.ceil(2 * rm.batch_size / (1 - rm.validation_split)) + 2)
     if len(records) <= wanted:
         return list(records)
+    if config.algorithm in PREFERENCE_ALGORITHMS:
+        return preference_subset(records, config, wanted)
     return random.Random(config.seed).sample(records, wanted)
 
 
 def calibration_from_result(result: TrainingResult) -> Calibration:
     """Split a miniature run's timings into fixed costs and per-step costs."""
     timings, rm = result.timings, result.reward_model_metrics
-    step_s = [h["timing/generate_s"] + h["timing/score_s"] + h["timing/update_s"] for h in result.history]
+    # None: a phase the algorithm does not have apart (KTO/DPO score inside their update)
+    phases = ("timing/generate_s", "timing/score_s", "timing/update_s")
+    step_s = [sum(h[k] or 0.0 for k in phases) for h in result.history]
     rm_eval_batches = rm["epochs"] * math.ceil(rm["val_size"] / result.config["reward_model_config"]["batch_size"])
     rm_eval_s = rm["eval_seconds"]
     rm_train_s = rm["fit_seconds"] - rm_eval_s

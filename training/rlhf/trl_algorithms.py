@@ -49,6 +49,9 @@ equivalent for are None.
 
 Under a launcher (N3_TRAINING_LAUNCHER="accelerate launch ...") TRL's trainer is data-parallel by itself and rank 0's
 cancel decision reaches every process (distributed.should_stop); that path is not exercised by the tests (PPO's is).
+
+trl_preference.py (KTO, DPO) runs TRL's preference trainers with this module's shared pieces: trainer_args,
+micro_batch_size, prompt_queries, StepRecorder and run_trainer.
 """
 from __future__ import annotations
 
@@ -106,51 +109,73 @@ def train_trl(
     num_generations = _num_generations(config.batch_size)
     per_step_prompts = config.batch_size // num_generations
     prompts = prompts * math.ceil(per_step_prompts / len(prompts))  # TRL drops a step it cannot fill with prompts
-    queries = _queries(tokenizer, prompts, config.max_prompt_length)
+    queries = prompt_queries(tokenizer, prompts, config.max_prompt_length)
     dataset = Dataset.from_dict({"prompt": queries, "raw_prompt": prompts})
-    recorder = _StepRecorder(algorithm, config, callback, log)
-    was_training = policy.training
+    recorder = StepRecorder(algorithm, config, callback, log)
     with tempfile.TemporaryDirectory(prefix=f"n3-{algorithm}-") as scratch:
         trainer = trainer_cls(
             model=policy, reward_funcs=_reward_func(reward_fn, recorder), processing_class=tokenizer,
             args=config_cls(**trl_args(config, device, scratch, num_generations)), train_dataset=dataset,
             callbacks=[recorder],
         )
-        if isinstance(policy, PeftModel) and "ref" in policy.peft_config:
-            policy.delete_adapter("ref")  # reference = adapter disabled (see the module docstring)
-        for quiet in (PrinterCallback, HFProgressCallback):  # they print every log dict to stdout
-            trainer.remove_callback(quiet)
         _time_phases(trainer, recorder)
-        try:
-            trainer.train()
-            if recorder.cancelled_at is not None:
-                raise TrainingCancelled(
-                    f"Training cancelled after {algorithm.upper()} step {recorder.cancelled_at} of {config.max_steps}"
-                )
-        except (TrainingCancelled, NonFiniteError) as exc:
-            exc.history = recorder.history
-            raise
-        finally:
-            policy.train(was_training)
+        return run_trainer(trainer, policy=policy, recorder=recorder)
+
+
+def run_trainer(trainer, *, policy: torch.nn.Module, recorder: "StepRecorder") -> list[dict]:
+    """trainer.train() the way every TRL algorithm here runs: against the adapter-disabled reference, quiet, and
+    raising TrainingCancelled / NonFiniteError with the steps that ran as `exc.history`. Returns the history."""
+    algorithm, config = recorder.algorithm, recorder.config
+    if isinstance(policy, PeftModel) and "ref" in policy.peft_config:
+        policy.delete_adapter("ref")  # reference = adapter disabled (see the module docstring)
+    for quiet in (PrinterCallback, HFProgressCallback):  # they print every log dict to stdout
+        trainer.remove_callback(quiet)
+    was_training = policy.training
+    try:
+        trainer.train()
+        if recorder.cancelled_at is not None:
+            raise TrainingCancelled(
+                f"Training cancelled after {algorithm.upper()} step {recorder.cancelled_at} of {config.max_steps}"
+            )
+    except (TrainingCancelled, NonFiniteError) as exc:
+        exc.history = recorder.history
+        raise
+    finally:
+        policy.train(was_training)
     return recorder.history
 
 
 def trl_args(config: TrainingConfig, device: torch.device, output_dir: str, num_generations: int) -> dict[str, Any]:
     """RLOOConfig/GRPOConfig keyword arguments for `config` (the table in the module docstring)."""
-    micro = next(d for d in range(min(config.mini_batch_size, config.batch_size), 0, -1) if config.batch_size % d == 0)
+    return dict(
+        trainer_args(config, device, output_dir, micro_batch=micro_batch_size(config)),
+        num_generations=num_generations, num_iterations=1, epsilon=config.cliprange, beta=config.init_kl_coef,
+        max_completion_length=config.max_new_tokens, temperature=config.temperature, top_k=0, top_p=1.0,
+    )
+
+
+def trainer_args(config: TrainingConfig, device: torch.device, output_dir: str, *, micro_batch: int) -> dict[str, Any]:
+    """The keyword arguments every TRL config here shares: one optimizer step per `batch_size` examples, taken in
+    micro-batches of `micro_batch`; AdamW at a constant rate; nothing written outside output_dir."""
     dtype = resolve_dtype(config.dtype, device)
     return dict(
         output_dir=output_dir, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True,
         logging_nan_inf_filter=False,  # the Trainer would otherwise log a NaN loss as the previous average
         max_steps=config.max_steps, learning_rate=config.learning_rate, lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, optim="adamw_torch", max_grad_norm=config.max_grad_norm,
-        per_device_train_batch_size=micro, gradient_accumulation_steps=config.batch_size // micro,
-        num_generations=num_generations, num_iterations=1, epsilon=config.cliprange, beta=config.init_kl_coef,
-        max_completion_length=config.max_new_tokens, temperature=config.temperature, top_k=0, top_p=1.0,
+        per_device_train_batch_size=micro_batch, gradient_accumulation_steps=config.batch_size // micro_batch,
         seed=config.seed, data_seed=config.seed, use_cpu=device.type == "cpu",
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
         gradient_checkpointing=False, disable_dropout=True,  # as PPO: dropout off, no recomputation
     )
+
+
+def micro_batch_size(config: TrainingConfig, *, minimum: int = 1) -> int:
+    """The largest divisor of batch_size that is <= mini_batch_size (a step is then exactly one batch), or, when
+    none of those is >= `minimum`, the smallest divisor that is."""
+    divisors = [d for d in range(minimum, config.batch_size + 1) if config.batch_size % d == 0]
+    fitting = [d for d in divisors if d <= config.mini_batch_size]
+    return max(fitting) if fitting else min(divisors)
 
 
 def _num_generations(batch_size: int) -> int:
@@ -158,7 +183,7 @@ def _num_generations(batch_size: int) -> int:
     return 4 if batch_size % 4 == 0 else 2
 
 
-def _queries(tokenizer, prompts: list[str], max_prompt_length: int) -> list[str]:
+def prompt_queries(tokenizer, prompts: list[str], max_prompt_length: int) -> list[str]:
     """format_query(prompt), cut to its last max_prompt_length tokens (TRL re-tokenizes the text)."""
     queries = []
     for prompt, ids in zip(prompts, tokenizer([format_query(p) for p in prompts])["input_ids"]):
@@ -167,7 +192,7 @@ def _queries(tokenizer, prompts: list[str], max_prompt_length: int) -> list[str]
     return queries
 
 
-def _reward_func(reward_fn: RewardFn, recorder: "_StepRecorder") -> Callable[..., list[float]]:
+def _reward_func(reward_fn: RewardFn, recorder: "StepRecorder") -> Callable[..., list[float]]:
     """TRL's reward-function protocol around ours: it gets the raw prompts (the reward model formats them itself)."""
 
     def reward_model(prompts: list[str], completions: list[str], raw_prompt: list[str], **_: Any) -> list[float]:
@@ -182,7 +207,7 @@ def _reward_func(reward_fn: RewardFn, recorder: "_StepRecorder") -> Callable[...
     return reward_model
 
 
-def _time_phases(trainer, recorder: "_StepRecorder") -> None:
+def _time_phases(trainer, recorder: "StepRecorder") -> None:
     """Time TRL's generation and generation+scoring methods (instance attributes shadow the class's)."""
     for name, phase in (("_generate", "generate"), ("_generate_and_score_completions", "rollout")):
         method = getattr(trainer, name, None)
@@ -200,8 +225,11 @@ def _time_phases(trainer, recorder: "_StepRecorder") -> None:
         setattr(trainer, name, timed)
 
 
-class _StepRecorder(TrainerCallback):
-    """TRL's per-step logs -> our metrics dicts, training.log lines, Progress callbacks, NaN guard, cancellation."""
+class StepRecorder(TrainerCallback):
+    """TRL's per-step logs -> our metrics dicts, training.log lines, Progress callbacks, NaN guard, cancellation.
+
+    `metrics` maps one step's logs to METRIC_KEYS; trl_preference.py overrides it for KTO and DPO.
+    """
 
     def __init__(
         self, algorithm: str, config: TrainingConfig, callback: Optional[ProgressCallback], log: logging.Logger,
@@ -219,7 +247,7 @@ class _StepRecorder(TrainerCallback):
         if "loss" not in logs or state.global_step <= len(self.history):  # the end-of-training summary, not a step
             return
         elapsed = time.perf_counter() - self.started
-        stats = self._metrics(state.global_step, logs, elapsed)
+        stats = self.metrics(state.global_step, logs, elapsed)
         for name, value in (("reward", stats["objective/scores"]), ("loss", stats["loss/total"]),
                             ("KL", stats["objective/kl"]), ("gradient norm", logs.get("grad_norm"))):
             if value is not None and not math.isfinite(value):
@@ -229,8 +257,8 @@ class _StepRecorder(TrainerCallback):
                 )
         self.history.append(stats)
         self.log.info(
-            "%s step %d/%d reward=%.4f kl=%s loss=%.4f tokens/s=%.1f", self.algorithm, stats["step"],
-            self.config.max_steps, stats["objective/scores"], _fmt(stats["objective/kl"]), stats["loss/total"],
+            "%s step %d/%d reward=%s kl=%s loss=%.4f tokens/s=%.1f", self.algorithm, stats["step"],
+            self.config.max_steps, _fmt(stats["objective/scores"]), _fmt(stats["objective/kl"]), stats["loss/total"],
             stats["tokens_per_s"],
         )
         progress = Progress(phase="policy", step=stats["step"], total=self.config.max_steps, metrics=stats)
@@ -241,7 +269,7 @@ class _StepRecorder(TrainerCallback):
             control.should_training_stop = True
         return control
 
-    def _metrics(self, step: int, logs: dict, elapsed: float) -> dict:
+    def metrics(self, step: int, logs: dict, elapsed: float) -> dict:
         length = logs.get("completions/mean_length")
         kl_per_token = logs.get("kl")
         kl = kl_per_token * length if kl_per_token is not None and length is not None else None
