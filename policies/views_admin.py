@@ -364,9 +364,10 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
 
 # metrics.rewardModel as training.services names it, in reading order, with words for people.
 REWARD_MODEL_LABELS = {
-    "valMse": "Validation MSE", "valMseBaseline": "Validation MSE of predicting the mean",
+    "validation": "Validated by", "valMse": "Validation MSE", "valMseBaseline": "Validation MSE of predicting the mean",
     "pearson": "Pearson r (validation)", "spearman": "Spearman rank r (validation)", "trainLoss": "Training loss",
-    "trainSize": "Training samples", "valSize": "Validation samples", "epochs": "Epochs", "fitSeconds": "Fit time (s)",
+    "trainSize": "Training samples", "valSize": "Validation samples", "epochs": "Epochs (at most)", "bestEpoch": "Epochs kept (best validation MSE)",
+    "fitSeconds": "Fit time (s)",
 }
 
 

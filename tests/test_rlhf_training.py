@@ -184,7 +184,11 @@ def reward_model():
 class TestRewardModel:
     def test_fit_beats_the_predict_the_mean_baseline(self, reward_model):
         metrics = reward_model.metrics
-        assert (metrics["train_size"], metrics["val_size"]) == (30, 10)
+        # 40 records (< cross_validation_below): every record predicted once by a fold model that never saw it
+        assert metrics["validation"] == "5-fold cross-validation"
+        assert (metrics["train_size"], metrics["val_size"]) == (40, 40)
+        assert 1 <= metrics["best_epoch"] <= 8 and len(metrics["history"]) == 8
+        assert reward_model.warnings == []
         assert metrics["val_mse"] < 0.5 * metrics["val_mse_baseline"], metrics
         assert metrics["val_pearson"] > 0.5, metrics
         # a topic it never saw: it learned the preference, not the prompts
@@ -296,6 +300,31 @@ class TestRLHFTrainer:
         log = (output_dir / "training.log").read_text()
         assert [f"ppo step {i}/4" in log for i in range(1, 5)] == [True] * 4
         assert "reward model epoch 3/3" in log and "Training complete" in log
+
+    def test_version_evaluates_itself_against_its_base_on_heldout_prompts(self, trained):
+        result, output_dir, events, _ = trained
+        evaluation = result.evaluation
+        # 20 distinct prompts, eval_fraction 0.2: 4 held out of every step of training, 2 samples each
+        assert len(evaluation["heldout_prompts"]) == 4 and evaluation["n"] == 8
+        assert result.reward_model_metrics["train_size"] == 2 * (len(TOPICS) - 4)  # their records never trained
+        assert evaluation["baseline"] == f"base model {MODEL}"
+        low, high = evaluation["win_rate_ci"]
+        assert 0 <= low <= evaluation["win_rate"] <= high <= 1
+        assert evaluation["better"] == (low > 0.5)
+        assert evaluation["reward_diff"] == pytest.approx(evaluation["reward_mean"] - evaluation["baseline_reward_mean"])
+        assert evaluation["kl"] >= 0 and evaluation["response_length"] > 0
+        assert {s["prompt"] for s in evaluation["samples"]} <= set(evaluation["heldout_prompts"])
+        assert json.loads((output_dir / "training_results.json").read_text())["evaluation"] == evaluation
+        phases = [e.phase for e in events]
+        assert phases.index("policy") < phases.index("evaluation") < phases.index("saving")
+        assert "evaluation against base model" in (output_dir / "training.log").read_text()
+
+    def test_results_written_before_evaluations_existed_still_load(self, trained, tmp_path):
+        _, output_dir, _, _ = trained
+        data = json.loads((output_dir / "training_results.json").read_text())
+        del data["evaluation"]
+        (tmp_path / "training_results.json").write_text(json.dumps(data))
+        assert TrainingResult.load(tmp_path).evaluation is None
 
     def test_training_results_load_from_file_or_directory(self, trained):
         result, output_dir, _, _ = trained

@@ -38,6 +38,8 @@ def test_trains_in_process_and_records_the_version_like_the_api(agent, capsys):
     assert (version.config["learning_rate"], version.config["max_new_tokens"]) == (1e-4, 6)
     assert version.config["reward_model_config"]["num_epochs"] == 1  # the agent's defaults still apply
     assert "bot v1 trained" in out and f"Policy: {version.model_path}" in out
+    # the version's evaluation against its base on the held-out prompts, in words
+    assert "Evaluation: " in out and "its start (base model n3-tiny-random): win rate" in out, out
     assert (Path(version.model_path) / "config.json").exists()
     assert [h["step"] for h in version.metrics["history"]] == [1, 2]
     bars = capsys.readouterr().err  # tqdm draws on stderr

@@ -388,7 +388,7 @@ SPEC_KEYS = {"rewardMean": "objective/scores", "rewardStd": "objective/scores_st
 REWARD_MODEL_KEYS = {
     "val_mse": "valMse", "val_mse_baseline": "valMseBaseline", "val_pearson": "pearson", "val_spearman": "spearman",
     "train_loss": "trainLoss", "train_size": "trainSize", "val_size": "valSize", "epochs": "epochs",
-    "fit_seconds": "fitSeconds",
+    "fit_seconds": "fitSeconds", "validation": "validation", "best_epoch": "bestEpoch",
 }
 # TrainingResult.evaluation's figures as the API names them (training.rlhf.results). All are written, None when the
 # core left one out, so the block has one shape. heldout_prompts is stored as its count; the samples (at most 8) are

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import MIN_FEEDBACK, FeedbackFormatError, InsufficientFeedbackError
+
+if TYPE_CHECKING:  # config imports nothing from here, but the annotation is all this module needs of it
+    from .config import TrainingConfig
 
 # Below this many scored samples the reward model is likely to overfit (the spec: "Use more feedback data (> 50 samples)").
 RECOMMENDED_FEEDBACK = 50
@@ -150,3 +154,36 @@ def train_val_split(
     train = [r for i, r in enumerate(records) if i not in held_out]
     val = [r for i, r in enumerate(records) if i in held_out]
     return train, val
+
+
+MIN_TRAIN_PROMPTS = 3
+
+
+def heldout_split(prompts: Sequence[str], config: "TrainingConfig") -> tuple[set[str], Optional[str]]:
+    """The distinct prompts held out of training: (held-out set, None), or (empty set, why none are held out).
+
+    A fixed, seeded split: the distinct prompts are ranked by a hash of (seed, prompt) and the first ones held out,
+    so the same feedback and seed always hold out the same prompts, whatever the records' order.
+    Holds out `eval_fraction` of the distinct prompts (at least 2, at most `eval_max_prompts`), but never so many
+    that fewer than `MIN_TRAIN_PROMPTS` distinct prompts, or fewer than MIN_FEEDBACK records, are left to train on.
+    Torch-free: the dry run and the web process count what will train with it.
+    """
+    distinct = sorted(set(prompts))
+    if config.eval_fraction == 0:
+        return set(), "evaluation is off (eval_fraction 0)"
+    count = min(max(2, round(config.eval_fraction * len(distinct))), config.eval_max_prompts)
+    if len(distinct) - count < MIN_TRAIN_PROMPTS:
+        return set(), (
+            f"only {len(distinct)} distinct prompts: at least {MIN_TRAIN_PROMPTS + 2} are needed to hold some out "
+            "for the evaluation"
+        )
+    ranked = sorted(distinct, key=lambda p: zlib.crc32(f"{config.seed}\0{p}".encode("utf-8")))
+    heldout = set(ranked[:count])
+    left = sum(p not in heldout for p in prompts)
+    if left < MIN_FEEDBACK:
+        return set(), (
+            f"holding out {count} prompts would leave {left} records to train on (minimum {MIN_FEEDBACK}): "
+            "more feedback is needed for an evaluation"
+        )
+    return heldout, None
+

@@ -31,3 +31,7 @@ class TrainingCancelled(RLHFError):
 
 class NonFiniteError(RLHFError):
     """A loss, reward or KL became NaN or infinite: training stops instead of saving garbage."""
+
+
+class RewardModelQualityError(RLHFError):
+    """The reward model fitted poorly and reward_model_config.on_poor_fit is "fail"."""

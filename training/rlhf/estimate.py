@@ -138,10 +138,22 @@ def calibration_from_result(result: TrainingResult) -> Calibration:
     )
 
 
-def extrapolate(calibration: Calibration, config: TrainingConfig, *, n_train: int, n_val: int) -> float:
-    """Seconds the full run should take."""
+def extrapolate(calibration: Calibration, config: TrainingConfig, *, n_records: int) -> float:
+    """Seconds the full run should take on `n_records` (the feedback left for training after the held-out prompts).
+
+    The reward model's fit: with cross-validation every fold fits (k-1)/k of the records for num_epochs and the
+    kept model fits all of them (at most num_epochs: counted in full), every record predicted once per epoch;
+    otherwise one fit on the training split, the validation split predicted once per epoch.
+    """
     rm = config.reward_model_config
-    rm_steps = rm.num_epochs * math.ceil(n_train / rm.batch_size)
+    if rm.cross_validates(n_records):
+        folds = min(rm.cv_folds, n_records)
+        fits = [n_records] + [n_records - n_records // folds] * folds
+        n_val = n_records
+    else:
+        n_val = min(max(2, round(n_records * rm.validation_split)), n_records - 2) if rm.validation_split > 0 else 0
+        fits = [n_records - n_val]
+    rm_steps = rm.num_epochs * sum(math.ceil(n / rm.batch_size) for n in fits)
     rm_eval_batches = rm.num_epochs * math.ceil(n_val / rm.batch_size)
     return (
         calibration.fixed_s

@@ -44,6 +44,9 @@ from .modeling import resolve_dtype
 from .progress import Progress, ProgressCallback
 
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
+# Reward normalisation divides by the reward model's spread; a model that predicts (almost) one value must not turn
+# its rounding noise into a unit-scale reward.
+MIN_REWARD_STD = 0.01
 
 # The keys of each step's metrics dict (TRL's names where TRL has one).
 METRIC_KEYS = (
@@ -81,8 +84,16 @@ def train_ppo(
     device: torch.device,
     callback: Optional[ProgressCallback] = None,
     log: Optional[logging.Logger] = None,
+    reward_stats: Optional[tuple[float, float]] = None,
+    **_: object,
 ) -> list[dict]:
     """Train `policy` in place with PPO for `config.max_steps` steps; return one metrics dict per step.
+
+    `reward_stats` is the reward model's (mean, std) over the feedback's responses: with `config.normalize_reward`
+    the score PPO maximises is (score - mean) / std, so the reward has unit scale whatever the reward model's
+    spread (a model fitted to a few scores predicts a narrow band around their mean; raw, that signal would be lost
+    next to the KL penalty and the value head's error), and the critic's initial 0 is the average response.
+    Logged scores stay the reward model's own 0..1.
 
     `policy` is a causal LM on `device`; with `config.use_lora` it must be a peft PeftModel and the KL reference
     is the same model with the adapter disabled, otherwise a frozen copy is made here. The query is
@@ -149,6 +160,8 @@ def train_ppo(
             if config.missing_eos_penalty is not None:
                 ended = (response_ids == eos_id).any(dim=1)  # [B]
                 rl_scores = scores - config.missing_eos_penalty * (~ended).float()
+            if config.normalize_reward and reward_stats is not None:
+                rl_scores = (rl_scores - reward_stats[0]) / max(reward_stats[1], MIN_REWARD_STD)
             rewards, kl = compute_rewards(rl_scores, logprobs, ref_logprobs, response_mask, kl_coef)  # [B, R] each
             kl_per_response = kl.sum(dim=1)  # [B]
             # Every process's rollouts ([processes * B] each): the logged figures and the KL the controller sees
@@ -293,7 +306,10 @@ def forward_response(
     values = None
     if value_head is not None:
         hidden = out.hidden_states[-1][:, Q - 1:-1]  # [b, R, H]
-        values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1).float()  # [b, R]
+        # Detached: the value loss trains the head alone. With LoRA the policy has few parameters, and the critic's
+        # regression flowing into them moved the policy by noise (bench/effect_bench.py: less gold lost on held-out
+        # prompts at the same KL); the hidden states are still the policy's own.
+        values = value_head(hidden.detach().to(value_head.weight.dtype)).squeeze(-1).float()  # [b, R]
     entropy = None
     if with_entropy:
         with torch.no_grad():

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .config import TrainingConfig
-from .data import FeedbackRecord
+from .data import FeedbackRecord, heldout_split
 from .errors import ConfigError
 
 PREFERENCE_ALGORITHMS = ("kto", "dpo")
@@ -129,8 +129,13 @@ def dpo_pairs(
 def check_preference_data(records: list[FeedbackRecord], config: TrainingConfig) -> None:
     """Raise ConfigError when `config.algorithm` is KTO or DPO and `records` cannot train it; other algorithms pass.
 
-    The same construction the training runs, so a request accepted here does not fail on its data later.
+    The same construction the training runs, on the records it trains on (the evaluation's held-out prompts set
+    aside), so a request accepted here does not fail on its data later.
     """
+    if config.algorithm not in PREFERENCE_ALGORITHMS:
+        return
+    heldout, _ = heldout_split([r.prompt for r in records], config)
+    records = [r for r in records if r.prompt not in heldout]
     if config.algorithm == "kto":
         kto_data(
             records, desirable_threshold=config.kto_desirable_threshold,

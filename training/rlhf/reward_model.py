@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -35,7 +36,7 @@ from . import distributed
 from .base_models import hub_allowed, load_tokenizer, resolve_base_model, unavailable_message
 from .config import RewardModelConfig
 from .data import FeedbackRecord, format_text, train_val_split
-from .errors import BaseModelUnavailable, TrainingCancelled
+from .errors import BaseModelUnavailable, RewardModelQualityError, TrainingCancelled
 from .modeling import lora_config_for
 from .progress import Progress, ProgressCallback
 
@@ -58,6 +59,9 @@ class RewardModel(nn.Module):
         self.base_model_path = getattr(backbone.peft_config["default"], "base_model_name_or_path", None)
         self.autocast_dtype = autocast_dtype  # bf16/fp16 on GPUs: weights stay float32, matmuls run in autocast
         self.metrics: dict[str, Any] = {}
+        # (mean, std) of this model's scores over the feedback's responses: PPO's reward normalisation
+        self.score_stats: Optional[tuple[float, float]] = None
+        self.warnings: list[str] = []  # the fit's quality check (quality_warnings)
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +119,7 @@ class RewardModel(nn.Module):
             "output": "clamp(head, 0, 1)",
             "lora": {"r": lora.r, "lora_alpha": lora.lora_alpha, "lora_dropout": lora.lora_dropout},
             "metrics": self.metrics,
+            "score_stats": self.score_stats,
         }, indent=2, allow_nan=False))
         return path
 
@@ -161,6 +166,7 @@ def load_reward_model(
         body, head, tokenizer, base_model=base_model, max_length=saved["max_length"], autocast_dtype=autocast_dtype,
     ).to(torch.device(device))
     model.metrics = saved.get("metrics", {})
+    model.score_stats = tuple(saved["score_stats"]) if saved.get("score_stats") else None
     return model.eval()
 
 
@@ -178,95 +184,202 @@ def fit_reward_model(
     autocast_dtype: Optional[torch.dtype] = None, seed: int = 42, models_dir: Union[str, Path, None] = None,
     callback: Optional[ProgressCallback] = None, log: Optional[logging.Logger] = None,
 ) -> RewardModel:
-    """Fit a reward model to the scored feedback; its `metrics` hold the fit's figures.
+    """Fit a reward model to the scored feedback; its `metrics` hold the fit's figures and `warnings` its quality.
 
-    metrics: train_loss (last epoch's mean MSE), val_mse, val_mse_baseline (the untrained head, i.e. predicting
-    the mean training score), val_pearson, val_spearman (None when undefined: no validation set or a constant
-    prediction), train_size, val_size, epochs, steps, fit_seconds, eval_seconds, history (per epoch).
-    Raises TrainingCancelled when `callback` returns True.
+    Below `config.cross_validation_below` records: `cv_folds`-fold cross-validation measures the fit (every record
+    predicted once by a model that did not see it, pooled) and picks the epoch count with the lowest pooled MSE; the
+    kept model is then fitted on every record for that many epochs. Otherwise one stratified `validation_split` is
+    held out and the weights of the epoch with the lowest validation MSE are kept (early stopping).
+
+    metrics: validation ("5-fold cross-validation" or "holdout"), val_mse, val_mse_baseline (predicting the mean
+    training score), val_pearson, val_spearman (None when undefined), best_epoch, train_loss, train_size, val_size
+    (records predicted per epoch), epochs, steps (every optimizer step, folds included), fit_seconds, eval_seconds,
+    history (per epoch). Raises TrainingCancelled when `callback` returns True, RewardModelQualityError for a poor
+    fit when `config.on_poor_fit` is "fail".
     """
     log = log or logger
-    train, val = train_val_split(records, config.validation_split, seed)
-    train_mean = sum(r.score for r in train) / len(train)
-    torch.manual_seed(seed)
-    model = build_reward_model(
-        base_model, config, device=device, autocast_dtype=autocast_dtype, models_dir=models_dir, callback=callback,
-        initial_score=train_mean,
-    )
-    val_y = torch.tensor([r.score for r in val])
-    baseline = float(((val_y - train_mean) ** 2).mean()) if val else None
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-    # float16 autocast needs loss scaling against gradient underflow; for float32/bfloat16 this is a no-op.
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total = config.num_epochs * steps_per_epoch
-    order_rng = torch.Generator().manual_seed(seed)
-    log.info(
-        "reward model: %s + LoRA r=%d, %d train / %d validation samples, %d epochs x %d steps",
-        base_model, config.lora_r, len(train), len(val), config.num_epochs, steps_per_epoch,
-    )
-
-    history, step, eval_seconds = [], 0, 0.0
     started = time.perf_counter()
-    for epoch in range(1, config.num_epochs + 1):
-        model.train()  # lora_dropout and the body's dropout act as regularisers while fitting
-        losses = []
-        for batch_idx in torch.randperm(len(train), generator=order_rng).split(config.batch_size):
-            batch = [train[i] for i in batch_idx]
-            inputs = model.tokenize([r.prompt for r in batch], [r.response for r in batch])
-            target = torch.tensor([r.score for r in batch], device=model.device)
-            loss = nn.functional.mse_loss(model(**inputs), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            losses.append(loss.item())
-            step += 1
-            # Rank 0's callback decides for every process of a multi-process run (see distributed.should_stop).
-            if distributed.should_stop(lambda: callback is not None and callback(Progress(
-                phase="reward_model", step=step, total=total, metrics={"loss": loss.item(), "epoch": epoch},
-            ))):
-                raise TrainingCancelled(f"Training cancelled during reward model step {step} of {total}")
-        t0 = time.perf_counter()
-        val_metrics = evaluate(model, val) if val else {}
-        eval_seconds += time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": sum(losses) / len(losses), **val_metrics})
-        log.info(
-            "reward model epoch %d/%d train_loss=%.4f val_mse=%s (baseline %s)", epoch, config.num_epochs,
-            history[-1]["train_loss"], _fmt(val_metrics.get("val_mse")), _fmt(baseline),
-        )
+    fit = _Fit(config, base_model=base_model, device=device, autocast_dtype=autocast_dtype, seed=seed,
+               models_dir=models_dir, callback=callback, log=log, n_records=len(records))
+    if config.cross_validates(len(records)):
+        folds = cv_folds(records, config.cv_folds, seed)
+        predictions = [[0.0] * len(records) for _ in range(config.num_epochs)]  # [epoch][record]
+        baseline_sq = []
+        for k, held_out in enumerate(folds, start=1):
+            keep = set(held_out)
+            train = [r for i, r in enumerate(records) if i not in keep]
+            val = [records[i] for i in held_out]
+            mean = sum(r.score for r in train) / len(train)
+            baseline_sq += [(r.score - mean) ** 2 for r in val]
+            _, per_epoch = fit.run(train, val, epochs=config.num_epochs, what=f"fold {k}/{len(folds)}")
+            for epoch, pred in enumerate(per_epoch):
+                for i, p in zip(held_out, pred.tolist()):
+                    predictions[epoch][i] = p
+        target = torch.tensor([r.score for r in records])
+        history = [{"epoch": e + 1, **_compare(torch.tensor(p), target)} for e, p in enumerate(predictions)]
+        best = min(history, key=lambda h: h["val_mse"])
+        model, _ = fit.run(records, [], epochs=best["epoch"], what="all records")
+        validation, baseline, val_size = f"{len(folds)}-fold cross-validation", sum(baseline_sq) / len(records), len(records)
+    else:
+        train, val = train_val_split(records, config.validation_split, seed)
+        mean = sum(r.score for r in train) / len(train)
+        baseline = float(sum((r.score - mean) ** 2 for r in val) / len(val)) if val else None
+        model, per_epoch = fit.run(train, val, epochs=config.num_epochs, what="", keep_best=bool(val))
+        target = torch.tensor([r.score for r in val])
+        history = [{"epoch": e + 1, **_compare(p, target)} for e, p in enumerate(per_epoch)]
+        best = min(history, key=lambda h: h["val_mse"]) if history else {"epoch": config.num_epochs}
+        validation, val_size = "holdout", len(val)
     # Several processes (a launcher): each one fitted this same model on the same data in the same order, which is
     # simpler than splitting the data and averaging gradients and costs no wall time (they run side by side; the
     # fit is small next to PPO). Same seed alone is not enough on GPUs, whose kernels are not bitwise
     # deterministic, so rank 0's weights, the ones it saves, are copied to all: every PPO replica scores alike.
-    distributed.broadcast_parameters(trainable)
+    distributed.broadcast_parameters([p for p in model.parameters() if p.requires_grad])
     model.eval()
-    last = history[-1]
+    scores = model.score([r.prompt for r in records], [r.response for r in records])
+    model.score_stats = (float(scores.mean()), float(scores.std(correction=0)))
     model.metrics = {
-        "train_loss": last["train_loss"],
-        "val_mse": last.get("val_mse"),
+        "validation": validation,
+        "val_mse": best.get("val_mse"),
         "val_mse_baseline": baseline,
-        "val_pearson": last.get("val_pearson"),
-        "val_spearman": last.get("val_spearman"),
-        "train_size": len(train),
-        "val_size": len(val),
+        "val_pearson": best.get("val_pearson"),
+        "val_spearman": best.get("val_spearman"),
+        "best_epoch": best["epoch"],
+        "train_loss": fit.last_train_loss,
+        "train_size": len(records) if validation != "holdout" else len(records) - val_size,
+        "val_size": val_size,
         "epochs": config.num_epochs,
-        "steps": step,
+        "steps": fit.steps,
         "fit_seconds": time.perf_counter() - started,
-        "eval_seconds": eval_seconds,
+        "eval_seconds": fit.eval_seconds,
         "history": history,
     }
+    log.info(
+        "reward model (%s): val_mse=%s (predict-the-mean %s), pearson=%s, spearman=%s, best epoch %d of %d",
+        validation, *(_fmt(model.metrics[k]) for k in ("val_mse", "val_mse_baseline", "val_pearson", "val_spearman")),
+        best["epoch"], config.num_epochs,
+    )
+    model.warnings = quality_warnings(model.metrics, config)
+    for warning in model.warnings:
+        log.warning(warning)
+    if model.warnings and config.on_poor_fit == "fail":
+        raise RewardModelQualityError(" ".join(model.warnings) + " (reward_model_config.on_poor_fit is 'fail')")
     return model
+
+
+def quality_warnings(metrics: dict[str, Any], config: RewardModelConfig) -> list[str]:
+    """What is wrong with a fit, in words; empty when nothing is."""
+    mse, baseline, r = metrics.get("val_mse"), metrics.get("val_mse_baseline"), metrics.get("val_pearson")
+    how = metrics.get("validation", "validation")
+    if mse is None:
+        return ["Reward model not validated (no held-out records): its quality is unknown."]
+    problems = []
+    if baseline is not None and mse >= baseline:
+        problems.append(
+            f"Reward model is no better than predicting the mean score ({how} MSE {mse:.4f} vs {baseline:.4f}): "
+            "the policy was trained against noise. Collect more varied feedback or check the scores."
+        )
+    if r is None or r < config.min_correlation:
+        problems.append(
+            f"Reward model's scores correlate weakly with the reviewers' ({how} Pearson "
+            f"{'undefined' if r is None else f'{r:.2f}'}, below {config.min_correlation:g}): its preferences, and "
+            "this version's evaluation, may not be the reviewers'."
+        )
+    return problems
+
+
+def cv_folds(records: list[FeedbackRecord], k: int, seed: int) -> list[list[int]]:
+    """k folds of record indices, stratified by score (ordered by score, dealt round-robin), seeded; none empty."""
+    rng = random.Random(seed)
+    order = sorted(range(len(records)), key=lambda i: (records[i].score, rng.random()))
+    k = min(k, len(records))
+    return [sorted(order[j::k]) for j in range(k)]
+
+
+class _Fit:
+    """One fitting loop, run for each fold and for the kept model: MSE on the scores, AdamW, clipped gradients."""
+
+    def __init__(self, config: RewardModelConfig, *, base_model: str, device: torch.device,
+                 autocast_dtype: Optional[torch.dtype], seed: int, models_dir: Union[str, Path, None],
+                 callback: Optional[ProgressCallback], log: logging.Logger, n_records: int):
+        self.config, self.base_model, self.device, self.autocast_dtype = config, base_model, device, autocast_dtype
+        self.seed, self.models_dir, self.callback, self.log = seed, models_dir, callback, log
+        folds = min(config.cv_folds, n_records) if config.cross_validates(n_records) else 0
+        per_epoch = math.ceil(n_records / config.batch_size)
+        # Progress: every fold's steps (each sees (k-1)/k of the records) plus the kept model's (at most num_epochs)
+        fold_steps = folds * math.ceil(n_records * (folds - 1) / folds / config.batch_size) if folds else 0
+        self.total = config.num_epochs * (per_epoch + fold_steps)
+        self.steps, self.eval_seconds, self.last_train_loss = 0, 0.0, None
+
+    def run(self, train: list[FeedbackRecord], val: list[FeedbackRecord], *, epochs: int, what: str,
+            keep_best: bool = False) -> tuple[RewardModel, list[torch.Tensor]]:
+        """A fresh model fitted on `train`; its predictions on `val` after each epoch ([len(val)] each)."""
+        config = self.config
+        train_mean = sum(r.score for r in train) / len(train)
+        torch.manual_seed(self.seed)
+        model = build_reward_model(
+            self.base_model, config, device=self.device, autocast_dtype=self.autocast_dtype,
+            models_dir=self.models_dir, callback=self.callback, initial_score=train_mean,
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+        # float16 autocast needs loss scaling against gradient underflow; for float32/bfloat16 this is a no-op.
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        order_rng = torch.Generator().manual_seed(self.seed)
+        self.log.info(
+            "reward model%s: %s + LoRA r=%d, %d train / %d validation samples, %d epochs",
+            f" ({what})" if what else "", self.base_model, config.lora_r, len(train), len(val), epochs,
+        )
+        per_epoch, best_mse, best_state = [], math.inf, None
+        val_y = torch.tensor([r.score for r in val])
+        for epoch in range(1, epochs + 1):
+            model.train()  # lora_dropout and the body's dropout act as regularisers while fitting
+            losses = []
+            for batch_idx in torch.randperm(len(train), generator=order_rng).split(config.batch_size):
+                batch = [train[i] for i in batch_idx]
+                inputs = model.tokenize([r.prompt for r in batch], [r.response for r in batch])
+                target = torch.tensor([r.score for r in batch], device=model.device)
+                loss = nn.functional.mse_loss(model(**inputs), target)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+                self.steps += 1
+                # Rank 0's callback decides for every process of a multi-process run (see distributed.should_stop).
+                if distributed.should_stop(lambda: self.callback is not None and self.callback(Progress(
+                    phase="reward_model", step=min(self.steps, self.total), total=self.total,
+                    metrics={"loss": loss.item(), "epoch": epoch},
+                ))):
+                    raise TrainingCancelled(f"Training cancelled during reward model step {self.steps} of {self.total}")
+            self.last_train_loss = sum(losses) / len(losses)
+            if not val:
+                continue
+            t0 = time.perf_counter()
+            pred = model.score([r.prompt for r in val], [r.response for r in val])
+            self.eval_seconds += time.perf_counter() - t0
+            per_epoch.append(pred)
+            mse = float(((pred - val_y) ** 2).mean())
+            self.log.info("reward model epoch %d/%d train_loss=%.4f val_mse=%.4f", epoch, epochs, self.last_train_loss, mse)
+            if keep_best and mse < best_mse:
+                best_mse = mse
+                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if best_state is not None:
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if name in best_state:
+                        param.copy_(best_state[name])
+        return model, per_epoch
 
 
 def evaluate(model: RewardModel, records: list[FeedbackRecord]) -> dict[str, Optional[float]]:
     """val_mse, val_pearson and val_spearman of the model's [0, 1] scores against the records' scores."""
     pred = model.score([r.prompt for r in records], [r.response for r in records])
-    target = torch.tensor([r.score for r in records])
+    return _compare(pred, torch.tensor([r.score for r in records]))
+
+
+def _compare(pred: torch.Tensor, target: torch.Tensor) -> dict[str, Optional[float]]:
     return {
         "val_mse": float(((pred - target) ** 2).mean()),
         "val_pearson": pearson(pred, target),

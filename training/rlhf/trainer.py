@@ -44,14 +44,17 @@ from . import distributed
 from . import estimate as calibration
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .config import TrainingConfig
-from .data import FeedbackData, format_query, format_text, prepare_feedback, train_val_split
+from .data import FeedbackData, format_query, format_text, heldout_split, prepare_feedback
 from .errors import ConfigError, TrainingCancelled
+from .evaluation import evaluate_policy
 from .modeling import lora_config_for, resolve_device, resolve_dtype
 from .ppo import train_ppo
+from .preference_data import check_preference_data
 from .progress import Progress, ProgressCallback
 from .results import RESULTS_FILE, TrainingResult
 from .reward_model import fit_reward_model
 from .trl_algorithms import train_grpo, train_rloo
+from .trl_preference import train_dpo, train_kto
 
 LOG_FILE = "training.log"
 POLICY_DIR = "policy"
@@ -61,10 +64,13 @@ logger = logging.getLogger(__name__)
 
 
 # One function per algorithm, all with train_ppo's signature:
-#   (*, policy, tokenizer, prompts, reward_fn, config, device, callback, log) -> per-step metrics (list of dicts)
-# The policy is trained in place. RLOO and GRPO run TRL's own trainers (trl_algorithms.py).
+#   (*, policy, tokenizer, prompts, reward_fn, config, device, callback, log, records) -> per-step metrics (dicts)
+# The policy is trained in place. RLOO and GRPO run TRL's own trainers (trl_algorithms.py); KTO and DPO too, on the
+# scored `records` themselves (trl_preference.py); the others ignore `records`.
 AlgorithmFn = Callable[..., list[dict]]
-ALGORITHMS: dict[str, AlgorithmFn] = {"ppo": train_ppo, "rloo": train_rloo, "grpo": train_grpo}
+ALGORITHMS: dict[str, AlgorithmFn] = {
+    "ppo": train_ppo, "rloo": train_rloo, "grpo": train_grpo, "kto": train_kto, "dpo": train_dpo,
+}
 
 
 def algorithm_fn(name: str) -> AlgorithmFn:
@@ -102,6 +108,7 @@ class RLHFTrainer:
         config = self.config
         algorithm_fn(config.algorithm)
         data = prepare_feedback(feedbacks)
+        check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
         device = self._device()
         key = calibration.calibration_key(
             config, device=device, **self._mean_lengths(data),
@@ -115,8 +122,10 @@ class RLHFTrainer:
             logger.info("Measuring training speed for %s on %s (once per model/device/batch)", config.base_model, device)
             measured = self._calibrate(data)
             calibration.store_calibration(self._models_dir(), key, measured)
-        train, val = train_val_split(data.records, config.reward_model_config.validation_split, config.seed)
-        seconds = calibration.extrapolate(measured, config, n_train=len(train), n_val=len(val))
+        heldout, _ = heldout_split([r.prompt for r in data.records], config)
+        seconds = calibration.extrapolate(
+            measured, config, n_records=sum(r.prompt not in heldout for r in data.records),
+        )
         return TrainingEstimate(
             feedback_count=len(data.records),
             estimated_steps=config.max_steps,
@@ -160,6 +169,7 @@ class RLHFTrainer:
         config = self.config
         run_algorithm = algorithm_fn(config.algorithm)
         data = prepare_feedback(feedbacks)
+        check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
         output_dir = Path(output_dir)
         if (output_dir / RESULTS_FILE).exists():
             raise FileExistsError(
@@ -210,21 +220,25 @@ class RLHFTrainer:
         set_seed(config.seed)
         timings: dict[str, float] = {}
 
+        # 0. held-out prompts: no step of training sees them; the evaluation (4) compares on them
+        heldout, skipped = heldout_split([r.prompt for r in data.records], config)
+        records = [r for r in data.records if r.prompt not in heldout]
+        if heldout:
+            log.info("evaluation: %d of %d distinct prompts held out of training (seed %d)",
+                     len(heldout), len({r.prompt for r in data.records}), config.seed)
+        else:
+            log.info("evaluation skipped: %s", skipped)
+
         # 1. reward model
         t0 = time.perf_counter()
         reward_base = config.reward_model_config.base_model or config.base_model
         reward_model = fit_reward_model(
-            data.records, base_model=reward_base, config=config.reward_model_config, device=device,
+            records, base_model=reward_base, config=config.reward_model_config, device=device,
             autocast_dtype=autocast_dtype, seed=config.seed, models_dir=self.models_dir, callback=notify, log=log,
         )
         if main:
             reward_model.save(output_dir / _tmp(REWARD_MODEL_DIR))
         timings["reward_model_s"] = time.perf_counter() - t0
-        metrics = reward_model.metrics
-        log.info(
-            "reward model: val_mse=%s (predict-the-mean %s), pearson=%s, spearman=%s",
-            *(_fmt(metrics[k]) for k in ("val_mse", "val_mse_baseline", "val_pearson", "val_spearman")),
-        )
 
         # 2. policy
         t0 = time.perf_counter()
@@ -232,12 +246,28 @@ class RLHFTrainer:
         policy = self._load_policy(device, notify)
         log.info("%s: %s", config.algorithm, _describe_params(policy))
         history = run_algorithm(
-            policy=policy, tokenizer=tokenizer, prompts=[r.prompt for r in data.records], reward_fn=reward_model.score,
-            config=config, device=device, callback=notify, log=log,
+            policy=policy, tokenizer=tokenizer, prompts=[r.prompt for r in records], reward_fn=reward_model.score,
+            reward_stats=reward_model.score_stats, config=config, device=device, callback=notify, log=log,
+            records=records,
         )
         timings["policy_s"] = time.perf_counter() - t0
         history = [_finite(h) for h in history]
         last = history[-1]
+
+        # 4. evaluation, before the adapter is merged away: the version against its start on the held-out prompts
+        t0 = time.perf_counter()
+        evaluation: dict = {"skipped": skipped} if skipped else {}
+        if heldout and main:
+            notify(Progress(phase="evaluation", step=0, total=1, message=f"comparing on {len(heldout)} held-out prompts"))
+            evaluation = self._evaluate(policy, tokenizer, sorted(heldout), reward_model, device)
+            log.info(
+                "evaluation against %s on %d held-out samples: win rate %.3f [%.3f, %.3f], reward %.3f -> %.3f, "
+                "KL %.3f%s", evaluation["baseline"], evaluation["n"], evaluation["win_rate"],
+                *evaluation["win_rate_ci"], evaluation["baseline_reward_mean"], evaluation["reward_mean"],
+                evaluation["kl"], "" if evaluation["better"] else " (no evidence that it is better)",
+            )
+            notify(Progress(phase="evaluation", step=1, total=1, message="evaluated"))
+        timings["evaluation_s"] = time.perf_counter() - t0
 
         # 3. save: temporary names, renamed into place, results last
         t0 = time.perf_counter()
@@ -261,10 +291,11 @@ class RLHFTrainer:
             feedback_count=len(data.records),
             duration_seconds=timings["total_s"],
             history=history,
-            reward_model_metrics=metrics,
+            reward_model_metrics=reward_model.metrics,
             config=config.to_dict(),
-            warnings=list(data.warnings),
+            warnings=list(data.warnings) + reward_model.warnings,
             timings=timings,
+            evaluation=evaluation or None,
         )
         if main:
             result.save(output_dir / RESULTS_FILE)
@@ -274,6 +305,21 @@ class RLHFTrainer:
             result.training_steps, result.model_path,
         )
         return result
+
+    def _evaluate(
+        self, policy: torch.nn.Module, tokenizer, heldout: list[str], reward_model, device: torch.device
+    ) -> dict:
+        """evaluation.evaluate_policy with this version's reward model; the reference is the base model (with LoRA,
+        the policy's own adapter disabled; otherwise loaded again)."""
+        config = self.config
+        reference = None if isinstance(policy, PeftModel) else load_causal_lm(
+            config.base_model, models_dir=self.models_dir, dtype=torch.float32, device=device,
+        )
+        return evaluate_policy(
+            policy=policy, reference=reference, tokenizer=tokenizer, prompts=heldout, score_fn=reward_model.score,
+            config=config, device=device, baseline=f"base model {config.base_model}",
+            scored_by="this version's reward model",
+        )
 
     def _load_policy(self, device: torch.device, notify: ProgressCallback) -> torch.nn.Module:
         """The base causal LM in float32 on `device`, wrapped in a fresh LoRA adapter when use_lora."""

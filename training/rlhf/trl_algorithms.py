@@ -93,7 +93,7 @@ def train_grpo(**kwargs: Any) -> list[dict]:
 def train_trl(
     algorithm: str, *, policy: torch.nn.Module, tokenizer, prompts: list[str], reward_fn: RewardFn,
     config: TrainingConfig, device: torch.device, callback: Optional[ProgressCallback] = None,
-    log: Optional[logging.Logger] = None,
+    log: Optional[logging.Logger] = None, **_: object,
 ) -> list[dict]:
     """Train `policy` in place with TRL's `algorithm` trainer; one metrics dict per step (train_ppo's contract).
 

@@ -99,6 +99,20 @@ class Command(BaseCommand):
             f"{version.agent.name} {version.version} trained in {m.get('durationSeconds', 0):.0f} s: reward "
             f"{_num(m.get('rewardMean'))} ± {_num(m.get('rewardStd'))}, KL {_num(m.get('kl'))} after {version.step} steps"
         ))
+        evaluation = version.evaluation
+        if evaluation and "skipped" in evaluation:
+            self.stdout.write(f"Not evaluated: {evaluation['skipped']}")
+        elif evaluation:
+            low, high = evaluation["winRateCi"]
+            verdict = "better than" if evaluation["better"] else "no evidence that it is better than"
+            self.stdout.write(
+                f"Evaluation: {verdict} its start ({evaluation['baseline']}): win rate {_num(evaluation['winRate'])} "
+                f"(95 % interval {_num(low)}-{_num(high)}) on {evaluation['n']} held-out samples, "
+                f"reward {_num(evaluation['baselineRewardMean'])} -> {_num(evaluation['rewardMean'])}, "
+                f"KL {_num(evaluation['kl'])}"
+            )
+        for warning in version.warnings:
+            self.stdout.write(self.style.WARNING(f"Warning: {warning}"))
         self.stdout.write(f"Policy: {version.model_path}\nReward model: {version.reward_model_path}")
 
     def run_claimed_version(self, version_id: int) -> None:
