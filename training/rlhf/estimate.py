@@ -32,7 +32,7 @@ from .errors import MIN_FEEDBACK
 from .preference_data import PREFERENCE_ALGORITHMS, preference_subset
 from .results import TrainingResult
 
-CALIBRATION_VERSION = 2  # bump when the training code's cost changes, so old measurements are not reused
+CALIBRATION_VERSION = 3  # bump when the training code's cost changes, so old measurements are not reused
 CALIBRATION_DIR = "_calibration"
 CALIBRATION_PPO_STEPS = 5  # the first step carries one-time costs; the later ones give the pace
 CALIBRATION_RM_EPOCHS = 2
