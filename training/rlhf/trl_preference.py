@@ -81,10 +81,8 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 from .config import TrainingConfig
 from .data import FeedbackRecord
 from .errors import ConfigError, NonFiniteError
-from .ppo import (
-    METRIC_KEYS, RewardFn, _autocast, _special_ids, generate_responses, mask_after_first_eos, merged_adapter,
-    score_responses, tokenize_queries,
-)
+from .evaluation import kl_per_response, sample
+from .ppo import METRIC_KEYS, RewardFn
 from .preference_data import dpo_pairs, kto_data
 from .progress import ProgressCallback
 from .trl_algorithms import StepRecorder, micro_batch_size, prompt_queries, run_trainer, trainer_args
@@ -194,7 +192,6 @@ def _train(
     return history
 
 
-@torch.no_grad()
 def final_sample(
     *, policy: torch.nn.Module, reference: Optional[Callable[[], contextlib.AbstractContextManager]], tokenizer,
     prompts: list[str], reward_fn: RewardFn, config: TrainingConfig, device: torch.device,
@@ -202,49 +199,35 @@ def final_sample(
     """Sample `batch_size` responses from the trained policy and score them (the module docstring).
 
     `reference()` is a context manager under which the policy is the reference (LoRA's disable_adapter) or that
-    yields the reference model; None: no KL. Returns objective/scores, objective/scores_std, objective/kl and
-    response_length.
+    yields the reference model; None: no KL. Returns objective/scores, objective/scores_std, objective/kl (the k3
+    estimate of evaluation.kl_per_response, per response) and response_length.
     """
-    eos_id, pad_id = _special_ids(tokenizer)
     distinct = sorted(set(prompts))
     random.Random(config.seed).shuffle(distinct)
     batch = [distinct[i % len(distinct)] for i in range(config.batch_size)]
-    autocast = _autocast(config, device)
-    was_training = policy.training
-    policy.eval()
-    try:
-        torch.manual_seed(config.seed)
-        query_ids, query_mask = tokenize_queries(tokenizer, batch, config.max_prompt_length, pad_id, device)
-        with autocast(), merged_adapter(policy):
-            response_ids = generate_responses(policy, query_ids, query_mask, config, eos_id, pad_id)  # [B, R]
-        response_mask = mask_after_first_eos(response_ids, eos_id)  # [B, R]
-        responses = [
-            tokenizer.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)
-        ]
-        scores = torch.as_tensor(reward_fn(batch, responses)).detach().float().reshape(-1).cpu()  # [B]
-        if scores.numel() != len(responses):
-            raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(responses)} responses")
-        if not torch.isfinite(scores).all():
-            raise NonFiniteError(
-                f"The reward model returned non-finite scores ({scores.tolist()}) for the trained policy's final "
-                "sample. Check the reward model (it may have diverged while training)."
-            )
-        kl = None
-        if reference is not None:
-            with autocast():
-                logprobs, _ = score_responses(policy, None, query_ids, query_mask, response_ids, config)  # [B, R]
-                with reference() as ref_model:
-                    ref_logprobs, _ = score_responses(
-                        ref_model or policy, None, query_ids, query_mask, response_ids, config,
-                    )
-            kl = ((logprobs - ref_logprobs) * response_mask).sum(dim=1).mean().item()
-    finally:
-        policy.train(was_training)
+    samples = sample(policy, tokenizer, batch, config=config, device=device, seed=config.seed)
+    scores = torch.as_tensor(reward_fn(batch, samples.responses)).detach().float().reshape(-1).cpu()  # [B]
+    if scores.numel() != len(batch):
+        raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(batch)} responses")
+    if not torch.isfinite(scores).all():
+        raise NonFiniteError(
+            f"The reward model returned non-finite scores ({scores.tolist()}) for the trained policy's final "
+            "sample. Check the reward model (it may have diverged while training)."
+        )
+    kl = None
+    if reference is not None:
+        @contextlib.contextmanager
+        def reference_model() -> Iterator[torch.nn.Module]:
+            with reference() as ref_model:  # LoRA's disable_adapter() yields None: the policy, adapter off
+                yield policy if ref_model is None else ref_model
+
+        per_response = kl_per_response(policy, reference_model, samples, config)
+        kl = sum(per_response) / len(per_response)
     return {
         "objective/scores": scores.mean().item(),
         "objective/scores_std": scores.std(correction=0).item(),
         "objective/kl": kl,
-        "response_length": response_mask.sum(dim=1).float().mean().item(),
+        "response_length": sum(samples.lengths) / len(samples.lengths),
     }
 
 
