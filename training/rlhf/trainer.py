@@ -1,4 +1,4 @@
-"""RLHFTrainer: feedback -> reward model -> PPO -> a versioned policy directory.
+"""RLHFTrainer: feedback -> reward model -> PPO -> an evaluated, versioned policy directory.
 
     trainer = RLHFTrainer(TrainingConfig(base_model="n3-tiny", max_steps=50))
     trainer.estimate(feedbacks)                 # the dry run: steps, minutes, score statistics, warnings
@@ -13,6 +13,10 @@ train() lays out the spec's File Structure under output_dir::
 
 policy/ and reward_model/ are written under temporary names and renamed into place; a run that fails or is
 cancelled removes them and writes no training_results.json (training.log keeps the reason).
+
+Before anything trains, a seeded share of the feedback's distinct prompts is held out (data.heldout_split); after
+the policy has trained, it is compared with its base model on them (evaluation.py) and the comparison is
+TrainingResult.evaluation: whether the version is better, by how much, with 95 % intervals.
 
 Under a launcher (several processes, see distributed.py) every process trains and only rank 0 writes any of
 these files or calls `callback`; the other processes return the same TrainingResult without writing anything.
@@ -220,7 +224,7 @@ class RLHFTrainer:
         set_seed(config.seed)
         timings: dict[str, float] = {}
 
-        # 0. held-out prompts: no step of training sees them; the evaluation (4) compares on them
+        # 0. held-out prompts: no step of training sees them; the evaluation (3) compares on them
         heldout, skipped = heldout_split([r.prompt for r in data.records], config)
         records = [r for r in data.records if r.prompt not in heldout]
         if heldout:
@@ -254,7 +258,7 @@ class RLHFTrainer:
         history = [_finite(h) for h in history]
         last = history[-1]
 
-        # 4. evaluation, before the adapter is merged away: the version against its start on the held-out prompts
+        # 3. evaluation, before the adapter is merged away: the version against its start on the held-out prompts
         t0 = time.perf_counter()
         evaluation: dict = {"skipped": skipped} if skipped else {}
         if heldout and main:
@@ -269,7 +273,7 @@ class RLHFTrainer:
             notify(Progress(phase="evaluation", step=1, total=1, message="evaluated"))
         timings["evaluation_s"] = time.perf_counter() - t0
 
-        # 3. save: temporary names, renamed into place, results last
+        # 4. save: temporary names, renamed into place, results last
         t0 = time.perf_counter()
         if main:  # the other processes hold the same weights (distributed.py) and are done
             notify(Progress(phase="saving", step=0, total=1, message="merging and saving the policy"))
