@@ -107,7 +107,9 @@ def print_rows(rows: list[dict], title: str) -> None:
         if "error" in r:
             lines.append((r["reviewer"], r["algorithm"], "", "", "", "", "", "", verdict(r)[:100]))
             continue
-        own = "n/a" if r["own_win_rate"] is None else "{:.2f} [{:.2f}, {:.2f}]".format(r["own_win_rate"], *r["own_win_rate_ci"])
+        own = "n/a" if r["own_win_rate"] is None else "{:.2f} [{:.2f}, {:.2f}]".format(
+            r["own_win_rate"], *r["own_win_rate_ci"]
+        )
         lines.append((
             r["reviewer"], r["algorithm"], f"{r['gold_base']:.3f} -> {r['gold_trained']:.3f}",
             "{:.2f} [{:.2f}, {:.2f}]".format(r["win_rate"], *r["win_rate_ci"]), f"{r['kl']:.2f}",

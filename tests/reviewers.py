@@ -107,7 +107,8 @@ def gold_evaluation(reviewer: str, policy_dir: Path, heldout: list[str], config:
     cpu = torch.device("cpu")
     gold = REVIEWERS[reviewer].gold
     return evaluate_policy(
-        policy=AutoModelForCausalLM.from_pretrained(policy_dir).eval(), tokenizer=AutoTokenizer.from_pretrained(policy_dir),
+        policy=AutoModelForCausalLM.from_pretrained(policy_dir).eval(),
+        tokenizer=AutoTokenizer.from_pretrained(policy_dir),
         reference=load_causal_lm(config.base_model, dtype=torch.float32, device=cpu), prompts=heldout, config=config,
         device=cpu, baseline=f"base model {config.base_model}", scored_by=f"gold: {reviewer}",
         score_fn=lambda ps, rs: [gold(p, r) for p, r in zip(ps, rs)],

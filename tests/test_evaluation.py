@@ -95,7 +95,8 @@ class TestRewardModelQuality:
         assert "no better than predicting the mean score (5-fold cross-validation MSE 0.1200 vs 0.1000)" in \
             quality_warnings(no_better, config)[0]
         weak = {**good, "val_pearson": 0.1}
-        assert "correlate weakly" in quality_warnings(weak, config)[0] and "0.10, below 0.3" in quality_warnings(weak, config)[0]
+        [warning] = quality_warnings(weak, config)
+        assert "correlate weakly" in warning and "0.10, below 0.3" in warning
         assert "undefined" in quality_warnings({**good, "val_pearson": None}, config)[0]
 
     def test_scores_that_are_noise_warn_or_fail_the_fit(self):
@@ -112,8 +113,8 @@ class TestRewardModelQuality:
 
     def test_large_feedback_uses_one_split_and_keeps_the_best_epoch(self):
         records = prepare_feedback([
-            {"prompt": f"Tell me about topic {i}.", "response": "Sure! Here is a clear answer." if i % 2 else "No idea.",
-             "score": 0.9 if i % 2 else 0.1} for i in range(40)
+            {"prompt": f"Tell me about topic {i}.", "score": 0.9 if i % 2 else 0.1,
+             "response": "Sure! Here is a clear answer." if i % 2 else "No idea."} for i in range(40)
         ]).records
         config = RewardModelConfig(num_epochs=4, batch_size=8, cross_validation_below=0, validation_split=0.25)
         model = fit_reward_model(records, base_model=MODEL, config=config, device=torch.device("cpu"), seed=0)

@@ -31,7 +31,9 @@ from transformers import PreTrainedModel
 
 from . import stats
 from .config import TrainingConfig
-from .ppo import _special_ids, generate_responses, mask_after_first_eos, merged_adapter, score_responses, tokenize_queries
+from .ppo import (
+    _special_ids, generate_responses, mask_after_first_eos, merged_adapter, score_responses, tokenize_queries,
+)
 
 ScoreFn = Callable[[list[str], list[str]], Any]  # (prompts, responses) -> one score per response
 SAMPLES_SHOWN = 8  # (prompt, response, baseline response) rows kept in the block for people to read
@@ -72,7 +74,8 @@ def sample(model: PreTrainedModel, tokenizer, prompts: list[str], *, config: Tra
                 response_ids = generate_responses(model, query_ids, query_mask, config, eos_id, pad_id)  # [n, R]
             response_mask = mask_after_first_eos(response_ids, eos_id)  # [n, R]
             out.responses += [
-                tokenizer.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)
+                tokenizer.decode(ids[m].tolist(), skip_special_tokens=True)
+                for ids, m in zip(response_ids, response_mask)
             ]
             out.lengths += response_mask.sum(dim=1).tolist()
             out.chunks.append((query_ids, query_mask, response_ids, response_mask))

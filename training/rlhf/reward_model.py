@@ -219,7 +219,8 @@ def fit_reward_model(
         history = [{"epoch": e + 1, **_compare(torch.tensor(p), target)} for e, p in enumerate(predictions)]
         best = min(history, key=lambda h: h["val_mse"])
         model, _ = fit.run(records, [], epochs=best["epoch"], what="all records")
-        validation, baseline, val_size = f"{len(folds)}-fold cross-validation", sum(baseline_sq) / len(records), len(records)
+        validation, val_size = f"{len(folds)}-fold cross-validation", len(records)
+        baseline = sum(baseline_sq) / len(records)
     else:
         train, val = train_val_split(records, config.validation_split, seed)
         mean = sum(r.score for r in train) / len(train)
@@ -276,7 +277,7 @@ def quality_warnings(metrics: dict[str, Any], config: RewardModelConfig) -> list
     if baseline is not None and mse >= baseline:
         problems.append(
             f"Reward model is no better than predicting the mean score ({how} MSE {mse:.4f} vs {baseline:.4f}): "
-            "the policy was trained against noise. Collect more varied feedback or check the scores."
+            "a policy trained against it learns noise. Collect more varied feedback or check the scores."
         )
     if r is None or r < config.min_correlation:
         problems.append(
@@ -361,7 +362,9 @@ class _Fit:
             self.eval_seconds += time.perf_counter() - t0
             per_epoch.append(pred)
             mse = float(((pred - val_y) ** 2).mean())
-            self.log.info("reward model epoch %d/%d train_loss=%.4f val_mse=%.4f", epoch, epochs, self.last_train_loss, mse)
+            self.log.info(
+                "reward model epoch %d/%d train_loss=%.4f val_mse=%.4f", epoch, epochs, self.last_train_loss, mse,
+            )
             if keep_best and mse < best_mse:
                 best_mse = mse
                 best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -262,7 +262,9 @@ class RLHFTrainer:
         t0 = time.perf_counter()
         evaluation: dict = {"skipped": skipped} if skipped else {}
         if heldout and main:
-            notify(Progress(phase="evaluation", step=0, total=1, message=f"comparing on {len(heldout)} held-out prompts"))
+            notify(Progress(
+                phase="evaluation", step=0, total=1, message=f"comparing on {len(heldout)} held-out prompts",
+            ))
             evaluation = self._evaluate(policy, tokenizer, sorted(heldout), reward_model, device)
             log.info(
                 "evaluation against %s on %d held-out samples: win rate %.3f [%.3f, %.3f], reward %.3f -> %.3f, "
