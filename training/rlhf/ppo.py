@@ -144,7 +144,7 @@ def train_ppo(
             responses = [
                 tokenizer.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)
             ]
-            scores = _call_reward_fn(reward_fn, batch_prompts, responses, device, step)  # [B]
+            scores = checked_scores(reward_fn, batch_prompts, responses, where=f"at PPO step {step}").to(device)  # [B]
             with torch.no_grad(), autocast():
                 logprobs, values = score_responses(policy, value_head, query_ids, query_mask, response_ids, config)
                 if is_peft:
@@ -533,16 +533,15 @@ def _cycle_shuffled(n: int, rng: random.Random) -> Iterator[int]:
         yield from order
 
 
-def _call_reward_fn(
-    reward_fn: RewardFn, prompts: list[str], responses: list[str], device: torch.device, step: int
-) -> torch.Tensor:
-    scores = torch.as_tensor(reward_fn(prompts, responses)).detach().to(device=device, dtype=torch.float32)
-    scores = scores.reshape(-1)  # [B]
+def checked_scores(reward_fn: RewardFn, prompts: list[str], responses: list[str], *, where: str) -> torch.Tensor:
+    """reward_fn's scores as a float32 CPU tensor [B], one per response and all finite (NonFiniteError naming
+    `where`, e.g. "at PPO step 3", otherwise). Every algorithm scores its samples through this."""
+    scores = torch.as_tensor(reward_fn(prompts, responses)).detach().float().reshape(-1).cpu()  # [B]
     if scores.numel() != len(responses):
         raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(responses)} responses")
     if not torch.isfinite(scores).all():
         raise NonFiniteError(
-            f"The reward model returned non-finite scores ({scores.tolist()}) at PPO step {step}; "
+            f"The reward model returned non-finite scores ({scores.tolist()}) {where}; "
             "training stopped. Check the reward model (it may have diverged while training)."
         )
     return scores

@@ -376,12 +376,6 @@ class _Fit:
         return model, per_epoch
 
 
-def evaluate(model: RewardModel, records: list[FeedbackRecord]) -> dict[str, Optional[float]]:
-    """val_mse, val_pearson and val_spearman of the model's [0, 1] scores against the records' scores."""
-    pred = model.score([r.prompt for r in records], [r.response for r in records])
-    return _compare(pred, torch.tensor([r.score for r in records]))
-
-
 def _compare(pred: torch.Tensor, target: torch.Tensor) -> dict[str, Optional[float]]:
     return {
         "val_mse": float(((pred - target) ** 2).mean()),

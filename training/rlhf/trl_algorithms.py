@@ -74,7 +74,7 @@ from .config import TrainingConfig
 from .data import format_query
 from .errors import ConfigError, NonFiniteError, TrainingCancelled
 from .modeling import resolve_dtype
-from .ppo import METRIC_KEYS, RewardFn
+from .ppo import METRIC_KEYS, RewardFn, checked_scores
 from .progress import Progress, ProgressCallback
 
 TRL_TRAINERS = {"rloo": (RLOOConfig, RLOOTrainer), "grpo": (GRPOConfig, GRPOTrainer)}
@@ -196,13 +196,8 @@ def _reward_func(reward_fn: RewardFn, recorder: "StepRecorder") -> Callable[...,
     """TRL's reward-function protocol around ours: it gets the raw prompts (the reward model formats them itself)."""
 
     def reward_model(prompts: list[str], completions: list[str], raw_prompt: list[str], **_: Any) -> list[float]:
-        scores = torch.as_tensor(reward_fn(raw_prompt, completions)).detach().float().reshape(-1).cpu()
-        if not torch.isfinite(scores).all():
-            raise NonFiniteError(
-                f"The reward model returned non-finite scores ({scores.tolist()}) at {recorder.algorithm.upper()} "
-                f"step {recorder.step}; training stopped. Check the reward model (it may have diverged while training)."
-            )
-        return scores.tolist()
+        where = f"at {recorder.algorithm.upper()} step {recorder.step}"
+        return checked_scores(reward_fn, raw_prompt, completions, where=where).tolist()
 
     return reward_model
 

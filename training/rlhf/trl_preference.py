@@ -82,7 +82,7 @@ from .config import TrainingConfig
 from .data import FeedbackRecord
 from .errors import ConfigError, NonFiniteError
 from .evaluation import kl_per_response, sample
-from .ppo import METRIC_KEYS, RewardFn
+from .ppo import METRIC_KEYS, RewardFn, checked_scores
 from .preference_data import dpo_pairs, kto_data
 from .progress import ProgressCallback
 from .trl_algorithms import StepRecorder, micro_batch_size, prompt_queries, run_trainer, trainer_args
@@ -206,14 +206,7 @@ def final_sample(
     random.Random(config.seed).shuffle(distinct)
     batch = [distinct[i % len(distinct)] for i in range(config.batch_size)]
     samples = sample(policy, tokenizer, batch, config=config, device=device, seed=config.seed)
-    scores = torch.as_tensor(reward_fn(batch, samples.responses)).detach().float().reshape(-1).cpu()  # [B]
-    if scores.numel() != len(batch):
-        raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(batch)} responses")
-    if not torch.isfinite(scores).all():
-        raise NonFiniteError(
-            f"The reward model returned non-finite scores ({scores.tolist()}) for the trained policy's final "
-            "sample. Check the reward model (it may have diverged while training)."
-        )
+    scores = checked_scores(reward_fn, batch, samples.responses, where="for the trained policy's final sample")
     kl = None
     if reference is not None:
         @contextlib.contextmanager
