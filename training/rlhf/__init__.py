@@ -18,8 +18,20 @@ from .errors import (
     TrainingCancelled,
 )
 from .progress import Progress, ProgressCallback
-from .results import TrainingResult
-from .trainer import RLHFTrainer, TrainingEstimate
+from .results import TrainingEstimate, TrainingResult
+
+# The package itself is torch-free: config, errors, layout, metrics, records, data, preference_data, stats, progress
+# and results import neither torch nor transformers, so the web process can use them. The trainer (torch,
+# transformers, peft, trl) is imported on first use of these names.
+_TRAINER_NAMES = ("RLHFTrainer",)
+
+
+def __getattr__(name: str):
+    if name in _TRAINER_NAMES:
+        from . import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "PRESETS", "MIN_FEEDBACK", "RLHFTrainer", "TrainingConfig", "RewardModelConfig", "TrainingEstimate",

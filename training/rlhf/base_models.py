@@ -47,13 +47,11 @@ from transformers import (
 
 from .corpus import corpus_examples
 from .errors import BaseModelUnavailable, TrainingCancelled
+from .layout import BUILTIN_MODELS, N3_TINY, N3_TINY_RANDOM
 from .progress import Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
 
-N3_TINY = "n3-tiny"
-N3_TINY_RANDOM = "n3-tiny-random"
-BUILTIN_MODELS = (N3_TINY, N3_TINY_RANDOM)
 
 # Bump when the corpus, the tokenizer or a recipe changes: cached builds of another version are rebuilt.
 BUILD_VERSION = 2

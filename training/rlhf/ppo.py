@@ -40,6 +40,7 @@ from . import distributed
 from .config import TrainingConfig
 from .data import format_query
 from .errors import ConfigError, NonFiniteError, TrainingCancelled
+from .metrics import STEP_METRICS
 from .modeling import resolve_dtype
 from .progress import Progress, ProgressCallback
 
@@ -48,27 +49,7 @@ RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 # its rounding noise into a unit-scale reward.
 MIN_REWARD_STD = 0.01
 
-# The keys of each step's metrics dict (TRL's names where TRL has one).
-METRIC_KEYS = (
-    "step",
-    "objective/scores",  # mean reward_fn score of the step's responses (before any missing-EOS penalty)
-    "objective/scores_std",
-    "objective/kl",  # KL(policy || reference), summed over a response's tokens, mean over the batch
-    "objective/kl_coef",  # the KL coefficient used this step
-    "objective/rlhf_reward",  # what PPO maximises: score (with penalty) - kl_coef * KL
-    "policy/entropy",
-    "policy/clipfrac",
-    "policy/approxkl",
-    "loss/policy",
-    "loss/value",
-    "loss/total",
-    "val/clipfrac",
-    "timing/generate_s",  # generate()
-    "timing/score_s",  # reward_fn + logprob/value forward passes
-    "timing/update_s",  # the PPO epochs
-    "tokens_per_s",  # response tokens generated / seconds of the whole step
-    "response_length",  # mean response tokens, EOS included
-)
+METRIC_KEYS = STEP_METRICS  # the keys of each step's metrics dict (metrics.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-RESULTS_FILE = "training_results.json"
+from .layout import RESULTS_FILE
 
 
 @dataclass
@@ -55,3 +55,15 @@ class TrainingResult:
         data = {k: v for k, v in data.items() if k in names}  # newer files may carry more keys
         data["model_path"], data["reward_model_path"] = Path(data["model_path"]), Path(data["reward_model_path"])
         return cls(**data)
+
+
+@dataclass
+class TrainingEstimate:
+    feedback_count: int
+    estimated_steps: int
+    estimated_time_minutes: float
+    score_mean: float
+    score_std: float
+    model_config: dict[str, Any]  # {"base_model", "use_lora", "learning_rate"} as in the spec's dry run
+    warnings: list[str] = field(default_factory=list)
+    seconds_per_step: float = 0.0

@@ -36,9 +36,8 @@ import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -55,14 +54,13 @@ from .modeling import lora_config_for, resolve_device, resolve_dtype
 from .ppo import train_ppo
 from .preference_data import check_preference_data
 from .progress import Progress, ProgressCallback
-from .results import RESULTS_FILE, TrainingResult
+from .layout import LOG_FILE, POLICY_DIR, RESULTS_FILE, REWARD_MODEL_DIR, UNFINISHED_OUTPUTS
+from .layout import tmp_name as _tmp
+from .results import TrainingEstimate, TrainingResult
 from .reward_model import fit_reward_model
 from .trl_algorithms import train_grpo, train_rloo
 from .trl_preference import train_dpo, train_kto
 
-LOG_FILE = "training.log"
-POLICY_DIR = "policy"
-REWARD_MODEL_DIR = "reward_model"
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +79,6 @@ def algorithm_fn(name: str) -> AlgorithmFn:
     if name not in ALGORITHMS:
         raise ConfigError(f"algorithm '{name}' is not available yet")
     return ALGORITHMS[name]
-
-
-@dataclass
-class TrainingEstimate:
-    feedback_count: int
-    estimated_steps: int
-    estimated_time_minutes: float
-    score_mean: float
-    score_std: float
-    model_config: dict[str, Any]  # {"base_model", "use_lora", "learning_rate"} as in the spec's dry run
-    warnings: list[str] = field(default_factory=list)
-    seconds_per_step: float = 0.0
 
 
 class RLHFTrainer:
@@ -406,15 +392,11 @@ def _run_log(path: Optional[Path]) -> Iterator[logging.Logger]:
         handler.close()
 
 
-def _tmp(name: str) -> str:
-    return f".{name}.tmp"
-
-
 def _remove_outputs(output_dir: Path) -> None:
     """Remove the model directories of an unfinished run (never training.log, never a finished version)."""
     if (output_dir / RESULTS_FILE).exists():
         return
-    for name in (POLICY_DIR, REWARD_MODEL_DIR, _tmp(POLICY_DIR), _tmp(REWARD_MODEL_DIR)):
+    for name in UNFINISHED_OUTPUTS:
         shutil.rmtree(output_dir / name, ignore_errors=True)
 
 
