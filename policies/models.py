@@ -21,6 +21,8 @@ class Agent(models.Model):
     description = models.TextField(blank=True)
     # TrainingConfig fields (snake_case) applied before a request's own overrides.
     default_training_config = models.JSONField(default=dict, blank=True)
+    # The highest version number ever given to this agent: a deleted version's number is never given again.
+    version_counter = models.PositiveIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -46,10 +48,13 @@ class PolicyVersion(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     # The full resolved TrainingConfig (snake_case, TrainingConfig.to_dict()).
     config = models.JSONField(default=dict)
+    # Scored feedback counted when queued; once its job starts, the number it actually trains on.
     feedback_count = models.PositiveIntegerField(default=0)
-    # Ids of the Feedback rows this version trains on, fixed when it is queued.
-    feedback_snapshot = models.JSONField(default=list, blank=True)
-    # Latest figures (rewardMean, rewardStd, kl, loss, ...) plus "history": one dict per step.
+    # The snapshot: the agent's feedback with an id up to this one (the newest when it was queued), as scored when
+    # the job starts. A bound, not a list of ids: it stays one value for millions of rows.
+    feedback_through_id = models.BigIntegerField(null=True, blank=True)
+    # Latest figures (rewardMean, rewardStd, kl, loss, ...), warnings, evaluation; the per-step figures are
+    # TrainingStep rows.
     metrics = models.JSONField(default=dict, blank=True)
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=0)
@@ -64,7 +69,10 @@ class PolicyVersion(models.Model):
     queued_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Written by the supervising job while the training process lives.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # Written by the training process whenever it reports progress (a step, a reward-model epoch, loading).
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["agent", "-number"]
@@ -95,3 +103,19 @@ class PolicyVersion(models.Model):
         """metrics.evaluation: the version against the model it started from, {"skipped": reason}, or None."""
         evaluation = (self.metrics or {}).get("evaluation")
         return evaluation if isinstance(evaluation, dict) else None
+
+
+class TrainingStep(models.Model):
+    """One logged step of a version's training: its figures under the training core's (TRL's) names
+    (training.rlhf.metrics.STEP_METRICS), e.g. {"objective/scores": 0.71, "objective/kl": 0.4, "loss/total": 0.2}."""
+
+    version = models.ForeignKey(PolicyVersion, on_delete=models.CASCADE, related_name="steps")
+    step = models.PositiveIntegerField()
+    metrics = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["version", "step"]
+        constraints = [models.UniqueConstraint(fields=["version", "step"], name="unique_step_per_version")]
+
+    def __str__(self) -> str:
+        return f"{self.version} step {self.step}"
