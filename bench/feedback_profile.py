@@ -28,14 +28,14 @@ PARTS = [
     ("token authentication (1 query)", "rest_framework.authentication:TokenAuthentication.authenticate"),
     ("permission check (cached)", "policies.permissions:N3ModelPermissions.has_permission"),
     ("JSON body parsing", "rest_framework.parsers:JSONParser.parse"),
-    ("input validation: quick path", "feedback.serializers:quick_validated"),
+    ("input validation: quick path", "api.feedback_serializers:quick_validated"),
     ("input validation: DRF serializer", "rest_framework.serializers:Serializer.is_valid"),
     ("service: record_feedback", "feedback.services:record_feedback"),
     ("service: record_feedback_batch", "feedback.services:record_feedback_batch"),
     ("  agent lookup (1 query)", "policies.services:get_or_create_agent"),
     ("  INSERT (Model.save)", "django.db.models.base:Model.save"),
     ("  INSERT (bulk_create)", "django.db.models.query:QuerySet.bulk_create"),
-    ("output: FeedbackSerializer", "feedback.serializers:FeedbackSerializer.to_representation"),
+    ("output: FeedbackSerializer", "api.feedback_serializers:FeedbackSerializer.to_representation"),
     ("output: JSON rendering", "rest_framework.renderers:JSONRenderer.render"),
 ]
 

@@ -19,6 +19,8 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from n3site.exceptions import Conflict, NotFound, ServiceError
+from training.rlhf.data import FeedbackRecord, feedback_warnings
+from training.rlhf.errors import MIN_FEEDBACK, InsufficientFeedbackError
 
 from .models import Feedback
 
@@ -232,10 +234,6 @@ def score_summary(*, agent_name: str) -> ScoreSummary:
 
 def _warnings(scores: list[float]) -> list[str]:
     """The feedback-quality warnings a dry run would give now (the training core words them)."""
-    # Imported here: the training core pulls in torch, which the review pages do not otherwise need.
-    from training.rlhf.data import FeedbackRecord, feedback_warnings
-    from training.rlhf.errors import MIN_FEEDBACK, InsufficientFeedbackError
-
     warnings = [str(InsufficientFeedbackError(len(scores)))] if len(scores) < MIN_FEEDBACK else []
     if scores:
         records = [FeedbackRecord(prompt="", response="", score=score) for score in scores]

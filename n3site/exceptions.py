@@ -11,7 +11,6 @@ fourth record of a list) to its messages::
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -21,6 +20,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, serializers, status
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from training.rlhf.errors import RLHFError
 
 # At most this many field errors are spelled out in "detail"; "errors" always has them all.
 DETAIL_MAX_ERRORS = 5
@@ -55,23 +56,13 @@ class _Status(exceptions.APIException):
         self.errors = errors
 
 
-def _training_errors() -> tuple[type[Exception], ...]:
-    """The training core's error base class, if the training core is loaded.
-
-    Importing ``training.rlhf`` loads torch (seconds, hundreds of MB), which the feedback API never
-    needs; if the module is not loaded, none of its errors can have been raised.
-    """
-    errors = sys.modules.get("training.rlhf.errors")
-    return (errors.RLHFError,) if errors else ()
-
-
 def _translate(exc: Exception) -> Exception:
     """Our own and Django's exceptions as DRF APIExceptions; anything else unchanged (a 500)."""
     if isinstance(exc, ServiceError):
         return _Status(str(exc), exc.status_code, exc.error_fields())
     if isinstance(exc, DjangoValidationError):
         return exceptions.ValidationError(serializers.as_serializer_error(exc))
-    if isinstance(exc, _training_errors()):
+    if isinstance(exc, RLHFError):
         # ConfigError, InsufficientFeedbackError, FeedbackFormatError, BaseModelUnavailable, and a
         # dry run's calibration that went non-finite: all caused by what the request asked for.
         return _Status(str(exc), status.HTTP_400_BAD_REQUEST)

@@ -134,7 +134,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["policies.permissions.N3ModelPermissions"],
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.N3ModelPermissions"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -157,7 +157,7 @@ SPECTACULAR_SETTINGS = {
     # Separate request and response components, so read-only fields (id, createdAt) are not asked for.
     "COMPONENT_SPLIT_REQUEST": True,
     # Each URL also answers with a trailing slash; the schema lists the spec's form only.
-    "PREPROCESSING_HOOKS": ["policies.urls.without_trailing_slash_aliases"],
+    "PREPROCESSING_HOOKS": ["api.urls.without_trailing_slash_aliases"],
     "ENUM_NAME_OVERRIDES": {"PolicyVersionStatusEnum": "policies.models.PolicyVersion.Status"},
 }
 

@@ -6,6 +6,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("api/policies/", include("policies.urls")),
+    path("api/policies/", include("api.urls")),
     path("review/", include("feedback.urls")),
 ]

@@ -86,7 +86,7 @@ from training import services
 record_feedback_batch(agent_name={agent!r}, records={feedback_records()!r})
 agent = Agent.objects.get(name={agent!r})
 config = services.resolve_training_config(agent=agent, overrides={{**{config or LEAN_CONFIG!r}, "max_steps": {max_steps}}})
-print(services.start_training(agent=agent, config=config).pk)
+print(services.queue_training(agent=agent, config=config).pk)
 """
         return int(self.shell(code).strip().splitlines()[-1])
 

@@ -243,7 +243,7 @@ def test_version_page_draws_curves_and_reward_model_metrics(trained, engineer):
 
 
 def test_version_page_shows_the_log_tail(trained, engineer, settings):
-    from training.services import version_dir
+    from training.files import version_dir
 
     log = version_dir("support", 1) / "training.log"
     log.parent.mkdir(parents=True, exist_ok=True)

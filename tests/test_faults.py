@@ -29,7 +29,7 @@ import pytest
 from feedback import services as feedback_services
 from policies.models import Agent
 from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
-from training import services
+from training import jobs, run, services
 from training.rlhf.results import RESULTS_FILE
 
 LEFTOVERS = ("policy", "reward_model", ".policy.tmp", ".reward_model.tmp", RESULTS_FILE)
@@ -55,8 +55,8 @@ def queued_version(max_steps: int = 2, **overrides):
     feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
     agent = Agent.objects.get(name="bot")
     config = services.resolve_training_config(agent=agent, overrides={**LEAN_CONFIG, "max_steps": max_steps, **overrides})
-    version = services.start_training(agent=agent, config=config, enqueue=False)
-    assert services.claim_version(version_id=version.pk)
+    version = services.queue_training(agent=agent, config=config, enqueue=False)
+    assert jobs.claim_version(version_id=version.pk)
     return version
 
 
@@ -65,7 +65,7 @@ def queued_version(max_steps: int = 2, **overrides):
 def test_a_loss_that_turns_nan_fails_the_version_cleanly(models_dir):
     version = queued_version(max_steps=20, learning_rate=1e30)
 
-    version = services.run_version(version_id=version.pk)
+    version = run.run_version(version_id=version.pk)
 
     assert version.status == "failed", (version.status, version.error)
     assert "nan" in version.error.lower() and "Traceback" not in version.error, version.error
@@ -81,7 +81,7 @@ def test_a_version_directory_that_cannot_be_made_fails_the_version_naming_the_pa
     (models_dir / "bot").write_text("not a directory")
     version = queued_version()
 
-    version = services.run_version(version_id=version.pk)
+    version = run.run_version(version_id=version.pk)
 
     assert version.status == "failed"
     assert str(models_dir / "bot") in version.error, version.error
@@ -236,15 +236,6 @@ def test_a_full_disk_fails_the_version_with_the_reason_and_leaves_no_partial_mod
     assert left == ["training.log"], output[-3000:]  # no policy/, reward_model/, temporaries or results
 
 
-def test_the_worker_knows_the_training_outputs_by_their_real_names():
-    """training.services spells out the trainer's output names (the worker must not import torch to clean up)."""
-    from training.rlhf import trainer
-
-    assert set(services.UNFINISHED_OUTPUTS) == {
-        trainer.POLICY_DIR, trainer.REWARD_MODEL_DIR, trainer._tmp(trainer.POLICY_DIR), trainer._tmp(trainer.REWARD_MODEL_DIR)}
-    assert services.RESULTS_FILE == RESULTS_FILE
-
-
 @pytest.mark.django_db
 def test_a_child_printing_nul_bytes_before_dying_still_gets_its_version_failed_portably(models_dir, settings):
     """The error quotes the child's last output. PostgreSQL refuses NUL in text, so an error carrying one would make
@@ -254,7 +245,7 @@ def test_a_child_printing_nul_bytes_before_dying_still_gets_its_version_failed_p
     settings.N3_TRAINING_LAUNCHER = "sh -c 'printf \"binary\\000garbage\\n\"; exit 3'"
     feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
     agent = Agent.objects.get(name="bot")
-    version = services.start_training(agent=agent, config=services.resolve_training_config(agent=agent, overrides=LEAN_CONFIG))
+    version = services.queue_training(agent=agent, config=services.resolve_training_config(agent=agent, overrides=LEAN_CONFIG))
 
     assert tasks.run_policy_version(version.pk) == "bot v1: failed"
 

@@ -1,6 +1,6 @@
 """The feedback API's short ways give exactly what the long ways give.
 
-``quick_validated`` (feedback/serializers.py) may decline any record (None: the serializer then decides), but
+``quick_validated`` (api/feedback_serializers.py) may decline any record (None: the serializer then decides), but
 whatever it accepts the serializer must accept with the same validated data; ``FeedbackSerializer.to_representation``
 must equal the generic field-by-field ``Serializer.to_representation``; the services' agent cache
 (N3_AGENT_CACHE_SECONDS) must never store feedback for an agent that no longer exists.
@@ -13,7 +13,7 @@ from rest_framework import serializers
 
 from feedback.models import Feedback
 from policies.models import Agent
-from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
+from api.feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
 from feedback.services import record_feedback, record_feedback_batch
 
 VALID = {"prompt": "What is 2+2?", "response": "  4 ", "score": 0.9, "runId": "run_1", "notes": "fine"}

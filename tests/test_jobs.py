@@ -19,7 +19,7 @@ from feedback import services as feedback_services
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
-from training import services, tasks
+from training import files, jobs, run, selectors, services, sweep, tasks
 from training.rlhf import ConfigError, InsufficientFeedbackError
 from training.rlhf.results import RESULTS_FILE
 
@@ -44,7 +44,7 @@ def agent_with_feedback(name: str = "bot", *, scored: int = 12, unscored: int = 
 
 def queue(agent: Agent, **overrides) -> PolicyVersion:
     config = services.resolve_training_config(agent=agent, overrides={"max_steps": 2, **overrides})
-    return services.start_training(agent=agent, config=config)
+    return services.queue_training(agent=agent, config=config)
 
 
 # --- configuration and queueing ---------------------------------------------------------------------------------
@@ -81,8 +81,9 @@ def test_versions_are_numbered_per_agent_and_keep_their_feedback_snapshot():
 
     assert [v1.number, v2.number, other_v1.number] == [1, 2, 1]
     scored = list(bot.feedback.filter(score__isnull=False).order_by("id").values_list("id", flat=True))
-    assert v1.feedback_snapshot == scored[:11] and v1.feedback_count == 11  # the two unscored ones are not in it
-    assert v2.feedback_snapshot == scored and v2.feedback_count == 12
+    snapshot = lambda version: list(selectors.snapshot_feedback(version=version).values_list("id", flat=True))  # noqa: E731
+    assert snapshot(v1) == scored[:11] and v1.feedback_count == 11  # the two unscored ones are not in it
+    assert snapshot(v2) == scored and v2.feedback_count == 12
     assert (v2.status, v2.max_steps, v2.config["max_steps"], v2.config["base_model"]) == ("queued", 7, 7, "n3-tiny-random")
     # Each version's job waits in the ORM queue, committed with it.
     waiting = {q.task_id(): q.args() for q in OrmQ.objects.all()}
@@ -103,8 +104,8 @@ def test_too_little_scored_feedback_queues_nothing():
 def test_a_version_is_claimed_once_and_its_job_never_trains_it_twice(models_dir):
     version = queue(agent_with_feedback())
 
-    assert services.claim_version(version_id=version.pk) is True
-    assert services.claim_version(version_id=version.pk) is False
+    assert jobs.claim_version(version_id=version.pk) is True
+    assert jobs.claim_version(version_id=version.pk) is False
     version.refresh_from_db()
     heartbeat = version.heartbeat_at
 
@@ -112,7 +113,7 @@ def test_a_version_is_claimed_once_and_its_job_never_trains_it_twice(models_dir)
     assert tasks.run_policy_version(version.pk) == f"not run: version {version.pk} is running"
     version.refresh_from_db()
     assert (version.status, version.heartbeat_at) == ("running", heartbeat)
-    assert not services.version_dir("bot", 1).exists()
+    assert not files.version_dir("bot", 1).exists()
 
 
 def test_cancelling_a_queued_version_is_immediate_and_its_job_does_nothing(models_dir):
@@ -127,15 +128,15 @@ def test_cancelling_a_queued_version_is_immediate_and_its_job_does_nothing(model
 
 def test_a_running_version_stops_at_the_next_step_once_cancel_is_requested(models_dir):
     version = queue(agent_with_feedback(), max_steps=50)
-    services.claim_version(version_id=version.pk)
+    jobs.claim_version(version_id=version.pk)
 
     version = services.cancel_training(version=version)
     assert (version.status, version.cancel_requested) == ("running", True)  # the training process decides
-    version = services.run_version(version_id=version.pk)
+    version = run.run_version(version_id=version.pk)
 
     assert version.status == "cancelled" and "cancelled" in version.error.lower()
     assert version.step < 50 and version.finished_at is not None
-    out = services.version_dir("bot", 1)
+    out = files.version_dir("bot", 1)
     assert not (out / RESULTS_FILE).exists() and not (out / "policy").exists()
     assert "Training cancelled" in (out / "training.log").read_text()
 
@@ -145,9 +146,9 @@ def test_a_running_version_stops_at_the_next_step_once_cancel_is_requested(model
 
 def test_run_version_trains_and_records_the_spec_metrics(models_dir):
     version = queue(agent_with_feedback(), max_steps=2)
-    services.claim_version(version_id=version.pk)
+    jobs.claim_version(version_id=version.pk)
 
-    version = services.run_version(version_id=version.pk)
+    version = run.run_version(version_id=version.pk)
 
     assert (version.status, version.step, version.error) == ("trained", 2, "")
     assert version.model_path == str(models_dir / "bot" / "v1" / "policy")  # MODELS_DIR outside the project: absolute
@@ -163,23 +164,23 @@ def test_run_version_trains_and_records_the_spec_metrics(models_dir):
 
 def test_stored_paths_are_relative_to_the_project_when_models_dir_is_inside_it(settings):
     settings.MODELS_DIR = Path(settings.BASE_DIR) / "models"
-    path = services.version_dir("my_agent", 15) / "policy"
+    path = files.version_dir("my_agent", 15) / "policy"
 
-    assert services.stored_path(path) == "models/my_agent/v15/policy"
-    assert services.absolute_path("models/my_agent/v15/policy") == path
-    assert services.stored_path("/srv/models/x/v1/policy") == "/srv/models/x/v1/policy"
+    assert files.stored_path(path) == "models/my_agent/v15/policy"
+    assert files.absolute_path("models/my_agent/v15/policy") == path
+    assert files.stored_path("/srv/models/x/v1/policy") == "/srv/models/x/v1/policy"
 
 
 def test_a_training_error_fails_the_version_with_its_reason(models_dir):
     version = queue(agent_with_feedback(), base_model=str(models_dir / "no-such-model"))
-    services.claim_version(version_id=version.pk)
+    jobs.claim_version(version_id=version.pk)
 
-    version = services.run_version(version_id=version.pk)
+    version = run.run_version(version_id=version.pk)
 
     assert version.status == "failed"
     assert "no-such-model" in version.error and "unavailable" in version.error
     assert "Traceback" not in version.error
-    assert not (services.version_dir("bot", 1) / RESULTS_FILE).exists()
+    assert not (files.version_dir("bot", 1) / RESULTS_FILE).exists()
 
 
 @pytest.mark.parametrize("launcher, reason", [
@@ -236,7 +237,7 @@ def test_the_sweep_fails_running_versions_without_a_heartbeat_and_lost_queued_on
     PolicyVersion.objects.filter(pk=never_enqueued.pk).update(queued_at=long_ago)
     just_queued = queue(agent_with_feedback("bot"))  # v6: its job waits in the queue
 
-    assert services.sweep_stale_versions() == 3
+    assert sweep.sweep_stale_versions() == 3
 
     states = {v.number: (v.status, v.error) for v in PolicyVersion.objects.filter(agent=agent)}
     assert states[dead.number][0] == "failed" and "no heartbeat for 600 s" in states[dead.number][1]
@@ -245,13 +246,13 @@ def test_the_sweep_fails_running_versions_without_a_heartbeat_and_lost_queued_on
     assert states[crashed_job.number] == ("failed", "Its job ended without starting the training: ImportError: no module named torch")
     assert states[never_enqueued.number][0] == "failed" and "never handed to a worker" in states[never_enqueued.number][1]
     assert states[just_queued.number] == ("queued", "")
-    assert services.sweep_stale_versions() == 0
+    assert sweep.sweep_stale_versions() == 0
 
 
 def test_the_sweep_is_scheduled_every_minute():
     from django_q.models import Schedule
 
-    services.ensure_sweep_schedule()  # idempotent: migrate created it already
+    sweep.ensure_sweep_schedule()  # idempotent: migrate created it already
     schedule = Schedule.objects.get(func="training.tasks.sweep_stale_versions")
     assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 1, -1)
 

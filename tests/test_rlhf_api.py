@@ -14,10 +14,10 @@ from django_q.models import OrmQ
 
 from feedback import services as feedback_services
 from feedback.models import Feedback
-from policies import services as policy_services
+from training import services as policy_services
 from policies.models import Agent, PolicyVersion
 from training.rlhf.results import TrainingResult
-from training.services import result_metrics
+from training.progress import result_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -397,7 +397,7 @@ def test_config_fields_round_trip_in_camel_case(api):
 
 def test_every_training_config_field_is_accepted_in_camel_case():
     """New TrainingConfig fields need no API change: the request serializer is derived from the dataclass."""
-    from policies.serializers import TrainPolicyRequestSerializer, to_camel
+    from api.serializers import TrainPolicyRequestSerializer, to_camel
     from training.rlhf import RewardModelConfig, TrainingConfig
 
     fields = TrainPolicyRequestSerializer().fields

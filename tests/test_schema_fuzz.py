@@ -24,7 +24,7 @@ from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
 from tests.conftest import API_PERMISSIONS
 from tests.sites import LEAN_CONFIG, feedback_records
-from training.services import evaluation_metrics
+from training.progress import evaluation_metrics
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ from django.db.models.signals import post_migrate
 logger = logging.getLogger(__name__)
 
 
-class TrainingConfig(AppConfig):
+class TrainingAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "training"
     verbose_name = "Training jobs"
@@ -22,13 +22,13 @@ class TrainingConfig(AppConfig):
 
 
 def _ensure_sweep_schedule(using: str = "default", **kwargs) -> None:
-    from training.services import ensure_sweep_schedule
+    from training.sweep import ensure_sweep_schedule
 
     ensure_sweep_schedule(using=using)
 
 
 def _sweep_at_worker_start(**kwargs) -> None:
-    from training.services import sweep_stale_versions
+    from training.sweep import sweep_stale_versions
 
     try:
         sweep_stale_versions()

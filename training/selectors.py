@@ -20,10 +20,13 @@ def feedback_records(queryset: QuerySet[Feedback]) -> list[dict]:
     return list(queryset.values(*RECORD_FIELDS))
 
 
-def snapshot_records(*, version: PolicyVersion) -> list[dict]:
-    """The records ``version`` was queued with (its feedback_snapshot ids).
+def snapshot_feedback(*, version: PolicyVersion) -> QuerySet[Feedback]:
+    """The feedback ``version`` trains on: its agent's rows up to its snapshot bound (the newest row when it was
+    queued) that are scored now. A row deleted since is gone, a score edited since counts with its new value, a
+    score cleared since drops the row, and a row scored since it was queued (it awaited review then) joins."""
+    return scored_feedback(agent=version.agent).filter(id__lte=version.feedback_through_id or 0)
 
-    Rows deleted since then are gone; a score edited since then counts with its new value (and a score cleared
-    since then drops the row: the training core skips unscored records).
-    """
-    return feedback_records(Feedback.objects.filter(pk__in=version.feedback_snapshot).order_by("id"))
+
+def snapshot_records(*, version: PolicyVersion) -> list[dict]:
+    """snapshot_feedback as records; read in chunks, so millions of rows need no more than one query's memory."""
+    return list(snapshot_feedback(version=version).values(*RECORD_FIELDS).iterator(chunk_size=10_000))

@@ -27,7 +27,9 @@ from django.db import DatabaseError
 
 from policies.models import PolicyVersion
 
-from . import services
+from .files import remove_unfinished_outputs
+from .jobs import claim_version, end_version, heartbeat
+from .sweep import sweep_stale_versions as sweep
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def run_policy_version(version_id: int) -> str:
     A version that is not queued any more (claimed by another delivery of this task, cancelled) is left alone:
     a training never runs twice. Returns a one-line outcome (django-q2 stores it as the task's result).
     """
-    if not services.claim_version(version_id=version_id):
+    if not claim_version(version_id=version_id):
         status = PolicyVersion.objects.filter(pk=version_id).values_list("status", flat=True).first()
         logger.info("Version %s not trained by this task: it is %s, not queued", version_id, status or "deleted")
         return f"not run: version {version_id} is {status or 'deleted'}"
@@ -62,7 +64,7 @@ def run_policy_version(version_id: int) -> str:
             start_new_session=True,
         )
     except OSError as exc:  # a launcher that does not exist, no memory to fork
-        services.fail_running_version(version_id=version_id, error=f"Could not start the training process ({shlex.join(command)}): {exc}")
+        end_version(version_id, Status.FAILED, error=f"Could not start the training process ({shlex.join(command)}): {exc}")
         return f"{version.agent.name} {version.version}: failed"
     output = OutputTail(child.stdout, prefix=f"[{version.agent.name} {version.version}] ")
     try:
@@ -71,7 +73,7 @@ def run_policy_version(version_id: int) -> str:
         # The supervisor itself failed (e.g. the database went away): do not leave an unsupervised child.
         logger.exception("Supervising %s failed; stopping its training process", version)
         stop(child)
-        services.fail_running_version(version_id=version_id, error="The job supervising the training failed; see the worker log.")
+        end_version(version_id, Status.FAILED, error="The job supervising the training failed; see the worker log.")
         raise
     finally:
         if not output.join(timeout=5):
@@ -84,27 +86,27 @@ def run_policy_version(version_id: int) -> str:
     version.refresh_from_db()
     if version.status == Status.RUNNING:  # the child could not record an outcome itself
         if stopped_because == "cancel":
-            services.fail_running_version(
-                version_id=version_id, status=Status.CANCELLED,
+            end_version(
+                version_id, Status.CANCELLED,
                 error=f"Cancelled: the training process did not stop within N3_CANCEL_GRACE={settings.N3_CANCEL_GRACE} s and was stopped.",
             )
         else:
             tail = output.text()
-            services.fail_running_version(
-                version_id=version_id,
+            end_version(
+                version_id, Status.FAILED,
                 error=f"The training process {describe_exit(child.returncode)}." + (f"\nLast output:\n{tail}" if tail else ""),
             )
         version.refresh_from_db()
     if version.status != Status.TRAINED:
         # A killed child leaves its half-written model directories behind (one that exited cleanly removed them).
-        services.remove_unfinished_outputs(agent_name=version.agent.name, number=version.number)
+        remove_unfinished_outputs(agent_name=version.agent.name, number=version.number)
     logger.info("Training %s ended %s (exit code %s)", version, version.status, child.returncode)
     return f"{version.agent.name} {version.version}: {version.status}"
 
 
 def sweep_stale_versions() -> int:
-    """The scheduled sweep (every minute, and at each worker start); see services.sweep_stale_versions."""
-    return services.sweep_stale_versions()
+    """The scheduled sweep (every minute, and at each worker start); see training.sweep."""
+    return sweep()
 
 
 # --- the child process ------------------------------------------------------------------------------------------
@@ -156,8 +158,8 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
                     stopped_because = "cancel" if status == Status.RUNNING else "gone"
             elif now - started >= settings.N3_TRAINING_TIMEOUT:
                 # Recorded before the child hears of it: it would otherwise record itself as interrupted.
-                services.fail_running_version(
-                    version_id=version_id,
+                end_version(
+                    version_id, Status.FAILED,
                     error=f"Training ran longer than N3_TRAINING_TIMEOUT={settings.N3_TRAINING_TIMEOUT} s and was stopped.",
                 )
                 stopped_because = "timeout"
@@ -188,7 +190,7 @@ def _read_state(version_id: int) -> Optional[tuple[str, bool]]:
 
 def _beat(version_id: int) -> bool:
     try:
-        services.heartbeat(version_id=version_id)
+        heartbeat(version_id=version_id)
         return True
     except DatabaseError as exc:
         logger.warning("Heartbeat of version %s not written (will retry): %s", version_id, exc)

@@ -15,6 +15,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
+from training import files, jobs, run, services
+from training.rlhf import RLHFError
 
 
 class Command(BaseCommand):
@@ -60,13 +62,11 @@ class Command(BaseCommand):
         if agent is None:
             raise CommandError(f"Agent '{options['agent']}' not found (agents are created by their first feedback).")
 
-        from training import services
-        from training.rlhf import RLHFError  # loads torch: after the checks that do not need it
         try:
             config = services.resolve_training_config(agent=agent, overrides=self.overrides(options), preset=options["preset"])
             if options["dry_run"]:
                 return self.print_estimate(services.estimate_training(agent=agent, config=config))
-            version = services.start_training(agent=agent, config=config, enqueue=options["run_async"])
+            version = services.queue_training(agent=agent, config=config, enqueue=options["run_async"])
         except (RLHFError, ServiceError) as exc:  # bad config, too little feedback, a base model that cannot load
             raise CommandError(str(exc)) from exc
         if options["run_async"]:
@@ -80,16 +80,14 @@ class Command(BaseCommand):
 
     # -- modes --------------------------------------------------------------------------------------------------
     def train_here(self, version: PolicyVersion) -> None:
-        from training import services
-
-        services.claim_version(version_id=version.pk)
+        jobs.claim_version(version_id=version.pk)
         self.stdout.write(
             f"Training {version.agent.name} {version.version} on {version.feedback_count} feedback samples "
-            f"({version.config['base_model']}, {version.max_steps} steps) into {services.version_dir(version.agent.name, version.number)}"
+            f"({version.config['base_model']}, {version.max_steps} steps) into {files.version_dir(version.agent.name, version.number)}"
         )
         try:
-            with services.keep_alive(version_id=version.pk):
-                version = services.run_version(version_id=version.pk, progress=True)
+            with jobs.keep_alive(version_id=version.pk):
+                version = run.run_version(version_id=version.pk, progress=True)
         except KeyboardInterrupt:
             raise CommandError(f"Interrupted: {version.agent.name} {version.version} is cancelled.", returncode=130)
         if version.status != PolicyVersion.Status.TRAINED:
@@ -119,16 +117,14 @@ class Command(BaseCommand):
         """The child process of a django-q2 job: train, record the outcome, exit 0 (the job reads the version).
 
         Under N3_TRAINING_LAUNCHER="accelerate launch ..." this runs once per process: rank 0 records everything,
-        the other ranks train alongside it and write nothing (services.run_version); a rank that fails exits
+        the other ranks train alongside it and write nothing (training.run.run_version); a rank that fails exits
         non-zero, and the launcher then stops the others and exits non-zero too.
         """
-        from training import services
-
         # SIGTERM (the job stopping a cancelled run) becomes KeyboardInterrupt: the trainer removes its partial
         # outputs and run_version records the version as cancelled before the process exits.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
-            services.run_version(version_id=version_id)
+            run.run_version(version_id=version_id)
         except PolicyVersion.DoesNotExist:
             raise CommandError(f"No policy version with id {version_id}.")
         except ServiceError as exc:

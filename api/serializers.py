@@ -20,7 +20,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
-from .models import PolicyVersion
+from policies.models import PolicyVersion
+from training.rlhf import PRESETS, TrainingConfig
 
 
 def to_camel(name: str) -> str:
@@ -176,9 +177,6 @@ class TrainPolicyRequestSerializer(StrictSerializer):
     dryRun = StrictBooleanField(source="dry_run", default=False, help_text="true: estimate only (200); false: queue training (202)")
 
     def get_fields(self):
-        # Built when used, not at import: training.rlhf loads torch, which the feedback API never needs.
-        from training.rlhf import PRESETS, TrainingConfig  # noqa: PLC0415
-
         preset = serializers.ChoiceField(
             choices=list(PRESETS), required=False, help_text="A configuration preset from the spec",
             error_messages={"invalid_choice": f"Unknown preset \"{{input}}\"; choose one of {', '.join(PRESETS)}."},
@@ -196,7 +194,7 @@ _WARNINGS = {"type": "array", "items": {"type": "string"},
              "description": "What training warned about in plain English, e.g. a reward model no better than "
                               "predicting the mean score"}
 
-# metrics.evaluation as training.services.evaluation_metrics stores it: the version against the model it started
+# metrics.evaluation as training.progress.evaluation_metrics stores it: the version against the model it started
 # from, on prompts held out of its training. Every figure is scored by this version's own reward model.
 _EVALUATION_FIGURES = {
     "better": {"type": "boolean", "nullable": True, "description": "winRateCi's lower bound is above 0.5"},

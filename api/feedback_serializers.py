@@ -10,10 +10,10 @@ from typing import Any, Optional
 
 from rest_framework import serializers
 
-from policies.serializers import StrictCharField, StrictFloatField, StrictSerializer
+from feedback.models import Feedback
+from feedback.services import RUN_ID_MAX_LENGTH, record_problems
 
-from .models import Feedback
-from .services import RUN_ID_MAX_LENGTH, record_problems
+from .serializers import StrictCharField, StrictFloatField, StrictSerializer
 
 
 class FeedbackInputSerializer(StrictSerializer):

@@ -10,8 +10,10 @@ from django.utils.html import format_html
 
 from n3site.exceptions import ServiceError
 
-from . import views_admin
-from .models import Agent, PolicyVersion
+from policies.models import Agent, PolicyVersion
+from training.rlhf import RLHFError
+
+from . import admin_views
 from .services import queue_policy_training
 
 
@@ -55,8 +57,6 @@ class AgentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Train now (agent's default config)", permissions=["train"])
     def train_now(self, request, queryset):
-        from training.rlhf.errors import RLHFError
-
         for agent in queryset:
             try:
                 version = queue_policy_training(agent_name=agent.name, overrides={}, user=request.user)
@@ -75,13 +75,13 @@ class AgentAdmin(admin.ModelAdmin):
     def get_urls(self):
         wrap = self.admin_site.admin_view
         return [
-            path("<int:pk>/train/", wrap(views_admin.train_agent), {"model_admin": self}, name="policies_agent_train"),
+            path("<int:pk>/train/", wrap(admin_views.train_agent), {"model_admin": self}, name="policies_agent_train"),
             *super().get_urls(),
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         agent = self.get_object(request, object_id)
-        extra = {"n3": views_admin.agent_panels(agent)} if agent else {}
+        extra = {"n3": admin_views.agent_panels(agent)} if agent else {}
         extra["can_train"] = self.has_train_permission(request)
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
@@ -147,12 +147,12 @@ class PolicyVersionAdmin(admin.ModelAdmin):
             return wrap(check)
 
         return [
-            path("<int:pk>/progress.json", viewing(views_admin.version_progress_json),
+            path("<int:pk>/progress.json", viewing(admin_views.version_progress_json),
                  name="policies_policyversion_progress"),
-            path("<int:pk>/charts/", viewing(views_admin.version_charts_fragment), name="policies_policyversion_charts"),
-            path("<int:pk>/compare/", viewing(views_admin.compare_versions), {"model_admin": self},
+            path("<int:pk>/charts/", viewing(admin_views.version_charts_fragment), name="policies_policyversion_charts"),
+            path("<int:pk>/compare/", viewing(admin_views.compare_versions), {"model_admin": self},
                  name="policies_policyversion_compare"),
-            path("<int:pk>/cancel/", wrap(views_admin.cancel_version), {"model_admin": self},
+            path("<int:pk>/cancel/", wrap(admin_views.cancel_version), {"model_admin": self},
                  name="policies_policyversion_cancel"),
             *super().get_urls(),
         ]
@@ -164,7 +164,7 @@ class PolicyVersionAdmin(admin.ModelAdmin):
             "show_delete": self.has_delete_permission(request, version),
         }
         if version is not None:
-            extra["n3"] = views_admin.version_context(version)
+            extra["n3"] = admin_views.version_context(version)
             extra["can_cancel"] = version.is_active and self.has_change_permission(request, version)
             extra["can_train"] = request.user.has_perm("policies.add_policyversion")
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

@@ -10,7 +10,7 @@ from django.urls import re_path
 
 from . import views
 
-app_name = "policies"
+app_name = "policies"  # the URL names' namespace: the API lives under /api/policies/
 
 ANY_AGENT = r"(?P<agent>.*[^/])"  # anything not ending in "/": validated by the service
 AGENT = r"(?P<agent>[^/]+)"

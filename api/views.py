@@ -18,11 +18,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.models import Feedback
-from feedback.serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
 from feedback.services import record_feedback, record_feedback_batch
+from policies import selectors
+from policies.models import agent_name_validator
+from training import services
 
-from . import selectors, services
-from .models import agent_name_validator
+from .feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
 from .serializers import (
     DryRunSerializer,
     PolicyVersionSerializer,

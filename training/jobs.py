@@ -1,0 +1,74 @@
+"""A version's state changes, each one conditional UPDATE: claimed, alive, ended. Torch-free (the worker's
+supervisor, the sweep and the web use it); the training itself runs in training.run.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.utils import timezone
+
+from policies.models import PolicyVersion
+
+logger = logging.getLogger(__name__)
+
+Status = PolicyVersion.Status
+
+
+def claim_version(*, version_id: int) -> bool:
+    """queued -> running, atomically: True for exactly one caller, False if the version is not queued."""
+    now = timezone.now()
+    return bool(
+        PolicyVersion.objects.filter(pk=version_id, status=Status.QUEUED)
+        .update(status=Status.RUNNING, started_at=now, heartbeat_at=now)
+    )
+
+
+def end_version(version_id: int, status: str, *, from_status: str = Status.RUNNING, **fields: Any) -> bool:
+    """from_status -> status (a final one), only if the version is still in from_status."""
+    if "error" in fields:
+        # Errors quote exceptions and a dead process's output, which may hold NUL: PostgreSQL refuses it in text
+        # (the UPDATE would raise and leave the version running until the sweep), so it is written escaped.
+        fields["error"] = str(fields["error"]).replace("\x00", "\\x00")
+    return bool(
+        PolicyVersion.objects.filter(pk=version_id, status=from_status)
+        .update(status=status, finished_at=timezone.now(), **fields)
+    )
+
+
+def heartbeat(*, version_id: int) -> bool:
+    """Mark a running version alive now; False when it is no longer running."""
+    return bool(PolicyVersion.objects.filter(pk=version_id, status=Status.RUNNING).update(heartbeat_at=timezone.now()))
+
+
+@contextmanager
+def keep_alive(*, version_id: int, every: Optional[float] = None) -> Iterator[None]:
+    """Beat the version's heartbeat from a background thread while the block runs.
+
+    For the CLI's in-process training, which has no supervising job: without it a long stretch without progress
+    callbacks (loading a large model, saving it) would look like a dead process to the sweep.
+    """
+    every = every or max(1.0, settings.N3_HEARTBEAT_TIMEOUT / 4)
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(every):
+                try:
+                    heartbeat(version_id=version_id)
+                except DatabaseError as exc:  # a busy database: the next beat will do
+                    logger.warning("Heartbeat of version %s not written: %s", version_id, exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"n3-heartbeat-{version_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
