@@ -15,6 +15,8 @@ Any other name (``gpt2``, a hub id, a local directory) is loaded with ``from_pre
 operator sets ``N3_ALLOW_HUB=1``: importing this module sets ``HF_HUB_OFFLINE=1``, and loads pass
 ``local_files_only``, so a hub id that is not in the local cache fails at once with ``BaseModelUnavailable``
 instead of retrying the network for most of a minute.
+
+Loads from several threads of one process take turns (``LOAD_LOCK``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -102,6 +105,17 @@ if not hub_allowed():
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
+# -- one load at a time ----------------------------------------------------------------------------------------------
+# transformers' from_pretrained is not thread-safe: while it loads, it replaces process-wide functions (torch's init
+# functions, torch.linspace, PreTrainedModel.init_weights/tie_weights) and puts them back after. Two loads at once in
+# one process put them back in the wrong order: both fail ("Cannot copy out of meta tensor; no data!") and so does
+# every later load in that process (lm_head.weight missing), and a model built meanwhile keeps uninitialised weights.
+# Every from_pretrained in the training core (models, tokenizers, adapters) runs under this lock, and so does building
+# modules from a config (a model, LoRA layers, a head). Reentrant: a load may call another (an adapter around its base
+# model). Other processes are unaffected (each has its own transformers); tests/test_concurrent_loads.py races it.
+LOAD_LOCK = threading.RLock()
+
+
 # -- public API ------------------------------------------------------------------------------------------------------
 def default_models_dir() -> Path:
     return Path(os.environ.get("MODELS_DIR") or "models")
@@ -127,7 +141,9 @@ def load_tokenizer(
     """The model's tokenizer, padded on ``padding_side``; it always has a pad token (EOS when the model has none)."""
     path = resolve_base_model(name, models_dir=models_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side, local_files_only=not hub_allowed())
+        with LOAD_LOCK:
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, padding_side=padding_side, local_files_only=not hub_allowed())
     except (OSError, ValueError) as exc:  # missing files, offline hub, malformed repo id
         raise BaseModelUnavailable(unavailable_message(name, exc)) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers builds an empty one from config.json alone
@@ -145,7 +161,8 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     path = resolve_base_model(name, models_dir=models_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=not hub_allowed())
+        with LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=not hub_allowed())
     except (OSError, ValueError) as exc:
         raise BaseModelUnavailable(unavailable_message(name, exc)) from exc
     return model.to(device)
@@ -292,7 +309,8 @@ def _build(name: str, out: Path, callback: Optional[ProgressCallback]) -> None:
         n_head=recipe.n_head, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, **NO_DROPOUT,
     )
     torch.manual_seed(recipe.seed)
-    model = GPT2LMHeadModel(config)
+    with LOAD_LOCK:  # a load in another thread would leave its weights uninitialised
+        model = GPT2LMHeadModel(config)
     metrics = {}
     if recipe.steps:
         # One thread: the same floating-point results on every machine, and no OpenMP threads spinning against

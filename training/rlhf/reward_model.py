@@ -33,7 +33,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
 from . import distributed
-from .base_models import hub_allowed, load_tokenizer, resolve_base_model, unavailable_message
+from .base_models import LOAD_LOCK, hub_allowed, load_tokenizer, resolve_base_model, unavailable_message
 from .config import RewardModelConfig
 from .data import FeedbackRecord, format_text, train_val_split
 from .errors import BaseModelUnavailable, RewardModelQualityError, TrainingCancelled
@@ -137,12 +137,13 @@ def build_reward_model(
     tokenizer = load_tokenizer(base_model, models_dir=models_dir, padding_side="right")
     tokenizer.truncation_side = "left"  # keep the response and the EOS, drop the start of a long prompt
     body = _load_body(base_model, models_dir)
-    body = get_peft_model(body, lora_config_for(
-        body, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, task_type="FEATURE_EXTRACTION",
-    ))
-    head = nn.Linear(body.config.get_text_config().hidden_size, 1)
-    nn.init.zeros_(head.weight)
-    nn.init.constant_(head.bias, initial_score)
+    with LOAD_LOCK:  # a load in another thread would leave the adapter's and the head's init undone
+        body = get_peft_model(body, lora_config_for(
+            body, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout, task_type="FEATURE_EXTRACTION",
+        ))
+        head = nn.Linear(body.config.get_text_config().hidden_size, 1)
+        nn.init.zeros_(head.weight)
+        nn.init.constant_(head.bias, initial_score)
     return RewardModel(
         body, head, tokenizer, base_model=base_model, max_length=config.max_length, autocast_dtype=autocast_dtype,
         batch_size=config.batch_size,
@@ -159,7 +160,8 @@ def load_reward_model(
     base_model = saved["base_model"]
     tokenizer = load_tokenizer(base_model, models_dir=models_dir, padding_side="right")
     tokenizer.truncation_side = "left"
-    body = PeftModel.from_pretrained(_load_body(base_model, models_dir), path / ADAPTER_DIR)
+    with LOAD_LOCK:
+        body = PeftModel.from_pretrained(_load_body(base_model, models_dir), path / ADAPTER_DIR)
     head = nn.Linear(saved["head"]["in_features"], saved["head"]["out_features"])
     head.load_state_dict(torch.load(path / HEAD_FILE, map_location="cpu", weights_only=True))
     model = RewardModel(
@@ -174,7 +176,8 @@ def _load_body(base_model: str, models_dir: Union[str, Path, None]) -> PreTraine
     """The base model without its LM head (AutoModel), float32, offline unless the operator allows the hub."""
     path = resolve_base_model(base_model, models_dir=models_dir)
     try:
-        return AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=not hub_allowed())
+        with LOAD_LOCK:
+            return AutoModel.from_pretrained(path, dtype=torch.float32, local_files_only=not hub_allowed())
     except (OSError, ValueError) as exc:
         raise BaseModelUnavailable(unavailable_message(base_model, exc)) from exc
 
