@@ -1,27 +1,32 @@
 """gunicorn settings for the n3 web process (the REST API and the admin).
 
-    gunicorn -c n3site/gunicorn.conf.py n3site.wsgi:application
+    gunicorn -c n3site/gunicorn.conf.py n3site.serve:application
+
+The worker class is gunicorn's asyncio one (``asgi``), serving n3site/serve.py: each worker reads requests, headers
+and whole bodies, on its event loop and only then runs Django (WSGI) in one of its ``N3_WEB_THREADS`` threads. Slow
+or stalled clients (trickled headers, a Content-Length never sent in full) cost a socket, not a thread: with the
+``gthread`` worker 8 such connections held a third of the other requests past their timeout and 5 unfinished
+headers blocked a one-worker server outright. No proxy is needed for that; one in front (TLS) may buffer or not.
 
 Every value can be changed by an environment variable here, or on gunicorn's command line (which wins):
 
 - ``N3_BIND`` (``127.0.0.1:8000``): where to listen; put a TLS-terminating proxy in front for anything public.
 - ``WEB_CONCURRENCY`` (one per CPU core, at least 2): worker processes. Django's work is CPU-bound under the GIL,
   so processes, not threads, add throughput; on SQLite every write still takes the one write lock in turn.
-- ``N3_WEB_THREADS`` (4): threads per worker. Above 1 the worker class is ``gthread``, which keeps client
-  connections alive (the sync worker closes each connection after one answer: a new TCP connection per request
-  cost the server and the client about a third more CPU per feedback POST in bench/ingest_bench.py), and a
-  worker's other threads keep the CPU busy while one waits for SQLite's write lock. 1: the ``sync`` worker.
-- ``N3_WEB_TIMEOUT`` (60 s): a worker silent for longer is killed and replaced. Training runs in the qcluster,
-  but the first dry run for a new model/batch measures a miniature training in the web process (seconds on
-  n3-tiny, a minute or more for bigger models on CPU). A gthread worker stays responsive meanwhile (the request
-  runs in one of its threads); with the sync worker (``N3_WEB_THREADS=1``) raise this above that time.
+- ``N3_WEB_THREADS`` (4): threads per worker that run Django (read by n3site/serve.py). A worker's other threads
+  keep the CPU busy while one waits for SQLite's write lock or runs a dry run's calibration (seconds on n3-tiny, a
+  minute or more for bigger models on CPU). Connections stay alive between requests (keepalive).
+- ``N3_WEB_CONNECTIONS`` (1000): open client connections per worker, slow ones included.
+- ``N3_WEB_TIMEOUT`` (60 s): a client whose body stops arriving for this long is dropped; a worker whose event loop
+  is silent for this long is killed and replaced (a long request in a thread does not silence it).
 - ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
-- ``DB_CONN_MAX_AGE`` (here 300 s; settings.py's default, for other processes, is 0): each worker (each thread
-  under gthread) keeps its database connection between requests. Opening one per request costs more CPU than the
-  rest of a feedback POST's database work (on SQLite: the connection, its PRAGMAs and Django's SQL functions;
-  about 40 % of the request). Django checks a kept connection before reusing it (CONN_HEALTH_CHECKS).
+- ``DB_CONN_MAX_AGE`` (here 300 s; settings.py's default, for other processes, is 0): each of a worker's threads
+  keeps its database connection between requests. Opening one per request costs more CPU than the rest of a
+  feedback POST's database work (on SQLite: the connection, its PRAGMAs and Django's SQL functions; about 40 % of
+  the request). Django checks a kept connection before reusing it (CONN_HEALTH_CHECKS).
 
-bench/ingest_bench.py measures the throughput of these settings on the machine at hand.
+bench/ingest_bench.py measures the throughput of these settings on the machine at hand; tests/test_load.py and
+tests/test_http_edges.py hold them to slow clients and chunked bodies.
 """
 import os
 
@@ -29,15 +34,16 @@ _cores = os.cpu_count() or 1
 # Read by n3site/settings.py when the app loads (below, or in each worker without preload).
 os.environ.setdefault("DB_CONN_MAX_AGE", "300")
 
+wsgi_app = "n3site.serve:application"  # the default when the command line names no application
 bind = os.environ.get("N3_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, _cores)))
-threads = int(os.environ.get("N3_WEB_THREADS", 4))
-# No worker_class: gunicorn runs "gthread" when threads > 1 and "sync" at 1, whichever sets the threads.
+worker_class = "asgi"
+worker_connections = int(os.environ.get("N3_WEB_CONNECTIONS", 1000))
 keepalive = 5
 timeout = int(os.environ.get("N3_WEB_TIMEOUT", 60))
 graceful_timeout = 30
 # Django and the app load before the fork: workers start at once and share the code's memory pages.
-# Django opens database connections lazily (in each worker), so none is shared across the fork.
+# Django opens database connections lazily (in each worker's threads), so none is shared across the fork.
 preload_app = True
 accesslog = os.environ.get("N3_ACCESS_LOG") or None
 errorlog = "-"

@@ -133,22 +133,26 @@ print(Token.objects.get_or_create(user=user)[0].key)
                  args: tuple[str, ...] = (), ready_timeout: float = 60) -> Iterator["Server"]:
         """Serve this site with gunicorn on 127.0.0.1 (a free port) using n3site/gunicorn.conf.py; stop it after.
 
-        ``workers``/``threads`` None and ``worker_class`` empty: the config's choice. The server's log is
-        ``root/gunicorn.log`` (``Server.log()``). N3_WSGI_APP in the environment replaces the WSGI application
+        None/empty: the config's choice (the ``asgi`` worker serving n3site.serve:application). ``threads``: the
+        threads that run Django in each worker (N3_WEB_THREADS). ``worker_class`` "gthread" or "sync": gunicorn's
+        threaded or sync worker on the plain WSGI app (n3site.wsgi:application), for comparison. The server's log is
+        ``root/gunicorn.log`` (``Server.log()``). N3_WSGI_APP in the environment replaces the application
         (``module:callable``, e.g. a profiling wrapper).
         """
         port = free_port()
         log_path = self.root / "gunicorn.log"
+        wsgi = worker_class in ("gthread", "sync")
+        app = os.environ.get("N3_WSGI_APP", "n3site.wsgi:application" if wsgi else "n3site.serve:application")
         command = [
             sys.executable, "-m", "gunicorn", "-c", str(ROOT / "n3site" / "gunicorn.conf.py"),
             "--bind", f"127.0.0.1:{port}", "--no-control-socket",  # not the one in $HOME that a real server uses
             *(("--workers", str(workers)) if workers else ()),
-            *(("--threads", str(threads)) if threads else ()),
-            *(("--worker-class", worker_class) if worker_class else ()), *args,
-            os.environ.get("N3_WSGI_APP", "n3site.wsgi:application"),
+            *(("--threads", str(threads)) if threads and wsgi else ()),
+            *(("--worker-class", worker_class) if worker_class else ()), *args, app,
         ]
+        server_env = {**self.env, **({"N3_WEB_THREADS": str(threads)} if threads else {})}
         with open(log_path, "ab") as log:
-            process = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(command, cwd=ROOT, env=server_env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         server = Server(process=process, host="127.0.0.1", port=port, log_path=log_path)
         try:
@@ -466,3 +470,64 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+@dataclass
+class SlowClients:
+    """The connections ``slow_clients`` holds open."""
+
+    sockets: list[socket.socket]
+
+    def open_count(self) -> int:
+        """How many of the connections the server still holds open (a closed one reads EOF or fails)."""
+        count = 0
+        for sock in self.sockets:
+            sock.setblocking(False)
+            try:
+                count += sock.recv(1, socket.MSG_PEEK) != b""
+            except BlockingIOError:
+                count += 1  # open, nothing to read
+            except OSError:
+                pass
+        return count
+
+
+@contextlib.contextmanager
+def slow_clients(host: str, port: int, *, stalled_bodies: int = 8, unfinished_headers: int = 5, tricklers: int = 2,
+                 path: str = "/api/policies/feedback/slow-bot") -> Iterator[SlowClients]:
+    """Connections that tie up a server which gives each one a thread until its request is read in full.
+
+    ``stalled_bodies`` declare ``Content-Length: 1000`` and send 11 bytes of it; ``unfinished_headers`` send a request
+    line and one header, never the blank line; ``tricklers`` send their headers one byte every 0.2 s. All stay open
+    (unless the server closes them) until the block exits.
+    """
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n".encode()
+    sockets, stop = [], threading.Event()
+    try:
+        for _ in range(stalled_bodies):
+            sock = socket.create_connection((host, port), timeout=10)
+            sock.sendall(head + b"Content-Length: 1000\r\n\r\n" + b'{"prompt": ')
+            sockets.append(sock)
+        for _ in range(unfinished_headers):
+            sock = socket.create_connection((host, port), timeout=10)
+            sock.sendall(head)
+            sockets.append(sock)
+        trickling = [socket.create_connection((host, port), timeout=10) for _ in range(tricklers)]
+        sockets += trickling
+
+        def trickle() -> None:
+            text = head + b"X-Padding: " + b"x" * 4000
+            for i in range(len(text)):
+                for sock in trickling:
+                    with contextlib.suppress(OSError):
+                        sock.send(text[i:i + 1])
+                if stop.wait(0.2):
+                    return
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        yield SlowClients(sockets)
+    finally:
+        stop.set()
+        for sock in sockets:
+            sock.close()

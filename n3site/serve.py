@@ -1,0 +1,149 @@
+"""The web process as gunicorn serves it: ``gunicorn -c n3site/gunicorn.conf.py n3site.serve:application``.
+
+gunicorn's ``asyncio`` worker (``asgi``) reads every request, headers and whole body, on its event loop; only then
+does ``BufferedWSGI`` hand it to Django's WSGI application in a pool of ``N3_WEB_THREADS`` threads. A slow or stalled
+client (headers or body trickling in, a Content-Length it never sends) holds a coroutine and a socket, never a
+thread, so it cannot starve the other requests, which gthread workers let it do. The threads are long-lived, so each
+keeps its database connection between requests as under gthread (DB_CONN_MAX_AGE), unlike Django's own ASGI handler,
+which starts a thread per request.
+
+Bodies: a chunked body (``Transfer-Encoding: chunked``) reaches Django with its length, like any other; one larger
+than N3_MAX_BODY_BYTES is not read past the limit and Django answers 413 (``n3site.exceptions``), as for a
+Content-Length over the limit, which is refused before any of the body is read.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+from django.conf import settings
+
+from n3site.wsgi import application as django_application
+
+log = logging.getLogger(__name__)
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+class BufferedWSGI:
+    """An ASGI application that buffers each HTTP request, then runs ``app`` (WSGI) in a pool of ``threads``.
+
+    (asgiref's WsgiToAsgi buffers the same way but runs every request of a process in one thread.)"""
+
+    def __init__(self, app: WSGIApp, *, threads: int, max_body_bytes: int):
+        self.app, self.threads, self.max_body_bytes = app, threads, max_body_bytes
+        self._pool: Optional[ThreadPoolExecutor] = None  # made in the worker, after gunicorn's fork
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        else:  # websocket: nothing in n3 speaks it
+            raise ValueError(f"n3 serves HTTP only, not {scope['type']!r}")
+
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._pool is not None:  # let running requests finish (gunicorn's graceful_timeout bounds it)
+                    await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
+        headers = [(name.decode("latin1").lower(), value.decode("latin1")) for name, value in scope["headers"]]
+        declared = next((value for name, value in headers if name == "content-length"), None)
+        body = io.BytesIO()
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+            length = int(declared)  # Django refuses it (413) on the declared length: none of the body is read
+        else:
+            # Read up to one byte past the limit: enough for Django to see it is too large.
+            while body.tell() <= self.max_body_bytes:
+                message = await receive()
+                if message["type"] == "http.disconnect":  # the client left, or its body stalled past the timeout
+                    return
+                body.write(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            length = body.tell()
+            body.seek(0)
+        environ = wsgi_environ(scope, headers, body, length)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="n3-web")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._respond, environ, send, loop)
+
+    def _respond(self, environ: dict, send: Callable, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs in a pool thread: the WSGI call, its answer sent through the event loop, then ``close()``
+        (Django's request_finished: the thread's database connection is checked in)."""
+
+        def send_now(message: dict) -> None:
+            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+
+        start: dict = {"sent": False}
+
+        def start_response(status: str, response_headers: list, exc_info: Any = None) -> Callable:
+            if exc_info and start["sent"]:
+                raise exc_info[1].with_traceback(exc_info[2])
+            headers = [(name.lower().encode("latin1"), value.encode("latin1")) for name, value in response_headers]
+            code = int(status.split(" ", 1)[0])
+            start["message"] = {"type": "http.response.start", "status": code, "headers": headers}
+            start["bodiless"] = environ["REQUEST_METHOD"] == "HEAD" or code in (204, 304)  # RFC 9110: no content
+            return lambda data: None  # the legacy write() callable: Django never uses it
+
+        response = self.app(environ, start_response)
+        try:
+            for chunk in response:
+                if chunk and not start["bodiless"]:
+                    if not start["sent"]:
+                        send_now(start["message"])
+                        start["sent"] = True
+                    send_now({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not start["sent"]:
+                send_now(start["message"])
+            send_now({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError as exc:  # the client went away while the answer was being sent
+            log.debug("Client disconnected during the response: %s", exc)
+        finally:
+            close = getattr(response, "close", None)
+            if close is not None:
+                close()
+
+
+def wsgi_environ(scope: dict, headers: list[tuple[str, str]], body: io.BytesIO, length: int) -> dict:
+    """The WSGI environ (PEP 3333) of a buffered request: CONTENT_LENGTH is what was read (a chunked body's too)."""
+    path = scope["path"].encode("utf-8").decode("latin1")
+    root = scope.get("root_path", "").encode("utf-8").decode("latin1")
+    server = scope.get("server") or ("localhost", 80)
+    environ = {
+        "REQUEST_METHOD": scope["method"], "SCRIPT_NAME": root, "PATH_INFO": path.removeprefix(root),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin1"),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "SERVER_NAME": server[0], "SERVER_PORT": str(server[1] or 80),
+        "wsgi.version": (1, 0), "wsgi.url_scheme": scope.get("scheme", "http"), "wsgi.input": body,
+        "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+    if scope.get("client"):
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = scope["client"][0], str(scope["client"][1])
+    for name, value in headers:
+        if name in ("content-length", "transfer-encoding"):  # the body is no longer framed: CONTENT_LENGTH says it
+            continue
+        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
+        separator = "; " if key == "HTTP_COOKIE" else ","
+        environ[key] = f"{environ[key]}{separator}{value}" if key in environ else value
+    if length:
+        environ["CONTENT_LENGTH"] = str(length)
+    return environ
+
+
+application = BufferedWSGI(django_application, threads=int(os.environ.get("N3_WEB_THREADS", 4)),
+                           max_body_bytes=settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
