@@ -6,6 +6,7 @@ a PolicyVersion stores ``config.to_dict()``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,13 +16,60 @@ ALGORITHMS = ("ppo", "rloo", "grpo", "kto", "dpo")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Ceilings far above any real run, so a typo (or a hostile request) cannot ask a dry run's calibration or a
-# training for a million rollouts per step and exhaust the machine's memory before anything can fail cleanly.
+# training for a million rollouts per step and exhaust the machine's memory before anything can fail cleanly, nor
+# start a run that can only overflow (a KL coefficient of 1e308) or that the model cannot take.
 MAXIMA = {
     "batch_size": 4096, "mini_batch_size": 4096, "gradient_accumulation_steps": 4096, "ppo_epochs": 100,
     "max_new_tokens": 8192, "max_prompt_length": 32768, "lora_r": 1024, "lora_alpha": 4096,
     "num_epochs": 1000, "max_length": 32768, "eval_max_prompts": 4096, "eval_samples_per_prompt": 64,
     "cv_folds": 20, "cross_validation_below": 100000,
+    "seed": 2**32 - 1, "temperature": 100.0, "init_kl_coef": 100.0, "vf_coef": 100.0,
+    "missing_eos_penalty": 100.0, "target_kl": 10000.0, "kl_horizon": 10**9, "cliprange": 100.0,
+    "cliprange_value": 100.0, "max_grad_norm": 1e6,
 }
+# Floors: seed is what torch and numpy accept; below a temperature of 0.01 the logits / temperature overflow.
+MINIMA = {"seed": 0, "temperature": 0.01}
+
+# Which algorithms read a field (ppo.py, trl_algorithms.py, trl_preference.py, trainer.py). A field not listed is
+# shared by all five, reward_model_config included: every run fits the reward model (KTO and DPO train without it
+# but evaluate with it and score their final sample with it). A field listed here that a request, the agent's
+# default config or the CLI sets explicitly for another algorithm is refused (check_fields_used); defaults and
+# presets are never checked.
+FIELD_ALGORITHMS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys((
+        "ppo_epochs", "gradient_accumulation_steps", "target_kl", "kl_horizon", "adaptive_kl", "cliprange_value",
+        "vf_coef", "gamma", "lam", "whiten_rewards", "normalize_reward", "missing_eos_penalty",
+    ), ("ppo",)),
+    "cliprange": ("ppo", "rloo", "grpo"),  # KTO and DPO have no ratio to clip
+    "kto_desirable_threshold": ("kto",),
+    "kto_undesirable_threshold": ("kto",),
+    "dpo_pair_margin": ("dpo",),
+}
+# What a field is in ordinary use: when a run goes NaN/inf, the field furthest beyond its range is named as the
+# likely cause (TrainingConfig.nonfinite_hint). (low, high); None: no bound on that side.
+TYPICAL = {
+    "learning_rate": (None, 1e-3), "init_kl_coef": (None, 10.0), "vf_coef": (None, 10.0),
+    "missing_eos_penalty": (None, 10.0), "temperature": (0.1, 10.0),
+}
+
+
+def algorithms_reading(name: str) -> tuple[str, ...]:
+    """The algorithms that read TrainingConfig field `name` (all of them for a shared field)."""
+    return FIELD_ALGORITHMS.get(name, ALGORITHMS)
+
+
+def check_fields_used(algorithm: str, explicit: dict[str, str]) -> None:
+    """Raise ConfigError naming every field of `explicit` (name -> where it was set, "" for the request itself)
+    that `algorithm` does not read, e.g. "vf_coef: not used by algorithm 'rloo' (PPO only)"."""
+    errors = {}
+    for name, where in explicit.items():
+        readers = algorithms_reading(name)
+        if algorithm not in readers:
+            only = " and ".join(", ".join(a.upper() for a in readers).rsplit(", ", 1))
+            source = f"; set in {where}" if where else ""
+            errors[name] = [f"not used by algorithm '{algorithm}' ({only} only){source}"]
+    if errors:
+        raise ConfigError("; ".join(f"{name}: {reasons[0]}" for name, reasons in errors.items()), errors=errors)
 
 
 @dataclass
@@ -56,11 +104,11 @@ class RewardModelConfig:
         _in_range(self, "validation_split", 0.0, 0.9)
         _in_range(self, "min_correlation", -1.0, 1.0)
         if self.cross_validation_below < 0:
-            raise ConfigError(f"cross_validation_below must be >= 0, got {self.cross_validation_below}")
+            raise ConfigError.field("cross_validation_below", f"must be >= 0, got {self.cross_validation_below}")
         if self.cv_folds < 2:
-            raise ConfigError(f"cv_folds must be at least 2, got {self.cv_folds}")
+            raise ConfigError.field("cv_folds", f"must be at least 2, got {self.cv_folds}")
         if self.on_poor_fit not in ("warn", "fail"):
-            raise ConfigError(f"on_poor_fit must be 'warn' or 'fail', got {self.on_poor_fit!r}")
+            raise ConfigError.field("on_poor_fit", f"must be 'warn' or 'fail', got {self.on_poor_fit!r}")
         _at_most(self)
 
     def cross_validates(self, n_records: int) -> bool:
@@ -123,21 +171,22 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.reward_model_config, dict):
-            self.reward_model_config = RewardModelConfig(**_known(RewardModelConfig, self.reward_model_config, "reward_model_config."))
+            fields = _known(RewardModelConfig, self.reward_model_config, "reward_model_config.")
+            self.reward_model_config = RewardModelConfig(**fields)
         self.validate()
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
         _check_types(self)
         if not isinstance(self.base_model, str) or not self.base_model.strip():
-            raise ConfigError("base_model must be a non-empty string (hub id, local path or 'n3-tiny')")
+            raise ConfigError.field("base_model", "must be a non-empty string (hub id, local path or 'n3-tiny')")
         if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+            raise ConfigError.field("algorithm", f"must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
         device = str(self.device)
         if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
-            raise ConfigError(f"device must be one of {', '.join(DEVICES)} or 'cuda:N', got {self.device!r}")
+            raise ConfigError.field("device", f"must be one of {', '.join(DEVICES)} or 'cuda:N', got {self.device!r}")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError.field("dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _positive(
             self, "learning_rate", "max_steps", "batch_size", "mini_batch_size", "gradient_accumulation_steps",
             "ppo_epochs", "lora_r", "lora_alpha", "max_new_tokens", "max_prompt_length", "temperature",
@@ -149,52 +198,85 @@ class TrainingConfig:
         _positive(self, "eval_max_prompts", "eval_samples_per_prompt")
         _in_range(self, "gamma", 0.0, 1.0)
         _in_range(self, "lam", 0.0, 1.0)
-        if self.init_kl_coef < 0:
-            raise ConfigError(f"init_kl_coef must be >= 0, got {self.init_kl_coef}")
-        if self.vf_coef < 0:
-            raise ConfigError(f"vf_coef must be >= 0, got {self.vf_coef}")
+        _at_least(self)
+        for name in ("init_kl_coef", "vf_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError.field(name, f"must be >= 0, got {getattr(self, name)}")
         if self.missing_eos_penalty is not None and (
             isinstance(self.missing_eos_penalty, bool) or not isinstance(self.missing_eos_penalty, (int, float))
-            or self.missing_eos_penalty < 0
+            or not 0 <= self.missing_eos_penalty < math.inf
         ):
-            raise ConfigError(f"missing_eos_penalty must be a number >= 0 or null, got {self.missing_eos_penalty!r}")
+            raise ConfigError.field(
+                "missing_eos_penalty", f"must be a number >= 0 or null, got {self.missing_eos_penalty!r}"
+            )
         if self.algorithm in ("rloo", "grpo") and self.batch_size % 2:
             raise ConfigError(
                 f"{self.algorithm.upper()} compares completions of the same prompt: batch_size must be even, "
-                f"got {self.batch_size}"
+                f"got {self.batch_size}",
+                errors={"batch_size": [f"must be even for {self.algorithm.upper()}, got {self.batch_size}"]},
             )
         _in_range(self, "kto_desirable_threshold", 0.0, 1.0)
         _in_range(self, "kto_undesirable_threshold", 0.0, 1.0)
         if self.kto_undesirable_threshold >= self.kto_desirable_threshold:
             raise ConfigError(
                 f"kto_undesirable_threshold ({self.kto_undesirable_threshold}) must be below kto_desirable_threshold "
-                f"({self.kto_desirable_threshold})"
+                f"({self.kto_desirable_threshold})",
+                errors={"kto_undesirable_threshold": [
+                    f"must be below kto_desirable_threshold ({self.kto_desirable_threshold})"
+                ]},
             )
         _positive(self, "dpo_pair_margin")
         _in_range(self, "dpo_pair_margin", 0.0, 1.0)
         if self.algorithm == "kto" and self.batch_size < 2:
-            raise ConfigError("KTO estimates its KL term from the other examples of a batch: batch_size must be >= 2")
+            raise ConfigError(
+                "KTO estimates its KL term from the other examples of a batch: batch_size must be >= 2",
+                errors={"batch_size": ["must be >= 2 for KTO (it estimates its KL term from the rest of a batch)"]},
+            )
         if self.mini_batch_size > self.batch_size:
             raise ConfigError(
-                f"mini_batch_size ({self.mini_batch_size}) cannot exceed batch_size ({self.batch_size})"
+                f"mini_batch_size ({self.mini_batch_size}) cannot exceed batch_size ({self.batch_size})",
+                errors={"mini_batch_size": [
+                    f"cannot exceed batch_size ({self.batch_size}), got {self.mini_batch_size}"
+                ]},
             )
         if self.lora_target_modules is not None and not (
             isinstance(self.lora_target_modules, list) and all(isinstance(m, str) for m in self.lora_target_modules)
         ):
-            raise ConfigError("lora_target_modules must be a list of module names or null")
-        self.reward_model_config.validate()
+            raise ConfigError.field("lora_target_modules", "must be a list of module names or null")
+        try:
+            self.reward_model_config.validate()
+        except ConfigError as exc:
+            raise exc.prefixed("reward_model_config") from None
+
+    def nonfinite_hint(self) -> str:
+        """For a NaN/inf error: the field this run most likely owes it to (the one furthest outside its usual
+        range, among those its algorithm reads), else the learning rate."""
+        suspects = []
+        for name, (low, high) in TYPICAL.items():
+            value = getattr(self, name)
+            if value is None or self.algorithm not in algorithms_reading(name):
+                continue
+            if high is not None and value > high:
+                suspects.append((value / high, name, "above", f"at most {high:g}", "lower", value))
+            elif low is not None and value < low:
+                suspects.append((low / value, name, "below", f"at least {low:g}", "higher", value))
+        if suspects:
+            _, name, side, usual, change, value = max(suspects)
+            return (f"Likely cause: {name} is far {side} its usual range ({usual}). "
+                    f"Try a {change} {name} (now {value:g}).")
+        return f"Try a lower learning_rate (now {self.learning_rate:g})."
 
     # -- (de)serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
         """Strict: unknown keys raise ConfigError naming them."""
         return cls(**_known(cls, data))
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "TrainingConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> TrainingConfig:
         if name not in PRESETS:
             raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
@@ -203,7 +285,7 @@ class TrainingConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
 
-    def replace(self, **changes: Any) -> "TrainingConfig":
+    def replace(self, **changes: Any) -> TrainingConfig:
         return self.from_dict({**self.to_dict(), **changes})
 
 
@@ -245,22 +327,31 @@ def _check_types(obj: Any) -> None:
         if expected is None:
             continue
         if (bool not in expected and isinstance(value, bool)) or not isinstance(value, expected):
-            raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
+            raise ConfigError.field(f.name, f"must be of type {f.type}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError.field(f.name, f"must be a finite number, got {value!r}")
 
 
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            raise ConfigError.field(name, f"must be a positive number, got {value!r}")
 
 
 def _at_most(obj: Any) -> None:
-    """The MAXIMA of obj's fields (positive numbers already checked)."""
+    """The MAXIMA of obj's fields (numbers already checked; None: not set)."""
     for f in dataclasses.fields(obj):
-        limit = MAXIMA.get(f.name)
-        if limit is not None and getattr(obj, f.name) > limit:
-            raise ConfigError(f"{f.name} must be at most {limit}, got {getattr(obj, f.name)!r}")
+        limit, value = MAXIMA.get(f.name), getattr(obj, f.name)
+        if limit is not None and value is not None and value > limit:
+            raise ConfigError.field(f.name, f"must be at most {_num(limit)}, got {value!r}")
+
+
+def _at_least(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        limit, value = MINIMA.get(f.name), getattr(obj, f.name)
+        if limit is not None and value is not None and value < limit:
+            raise ConfigError.field(f.name, f"must be at least {_num(limit)}, got {value!r}")
 
 
 def _in_range(obj: Any, name: str, low: float, high: float, *, high_open: bool = False) -> None:
@@ -269,4 +360,8 @@ def _in_range(obj: Any, name: str, low: float, high: float, *, high_open: bool =
         value < high if high_open else value <= high
     )
     if not ok:
-        raise ConfigError(f"{name} must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+        raise ConfigError.field(name, f"must be in [{low}, {high}{')' if high_open else ']'}, got {value!r}")
+
+
+def _num(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"

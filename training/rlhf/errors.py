@@ -1,4 +1,5 @@
 """Errors of the training core. Each message is written for the person who sees it."""
+from typing import Optional
 
 MIN_FEEDBACK = 10
 
@@ -8,7 +9,26 @@ class RLHFError(Exception):
 
 
 class ConfigError(RLHFError, ValueError):
-    """A TrainingConfig field has a value that cannot work."""
+    """A TrainingConfig field has a value that cannot work.
+
+    ``errors`` maps each field it is about (snake_case path, "reward_model_config.max_length") to its reasons
+    (sentences without the field's name), so that a caller can name the field as its user wrote it (the API in
+    camelCase). Empty for an error about the config as a whole.
+    """
+
+    def __init__(self, message: str, *, errors: Optional[dict[str, list[str]]] = None):
+        super().__init__(message)
+        self.errors = dict(errors or {})
+
+    @classmethod
+    def field(cls, name: str, reason: str, *, sep: str = " ") -> "ConfigError":
+        """The error of one field: "<name><sep><reason>", e.g. "seed must be at most 4294967295, got -1"."""
+        return cls(f"{name}{sep}{reason}", errors={name: [reason]})
+
+    def prefixed(self, prefix: str) -> "ConfigError":
+        """The same error for a nested config: fields (and the message) under "<prefix>."."""
+        errors = {f"{prefix}.{name}": reasons for name, reasons in self.errors.items()}
+        return ConfigError(f"{prefix}.{self}" if self.errors else str(self), errors=errors)
 
 
 class InsufficientFeedbackError(RLHFError, ValueError):

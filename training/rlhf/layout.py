@@ -26,3 +26,4 @@ UNFINISHED_OUTPUTS = (POLICY_DIR, REWARD_MODEL_DIR, tmp_name(POLICY_DIR), tmp_na
 N3_TINY = "n3-tiny"
 N3_TINY_RANDOM = "n3-tiny-random"
 BUILTIN_MODELS = (N3_TINY, N3_TINY_RANDOM)
+BUILTIN_CONTEXT = 512  # their positions (n_positions); base_models.CONTEXT builds them with it

@@ -248,7 +248,7 @@ def generate_responses(
             raise
         raise NonFiniteError(
             "The policy's next-token probabilities became NaN/inf (the last update made its weights non-finite); "
-            f"training stopped. Try a lower learning_rate (now {config.learning_rate:g})."
+            f"training stopped. {config.nonfinite_hint()}"
         ) from exc
     return output[:, query_ids.shape[1]:]  # [B, R]
 
@@ -532,7 +532,7 @@ def _check_finite(what: str, value: float, step: int, config: TrainingConfig) ->
     if not math.isfinite(value):
         raise NonFiniteError(
             f"The PPO {what} became {value} at step {step}; training stopped. "
-            f"Try a lower learning_rate (now {config.learning_rate:g})."
+            f"{config.nonfinite_hint()}"
         )
 
 

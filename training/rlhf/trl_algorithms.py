@@ -248,7 +248,7 @@ class StepRecorder(TrainerCallback):
             if value is not None and not math.isfinite(value):
                 raise NonFiniteError(
                     f"The {self.algorithm.upper()} {name} became {value} at step {state.global_step}; training "
-                    f"stopped. Try a lower learning_rate (now {self.config.learning_rate:g})."
+                    f"stopped. {self.config.nonfinite_hint()}"
                 )
         self.history.append(stats)
         self.log.info(
