@@ -356,12 +356,21 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
 
 
 class DryRunSerializer(serializers.Serializer):
-    """The spec's dry-run body, plus ``warnings`` about the feedback (an empty list when all is well)."""
+    """The spec's dry-run body, plus ``warnings`` about the feedback (an empty list when all is well) and
+    ``estimateSource``: where estimatedTimeMinutes comes from."""
 
     status = serializers.SerializerMethodField()
     feedbackCount = serializers.IntegerField(source="feedback_count", help_text="Scored feedback samples")
     estimatedSteps = serializers.IntegerField(source="estimated_steps")
-    estimatedTimeMinutes = serializers.FloatField(source="estimated_time_minutes", help_text="Measured on this machine")
+    estimatedTimeMinutes = serializers.FloatField(
+        source="estimated_time_minutes", help_text="Extrapolated from timings measured on the workers' machine, or a "
+        "rough default when this configuration has not been measured yet (see estimateSource)",
+    )
+    estimateSource = serializers.ChoiceField(
+        source="estimate_source", choices=["measured", "default"],
+        help_text='"measured": from this configuration\'s measured timings; "default": a rough figure from the config '
+        "alone, while the worker measures it (the next dry run after that answers \"measured\")",
+    )
     scoreMean = serializers.FloatField(source="score_mean")
     scoreStd = serializers.FloatField(source="score_std")
     modelConfig = serializers.DictField(source="model_config", help_text="base_model, use_lora, learning_rate (snake_case, as in the spec)")

@@ -357,7 +357,7 @@ def test_compare_samples_guard_missing_model_files(trained, engineer):
     other = PolicyVersion.objects.create(agent=trained.agent, number=2, status="failed")
     Feedback.objects.create(agent=trained.agent, prompt="What is 2+2?", response="4", score=0.9)
     url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
-    html = login(engineer).get(url, {"other": other.pk, "samples": "1"}).content.decode()
+    html = login(engineer).post(f"{url}?other={other.pk}", {"generate": "1"}, follow=True).content.decode()
     assert "No policy files at (no path recorded)" in html
 
 
@@ -484,20 +484,38 @@ def test_cancel_needs_the_change_permission(agent):
     assert not running.cancel_requested
 
 
-def test_compare_generates_greedy_samples_from_both_policies(trained, engineer):
-    from django.conf import settings
+def test_compare_generates_greedy_samples_in_the_worker_while_the_page_polls(trained, engineer, settings, tmp_path):
+    """POST queues one job per version (never twice while pending); the page says "generating" and its status
+    JSON is pending; the worker's job (run here, its real child process) writes the samples the page then shows."""
+    from django_q.models import OrmQ
 
+    from tests.sites import tmp_models_dir
+    from training import tasks
     from training.rlhf.base_models import resolve_base_model
 
+    settings.MODELS_DIR = tmp_models_dir(tmp_path)
     policy = resolve_base_model(TINY, models_dir=settings.MODELS_DIR)  # a plain HF model directory
     trained.model_path = policy
     trained.save()
     other = PolicyVersion.objects.create(agent=trained.agent, number=2, status="trained", model_path=policy)
     for prompt in ("What is 2+2?", "Name a colour.", "What is 2+2?", "Say hello."):
         Feedback.objects.create(agent=trained.agent, prompt=prompt, response="...", score=0.5)
+    client = login(engineer)
     url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
-    response = login(engineer).get(url, {"other": other.pk, "samples": "1"})
-    rows = response.context["samples"]["rows"]
+
+    assert client.post(f"{url}?other={other.pk}", {"generate": "1"}).status_code == 302
+    client.post(f"{url}?other={other.pk}", {"generate": "1"})  # a second click: nothing more queued
+    jobs = [task for task in OrmQ.objects.all() if task.func() == "training.tasks.generate_version_samples"]
+    assert sorted(task.args()[0] for task in jobs) == sorted([trained.pk, other.pk])
+    page = client.get(url, {"other": other.pk})
+    assert 'data-pending="1"' in page.content.decode() and "generating…" in page.content.decode()
+    assert client.get(url, {"other": other.pk, "samples": "status"}).json() == {"pending": True}
+
+    for task in jobs:
+        tasks.generate_version_samples(task.args()[0])
+
+    assert client.get(url, {"other": other.pk, "samples": "status"}).json() == {"pending": False}
+    rows = client.get(url, {"other": other.pk}).context["samples"]["rows"]
     assert [row["prompt"] for row in rows] == ["Say hello.", "What is 2+2?", "Name a colour."]  # latest, distinct
     for row in rows:
         first, second = row["outputs"]

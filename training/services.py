@@ -31,7 +31,6 @@ from training.rlhf import (
     PRESETS,
     ConfigError,
     InsufficientFeedbackError,
-    RLHFError,
     TrainingConfig,
     TrainingEstimate,
 )
@@ -39,7 +38,7 @@ from training.rlhf.data import prepare_feedback
 from training.rlhf.layout import BUILTIN_MODELS
 from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
 
-from . import selectors
+from . import calibration, selectors
 from .jobs import end_version
 
 logger = logging.getLogger(__name__)
@@ -84,20 +83,19 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def estimate_training(*, agent: Agent, config: TrainingConfig) -> TrainingEstimate:
+def estimate_training(*, agent: Agent, config: TrainingConfig, measure_here: bool = False) -> TrainingEstimate:
     """The dry run on the agent's scored feedback. Raises InsufficientFeedbackError below the minimum, ConfigError
-    when KTO/DPO cannot train on it (as queue_training).
+    when KTO/DPO cannot train on it (as queue_training), ServiceError when this configuration's measurement failed.
 
-    The first estimate for a model/device/batch combination measures a miniature run (seconds on the tiny
-    models) and caches the timings under MODELS_DIR; see training.rlhf.estimate.
+    Never waits on training: the time comes from the timings measured for this configuration's timing key, or, with
+    none yet, from a rough default (``estimate_source`` "default") while the worker measures it (training.calibration).
+    ``measure_here`` (manage.py train_policy --dry-run) measures a missing key in this process instead.
     """
-    from training.rlhf import RLHFTrainer  # noqa: PLC0415  (torch: the dry run still measures in this process)
-
     records = selectors.feedback_records(selectors.scored_feedback(agent=agent))
-    if len(records) < MIN_FEEDBACK:  # before loading any model
+    if len(records) < MIN_FEEDBACK:
         raise InsufficientFeedbackError(len(records))
     check_preference_feedback(records=records, config=config)
-    return RLHFTrainer(config, models_dir=settings.MODELS_DIR).estimate(records)
+    return calibration.estimate(config=config, records=records, measure_here=measure_here)
 
 
 def check_preference_feedback(*, records: list[dict], config: TrainingConfig) -> None:
@@ -224,20 +222,12 @@ def estimate_policy_training(
     """The dry run: what training ``agent_name`` with this config would do and how long it would take.
 
     ``overrides`` are TrainingConfig fields (snake_case) applied over the preset and the agent's defaults.
-    Raises NotFound, ConfigError, InsufficientFeedbackError or ServiceError (base model not allowed).
+    Raises NotFound, ConfigError, InsufficientFeedbackError or ServiceError (base model not allowed, or this
+    configuration's measurement failed).
     """
     agent = get_agent(name=agent_name)
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
-    try:
-        return estimate_training(agent=agent, config=config)
-    except RLHFError:
-        raise  # the training core's own, explained errors
-    except Exception as exc:
-        # The estimate trains a miniature run with this config, so torch/peft/transformers errors that
-        # the config provokes (target modules the model lacks, sequences longer than its context)
-        # surface here untyped. The full run would fail the same way: tell the client why.
-        logger.exception("Dry run failed for agent %s", agent_name)
-        raise ServiceError(f"Training with this configuration fails: {type(exc).__name__}: {exc}") from exc
+    return estimate_training(agent=agent, config=config)
 
 
 def queue_policy_training(

@@ -26,7 +26,9 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from policies.models import PolicyVersion
+from training.rlhf import estimate as timing
 
+from . import samples
 from .files import remove_unfinished_outputs
 from .jobs import claim_version, end_version, heartbeat
 from .sweep import sweep_stale_versions as sweep
@@ -251,3 +253,48 @@ class OutputTail:
 
     def text(self) -> str:
         return "\n".join(self.lines)[-TAIL_CHARS:]
+
+
+# --- other model work queued by the web: each in a child process too ----------------------------------------------
+# A timing measurement trains 5 steps; greedy samples load one policy. Far more than either takes on a model a
+# worker can train; a child still running after this is stopped.
+MODEL_WORK_TIMEOUT = 1800.0
+
+
+def calibrate_timing(digest: str) -> str:
+    """Measure a dry run's timing key (queued once per key by training.calibration) in a child process."""
+    returncode = run_manage_child(["calibrate_timing", digest], label=f"calibrate {digest}")
+    # A child that was killed could not release the key itself: the next dry run may queue it again.
+    timing.release_pending(settings.MODELS_DIR, digest)
+    return f"calibrate {digest}: exit code {returncode}"
+
+
+def generate_version_samples(version_id: int) -> str:
+    """Greedy samples of a version for the compare page (queued by training.samples) in a child process."""
+    directory = samples.version_directory(version_id)
+    if directory is None:
+        return f"samples of version {version_id}: the version is gone"
+    returncode = run_manage_child(["generate_samples", str(directory)], label=f"samples of version {version_id}")
+    samples.end_request(directory, returncode=returncode)
+    return f"samples of version {version_id}: exit code {returncode}"
+
+
+def run_manage_child(args: list[str], *, label: str, timeout: float = MODEL_WORK_TIMEOUT) -> int:
+    """``python manage.py <args>`` in its own process group; its output goes to the worker's log. Its exit code."""
+    command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args]
+    child = subprocess.Popen(
+        command, cwd=settings.BASE_DIR, env=child_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True,
+    )
+    output = OutputTail(child.stdout, prefix=f"[{label}] ")
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s ran longer than %s s; stopping it", label, timeout)
+        stop(child)
+    except BaseException:
+        stop(child)
+        raise
+    finally:
+        output.join(timeout=5)
+    return child.returncode

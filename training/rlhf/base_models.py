@@ -50,7 +50,7 @@ from transformers import (
 
 from .corpus import corpus_examples
 from .errors import BaseModelUnavailable, TrainingCancelled
-from .layout import BUILTIN_MODELS, N3_TINY, N3_TINY_RANDOM
+from .layout import BASE_SUBDIR, BUILTIN_MODELS, N3_TINY, N3_TINY_RANDOM
 from .progress import Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ log = logging.getLogger(__name__)
 BUILD_VERSION = 2
 # Written last into a build: a directory without it (or with another version) is not a usable build.
 BUILD_MARKER = "n3_build.json"
-BASE_SUBDIR = "_base"
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 3072  # at most; see train_tokenizer

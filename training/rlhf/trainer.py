@@ -47,7 +47,7 @@ from . import distributed
 from . import estimate as calibration
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .config import TrainingConfig
-from .data import FeedbackData, format_query, format_text, heldout_split, prepare_feedback
+from .data import FeedbackData, FeedbackRecord, heldout_split, prepare_feedback
 from .errors import ConfigError, TrainingCancelled
 from .evaluation import evaluate_policy
 from .modeling import lora_config_for, resolve_device, resolve_dtype
@@ -91,59 +91,38 @@ class RLHFTrainer:
     def estimate(self, feedbacks: Iterable[dict], *, recalibrate: bool = False) -> TrainingEstimate:
         """What train() would do with this feedback and how long it would take here.
 
-        The time is measured: the first estimate for a model/device/batch/length combination runs a miniature
-        training (seconds on the tiny models; five PPO steps plus model loading and saving on others) and
-        caches the timings under MODELS_DIR/_calibration/; later estimates reuse them. See estimate.py.
+        The time is measured: the first estimate for a timing key (model, device, batch shapes, lengths: see
+        estimate.py) runs a miniature training in this process (seconds on the tiny models; five PPO steps plus
+        model loading and saving on others) and caches the timings under MODELS_DIR/_calibration/, where the
+        service's dry runs find them too; later estimates reuse them.
         """
         config = self.config
         algorithm_fn(config.algorithm)
         data = prepare_feedback(feedbacks)
         check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
-        device = self._device()
-        key = calibration.calibration_key(
-            config, device=device, **self._mean_lengths(data),
-            base_model_path=resolve_base_model(config.base_model, models_dir=self.models_dir),
-            reward_base_model_path=resolve_base_model(
-                config.reward_model_config.base_model or config.base_model, models_dir=self.models_dir,
-            ),
-        )
-        measured = None if recalibrate else calibration.load_calibration(self._models_dir(), key)
+        self._device()  # a device this machine lacks is a ConfigError here, not after the calibration
+        models_dir = self._models_dir()
+        key = calibration.timing_key(config, data.records, models_dir=models_dir)
+        measured = None if recalibrate else calibration.load_calibration(models_dir, key)
         if measured is None:
-            logger.info("Measuring training speed for %s on %s (once per model/device/batch)", config.base_model, device)
-            measured = self._calibrate(data)
-            calibration.store_calibration(self._models_dir(), key, measured)
-        heldout, _ = heldout_split([r.prompt for r in data.records], config)
-        seconds = calibration.extrapolate(
-            measured, config, n_records=sum(r.prompt not in heldout for r in data.records),
-        )
-        return TrainingEstimate(
-            feedback_count=len(data.records),
-            estimated_steps=config.max_steps,
-            estimated_time_minutes=round(seconds / 60, 2),
-            score_mean=data.score_mean,
-            score_std=data.score_std,
-            model_config={"base_model": config.base_model, "use_lora": config.use_lora, "learning_rate": config.learning_rate},
-            warnings=list(data.warnings),
-            seconds_per_step=measured.ppo_step_s,
-        )
+            logger.info("Measuring training speed for %s (once per timing key)", config.base_model)
+            measured = self.calibrate(data.records)
+            calibration.store_calibration(models_dir, key, measured)
+            # Building a built-in base model on first use changes its fingerprint: file the key as it is now too.
+            now = {**key, **calibration.fingerprints(config, models_dir=models_dir)}
+            calibration.store_calibration(models_dir, now, measured)
+        return calibration.make_estimate(config, data, measured, source="measured")
 
-    def _calibrate(self, data: FeedbackData) -> calibration.Calibration:
+    def calibrate(self, records: list[FeedbackRecord]) -> calibration.Calibration:
+        """Train a miniature run of this config on a sample of `records` (in a scratch directory) and return its
+        timings; estimate.py says what it measures."""
         mini = RLHFTrainer(calibration.calibration_config(self.config), models_dir=self.models_dir)
         scratch = self._models_dir() / calibration.CALIBRATION_DIR
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            records = calibration.calibration_records(data.records, self.config)
-            result = mini.train([dataclasses.asdict(r) for r in records], Path(tmp) / "run")
+            sample = calibration.calibration_records(records, self.config)
+            result = mini.train([dataclasses.asdict(r) for r in sample], Path(tmp) / "run")
         return calibration.calibration_from_result(result)
-
-    def _mean_lengths(self, data: FeedbackData) -> dict[str, float]:
-        tokenizer = load_tokenizer(self.config.base_model, models_dir=self.models_dir)
-        prompts = tokenizer([format_query(r.prompt) for r in data.records])["input_ids"]
-        texts = tokenizer([format_text(r.prompt, r.response) for r in data.records])["input_ids"]
-        return {
-            "prompt_tokens": sum(map(len, prompts)) / len(prompts),
-            "text_tokens": sum(map(len, texts)) / len(texts),
-        }
 
     # -- training ------------------------------------------------------------------------------------------------
     def train(

@@ -65,7 +65,7 @@ class Command(BaseCommand):
         try:
             config = services.resolve_training_config(agent=agent, overrides=self.overrides(options), preset=options["preset"])
             if options["dry_run"]:
-                return self.print_estimate(services.estimate_training(agent=agent, config=config))
+                return self.print_estimate(services.estimate_training(agent=agent, config=config, measure_here=True))
             version = services.queue_training(agent=agent, config=config, enqueue=options["run_async"])
         except (RLHFError, ServiceError) as exc:  # bad config, too little feedback, a base model that cannot load
             raise CommandError(str(exc)) from exc

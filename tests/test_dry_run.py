@@ -1,0 +1,141 @@
+"""The dry run never waits on training: a measured configuration answers from its calibration, an unmeasured one
+from the documented default at once while the worker measures it (once per timing key), and the timing key holds
+exactly the fields that change what a run costs."""
+import dataclasses
+import time
+
+import pytest
+from django_q.models import OrmQ
+
+from feedback import services as feedback_services
+from tests.sites import tmp_models_dir
+from training import tasks
+from training.rlhf import TrainingConfig
+from training.rlhf import estimate as timing
+from training.rlhf.data import prepare_feedback
+
+pytestmark = pytest.mark.django_db
+
+MODEL = "n3-tiny-random"
+DRY_RUN = {"dryRun": True, "baseModel": MODEL, "maxSteps": 30, "batchSize": 2, "miniBatchSize": 2, "ppoEpochs": 1,
+           "maxNewTokens": 8, "rewardModelConfig": {"numEpochs": 1, "batchSize": 4}}
+
+
+@pytest.fixture
+def models_dir(settings, tmp_path):
+    """A MODELS_DIR without calibrations (the suite's built base models shared)."""
+    settings.MODELS_DIR = tmp_models_dir(tmp_path)
+    return settings.MODELS_DIR
+
+
+def seed(agent: str = "bot", n: int = 12) -> None:
+    feedback_services.record_feedback_batch(agent_name=agent, records=[
+        {"prompt": f"What is {i} plus {i}?", "response": f"{2 * i}.", "score": round(0.05 + (i % 10) / 10, 2)}
+        for i in range(n)
+    ])
+
+
+def calibration_jobs() -> list:
+    return [task for task in OrmQ.objects.all() if task.func() == "training.tasks.calibrate_timing"]
+
+
+def test_an_unmeasured_config_answers_at_once_and_the_worker_measures_it_once(api, models_dir):
+    seed()
+    started = time.perf_counter()
+    first = api.post("/api/policies/train_policy/bot", DRY_RUN, format="json")
+    miss_s = time.perf_counter() - started
+    assert first.status_code == 200, first.content
+    body = first.json()
+    assert body["estimateSource"] == "default" and body["estimatedTimeMinutes"] > 0
+    assert any("rough default" in w and "measurement is queued" in w for w in body["warnings"])
+    assert miss_s < 1.0, f"a dry run without a calibration took {miss_s:.2f} s"
+    again = api.post("/api/policies/train_policy/bot", {**DRY_RUN, "learningRate": 1e-3, "maxSteps": 60}, format="json")
+    assert again.json()["estimateSource"] == "default"  # same timing key: still measuring, and not queued twice
+    [job] = calibration_jobs()
+
+    tasks.calibrate_timing(job.args()[0])  # what the worker does: a child process trains a miniature run
+
+    started = time.perf_counter()
+    hit = api.post("/api/policies/train_policy/bot", DRY_RUN, format="json").json()
+    hit_s = time.perf_counter() - started
+    assert hit["estimateSource"] == "measured" and not any("rough default" in w for w in hit["warnings"])
+    assert hit_s < 1.0
+    longer = api.post("/api/policies/train_policy/bot", {**DRY_RUN, "maxSteps": 60}, format="json").json()
+    assert longer["estimateSource"] == "measured" and longer["estimatedTimeMinutes"] > hit["estimatedTimeMinutes"]
+    assert len(calibration_jobs()) == 1  # nothing more queued
+    assert not list((models_dir / timing.CALIBRATION_DIR).glob("*.pending.json"))
+
+
+def test_a_config_whose_measurement_failed_is_refused_saying_why(api, models_dir):
+    """The measurement trains a miniature run: a config the model cannot take fails there, as the full run would,
+    and the dry runs that follow answer 400 with the reason."""
+    seed()
+    body = {**DRY_RUN, "loraTargetModules": ["no_such_layer"]}
+    assert api.post("/api/policies/train_policy/bot", body, format="json").status_code == 200
+    [job] = calibration_jobs()
+
+    tasks.calibrate_timing(job.args()[0])
+
+    response = api.post("/api/policies/train_policy/bot", body, format="json")
+    assert response.status_code == 400, response.content
+    assert "Training with this configuration fails" in response.json()["detail"]
+    assert "no_such_layer" in response.json()["detail"]
+
+
+# --- the timing key --------------------------------------------------------------------------------------------
+# Every TrainingConfig field is either in the key or listed here with why it changes no cost per step.
+NOT_TIMING = {
+    "lora_alpha": "a scale", "learning_rate": "a step size", "max_steps": "extrapolated",
+    "max_grad_norm": "a clip", "init_kl_coef": "a coefficient", "target_kl": "a target", "kl_horizon": "a horizon",
+    "adaptive_kl": "a controller", "cliprange": "a clip", "cliprange_value": "a clip", "vf_coef": "a coefficient",
+    "gamma": "a discount", "lam": "a coefficient", "whiten_rewards": "arithmetic", "missing_eos_penalty": "a number",
+    "seed": "which samples, not how many", "reward_model_config": "its own fields, below",
+}
+REWARD_MODEL_NOT_TIMING = {
+    "num_epochs": "extrapolated", "learning_rate": "a step size", "lora_alpha": "a scale",
+    "validation_split": "extrapolated", "cross_validation_below": "extrapolated", "cv_folds": "extrapolated",
+    "min_correlation": "a check", "on_poor_fit": "a check",
+}
+CHANGED = {
+    "base_model": "n3-tiny", "algorithm": "rloo", "use_lora": False, "lora_r": 4, "lora_dropout": 0.1,
+    "lora_target_modules": ["c_attn"], "batch_size": 4, "mini_batch_size": 1, "gradient_accumulation_steps": 2,
+    "ppo_epochs": 2, "max_new_tokens": 9, "max_prompt_length": 64, "temperature": 0.7, "normalize_reward": False,
+    "kto_desirable_threshold": 0.7, "kto_undesirable_threshold": 0.3, "dpo_pair_margin": 0.3, "device": "cpu",
+    "dtype": "float32", "eval_fraction": 0.1, "eval_max_prompts": 8, "eval_samples_per_prompt": 1,
+}
+
+
+def key_for(config: TrainingConfig, models_dir, records=None) -> dict:
+    records = records or [{"prompt": f"q{i}", "response": "a", "score": 0.5} for i in range(10)]
+    return timing.timing_key(config, prepare_feedback(records).records, models_dir=models_dir)
+
+
+def test_every_config_field_is_classified_for_the_timing_key():
+    fields = {f.name for f in dataclasses.fields(TrainingConfig)}
+    assert fields == set(timing.TIMING_FIELDS) | set(NOT_TIMING)
+    rm_fields = {f.name for f in dataclasses.fields(TrainingConfig().reward_model_config)}
+    assert rm_fields == set(timing.REWARD_MODEL_TIMING_FIELDS) | set(REWARD_MODEL_NOT_TIMING)
+    assert set(CHANGED) == set(timing.TIMING_FIELDS)
+
+
+@pytest.mark.parametrize("field", sorted(CHANGED))
+def test_a_field_that_changes_timing_changes_the_key(field, tmp_path):
+    base = TrainingConfig(base_model=MODEL, batch_size=2, mini_batch_size=2)
+    assert key_for(base.replace(**{field: CHANGED[field]}), tmp_path) != key_for(base, tmp_path)
+
+
+@pytest.mark.parametrize("change", [
+    {"learning_rate": 1e-3}, {"max_steps": 7}, {"init_kl_coef": 0.5}, {"seed": 7}, {"target_kl": 3.0},
+    {"reward_model_config": {"num_epochs": 2, "learning_rate": 1e-2}},
+])
+def test_a_field_that_does_not_change_timing_keeps_the_key(change, tmp_path):
+    base = TrainingConfig(base_model=MODEL)
+    assert key_for(base.replace(**change), tmp_path) == key_for(base, tmp_path)
+
+
+def test_the_reward_models_shape_and_the_feedbacks_length_change_the_key(tmp_path):
+    base = TrainingConfig(base_model=MODEL)
+    for change in ({"batch_size": 16}, {"lora_r": 4}, {"max_length": 128}, {"base_model": "n3-tiny"}):
+        assert key_for(base.replace(reward_model_config=change), tmp_path) != key_for(base, tmp_path), change
+    long = [{"prompt": "q" * 400 + str(i), "response": "a" * 400, "score": 0.5} for i in range(10)]
+    assert key_for(base, tmp_path, long) != key_for(base, tmp_path)

@@ -1,0 +1,43 @@
+"""manage.py calibrate_timing DIGEST: measure a queued dry-run timing key (the worker's child process).
+
+training.tasks.calibrate_timing starts it for a key that training.calibration queued; see that module. The request
+file holds the config and the records to train on: no database.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from training.rlhf import RLHFTrainer, TrainingConfig
+from training.rlhf import estimate as timing
+from training.rlhf.data import prepare_feedback
+
+
+class Command(BaseCommand):
+    help = "Measure the training speed of a queued dry-run configuration (the worker runs it: training/calibration.py)"
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("digest", help="The timing key's digest: MODELS_DIR/_calibration/<digest>.pending.json")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        models_dir, digest = settings.MODELS_DIR, options["digest"]
+        request = timing.read_pending(models_dir, digest)
+        if request is None:
+            raise CommandError(f"No queued timing measurement {digest} under {models_dir}")
+        try:
+            config = TrainingConfig.from_dict(request["config"])
+            records = prepare_feedback(request["records"]).records
+            try:
+                measured = RLHFTrainer(config, models_dir=models_dir).calibrate(records)
+            except Exception as exc:  # the config cannot train here: dry runs with this key say why (a 400)
+                timing.store_failure(models_dir, request["key"], f"{type(exc).__name__}: {exc}")
+                raise CommandError(f"Measuring {digest} failed: {type(exc).__name__}: {exc}") from exc
+            timing.store_calibration(models_dir, request["key"], measured)
+            # And under the key as it is now: a built-in base model this run built has a fingerprint now.
+            current = {**request["key"], **timing.fingerprints(config, models_dir=models_dir)}
+            timing.store_calibration(models_dir, current, measured)
+        finally:
+            timing.release_pending(models_dir, digest)
+        self.stdout.write(f"Measured {digest}: {measured.ppo_step_s:.3f} s per step, {measured.fixed_s:.1f} s fixed")
