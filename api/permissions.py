@@ -1,3 +1,7 @@
+import re
+from collections.abc import Mapping
+from typing import Any
+
 from django.conf import settings
 from django.core.cache import cache
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -51,3 +55,32 @@ def _has_perm(user, perm: str) -> bool:
         perms = user.get_all_permissions()
         cache.set(key, perms, timeout)
     return perm in perms
+
+
+# An absolute path of at least two parts ("/srv/n3/models/bot/v1"), not the tail of a URL ("http://host/api/...").
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.-])/(?:[\w.~-]+/)+[\w.~-]*")
+
+
+def shown_to(request, data: Any) -> Any:
+    """Response data as the request's user may see it: an anonymous reader (N3_PUBLIC_READ) gets no server paths.
+
+    Versions' errors, warnings and model paths can name directories of this machine (MODELS_DIR, a base model's
+    directory); for anonymous readers MODELS_DIR becomes "MODELS_DIR" and any other absolute path "<path>".
+    Links ("url") are kept.
+    """
+    if request.user and request.user.is_authenticated:
+        return data
+    roots = sorted({str(settings.MODELS_DIR), str(settings.BASE_DIR)}, key=len, reverse=True)
+
+    def redact(value: Any, key: str = "") -> Any:
+        if isinstance(value, str) and key != "url":
+            for root in roots:
+                value = value.replace(root, "MODELS_DIR" if root == str(settings.MODELS_DIR) else ".")
+            return _ABSOLUTE_PATH.sub("<path>", value)
+        if isinstance(value, Mapping):
+            return {k: redact(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [redact(item) for item in value]
+        return value
+
+    return redact(data)

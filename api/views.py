@@ -24,6 +24,7 @@ from policies.models import agent_name_validator
 from training import services
 
 from .feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
+from .permissions import shown_to
 from .serializers import (
     DryRunSerializer,
     PolicyVersionSerializer,
@@ -192,7 +193,8 @@ class PolicyVersionListView(APIView):
     )
     def get(self, request: Request, agent: str) -> Response:
         versions = selectors.policy_versions_for(agent_name=agent)
-        return Response(PolicyVersionSummarySerializer(versions, many=True, context={"request": request}).data)
+        body = PolicyVersionSummarySerializer(versions, many=True, context={"request": request}).data
+        return Response(shown_to(request, body))
 
 
 class PolicyVersionDetailView(APIView):
@@ -206,7 +208,7 @@ class PolicyVersionDetailView(APIView):
     )
     def get(self, request: Request, agent: str, version: str) -> Response:
         found = selectors.get_policy_version(agent_name=agent, version=version)
-        return Response(PolicyVersionSerializer(found, context={"request": request}).data)
+        return Response(shown_to(request, PolicyVersionSerializer(found, context={"request": request}).data))
 
 
 class PolicyVersionCancelView(APIView):

@@ -9,7 +9,9 @@ from n3site.exceptions import NotFound
 
 from .models import Agent, PolicyVersion
 
-_VERSION = re.compile(r"^v(\d{1,9})$")
+# One spelling per version: "v1", never "v01" or "v0001" (they would all be v1, and caches and links would disagree).
+_VERSION = re.compile(r"^v([1-9]\d{0,8})$")
+_PADDED = re.compile(r"^v0+([1-9]\d{0,8})$")
 
 
 def get_agent(*, name: str) -> Agent:
@@ -33,5 +35,7 @@ def get_policy_version(*, agent_name: str, version: str) -> PolicyVersion:
     ).select_related("agent").first()
     if not found:
         get_agent(name=agent_name)  # an unknown agent is reported as such
-        raise NotFound(f"Version '{version}' of agent '{agent_name}' not found (versions are named v1, v2, ...)")
+        padded = _PADDED.match(version)
+        hint = f"write it 'v{padded.group(1)}'" if padded else "versions are named v1, v2, ..."
+        raise NotFound(f"Version '{version}' of agent '{agent_name}' not found ({hint})")
     return found
