@@ -14,13 +14,13 @@ Content-Length over the limit, which is refused before any of the body is read.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import IO, Any, Optional
 
 from django.conf import settings
 
@@ -29,6 +29,8 @@ from n3site.wsgi import application as django_application
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+# A body above this waits on disk, not in memory: a worker may hold many connections, each with a body on its way.
+SPOOL_BYTES = 1024 * 1024
 
 
 class BufferedWSGI:
@@ -62,7 +64,7 @@ class BufferedWSGI:
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         headers = [(name.decode("latin1").lower(), value.decode("latin1")) for name, value in scope["headers"]]
         declared = next((value for name, value in headers if name == "content-length"), None)
-        body = io.BytesIO()
+        body = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # closed by _respond, or here
         if declared is not None and declared.strip().isdigit() and int(declared) > self.max_body_bytes:
             length = int(declared)  # Django refuses it (413) on the declared length: none of the body is read
         else:
@@ -70,6 +72,7 @@ class BufferedWSGI:
             while body.tell() <= self.max_body_bytes:
                 message = await receive()
                 if message["type"] == "http.disconnect":  # the client left, or its body stalled past the timeout
+                    body.close()
                     return
                 body.write(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -84,7 +87,7 @@ class BufferedWSGI:
 
     def _respond(self, environ: dict, send: Callable, loop: asyncio.AbstractEventLoop) -> None:
         """Runs in a pool thread: the WSGI call, its answer sent through the event loop, then ``close()``
-        (Django's request_finished: the thread's database connection is checked in)."""
+        (Django's request_finished: the thread's database connection is checked in) and the body's file closed."""
 
         def send_now(message: dict) -> None:
             asyncio.run_coroutine_threadsafe(send(message), loop).result()
@@ -100,8 +103,9 @@ class BufferedWSGI:
             start["bodiless"] = environ["REQUEST_METHOD"] == "HEAD" or code in (204, 304)  # RFC 9110: no content
             return lambda data: None  # the legacy write() callable: Django never uses it
 
-        response = self.app(environ, start_response)
+        response = None
         try:
+            response = self.app(environ, start_response)
             for chunk in response:
                 if chunk and not start["bodiless"]:
                     if not start["sent"]:
@@ -114,12 +118,12 @@ class BufferedWSGI:
         except OSError as exc:  # the client went away while the answer was being sent
             log.debug("Client disconnected during the response: %s", exc)
         finally:
-            close = getattr(response, "close", None)
-            if close is not None:
-                close()
+            if hasattr(response, "close"):
+                response.close()
+            environ["wsgi.input"].close()
 
 
-def wsgi_environ(scope: dict, headers: list[tuple[str, str]], body: io.BytesIO, length: int) -> dict:
+def wsgi_environ(scope: dict, headers: list[tuple[str, str]], body: IO[bytes], length: int) -> dict:
     """The WSGI environ (PEP 3333) of a buffered request: CONTENT_LENGTH is what was read (a chunked body's too)."""
     path = scope["path"].encode("utf-8").decode("latin1")
     root = scope.get("root_path", "").encode("utf-8").decode("latin1")

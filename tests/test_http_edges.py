@@ -156,3 +156,27 @@ def test_buffered_wsgi_streams_the_answer_and_closes_it_in_its_thread():
     head = call(bridge, scope_of("HEAD", "/", []), [{"type": "http.request", "body": b"", "more_body": False}])
     assert [(m["type"], m.get("body")) for m in head] == [("http.response.start", None), ("http.response.body", b"")]
     assert "CONTENT_LENGTH" not in seen["environ"]
+
+
+def test_buffered_wsgi_bounds_what_it_reads():
+    """A body larger than the spool (on disk meanwhile) arrives whole; past the limit, reading stops one byte over
+    (Django answers 413 on that length); a declared length over the limit is not read at all."""
+    lengths = []
+
+    def app(environ, start_response):
+        lengths.append((environ.get("CONTENT_LENGTH"), len(environ["wsgi.input"].read())))
+        start_response("204 No Content", [])
+        return []
+
+    bridge = BufferedWSGI(app, threads=1, max_body_bytes=3 * 1024 * 1024)
+    piece = b"x" * (256 * 1024)
+    call(bridge, scope_of("POST", "/", []), [{"type": "http.request", "body": piece, "more_body": True}] * 8
+         + [{"type": "http.request", "body": b"", "more_body": False}])
+    too_long = [{"type": "http.request", "body": piece, "more_body": True}] * 40
+    call(bridge, scope_of("POST", "/", []), too_long)
+    declared = [(b"content-length", str(50 * 1024 * 1024).encode())]
+    call(bridge, scope_of("POST", "/", declared), [])  # receive() would fail: nothing may be read
+
+    assert lengths == [("2097152", 2097152), (str(3 * 1024 * 1024 + 256 * 1024), 3 * 1024 * 1024 + 256 * 1024),
+                       (str(50 * 1024 * 1024), 0)]
+    assert len(too_long) == 40 - 13  # read 13 pieces (3.25 MiB), then stopped
