@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -21,7 +22,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from policies.models import PolicyVersion
-from training.rlhf import PRESETS, TrainingConfig
+from training.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
 
 
 def to_camel(name: str) -> str:
@@ -182,6 +183,23 @@ class TrainPolicyRequestSerializer(StrictSerializer):
             error_messages={"invalid_choice": f"Unknown preset \"{{input}}\"; choose one of {', '.join(PRESETS)}."},
         )
         return {**super().get_fields(), "preset": preset, **config_fields(TrainingConfig)}
+
+    @staticmethod
+    def as_sent(exc: Exception) -> Exception:
+        """A ConfigError about named TrainingConfig fields (snake_case paths) as the 400 of a field the client
+        sent: ``errors`` keyed by camelCase paths (``rewardModelConfig.maxLength``), field names in the reasons
+        camelCase too. Any other exception unchanged."""
+        if not isinstance(exc, ConfigError) or not exc.errors:
+            return exc
+        return serializers.ValidationError({
+            ".".join(map(to_camel, path.split("."))): [_SNAKE_FIELD.sub(lambda m: to_camel(m[0]), r) for r in reasons]
+            for path, reasons in exc.errors.items()
+        })
+
+
+# A snake_case TrainingConfig / RewardModelConfig field name inside a message.
+_SNAKE_NAMES = {f.name for cls in (TrainingConfig, RewardModelConfig) for f in dataclasses.fields(cls) if "_" in f.name}
+_SNAKE_FIELD = re.compile(r"\b(?:{})\b".format("|".join(sorted(_SNAKE_NAMES, key=len, reverse=True))))
 
 
 # --- responses ---------------------------------------------------------------------------------

@@ -149,6 +149,10 @@ class FeedbackView(APIView):
 class TrainPolicyView(APIView):
     required_permissions = {"POST": "policies.add_policyversion"}
 
+    def handle_exception(self, exc):
+        # The services name TrainingConfig fields in snake_case; the client sent them in camelCase.
+        return super().handle_exception(TrainPolicyRequestSerializer.as_sent(exc))
+
     @extend_schema(
         operation_id="train_policy",
         summary="Estimate (dryRun: true) or queue (dryRun: false) training of the agent's next policy version",

@@ -60,7 +60,7 @@ def test_config_layers_defaults_agent_preset_then_overrides(settings):
         agent=agent, preset="low_memory", overrides={"learning_rate": 3e-4, "reward_model_config": {"batch_size": 2}},
     )
 
-    assert config.base_model == "gpt2"  # the preset names its model, over the agent's
+    assert config.base_model == "n3-tiny-random"  # the agent's, not the preset's hub model (test_config_validation)
     assert config.lora_r == 4 and config.gradient_accumulation_steps == 4  # preset over agent
     assert config.learning_rate == 3e-4
     assert (config.reward_model_config.num_epochs, config.reward_model_config.batch_size) == (1, 2)  # merged

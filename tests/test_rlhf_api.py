@@ -320,16 +320,17 @@ def test_bad_training_fields_are_400_named_as_sent(api, body, path, message):
 
 
 @pytest.mark.parametrize("body, fragment", [
-    ({"batchSize": 0}, "batch_size"),
-    ({"miniBatchSize": 16, "batchSize": 8}, "mini_batch_size"),
-    ({"algorithm": "a2c"}, "algorithm"),
-    ({"rewardModelConfig": {"loraDropout": 1.5}}, "lora_dropout"),
+    ({"batchSize": 0}, "batchSize: must be a positive number"),
+    ({"miniBatchSize": 16, "batchSize": 8}, "miniBatchSize: cannot exceed batchSize (8)"),
+    ({"algorithm": "a2c"}, "algorithm: must be one of"),
+    ({"rewardModelConfig": {"loraDropout": 1.5}}, "rewardModelConfig.loraDropout: must be in"),
     # A dry run calibrates with the request's batch: a million rollouts would exhaust the web process's memory.
-    ({"batchSize": 1_000_000, "miniBatchSize": 1}, "batch_size must be at most 4096"),
+    ({"batchSize": 1_000_000, "miniBatchSize": 1}, "batchSize: must be at most 4096"),
 ])
-def test_config_values_the_trainer_refuses_are_400(api, body, fragment):
+def test_config_values_the_trainer_refuses_are_400_named_as_sent(api, body, fragment):
     seed_feedback("my_agent", scored=10)
-    assert_error(api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, **body}), 400, fragment)
+    body = assert_error(api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, **body}), 400, fragment)
+    assert fragment.split(":")[0] in body["errors"]
 
 
 # A dry run whose configuration cannot train (its measurement in the worker failed) is a 400 saying why:

@@ -34,6 +34,8 @@ from training.rlhf import (
     TrainingConfig,
     TrainingEstimate,
 )
+from training.rlhf.config import check_fields_used
+from training.rlhf.context import check_fits_context
 from training.rlhf.data import prepare_feedback
 from training.rlhf.layout import BUILTIN_MODELS
 from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
@@ -55,15 +57,19 @@ def resolve_training_config(
     """The run's full TrainingConfig. Later layers win, field by field (reward_model_config merges too):
 
     TrainingConfig defaults with base_model=N3_DEFAULT_BASE_MODEL < agent.default_training_config < preset
-    < overrides (snake_case TrainingConfig fields). Raises ConfigError naming a bad field or preset.
+    < overrides (snake_case TrainingConfig fields). A preset's base model (the spec's hub models) is not applied:
+    the run uses the base model the overrides name, else the agent's default, else the operator's
+    N3_DEFAULT_BASE_MODEL. A field the agent's defaults or the overrides set that the run's algorithm does not read
+    is refused (config.FIELD_ALGORITHMS). Raises ConfigError naming a bad field or preset.
     """
-
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    agent_defaults = agent.default_training_config or {}
+    agent_layer = f"agent {agent.name}'s default training config"
     layers = [
         ("defaults", {"base_model": settings.N3_DEFAULT_BASE_MODEL}),
-        (f"agent {agent.name}'s default_training_config", agent.default_training_config or {}),
-        (f"preset {preset}", PRESETS[preset] if preset else {}),
+        (agent_layer, agent_defaults),
+        (f"preset {preset}", preset_values(preset)),
         ("overrides", overrides or {}),
     ]
     values: dict[str, Any] = {}
@@ -71,7 +77,16 @@ def resolve_training_config(
         if not isinstance(layer, dict):
             raise ConfigError(f"{name} must be an object of TrainingConfig fields, got {type(layer).__name__}")
         values = _merge(values, layer)
-    return TrainingConfig.from_dict(values)
+    config = TrainingConfig.from_dict(values)
+    # Only what someone set on purpose: the preset's values and the defaults are never refused for it.
+    explicit = {**dict.fromkeys(agent_defaults, agent_layer), **dict.fromkeys(overrides or {}, "")}
+    check_fields_used(config.algorithm, explicit)
+    return config
+
+
+def preset_values(preset: Optional[str]) -> dict[str, Any]:
+    """The fields a preset sets in a service's config: all of PRESETS[preset] but its base model."""
+    return {key: value for key, value in PRESETS[preset].items() if key != "base_model"} if preset else {}
 
 
 def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +228,44 @@ def _training_config(*, agent: Agent, overrides: dict[str, Any], preset: Optiona
     check_base_model(config.base_model)
     if config.reward_model_config.base_model:
         check_base_model(config.reward_model_config.base_model)
+    check_fits_context(config)  # after check_base_model: only allowed directories' config.json is read
     return config
+
+
+# A rough estimate (estimate_source "default": nothing measured yet, a CPU figure) can be this many times too long
+# on the workers' GPUs: it refuses a run only beyond this multiple of the limit, and the dry run warns below it.
+ROUGH_ESTIMATE_MARGIN = 100
+
+
+def time_limit_problem(estimate: TrainingEstimate, *, margin: float = 1) -> Optional[str]:
+    """Why a run of this estimate cannot finish within `margin` x N3_TRAINING_TIMEOUT (where a job is stopped);
+    None if it can."""
+    limit = settings.N3_TRAINING_TIMEOUT
+    seconds = estimate.estimated_time_minutes * 60
+    if seconds <= limit * margin:
+        return None
+    rough = " (rough: nothing measured for this configuration yet)" if estimate.estimate_source == "default" else ""
+    return (
+        f"the estimate is {_duration(seconds)}{rough} for {estimate.estimated_steps} steps, over the training time "
+        f"limit of {_duration(limit)} (N3_TRAINING_TIMEOUT, where the job is stopped): lower it, or ask the operator "
+        "to raise the limit"
+    )
+
+
+def check_time_limit(estimate: TrainingEstimate) -> None:
+    """Refuse (ConfigError naming max_steps) a run estimated longer than N3_TRAINING_TIMEOUT: measured, or
+    ROUGH_ESTIMATE_MARGIN times longer by the rough default."""
+    margin = ROUGH_ESTIMATE_MARGIN if estimate.estimate_source == "default" else 1
+    if problem := time_limit_problem(estimate, margin=margin):
+        raise ConfigError(f"max_steps: {problem}", errors={"max_steps": [problem]})
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    if seconds >= 2 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
 
 
 def estimate_policy_training(
@@ -227,16 +279,21 @@ def estimate_policy_training(
     """
     agent = get_agent(name=agent_name)
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
-    return estimate_training(agent=agent, config=config)
+    estimate = estimate_training(agent=agent, config=config)
+    if problem := time_limit_problem(estimate):  # queue_policy_training refuses it (check_time_limit)
+        estimate.warnings.append(f"max_steps: {problem}.")
+    return estimate
 
 
 def queue_policy_training(
     *, agent_name: str, overrides: dict[str, Any], preset: Optional[str] = None,
     user: Optional[AbstractBaseUser] = None,
 ) -> PolicyVersion:
-    """Create the agent's next version (queued) and enqueue its training job; same errors as the dry run."""
+    """Create the agent's next version (queued) and enqueue its training job; same errors as the dry run, and a
+    ConfigError naming max_steps when the run's estimate exceeds N3_TRAINING_TIMEOUT (check_time_limit)."""
     agent = get_agent(name=agent_name)
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
+    check_time_limit(estimate_training(agent=agent, config=config))
     return queue_training(agent=agent, config=config, user=user)
 
 

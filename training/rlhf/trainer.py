@@ -41,12 +41,13 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 
 import torch
 from peft import PeftModel, get_peft_model
-from transformers import set_seed
+from transformers import AutoConfig, set_seed
 
 from . import distributed
 from . import estimate as calibration
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .config import TrainingConfig
+from .context import check_fits_context, model_positions, positions_in
 from .data import FeedbackData, FeedbackRecord, heldout_split, prepare_feedback
 from .errors import ConfigError, TrainingCancelled
 from .evaluation import evaluate_policy
@@ -139,6 +140,7 @@ class RLHFTrainer:
         run_algorithm = algorithm_fn(config.algorithm)
         data = prepare_feedback(feedbacks)
         check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
+        check_fits_context(config, positions=_positions)  # before any model work (the service checks it too)
         output_dir = Path(output_dir)
         if (output_dir / RESULTS_FILE).exists():
             raise FileExistsError(
@@ -318,6 +320,18 @@ class RLHFTrainer:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+def _positions(name: str) -> Optional[int]:
+    """model_positions, and for a hub id not in the local cache its config.json through transformers (the hub when
+    allowed); None when that fails too: loading the model then says why."""
+    found = model_positions(name)
+    if found is not None:
+        return found
+    try:
+        return positions_in(AutoConfig.from_pretrained(name).to_dict())
+    except Exception:
+        return None
+
+
 def _save_policy(policy: torch.nn.Module, tokenizer, path: Path) -> None:
     """A plain Hugging Face directory: AutoModelForCausalLM/AutoTokenizer.from_pretrained(path) need nothing else.
 
