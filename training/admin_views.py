@@ -26,6 +26,7 @@ from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, sam
 from .services import (
     cancel_policy_training,
     estimate_policy_training,
+    preset_values,
     queue_policy_training,
     resolve_training_config,
 )
@@ -299,7 +300,7 @@ def train_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
         raise PermissionDenied
     preview = None
     if request.method == "POST":
-        form = TrainForm(request.POST)
+        form = TrainForm(request.POST, agent=agent)
         if form.is_valid():
             # The same services as the REST API's train_policy (dry run, then queue).
             request_args = {
@@ -317,7 +318,7 @@ def train_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
             except (RLHFError, ServiceError) as exc:
                 form.add_error(None, str(exc))
     else:
-        form = TrainForm(initial=_initial_from_version(request, agent))
+        form = TrainForm(initial=_initial_from_version(request, agent), agent=agent)
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Agent._meta,
@@ -326,7 +327,7 @@ def train_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
         "title": f"Train {agent.name}",
         "form": form,
         "preview": preview,
-        "presets": {name: json.dumps(values, sort_keys=True) for name, values in PRESETS.items()},
+        "presets": {name: json.dumps(preset_values(name), sort_keys=True) for name in PRESETS},
         "defaults": json.dumps(agent.default_training_config or {}, sort_keys=True),
     }
     return TemplateResponse(request, "admin/policies/agent/train.html", context)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 from django import forms
+from django.conf import settings
 
+from policies.models import Agent
 from training.rlhf import PRESETS
 
 
@@ -25,6 +28,18 @@ class TrainForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": '{"init_kl_coef": 0.5, "target_kl": 3.0}'}),
         help_text="TrainingConfig fields (snake_case); the fields above win over the same keys here.",
     )
+
+    def __init__(self, *args, agent: Optional[Agent] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        # What runs when Base model is left empty (a preset never changes it: services.resolve_training_config).
+        self.default_base_model = (
+            (agent.default_training_config or {}).get("base_model") if agent is not None else None
+        ) or settings.N3_DEFAULT_BASE_MODEL
+        self.fields["base_model"].widget.attrs["placeholder"] = self.default_base_model
+        self.fields["base_model"].help_text = (
+            f"Empty: {self.default_base_model} (the agent's default, else N3_DEFAULT_BASE_MODEL; presets keep it). "
+            "Or a hub id, a local path, or n3-tiny (built locally, offline)."
+        )
 
     def clean_extra(self) -> dict:
         text = self.cleaned_data["extra"].strip()
