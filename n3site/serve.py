@@ -83,14 +83,20 @@ class BufferedWSGI:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="n3-web")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._respond, environ, send, loop)
+        for message in await loop.run_in_executor(self._pool, self._respond, environ, send, loop):
+            await send(message)
 
-    def _respond(self, environ: dict, send: Callable, loop: asyncio.AbstractEventLoop) -> None:
-        """Runs in a pool thread: the WSGI call, its answer sent through the event loop, then ``close()``
-        (Django's request_finished: the thread's database connection is checked in) and the body's file closed."""
+    def _respond(self, environ: dict, send: Callable, loop: asyncio.AbstractEventLoop) -> list[dict]:
+        """Runs in a pool thread: the WSGI call, then ``close()`` (Django's request_finished: the thread's database
+        connection is checked in) and the body's file closed. Returns the answer's last messages, for the event loop
+        to send; earlier chunks of a streamed answer are sent from here as they come."""
 
-        def send_now(message: dict) -> None:
-            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+        def send_now(*messages: dict) -> None:  # one hop to the event loop for all of them
+            async def send_all() -> None:
+                for message in messages:
+                    await send(message)
+
+            asyncio.run_coroutine_threadsafe(send_all(), loop).result()
 
         start: dict = {"sent": False}
 
@@ -103,20 +109,26 @@ class BufferedWSGI:
             start["bodiless"] = environ["REQUEST_METHOD"] == "HEAD" or code in (204, 304)  # RFC 9110: no content
             return lambda data: None  # the legacy write() callable: Django never uses it
 
+        def unsent_start() -> list[dict]:
+            if start["sent"]:
+                return []
+            start["sent"] = True
+            return [start["message"]]
+
         response = None
         try:
             response = self.app(environ, start_response)
+            # Each chunk goes out when the next one is there: a one-chunk answer (most) goes back whole.
+            held: Optional[bytes] = None
             for chunk in response:
                 if chunk and not start["bodiless"]:
-                    if not start["sent"]:
-                        send_now(start["message"])
-                        start["sent"] = True
-                    send_now({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not start["sent"]:
-                send_now(start["message"])
-            send_now({"type": "http.response.body", "body": b"", "more_body": False})
+                    if held is not None:
+                        send_now(*unsent_start(), {"type": "http.response.body", "body": held, "more_body": True})
+                    held = chunk
+            return [*unsent_start(), {"type": "http.response.body", "body": held or b"", "more_body": False}]
         except OSError as exc:  # the client went away while the answer was being sent
             log.debug("Client disconnected during the response: %s", exc)
+            return []
         finally:
             if hasattr(response, "close"):
                 response.close()
