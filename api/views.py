@@ -158,7 +158,9 @@ class TrainPolicyView(APIView):
         summary="Estimate (dryRun: true) or queue (dryRun: false) training of the agent's next policy version",
         parameters=[AGENT],
         description=(
-            "Any TrainingConfig field may be given in camelCase; unknown fields are refused. "
+            "Any TrainingConfig field may be given in camelCase; unknown fields are refused, and so are fields the "
+            "chosen algorithm does not read, sequences longer than the base model's positions and runs estimated "
+            "beyond the operator's training time limit (400 naming the field; see the README's table). "
             "Needs at least 10 scored feedback samples. `baseModel` must be a built-in model (n3-tiny, "
             "n3-tiny-random), a hub id, or a directory under MODELS_DIR / N3_ALLOWED_MODEL_DIRS. "
             "The estimate's time is measured by a miniature run on this machine (cached per model and batch shape)."

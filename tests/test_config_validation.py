@@ -280,6 +280,7 @@ def test_a_run_longer_than_the_training_timeout_is_refused_and_the_dry_run_warns
     assert queued.status_code == 400, queued.content
     assert list(queued.json()["errors"]) == ["maxSteps"]
     assert "training time limit of 6.0 h (N3_TRAINING_TIMEOUT" in queued.json()["detail"]
+    assert "lower maxSteps" in queued.json()["detail"]  # the field as sent, in the reason too
     assert not PolicyVersion.objects.exists()
     assert train(api, {"dryRun": False, "maxSteps": 2}).status_code == 202
 

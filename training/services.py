@@ -247,8 +247,8 @@ def time_limit_problem(estimate: TrainingEstimate, *, margin: float = 1) -> Opti
     rough = " (rough: nothing measured for this configuration yet)" if estimate.estimate_source == "default" else ""
     return (
         f"the estimate is {_duration(seconds)}{rough} for {estimate.estimated_steps} steps, over the training time "
-        f"limit of {_duration(limit)} (N3_TRAINING_TIMEOUT, where the job is stopped): lower it, or ask the operator "
-        "to raise the limit"
+        f"limit of {_duration(limit)} (N3_TRAINING_TIMEOUT, where the job is stopped): lower max_steps, or ask the "
+        "operator to raise the limit"
     )
 
 
@@ -281,7 +281,7 @@ def estimate_policy_training(
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
     estimate = estimate_training(agent=agent, config=config)
     if problem := time_limit_problem(estimate):  # queue_policy_training refuses it (check_time_limit)
-        estimate.warnings.append(f"max_steps: {problem}.")
+        estimate.warnings.append(f"{problem[0].upper()}{problem[1:]}.")
     return estimate
 
 
