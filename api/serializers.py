@@ -12,7 +12,7 @@ import types
 import typing
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Optional
 
 from django.core.validators import RegexValidator
 from drf_spectacular.extensions import OpenApiSerializerExtension
@@ -23,6 +23,7 @@ from rest_framework.reverse import reverse
 
 from policies.models import PolicyVersion
 from training.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
+from training.rlhf.metrics import SPEC_NAMES
 
 
 def to_camel(name: str) -> str:
@@ -203,8 +204,68 @@ _SNAKE_FIELD = re.compile(r"\b(?:{})\b".format("|".join(sorted(_SNAKE_NAMES, key
 
 
 # --- responses ---------------------------------------------------------------------------------
+# Metrics are stored under the training core's names (training.progress); here, at the edge, they take the spec's
+# camelCase ones.
 
-SUMMARY_METRICS = ("rewardMean", "rewardStd", "kl", "loss")
+# A version's latest figures: the core's name -> the API's (the spec's four first: always present, null until known).
+METRIC_NAMES = {
+    **SPEC_NAMES, "phase": "phase", "reward_model_loss": "rewardModelLoss", "reward_model": "rewardModel",
+    "duration_seconds": "durationSeconds", "warnings": "warnings", "evaluation": "evaluation",
+}
+SUMMARY_METRICS = tuple(SPEC_NAMES.values())  # rewardMean, rewardStd, kl, loss
+# metrics.reward_model (the core's RewardModel.metrics, plain figures): the ones the API shows, in its order.
+REWARD_MODEL_KEYS = {
+    "val_mse": "valMse", "val_mse_baseline": "valMseBaseline", "val_pearson": "pearson", "val_spearman": "spearman",
+    "train_loss": "trainLoss", "train_size": "trainSize", "val_size": "valSize", "epochs": "epochs",
+    "fit_seconds": "fitSeconds", "validation": "validation", "best_epoch": "bestEpoch",
+}
+# metrics.evaluation (the core's TrainingResult.evaluation as training.progress stores it). Every figure is shown,
+# null when the core left one out, so the block has one shape; the samples only in a version's own body.
+EVALUATION_KEYS = {
+    "better": "better", "baseline": "baseline", "scored_by": "scoredBy", "n": "n", "win_rate": "winRate",
+    "win_rate_ci": "winRateCi", "reward_mean": "rewardMean", "baseline_reward_mean": "baselineRewardMean",
+    "reward_diff": "rewardDiff", "reward_diff_ci": "rewardDiffCi", "kl": "kl", "response_length": "responseLength",
+    "baseline_response_length": "baselineResponseLength", "split_seed": "splitSeed",
+    "heldout_prompts": "heldoutPrompts",
+}
+EVALUATION_SAMPLE_KEYS = {
+    "prompt": "prompt", "response": "response", "baseline_response": "baselineResponse", "score": "score",
+    "baseline_score": "baselineScore",
+}
+
+
+def api_metrics(metrics: Optional[Mapping], *, samples: bool) -> dict[str, Any]:
+    """A version's stored metrics as the API shows them: the spec's four figures first, then the rest renamed;
+    the evaluation's samples only when ``samples``."""
+    data: dict[str, Any] = {name: None for name in SUMMARY_METRICS}
+    for key, value in (metrics or {}).items():
+        if key == "reward_model" and isinstance(value, Mapping):
+            value = {name: value[k] for k, name in REWARD_MODEL_KEYS.items() if k in value}
+        elif key == "evaluation" and isinstance(value, Mapping):
+            value = api_evaluation(value, samples=samples)
+        data[METRIC_NAMES.get(key, key)] = value
+    return data
+
+
+def api_evaluation(evaluation: Mapping, *, samples: bool) -> dict[str, Any]:
+    if "skipped" in evaluation:
+        return {"skipped": evaluation["skipped"]}
+    block = {name: evaluation.get(key) for key, name in EVALUATION_KEYS.items()}
+    if samples:
+        block["samples"] = [
+            {name: sample.get(key) for key, name in EVALUATION_SAMPLE_KEYS.items()}
+            for sample in evaluation.get("samples") or [] if isinstance(sample, Mapping)
+        ]
+    return block
+
+
+def api_step(step: int, figures: Mapping) -> dict[str, Any]:
+    """One TrainingStep as a history entry: step, rewardMean, rewardStd, kl, loss, then the core's own names."""
+    entry = {"step": step, **{name: figures.get(key) for key, name in SPEC_NAMES.items()}}
+    entry.update({key: value for key, value in figures.items() if key not in entry})
+    return entry
+
+
 _NUMBER_OR_NULL = {"type": "number", "nullable": True}
 _INTERVAL = {"type": "array", "items": _NUMBER_OR_NULL, "minItems": 2, "maxItems": 2, "nullable": True,
              "description": "95 % bootstrap interval [low, high]"}
@@ -212,8 +273,8 @@ _WARNINGS = {"type": "array", "items": {"type": "string"},
              "description": "What training warned about in plain English, e.g. a reward model no better than "
                               "predicting the mean score"}
 
-# metrics.evaluation as training.progress.evaluation_metrics stores it: the version against the model it started
-# from, on prompts held out of its training. Every figure is scored by this version's own reward model.
+# metrics.evaluation as the API shows it (api_evaluation): the version against the model it started from, on prompts
+# held out of its training. Every figure is scored by this version's own reward model.
 _EVALUATION_FIGURES = {
     "better": {"type": "boolean", "nullable": True, "description": "winRateCi's lower bound is above 0.5"},
     "baseline": {"type": "string", "nullable": True, "description": "What the version started from, in words"},
@@ -274,29 +335,26 @@ def _metrics_schema(*, detail: bool) -> dict:
 @extend_schema_field(_metrics_schema(detail=False))
 class MetricsSummaryField(serializers.Field):
     """The latest figures (rewardMean, rewardStd, kl, loss always present, null until known), warnings and the
-    evaluation once there are any; no history, no evaluation samples."""
+    evaluation once there are any; no history, no evaluation samples. Reads the version's metrics only."""
 
     def __init__(self, **kwargs):
         super().__init__(read_only=True, **kwargs)
 
     def to_representation(self, metrics):
-        metrics = metrics or {}
-        latest = {name: value for name, value in metrics.items() if name != "history"}
-        if isinstance(latest.get("evaluation"), Mapping):
-            latest["evaluation"] = {k: v for k, v in latest["evaluation"].items() if k != "samples"}
-        return {**{name: None for name in SUMMARY_METRICS}, **latest}
+        return api_metrics(metrics, samples=False)
 
 
 @extend_schema_field(_metrics_schema(detail=True))
-class MetricsField(MetricsSummaryField):
-    """The latest figures plus ``history``, one dict per logged step, and the evaluation's samples."""
+class MetricsField(serializers.Field):
+    """The latest figures plus ``history``, one dict per logged step (its TrainingStep rows, one query), and the
+    evaluation's samples."""
 
-    def to_representation(self, metrics):
-        metrics = metrics or {}
-        data = {**super().to_representation(metrics), "history": list(metrics.get("history") or [])}
-        if isinstance(metrics.get("evaluation"), Mapping):
-            data["evaluation"] = metrics["evaluation"]
-        return data
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, version: PolicyVersion):
+        steps = version.steps.order_by("step").values_list("step", "metrics")
+        return {**api_metrics(version.metrics, samples=True), "history": [api_step(*row) for row in steps]}
 
 
 @extend_schema_field(OpenApiTypes.URI)
@@ -357,11 +415,11 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
 
     @extend_schema_field(_NUMBER_OR_NULL)
     def get_rewardMean(self, version: PolicyVersion):
-        return (version.metrics or {}).get("rewardMean")
+        return version.reward_mean
 
     @extend_schema_field(_NUMBER_OR_NULL)
     def get_rewardStd(self, version: PolicyVersion):
-        return (version.metrics or {}).get("rewardStd")
+        return version.reward_std
 
     @extend_schema_field({"type": "object", "additionalProperties": True})
     def get_config(self, version: PolicyVersion):

@@ -53,8 +53,8 @@ class PolicyVersion(models.Model):
     # The snapshot: the agent's feedback with an id up to this one (the newest when it was queued), as scored when
     # the job starts. A bound, not a list of ids: it stays one value for millions of rows.
     feedback_through_id = models.BigIntegerField(null=True, blank=True)
-    # Latest figures (rewardMean, rewardStd, kl, loss, ...), warnings, evaluation; the per-step figures are
-    # TrainingStep rows.
+    # Latest figures under the training core's names (objective/scores, objective/kl, loss/total, ...), the reward
+    # model's fit, warnings, evaluation (training.progress writes it); the per-step figures are TrainingStep rows.
     metrics = models.JSONField(default=dict, blank=True)
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=0)
@@ -93,6 +93,24 @@ class PolicyVersion(models.Model):
         return self.status in self.ACTIVE_STATUSES
 
     @property
+    def reward_mean(self) -> Optional[float]:
+        """The latest mean reward (objective/scores): the spec's rewardMean."""
+        return (self.metrics or {}).get("objective/scores")
+
+    @property
+    def reward_std(self) -> Optional[float]:
+        return (self.metrics or {}).get("objective/scores_std")
+
+    @property
+    def kl(self) -> Optional[float]:
+        """The latest KL from the reference model (objective/kl)."""
+        return (self.metrics or {}).get("objective/kl")
+
+    @property
+    def loss(self) -> Optional[float]:
+        return (self.metrics or {}).get("loss/total")
+
+    @property
     def warnings(self) -> list[str]:
         """What its training warned about (metrics.warnings), e.g. a reward model no better than the mean score."""
         warnings = (self.metrics or {}).get("warnings")
@@ -100,7 +118,8 @@ class PolicyVersion(models.Model):
 
     @property
     def evaluation(self) -> Optional[dict]:
-        """metrics.evaluation: the version against the model it started from, {"skipped": reason}, or None."""
+        """metrics.evaluation: the version against the model it started from (the core's keys: better, win_rate,
+        win_rate_ci, ...), {"skipped": reason}, or None."""
         evaluation = (self.metrics or {}).get("evaluation")
         return evaluation if isinstance(evaluation, dict) else None
 

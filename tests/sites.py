@@ -47,6 +47,17 @@ def feedback_records(n: int = 12) -> list[dict]:
     ]
 
 
+def add_steps(version: Any, steps: list[dict]) -> None:
+    """TrainingStep rows for ``version``: one per dict of a step's figures under the core's names,
+    e.g. {"step": 1, "objective/scores": 0.5, "objective/kl": 0.0, "loss/total": 0.9}."""
+    from policies.models import TrainingStep  # noqa: PLC0415  (bench/ imports this module before Django is set up)
+
+    TrainingStep.objects.bulk_create(
+        TrainingStep(version=version, step=s["step"], metrics={k: v for k, v in s.items() if k != "step"})
+        for s in steps
+    )
+
+
 @dataclass
 class Site:
     root: Path

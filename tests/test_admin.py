@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
+from tests.sites import add_steps
 
 pytestmark = pytest.mark.django_db
 
@@ -191,12 +192,17 @@ def test_agent_page_without_warnings_when_feedback_is_healthy(agent, engineer):
 
 
 def test_agent_page_versions_table(agent, engineer):
-    PolicyVersion.objects.create(agent=agent, number=1, status="trained", metrics={"rewardMean": 0.71, "kl": 2.5},
-                                 step=50, max_steps=50)
+    PolicyVersion.objects.create(agent=agent, number=1, status="trained", step=50, max_steps=50,
+                                 metrics={"objective/scores": 0.71, "objective/kl": 2.5})
     PolicyVersion.objects.create(agent=agent, number=2, status="running", step=10, max_steps=50)
     html = login(engineer).get(reverse("admin:policies_agent_change", args=[agent.pk])).content.decode()
     assert "0.710" in html and "2.500" in html and "10 / 50" in html
     assert html.index(">v2<") < html.index(">v1<")  # newest first
+    # the change lists' columns: the agent's latest trained reward, each version's reward and KL
+    agents = login(engineer).get(reverse("admin:policies_agent_changelist")).content.decode()
+    assert '<td class="field-latest_reward">0.710</td>' in agents
+    versions = login(engineer).get(reverse("admin:policies_policyversion_changelist")).content.decode()
+    assert '<td class="field-reward_mean">0.710</td>' in versions and '<td class="field-kl">2.500</td>' in versions
 
 
 def test_agent_list_counts(agent, engineer):
@@ -210,22 +216,30 @@ def test_agent_list_counts(agent, engineer):
 
 
 def realistic_history(steps: int = 40) -> list[dict]:
+    """A run's steps under the training core's names (TrainingStep rows)."""
     return [
-        {"step": s, "rewardMean": 0.35 + 0.4 * s / steps, "kl": 0.05 * s, "loss": 1.0 / (1 + 0.2 * s)}
+        {"step": s, "objective/scores": 0.35 + 0.4 * s / steps, "objective/kl": 0.05 * s,
+         "loss/total": 1.0 / (1 + 0.2 * s)}
         for s in range(1, steps + 1)
     ]
+
+
+def version_with_steps(agent: Agent, number: int, steps: int, **fields) -> PolicyVersion:
+    version = PolicyVersion.objects.create(agent=agent, number=number, **fields)
+    add_steps(version, realistic_history(steps))
+    return version
 
 
 @pytest.fixture
 def trained(agent, tmp_path, settings):
     settings.MODELS_DIR = tmp_path
-    history = realistic_history()
-    return PolicyVersion.objects.create(
-        agent=agent, number=1, status="trained", step=40, max_steps=40, feedback_count=60,
+    last = realistic_history()[-1]
+    return version_with_steps(
+        agent, 1, 40, status="trained", step=40, max_steps=40, feedback_count=60,
         config={"base_model": "n3-tiny", "learning_rate": 1e-5, "use_lora": True, "max_steps": 40},
-        metrics={"rewardMean": history[-1]["rewardMean"], "rewardStd": 0.12, "kl": history[-1]["kl"],
-                 "loss": history[-1]["loss"], "history": history,
-                 "rewardModel": {"valMse": 0.031, "pearson": 0.82, "spearman": 0.79}},
+        metrics={"objective/scores": last["objective/scores"], "objective/scores_std": 0.12,
+                 "objective/kl": last["objective/kl"], "loss/total": last["loss/total"],
+                 "reward_model": {"val_mse": 0.031, "val_pearson": 0.82, "val_spearman": 0.79}},
         started_at=timezone.now() - timedelta(minutes=12), finished_at=timezone.now(),
     )
 
@@ -253,9 +267,9 @@ def test_version_page_shows_the_log_tail(trained, engineer, settings):
 
 
 def test_progress_json_while_running(agent, engineer):
-    version = PolicyVersion.objects.create(
-        agent=agent, number=3, status="running", step=10, max_steps=40,
-        started_at=timezone.now() - timedelta(seconds=100), metrics={"history": realistic_history(10), "kl": 0.5},
+    version = version_with_steps(
+        agent, 3, 10, status="running", step=10, max_steps=40,
+        started_at=timezone.now() - timedelta(seconds=100), metrics={"objective/kl": 0.5},
     )
     data = login(engineer).get(reverse("admin:policies_policyversion_progress", args=[version.pk])).json()
     assert (data["status"], data["step"], data["maxSteps"], data["percent"]) == ("running", 10, 40, 25.0)
@@ -268,9 +282,9 @@ def test_progress_json_while_running(agent, engineer):
 
 
 def test_compare_page_side_by_side(trained, engineer):
-    worse = PolicyVersion.objects.create(
-        agent=trained.agent, number=2, status="trained", step=40, max_steps=40,
-        metrics={"rewardMean": 0.5, "kl": 9.0, "history": realistic_history(20)},
+    worse = version_with_steps(
+        trained.agent, 2, 20, status="trained", step=40, max_steps=40,
+        metrics={"objective/scores": 0.5, "objective/kl": 9.0},
     )
     url = reverse("admin:policies_policyversion_compare", args=[trained.pk])
     html = login(engineer).get(url, {"other": worse.pk}).content.decode()
@@ -284,14 +298,14 @@ def test_compare_page_side_by_side(trained, engineer):
 # --- evaluation and warnings -----------------------------------------------------------------------------
 POOR_FIT = ("Reward model is no better than predicting the mean score (cross-validated MSE 0.16 vs 0.15): "
             "its scores carry little of the reviewers' judgement.")
-# metrics.evaluation as training.services stores it (camelCase, held-out prompts counted, at most 8 samples).
+# metrics.evaluation as training.progress stores it (the core's names, held-out prompts counted, at most 8 samples).
 EVALUATION = {
-    "better": True, "baseline": "base model n3-tiny", "scoredBy": "this version's reward model", "n": 64,
-    "heldoutPrompts": 12, "splitSeed": 42, "winRate": 0.66, "winRateCi": [0.55, 0.76], "rewardMean": 0.71,
-    "baselineRewardMean": 0.52, "rewardDiff": 0.19, "rewardDiffCi": [0.10, 0.28], "kl": 3.1, "responseLength": 9.2,
-    "baselineResponseLength": 11.0,
-    "samples": [{"prompt": "Where is the Louvre?", "response": "In Paris.", "baselineResponse": "Museum museum.",
-                 "score": 0.8, "baselineScore": 0.4}],
+    "better": True, "baseline": "base model n3-tiny", "scored_by": "this version's reward model", "n": 64,
+    "heldout_prompts": 12, "split_seed": 42, "win_rate": 0.66, "win_rate_ci": [0.55, 0.76], "reward_mean": 0.71,
+    "baseline_reward_mean": 0.52, "reward_diff": 0.19, "reward_diff_ci": [0.10, 0.28], "kl": 3.1,
+    "response_length": 9.2, "baseline_response_length": 11.0,
+    "samples": [{"prompt": "Where is the Louvre?", "response": "In Paris.", "baseline_response": "Museum museum.",
+                 "score": 0.8, "baseline_score": 0.4}],
 }
 SENTENCE = ("Better than its start: yes — win rate 66 % (95 % interval 55–76 %) on 64 held-out samples, "
             "reward 0.52 → 0.71, KL 3.1")
@@ -341,10 +355,10 @@ def test_warning_badges_on_the_agent_page_and_the_change_list(evaluated, enginee
 
 
 def test_compare_page_shows_evaluations_instead_of_ranking_rewards(evaluated, engineer):
-    other = PolicyVersion.objects.create(
-        agent=evaluated.agent, number=2, status="trained", step=40, max_steps=40,
-        metrics={"rewardMean": 0.9, "kl": 9.0, "history": realistic_history(20),
-                 "evaluation": {**EVALUATION, "better": False, "winRate": 0.52, "winRateCi": [0.41, 0.63]}},
+    other = version_with_steps(
+        evaluated.agent, 2, 20, status="trained", step=40, max_steps=40,
+        metrics={"objective/scores": 0.9, "objective/kl": 9.0,
+                 "evaluation": {**EVALUATION, "better": False, "win_rate": 0.52, "win_rate_ci": [0.41, 0.63]}},
     )
     html = page(engineer, "admin:policies_policyversion_compare", evaluated.pk, other=other.pk)
     assert NOT_COMPARABLE in html

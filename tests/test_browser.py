@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
+from tests.sites import add_steps
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -118,17 +119,21 @@ def trained_version(agent: Agent) -> PolicyVersion:
     import math
 
     history = [
-        {"step": s, "rewardMean": 0.42 + 0.33 * (1 - math.exp(-s / 18)) + 0.02 * math.sin(s),
-         "kl": 0.09 * s + 0.3 * math.sin(s / 3), "loss": 0.9 * math.exp(-s / 25) + 0.1 + 0.03 * math.cos(s)}
+        {"step": s, "objective/scores": 0.42 + 0.33 * (1 - math.exp(-s / 18)) + 0.02 * math.sin(s),
+         "objective/kl": 0.09 * s + 0.3 * math.sin(s / 3),
+         "loss/total": 0.9 * math.exp(-s / 25) + 0.1 + 0.03 * math.cos(s)}
         for s in range(1, 61)
     ]
     now = timezone.now()
-    return PolicyVersion.objects.create(
+    version = PolicyVersion.objects.create(
         agent=agent, number=1, status="trained", step=60, max_steps=60, feedback_count=84,
         config={"base_model": "n3-tiny", "algorithm": "ppo", "learning_rate": 1e-5, "use_lora": True, "max_steps": 60},
-        metrics={"rewardMean": history[-1]["rewardMean"], "rewardStd": 0.14, "kl": history[-1]["kl"],
-                 "loss": history[-1]["loss"], "history": history,
-                 "rewardModel": {"valMse": 0.0312, "valMseBaseline": 0.0655, "pearson": 0.81, "spearman": 0.78,
-                                 "trainLoss": 0.021, "trainSize": 67, "valSize": 17, "epochs": 3}},
+        metrics={"objective/scores": history[-1]["objective/scores"], "objective/scores_std": 0.14,
+                 "objective/kl": history[-1]["objective/kl"], "loss/total": history[-1]["loss/total"],
+                 "reward_model": {"val_mse": 0.0312, "val_mse_baseline": 0.0655, "val_pearson": 0.81,
+                                  "val_spearman": 0.78, "train_loss": 0.021, "train_size": 67, "val_size": 17,
+                                  "epochs": 3}},
         started_at=now - timedelta(minutes=14, seconds=32), finished_at=now,
     )
+    add_steps(version, history)
+    return version

@@ -15,6 +15,7 @@ import pytest
 from django.utils import timezone
 from django_q.models import OrmQ, Task
 
+from api.serializers import PolicyVersionSerializer
 from feedback import services as feedback_services
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
@@ -153,9 +154,14 @@ def test_run_version_trains_and_records_the_spec_metrics(models_dir):
     assert (version.status, version.step, version.error) == ("trained", 2, "")
     assert version.model_path == str(models_dir / "bot" / "v1" / "policy")  # MODELS_DIR outside the project: absolute
     assert (Path(version.model_path) / "config.json").exists() and (Path(version.reward_model_path) / "reward_head.pt").exists()
-    metrics = version.metrics
+    # stored under the core's names, its steps as rows, shown under the spec's
+    assert {"objective/scores", "objective/scores_std", "objective/kl", "loss/total"} <= set(version.metrics)
+    assert 0.0 <= version.reward_mean <= 1.0 and "history" not in version.metrics
+    assert {"val_mse", "val_pearson", "val_spearman"} <= set(version.metrics["reward_model"])  # the core's names
+    assert list(version.steps.values_list("step", flat=True)) == [1, 2]
+    metrics = PolicyVersionSerializer(version).data["metrics"]
     assert {"rewardMean", "rewardStd", "kl", "loss", "rewardModel", "history"} <= set(metrics)
-    assert 0.0 <= metrics["rewardMean"] <= 1.0
+    assert metrics["rewardMean"] == version.reward_mean
     assert {"valMse", "pearson", "spearman"} <= set(metrics["rewardModel"])
     assert [h["step"] for h in metrics["history"]] == [1, 2]
     assert {"rewardMean", "rewardStd", "kl", "loss", "objective/kl", "policy/entropy"} <= set(metrics["history"][0])

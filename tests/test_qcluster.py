@@ -28,7 +28,7 @@ def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
 
     assert version["status"] == "trained", log
     assert seen == ["queued", "running", "trained"]
-    assert version["step"] == 3 and version["metrics"]["rewardMean"] is not None
+    assert version["step"] == 3 and version["metrics"]["objective/scores"] is not None
     assert (site.models_dir / "bot" / "v1" / "training_results.json").exists()
     assert site.version(dead)["status"] == "failed" and "no heartbeat" in site.version(dead)["error"]
     assert log.index("Marked 1 training job(s) failed") < log.index("[bot v1]")  # swept before the first job

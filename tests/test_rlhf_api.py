@@ -14,10 +14,12 @@ from django_q.models import OrmQ
 
 from feedback import services as feedback_services
 from feedback.models import Feedback
-from training import services as policy_services
 from policies.models import Agent, PolicyVersion
+from tests.sites import add_steps
+from training import services as policy_services
+from training.progress import JobProgress, result_metrics
+from training.rlhf.progress import Progress
 from training.rlhf.results import TrainingResult
-from training.progress import result_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -405,17 +407,31 @@ def test_every_training_config_field_is_accepted_in_camel_case():
 # --- versions ------------------------------------------------------------------------------------------------
 
 
-TRAINED_METRICS = {
-    "rewardMean": 0.82, "rewardStd": 0.15, "kl": 2.5, "loss": 0.31,
-    "history": [{"step": 1, "rewardMean": 0.5, "kl": 0.0, "loss": 0.9}, {"step": 2, "rewardMean": 0.82, "kl": 2.5, "loss": 0.31}],
-}
+# A version's metrics and steps as n3 stores them (the training core's names), and the history the API shows.
+TRAINED_METRICS = {"objective/scores": 0.82, "objective/scores_std": 0.15, "objective/kl": 2.5, "loss/total": 0.31}
+TRAINED_STEPS = [
+    {"step": 1, "objective/scores": 0.5, "objective/kl": 0.0, "loss/total": 0.9},
+    {"step": 2, "objective/scores": 0.82, "objective/kl": 2.5, "loss/total": 0.31},
+]
+TRAINED_HISTORY = [
+    {"step": 1, "rewardMean": 0.5, "rewardStd": None, "kl": 0.0, "loss": 0.9,
+     "objective/scores": 0.5, "objective/kl": 0.0, "loss/total": 0.9},
+    {"step": 2, "rewardMean": 0.82, "rewardStd": None, "kl": 2.5, "loss": 0.31,
+     "objective/scores": 0.82, "objective/kl": 2.5, "loss/total": 0.31},
+]
+
+
+def trained_version(agent: str, number: int, metrics: dict = TRAINED_METRICS, **fields) -> PolicyVersion:
+    version = make_version(agent, number, "trained", metrics=metrics, **fields)
+    add_steps(version, TRAINED_STEPS)
+    return version
 
 
 def test_versions_are_listed_newest_first_with_summary_metrics(api):
-    make_version("my_agent", 1, "trained", metrics=TRAINED_METRICS, step=2, max_steps=2, feedback_count=15,
-                 model_path="models/my_agent/v1/policy", reward_model_path="models/my_agent/v1/reward_model")
+    trained_version("my_agent", 1, step=2, max_steps=2, feedback_count=15,
+                    model_path="models/my_agent/v1/policy", reward_model_path="models/my_agent/v1/reward_model")
     make_version("my_agent", 2, "failed", error="CUDA out of memory")
-    make_version("my_agent", 3, "running", metrics={"rewardMean": 0.6, "history": []}, step=1, max_steps=10)
+    make_version("my_agent", 3, "running", metrics={"objective/scores": 0.6}, step=1, max_steps=10)
     make_version("other_agent", 1, "queued")
 
     response = api.get("/api/policies/my_agent")
@@ -442,8 +458,9 @@ def test_an_agent_without_versions_lists_an_empty_array_and_an_unknown_agent_is_
 
 
 def test_a_trained_version_answers_the_spec_training_success_body(api):
-    version = make_version("my_agent", 15, "trained", metrics=TRAINED_METRICS, step=1000, max_steps=1000, feedback_count=15,
-                           model_path="models/my_agent/v15/policy", reward_model_path="models/my_agent/v15/reward_model")
+    version = trained_version("my_agent", 15, step=1000, max_steps=1000, feedback_count=15,
+                              model_path="models/my_agent/v15/policy",
+                              reward_model_path="models/my_agent/v15/reward_model")
 
     body = api.get("/api/policies/my_agent/v15").json()
 
@@ -453,27 +470,32 @@ def test_a_trained_version_answers_the_spec_training_success_body(api):
         "feedbackCount": 15, "trainingSteps": 1000, "rewardMean": 0.82, "rewardStd": 0.15,
     }
     assert body["agent"] == "my_agent" and body["error"] is None
-    assert body["metrics"]["kl"] == 2.5 and body["metrics"]["history"] == TRAINED_METRICS["history"]
+    assert body["metrics"]["kl"] == 2.5 and body["metrics"]["history"] == TRAINED_HISTORY
 
 
 def test_a_running_version_shows_progress_and_a_failed_one_its_error(api):
     from django.utils import timezone
 
     now = timezone.now()
-    make_version("my_agent", 1, "running", step=3, max_steps=10, started_at=now, heartbeat_at=now,
-                 metrics={"rewardMean": 0.4, "kl": 0.1, "history": [{"step": 3}]})
+    version = make_version("my_agent", 1, "running", step=3, max_steps=10, started_at=now, heartbeat_at=now,
+                           metrics={"objective/scores": 0.4, "objective/kl": 0.1})
+    add_steps(version, [{"step": 3}])
     make_version("my_agent", 2, "failed", error="Training diverged: loss is NaN at step 4")
 
     running = api.get("/api/policies/my_agent/v1").json()
     assert (running["status"], running["step"], running["maxSteps"]) == ("running", 3, 10)
     assert running["metrics"]["rewardMean"] == 0.4 and running["startedAt"] and running["heartbeatAt"]
+    assert running["metrics"]["history"] == [
+        {"step": 3, "rewardMean": None, "rewardStd": None, "kl": None, "loss": None}
+    ]
     assert running["modelPath"] is None
 
     failed = api.get("/api/policies/my_agent/v2").json()
     assert (failed["status"], failed["error"]) == ("failed", "Training diverged: loss is NaN at step 4")
 
 
-# The training core's TrainingResult.evaluation (snake_case) and what training.services stores of it in metrics.
+# The training core's TrainingResult.evaluation (snake_case), what training.progress stores of it in metrics, and
+# what the API shows (camelCase).
 CORE_EVALUATION = {
     "baseline": "base model n3-tiny", "n": 64, "heldout_prompts": [f"Held-out {i}?" for i in range(12)],
     "split_seed": 42, "win_rate": 0.66, "win_rate_ci": [0.55, 0.76], "reward_mean": 0.71, "baseline_reward_mean": 0.52,
@@ -486,6 +508,17 @@ CORE_EVALUATION = {
     ],
 }
 STORED_EVALUATION = {
+    "baseline": "base model n3-tiny", "n": 64, "split_seed": 42, "win_rate": 0.66, "win_rate_ci": [0.55, 0.76],
+    "reward_mean": 0.71, "baseline_reward_mean": 0.52, "reward_diff": 0.19, "reward_diff_ci": [0.10, None], "kl": 3.1,
+    "response_length": 9.2, "baseline_response_length": 11.0, "better": True,
+    "scored_by": "this version's reward model", "heldout_prompts": 12,
+    "samples": [
+        {"prompt": f"Held-out {i}?", "response": f"Answer {i}.", "baseline_response": "Hmm.", "score": 0.8,
+         "baseline_score": None if i == 1 else 0.4}
+        for i in range(8)
+    ],
+}
+API_EVALUATION = {
     "better": True, "baseline": "base model n3-tiny", "scoredBy": "this version's reward model", "n": 64,
     "heldoutPrompts": 12, "splitSeed": 42, "winRate": 0.66, "winRateCi": [0.55, 0.76], "rewardMean": 0.71,
     "baselineRewardMean": 0.52, "rewardDiff": 0.19, "rewardDiffCi": [0.10, None], "kl": 3.1, "responseLength": 9.2,
@@ -506,27 +539,127 @@ def training_result(**fields) -> TrainingResult:
                           final_reward_mean=0.82, final_reward_std=0.15, training_steps=2, **fields)
 
 
-def test_result_metrics_store_the_evaluation_camel_cased_and_json_safe():
+def test_result_metrics_store_the_evaluation_under_the_core_names_json_safe_and_the_api_camel_cases_it():
+    from api.serializers import api_metrics
+
     metrics = result_metrics(training_result(evaluation=CORE_EVALUATION, warnings=[POOR_FIT]))
     assert metrics["evaluation"] == STORED_EVALUATION  # heldout prompts as their count, at most 8 samples
     assert metrics["warnings"] == [POOR_FIT]
     json.dumps(metrics, allow_nan=False)  # strict JSON, as the column stores it
+    assert api_metrics(metrics, samples=True)["evaluation"] == API_EVALUATION
 
     skipped = result_metrics(training_result(evaluation={"skipped": "fewer than 2 distinct prompts to hold out"}))
     assert skipped["evaluation"] == {"skipped": "fewer than 2 distinct prompts to hold out"}
+    assert api_metrics(skipped, samples=True)["evaluation"] == {"skipped": "fewer than 2 distinct prompts to hold out"}
     assert "evaluation" not in result_metrics(training_result(evaluation=None))  # runs from before evaluations
-    partial = result_metrics(training_result(evaluation={"win_rate": 0.5}))["evaluation"]
-    assert set(partial) == set(STORED_EVALUATION) and partial["better"] is None and partial["samples"] == []
+    partial = api_metrics(result_metrics(training_result(evaluation={"win_rate": 0.5})), samples=True)["evaluation"]
+    assert set(partial) == set(API_EVALUATION) and partial["better"] is None and partial["samples"] == []
+
+
+# What the API answered for one run before its metrics moved to the core's names and its steps to rows (generated by
+# that code): the bodies must stay byte for byte the same.
+NAN = float("nan")
+RUN_HISTORY = [
+    {"step": 1, "objective/scores": 0.5, "objective/scores_std": 0.2, "objective/kl": 0.0, "objective/kl_coef": 0.2,
+     "loss/total": 0.9, "policy/entropy": 2.5, "tokens_per_s": 310.0},
+    {"step": 2, "objective/scores": 0.82, "objective/scores_std": 0.15, "objective/kl": 2.5, "objective/kl_coef": 0.2,
+     "loss/total": 0.31, "policy/entropy": NAN, "tokens_per_s": 320.5},
+]
+RUN_REWARD_MODEL = {
+    "validation": "5-fold cross-validation", "val_mse": 0.031, "val_mse_baseline": 0.065, "val_pearson": 0.82,
+    "val_spearman": NAN, "best_epoch": 2, "train_loss": 0.02, "train_size": 12, "val_size": 3, "epochs": 3, "steps": 9,
+    "fit_seconds": 1.25, "eval_seconds": 0.5, "history": [{"epoch": 1, "val_mse": 0.04}],
+}
+RUN_EVALUATION = {
+    "baseline": "base model n3-tiny", "scored_by": "this version's reward model", "n": 4,
+    "heldout_prompts": ["q1", "q2"], "split_seed": 42, "win_rate": 0.75, "win_rate_ci": [0.5, NAN], "reward_mean": 0.6,
+    "baseline_reward_mean": 0.4, "reward_diff": 0.2, "reward_diff_ci": [0.0, 0.4], "kl": 1.5, "response_length": 5.0,
+    "baseline_response_length": 6.0, "better": False,
+    "samples": [{"prompt": "q1", "response": "a", "baseline_response": "b", "score": 0.7, "baseline_score": NAN}],
+}
+_REWARD_MODEL_BODY = (
+    '"rewardModel": {"valMse": 0.031, "valMseBaseline": 0.065, "pearson": 0.82, "spearman": null, "trainLoss": 0.02, '
+    '"trainSize": 12, "valSize": 3, "epochs": 3, "fitSeconds": 1.25, "validation": "5-fold cross-validation", '
+    '"bestEpoch": 2}'
+)
+_EVALUATION_BODY = (
+    '"evaluation": {"better": false, "baseline": "base model n3-tiny", "scoredBy": "this version\'s reward model", '
+    '"n": 4, "winRate": 0.75, "winRateCi": [0.5, null], "rewardMean": 0.6, "baselineRewardMean": 0.4, '
+    '"rewardDiff": 0.2, "rewardDiffCi": [0.0, 0.4], "kl": 1.5, "responseLength": 5.0, "baselineResponseLength": 6.0, '
+    '"splitSeed": 42, "heldoutPrompts": 2'
+)
+_HISTORY_BODY = (
+    '"history": [{"step": 1, "rewardMean": 0.5, "rewardStd": 0.2, "kl": 0.0, "loss": 0.9, "objective/scores": 0.5, '
+    '"objective/scores_std": 0.2, "objective/kl": 0.0, "objective/kl_coef": 0.2, "loss/total": 0.9, '
+    '"policy/entropy": 2.5, "tokens_per_s": 310.0}, {"step": 2, "rewardMean": 0.82, "rewardStd": 0.15, "kl": 2.5, '
+    '"loss": 0.31, "objective/scores": 0.82, "objective/scores_std": 0.15, "objective/kl": 2.5, '
+    '"objective/kl_coef": 0.2, "loss/total": 0.31, "policy/entropy": null, "tokens_per_s": 320.5}]'
+)
+_FINAL = '"rewardMean": 0.82, "rewardStd": 0.15, "kl": 2.5, "loss": 0.31'
+TRAINED_LIST_BODY = (
+    f'{{{_FINAL}, {_REWARD_MODEL_BODY}, "durationSeconds": 12.3, "warnings": ["w1"], {_EVALUATION_BODY}}}}}'
+)
+TRAINED_DETAIL_BODY = (
+    f'{{{_FINAL}, {_REWARD_MODEL_BODY}, "durationSeconds": 12.3, "warnings": ["w1"], {_EVALUATION_BODY}, '
+    '"samples": [{"prompt": "q1", "response": "a", "baselineResponse": "b", "score": 0.7, "baselineScore": null}]}, '
+    f'{_HISTORY_BODY}}}'
+)
+RUNNING_LIST_BODY = f'{{{_FINAL}, "phase": "policy", "rewardModelLoss": 0.4}}'
+RUNNING_DETAIL_BODY = f'{{{_FINAL}, "phase": "policy", "rewardModelLoss": 0.4, {_HISTORY_BODY}}}'
+
+
+def test_metrics_bodies_are_unchanged_by_the_core_names_and_the_step_rows(api):
+    """A run recorded the way training.run records it (JobProgress while it trains, result_metrics and its steps when
+    it ends) answers the same list and detail bodies, key order included, as before."""
+    running = make_version("my_agent", 1, "running", max_steps=5)
+    job = JobProgress(running.pk, interval=0)
+    with job:
+        job(Progress(phase="reward_model", step=1, total=2, metrics={"loss": 0.4}))
+        for stats in RUN_HISTORY:
+            job(Progress(phase="policy", step=stats["step"], total=5, metrics=stats))
+    trained = make_version("my_agent", 2, "trained", metrics=result_metrics(training_result(
+        final_kl=2.5, final_loss=0.31, duration_seconds=12.345, history=RUN_HISTORY,
+        reward_model_metrics=RUN_REWARD_MODEL, warnings=["w1"], evaluation=RUN_EVALUATION,
+    )))
+    JobProgress(trained.pk, interval=0).store_steps(RUN_HISTORY)
+
+    listed = {v["version"]: v["metrics"] for v in api.get("/api/policies/my_agent").json()}
+    assert json.dumps(listed["v1"]) == RUNNING_LIST_BODY
+    assert json.dumps(listed["v2"]) == TRAINED_LIST_BODY
+    assert json.dumps(api.get("/api/policies/my_agent/v1").json()["metrics"]) == RUNNING_DETAIL_BODY
+    assert json.dumps(api.get("/api/policies/my_agent/v2").json()["metrics"]) == TRAINED_DETAIL_BODY
+
+
+def test_migration_0003_renames_stored_metrics_to_the_core_names_and_back():
+    """A version stored before (the API's names in metrics) answers the same body after the data migration."""
+    import importlib
+
+    from api.serializers import api_metrics
+
+    convert = importlib.import_module("policies.migrations.0003_metrics_core_names").convert
+    before = {k: v for k, v in json.loads(TRAINED_DETAIL_BODY).items() if k != "history"}  # stored as shown
+    after = convert(before, forwards=True)
+
+    now = result_metrics(training_result(final_kl=2.5, final_loss=0.31, reward_model_metrics=RUN_REWARD_MODEL,
+                                         evaluation=RUN_EVALUATION))
+    assert list(after) == list(now) and set(after["evaluation"]) == set(now["evaluation"])
+    assert set(after["reward_model"]) <= set(now["reward_model"])
+    assert json.dumps(api_metrics(after, samples=True)) == json.dumps(before)
+    assert json.dumps(convert(after, forwards=False)) == json.dumps(before)
+    running = {"rewardMean": 0.5, "rewardStd": None, "kl": 0.1, "loss": 0.2, "phase": "policy", "rewardModelLoss": 0.4}
+    assert convert(running, forwards=True) == {**JobProgress(0, interval=0).metrics(), "objective/scores": 0.5,
+                                               "objective/kl": 0.1, "loss/total": 0.2, "phase": "policy",
+                                               "reward_model_loss": 0.4}
 
 
 def test_list_and_detail_show_the_evaluation_and_the_warnings(api):
-    make_version("my_agent", 1, "trained", metrics=TRAINED_METRICS, step=2, max_steps=2)
-    make_version("my_agent", 2, "trained", metrics=EVALUATED_METRICS, step=2, max_steps=2)
-    make_version("my_agent", 3, "trained", metrics={**TRAINED_METRICS, "evaluation": {"skipped": "eval_fraction 0"}})
+    trained_version("my_agent", 1, step=2, max_steps=2)
+    trained_version("my_agent", 2, metrics=EVALUATED_METRICS, step=2, max_steps=2)
+    trained_version("my_agent", 3, metrics={**TRAINED_METRICS, "evaluation": {"skipped": "eval_fraction 0"}})
 
     listed = {v["version"]: v for v in api.get("/api/policies/my_agent").json()}
     evaluated = listed["v2"]
-    summary = {key: value for key, value in STORED_EVALUATION.items() if key != "samples"}
+    summary = {key: value for key, value in API_EVALUATION.items() if key != "samples"}
     assert evaluated["metrics"]["evaluation"] == summary  # the list stays light: no samples, no prompts
     assert evaluated["warnings"] == [POOR_FIT] and evaluated["metrics"]["warnings"] == [POOR_FIT]
     assert evaluated["metrics"]["rewardMean"] == 0.82  # the spec's jq line still reads it
@@ -539,10 +672,33 @@ def test_list_and_detail_show_the_evaluation_and_the_warnings(api):
     }
 
     detail = api.get("/api/policies/my_agent/v2").json()
-    assert detail["metrics"]["evaluation"] == STORED_EVALUATION  # with its samples
+    assert detail["metrics"]["evaluation"] == API_EVALUATION  # with its samples
     assert detail["warnings"] == [POOR_FIT] and detail["rewardMean"] == 0.82
     plain = api.get("/api/policies/my_agent/v1").json()
     assert "evaluation" not in plain["metrics"] and plain["warnings"] == []
+
+
+def test_the_list_reads_no_steps_and_the_detail_reads_them_in_one_query(api):
+    """Versions with thousands of steps each: the list's queries stay few and never touch the step rows; a version's
+    own body reads its steps with one query."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    steps = [{"step": s, "objective/scores": 0.5, "objective/kl": 0.01 * s, "loss/total": 0.3} for s in range(1, 3001)]
+    for number in (1, 2, 3):
+        add_steps(make_version("my_agent", number, "trained", metrics=TRAINED_METRICS, step=3000), steps)
+
+    with CaptureQueriesContext(connection) as listing:
+        body = api.get("/api/policies/my_agent").json()
+    assert [v["metrics"]["rewardMean"] for v in body] == [0.82] * 3
+    assert not [q["sql"] for q in listing.captured_queries if "policies_trainingstep" in q["sql"]]
+    assert len(listing.captured_queries) <= 5, [q["sql"] for q in listing.captured_queries]
+
+    with CaptureQueriesContext(connection) as detail:
+        body = api.get("/api/policies/my_agent/v2").json()
+    assert len(body["metrics"]["history"]) == 3000 and body["metrics"]["history"][-1]["kl"] == 30.0
+    assert len([q for q in detail.captured_queries if "policies_trainingstep" in q["sql"]]) == 1
+    assert len(detail.captured_queries) <= 5, [q["sql"] for q in detail.captured_queries]
 
 
 @pytest.mark.parametrize("path, detail", [

@@ -23,7 +23,7 @@ from rest_framework.authtoken.models import Token
 from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
 from tests.conftest import API_PERMISSIONS
-from tests.sites import LEAN_CONFIG, feedback_records
+from tests.sites import LEAN_CONFIG, add_steps, feedback_records
 from training.progress import evaluation_metrics
 
 pytestmark = pytest.mark.django_db
@@ -67,24 +67,25 @@ def seeded(settings):
     agent.default_training_config = LEAN_CONFIG
     agent.save()
     now = timezone.now()
-    PolicyVersion.objects.create(
+    trained = PolicyVersion.objects.create(
         agent=agent, number=1, status="trained", step=2, max_steps=2, feedback_count=12, config=LEAN_CONFIG,
         model_path="models/bot/v1/policy", reward_model_path="models/bot/v1/reward_model",
         started_at=now, heartbeat_at=now, finished_at=now,
-        metrics={"rewardMean": 0.8, "rewardStd": 0.1, "kl": 0.01, "loss": 0.5, "rewardModel": {"valMse": 0.1},
+        metrics={"objective/scores": 0.8, "objective/scores_std": 0.1, "objective/kl": 0.01, "loss/total": 0.5,
+                 "reward_model": {"val_mse": 0.1},
                  "warnings": ["Reward model is no better than predicting the mean score"],
-                 "history": [{"step": 1, "rewardMean": 0.7, "kl": None, "loss": 0.6}],
                  "evaluation": result_metrics_evaluation()},
     )
+    add_steps(trained, [{"step": 1, "objective/scores": 0.7, "objective/kl": None, "loss/total": 0.6}])
     PolicyVersion.objects.create(agent=agent, number=2, status="failed", error="The training process was killed by SIGKILL",
                                  started_at=now, finished_at=now, metrics={"evaluation": {"skipped": "it failed"}})
     PolicyVersion.objects.create(agent=agent, number=3, status="running", step=1, max_steps=5, started_at=now,
-                                 heartbeat_at=now, metrics={"rewardMean": None, "phase": "policy", "history": []})
+                                 heartbeat_at=now, metrics={"objective/scores": None, "phase": "policy"})
     return agent
 
 
 def result_metrics_evaluation() -> dict:
-    """An evaluation block as training.services stores it, with a bound the core could not compute."""
+    """An evaluation block as training.progress stores it, with a bound the core could not compute."""
     return evaluation_metrics({
         "baseline": "base model n3-tiny-random", "n": 4, "heldout_prompts": ["q1", "q2"], "split_seed": 42,
         "win_rate": 0.75, "win_rate_ci": [0.5, float("nan")], "reward_mean": 0.6, "baseline_reward_mean": 0.4,

@@ -41,7 +41,7 @@ def test_trains_in_process_and_records_the_version_like_the_api(agent, capsys):
     # the version's evaluation against its base on the held-out prompts, in words
     assert "Evaluation: " in out and "its start (base model n3-tiny-random): win rate" in out, out
     assert (Path(version.model_path) / "config.json").exists()
-    assert [h["step"] for h in version.metrics["history"]] == [1, 2]
+    assert list(version.steps.values_list("step", flat=True)) == [1, 2]
     bars = capsys.readouterr().err  # tqdm draws on stderr
     assert "reward model" in bars and "PPO" in bars and "2/2" in bars and "KL" in bars
 

@@ -52,7 +52,7 @@ class AgentAdmin(admin.ModelAdmin):
     @admin.display(description="reward mean")
     def latest_reward(self, agent: Agent):
         version = agent.versions.filter(status=PolicyVersion.Status.TRAINED).order_by("-number").first()
-        reward = (version.metrics or {}).get("rewardMean") if version else None
+        reward = version.reward_mean if version else None
         return f"{reward:.3f}" if isinstance(reward, (int, float)) else "—"
 
     @admin.action(description="Train now (agent's default config)", permissions=["train"])
@@ -127,12 +127,12 @@ class PolicyVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="reward mean")
     def reward_mean(self, version: PolicyVersion) -> str:
-        value = (version.metrics or {}).get("rewardMean")
+        value = version.reward_mean
         return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
 
     @admin.display(description="KL")
     def kl(self, version: PolicyVersion) -> str:
-        value = (version.metrics or {}).get("kl")
+        value = version.kl
         return f"{value:.3f}" if isinstance(value, (int, float)) else "—"
 
     def get_urls(self):

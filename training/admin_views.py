@@ -46,7 +46,7 @@ def version_context(version: PolicyVersion) -> dict:
         "progress": progress(version),
         "charts": version_charts([version]),
         "summary": summary_rows([version]),
-        "reward_model": [(k, _format(v)) for k, v in _scalars(metrics.get("rewardModel"))],
+        "reward_model": [(k, _format(v)) for k, v in _scalars(metrics.get("reward_model"))],
         "config_json": json.dumps(version.config, indent=2, sort_keys=True),
         "warnings": version.warnings,
         "evaluation": evaluation_view(version),
@@ -56,10 +56,10 @@ def version_context(version: PolicyVersion) -> dict:
 
 SUMMARY_FIELDS = [
     ("Status", lambda v: v.get_status_display()),
-    ("Reward mean", lambda v: (v.metrics or {}).get("rewardMean")),
-    ("Reward std", lambda v: (v.metrics or {}).get("rewardStd")),
-    ("KL", lambda v: (v.metrics or {}).get("kl")),
-    ("Loss", lambda v: (v.metrics or {}).get("loss")),
+    ("Reward mean", lambda v: v.reward_mean),
+    ("Reward std", lambda v: v.reward_std),
+    ("KL", lambda v: v.kl),
+    ("Loss", lambda v: v.loss),
     ("Steps", lambda v: f"{v.step} / {v.max_steps}"),
     ("Feedback", lambda v: v.feedback_count),
     ("Base model", lambda v: (v.config or {}).get("base_model")),
@@ -169,25 +169,27 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
     return TemplateResponse(request, "admin/policies/policyversion/compare.html", context)
 
 
-# metrics.rewardModel as training.services names it, in reading order, with words for people.
+# metrics.reward_model (the core's names) shown, in reading order, with words for people.
 REWARD_MODEL_LABELS = {
-    "validation": "Validated by", "valMse": "Validation MSE", "valMseBaseline": "Validation MSE of predicting the mean",
-    "pearson": "Pearson r (validation)", "spearman": "Spearman rank r (validation)", "trainLoss": "Training loss",
-    "trainSize": "Training samples", "valSize": "Validation samples", "epochs": "Epochs (at most)", "bestEpoch": "Epochs kept (best validation MSE)",
-    "fitSeconds": "Fit time (s)",
+    "validation": "Validated by", "val_mse": "Validation MSE",
+    "val_mse_baseline": "Validation MSE of predicting the mean",
+    "val_pearson": "Pearson r (validation)", "val_spearman": "Spearman rank r (validation)",
+    "train_loss": "Training loss", "train_size": "Training samples", "val_size": "Validation samples",
+    "epochs": "Epochs (at most)", "best_epoch": "Epochs kept (best validation MSE)", "fit_seconds": "Fit time (s)",
 }
 
 
 def _scalars(table: Optional[dict]) -> list[tuple[str, Any]]:
-    """A reward-model metrics dict's plain values as (label, value), known names first."""
-    order = list(REWARD_MODEL_LABELS)
-    items = [(k, v) for k, v in (table or {}).items() if v is None or isinstance(v, (int, float, str))]
-    items.sort(key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0]))
-    return [(REWARD_MODEL_LABELS.get(k, k), v) for k, v in items]
+    """A reward-model metrics dict's labelled plain values as (label, value), in reading order."""
+    table = table or {}
+    return [
+        (label, table[key]) for key, label in REWARD_MODEL_LABELS.items()
+        if key in table and (table[key] is None or isinstance(table[key], (int, float, str)))
+    ]
 
 
 def _reward_model_rows(pair: Sequence[PolicyVersion]) -> list[dict]:
-    tables = [dict(_scalars((v.metrics or {}).get("rewardModel"))) for v in pair]
+    tables = [dict(_scalars((v.metrics or {}).get("reward_model"))) for v in pair]
     keys = sorted(set().union(*tables))
     return [{"label": k, "cells": [_format(t.get(k)) for t in tables]} for k in keys]
 
@@ -206,28 +208,28 @@ def evaluation_view(version: PolicyVersion) -> Optional[dict]:
     better = e.get("better")
     verdict = "yes" if better is True else "no" if better is False else "—"
     n = e.get("n")
-    reward = f"{_fixed(e.get('baselineRewardMean'))} → {_fixed(e.get('rewardMean'))}"
+    reward = f"{_fixed(e.get('baseline_reward_mean'))} → {_fixed(e.get('reward_mean'))}"
     sentence = (
-        f"Better than its start: {verdict} — win rate {_percent(e.get('winRate'))} "
-        f"(95 % interval {_percent_interval(e.get('winRateCi'))}) on {n if n is not None else '—'} held-out samples, "
+        f"Better than its start: {verdict} — win rate {_percent(e.get('win_rate'))} "
+        f"(95 % interval {_percent_interval(e.get('win_rate_ci'))}) on {n if n is not None else '—'} held-out samples, "
         f"reward {reward}, KL {_short(e.get('kl'))}"
     )
-    diff = number(e.get("rewardDiff"))
+    diff = number(e.get("reward_diff"))
     rows = [
         ("Started from", e.get("baseline") or "—"),
-        ("Scored by", e.get("scoredBy") or "—"),
-        ("Win rate", f"{_percent(e.get('winRate'))} (95 % interval {_percent_interval(e.get('winRateCi'))})"),
+        ("Scored by", e.get("scored_by") or "—"),
+        ("Win rate", f"{_percent(e.get('win_rate'))} (95 % interval {_percent_interval(e.get('win_rate_ci'))})"),
         ("Reward (start → version)", reward),
         ("Reward difference", f"{'—' if diff is None else f'{diff:+.2f}'} "
-                              f"(95 % interval {_interval(e.get('rewardDiffCi'))})"),
+                              f"(95 % interval {_interval(e.get('reward_diff_ci'))})"),
         ("KL from its start", f"{_short(e.get('kl'))} nats per response"),
         ("Response length (start → version)",
-         f"{_short(e.get('baselineResponseLength'))} → {_short(e.get('responseLength'))} tokens"),
-        ("Held-out prompts", f"{_format(e.get('heldoutPrompts'))} (split seed {_format(e.get('splitSeed'))})"),
+         f"{_short(e.get('baseline_response_length'))} → {_short(e.get('response_length'))} tokens"),
+        ("Held-out prompts", f"{_format(e.get('heldout_prompts'))} (split seed {_format(e.get('split_seed'))})"),
         ("Samples compared", _format(n)),
     ]
     samples = [
-        {**s, "score": _fixed(s.get("score")), "baselineScore": _fixed(s.get("baselineScore"))}
+        {**s, "score": _fixed(s.get("score")), "baseline_score": _fixed(s.get("baseline_score"))}
         for s in e.get("samples") or [] if isinstance(s, dict)
     ]
     return {"sentence": sentence, "verdict": verdict, "better": better is True, "rows": rows, "samples": samples}

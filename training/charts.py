@@ -10,14 +10,13 @@ from typing import Any, Optional
 
 from policies.models import PolicyVersion
 
-
-# One chart per spec metric; training.services writes each history entry with these names.
+# One chart per spec metric, drawn from the version's TrainingStep rows (the core's names: training.rlhf.metrics).
 CURVES = [
-    {"key": "rewardMean", "title": "Reward mean", "css": "n3-reward",
+    {"key": "objective/scores", "title": "Reward mean", "css": "n3-reward",
      "hint": "Good: increasing. Target > 0.7.", "refs": [(0.7, "target 0.7")]},
-    {"key": "kl", "title": "KL divergence", "css": "n3-kl",
+    {"key": "objective/kl", "title": "KL divergence", "css": "n3-kl",
      "hint": "Good: < 10 (close to the base model). Bad: > 20.", "refs": [(10.0, "10"), (20.0, "20")]},
-    {"key": "loss", "title": "Loss", "css": "n3-loss",
+    {"key": "loss/total", "title": "Loss", "css": "n3-loss",
      "hint": "Good: decreasing, then stable.", "refs": []},
 ]
 
@@ -28,13 +27,13 @@ def number(value: Any) -> Optional[float]:
     return float(value)
 
 
-def curve_points(history: Sequence[dict], key: str) -> list[tuple[float, float]]:
-    """(step, value) for every history entry with a finite ``key``."""
+def curve_points(steps: Sequence[tuple[int, dict]], key: str) -> list[tuple[float, float]]:
+    """(step, value) for every (step, figures) with a finite ``key``."""
     points = []
-    for index, entry in enumerate(history or []):
-        value = number(entry.get(key)) if isinstance(entry, dict) else None
+    for step, figures in steps:
+        value = number(figures.get(key)) if isinstance(figures, dict) else None
         if value is not None:
-            points.append((number(entry.get("step")) or float(index + 1), value))
+            points.append((float(step), value))
     return points
 
 
@@ -102,12 +101,14 @@ def line_chart(series: list[dict], *, refs: Sequence[tuple[float, str]] = (), wi
 
 
 def version_charts(versions: Sequence[PolicyVersion]) -> list[dict]:
-    """One chart per curve (reward, KL, loss); several versions are overlaid for comparison."""
+    """One chart per curve (reward, KL, loss); several versions are overlaid for comparison. One query per
+    version reads its steps."""
+    steps = [list(v.steps.order_by("step").values_list("step", "metrics")) for v in versions]
     charts = []
     for curve in CURVES:
         series = [
             {"label": v.version, "css": curve["css"] if i == 0 else f"{curve['css']} n3-second",
-             "points": curve_points((v.metrics or {}).get("history", []), curve["key"])}
+             "points": curve_points(steps[i], curve["key"])}
             for i, v in enumerate(versions)
         ]
         chart = line_chart(series, refs=curve["refs"])

@@ -1,72 +1,78 @@
 """A training's progress: written to the database as it goes (JobProgress), drawn as bars by the CLI
-(ProgressBars), and a finished run's figures as the API shows them (result_metrics)."""
+(ProgressBars), and a finished run's figures as n3 stores them (result_metrics).
+
+Everything is stored under the training core's names (training.rlhf.metrics: TRL's step metrics, the core's
+snake_case reward-model and evaluation keys); the API renames them to the spec's camelCase at its edge.
+"""
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import Any, Optional
 
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as transformers_logging
 
-from policies.models import PolicyVersion
+from policies.models import PolicyVersion, TrainingStep
 from training.rlhf import Progress
+from training.rlhf.metrics import SPEC_NAMES
 
 logger = logging.getLogger(__name__)
 
 Status = PolicyVersion.Status
 
-
-# History keys: the spec's names first (what the API, the admin's charts and `jq` read), then the core's own.
-SPEC_KEYS = {"rewardMean": "objective/scores", "rewardStd": "objective/scores_std", "kl": "objective/kl", "loss": "loss/total"}
-REWARD_MODEL_KEYS = {
-    "val_mse": "valMse", "val_mse_baseline": "valMseBaseline", "val_pearson": "pearson", "val_spearman": "spearman",
-    "train_loss": "trainLoss", "train_size": "trainSize", "val_size": "valSize", "epochs": "epochs",
-    "fit_seconds": "fitSeconds", "validation": "validation", "best_epoch": "bestEpoch",
-}
-# TrainingResult.evaluation's figures as the API names them (training.rlhf.results). All are written, None when the
-# core left one out, so the block has one shape. heldout_prompts is stored as its count; the samples (at most 8) are
-# stored for the version's own page and API body, which the list API leaves out to stay light.
-EVALUATION_KEYS = {
-    "better": "better", "baseline": "baseline", "scored_by": "scoredBy", "n": "n", "win_rate": "winRate",
-    "win_rate_ci": "winRateCi", "reward_mean": "rewardMean", "baseline_reward_mean": "baselineRewardMean",
-    "reward_diff": "rewardDiff", "reward_diff_ci": "rewardDiffCi", "kl": "kl", "response_length": "responseLength",
-    "baseline_response_length": "baselineResponseLength", "split_seed": "splitSeed",
-}
-EVALUATION_SAMPLE_KEYS = {
-    "prompt": "prompt", "response": "response", "baseline_response": "baselineResponse", "score": "score",
-    "baseline_score": "baselineScore",
-}
+# A version's evaluation keeps this many of the core's samples (its own page and API body show them).
 MAX_EVALUATION_SAMPLES = 8
 
 
 class JobProgress:
-    """The ``callback(Progress)`` given to the trainer: keeps every PPO step's figures and writes them back.
+    """The ``callback(Progress)`` given to the trainer: keeps the latest step's figures and writes them back.
+
+    Each write inserts the steps logged since the last one as TrainingStep rows and updates the version's small
+    ``metrics`` (latest figures only), step and heartbeat, in one short transaction; earlier steps are never
+    rewritten. Used as a context manager around the training: leaving it stores the steps not yet written
+    (whatever the version's status) and closes the progress bars, if any.
 
     Returns True (stop) when the database says the version should not go on: cancel requested, or no longer
     running (the sweep declared it dead, an operator failed it). That check rides on the write itself:
     ``UPDATE ... WHERE status = 'running' AND NOT cancel_requested`` updating no row means stop.
     """
 
-    def __init__(self, version_id: int, *, interval: float, display: Optional["ProgressBars"] = None):
+    def __init__(self, version_id: int, *, interval: float, display: Optional[ProgressBars] = None):
         self.version_id = version_id
         self.interval = interval
         self.display = display
         self.phase = ""
         self.step = 0
-        self.history: list[dict[str, Any]] = []
+        self.latest: dict[str, Any] = {}
+        self.pending: list[tuple[int, dict[str, Any]]] = []  # (step, figures) logged since the last write
+        self.stored: set[int] = set()  # steps this run has stored
         self.reward_model_loss: Optional[float] = None
         self._last_write = -math.inf
+
+    def __enter__(self) -> JobProgress:
+        if self.display is not None:
+            self.display.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.store_steps()
+        finally:
+            if self.display is not None:
+                self.display.__exit__(*exc_info)
 
     def __call__(self, progress: Progress) -> bool:
         self.phase = progress.phase
         if progress.phase == "policy":
             self.step = progress.step
-            self.history.append(history_entry(progress.metrics))
+            self.latest = step_figures(progress.metrics)
+            self.pending.append((step_number(progress.metrics, default=progress.step), self.latest))
         elif progress.phase == "reward_model":
             self.reward_model_loss = _finite(progress.metrics.get("loss"))
         if self.display is not None:
@@ -76,51 +82,92 @@ class JobProgress:
         return self.write()
 
     def write(self) -> bool:
-        """Step, metrics and heartbeat in one short UPDATE; True when the version must stop."""
+        """New step rows, then step, latest metrics and heartbeat in one short UPDATE; True when the version
+        must stop."""
         self._last_write = time.monotonic()
         try:
-            updated = PolicyVersion.objects.filter(
-                pk=self.version_id, status=Status.RUNNING, cancel_requested=False,
-            ).update(step=self.step, metrics=self.metrics(), heartbeat_at=timezone.now())
+            with transaction.atomic():
+                updated = PolicyVersion.objects.filter(
+                    pk=self.version_id, status=Status.RUNNING, cancel_requested=False,
+                ).update(
+                    step=self.step, metrics=self.metrics(), heartbeat_at=timezone.now(), progress_at=timezone.now(),
+                )
+                if updated:
+                    self._insert(self.pending)
         except DatabaseError as exc:  # e.g. SQLite busy past its timeout: a training is not lost for that
             logger.warning("Progress of version %s not written (next step will retry): %s", self.version_id, exc)
             return False
+        if updated:
+            self._stored_pending()
         return not updated
 
+    def store_steps(self, history: Iterable[dict[str, Any]] = ()) -> None:
+        """Store the steps not yet stored: those logged since the last write, and any of ``history`` (a finished
+        run's TrainingResult.history). Idempotent; a database error is logged, not raised (the run's outcome
+        matters more than its curves)."""
+        steps = dict(self.pending)
+        for index, stats in enumerate(history):
+            number = step_number(stats, default=index + 1)
+            if number not in self.stored:
+                steps.setdefault(number, step_figures(stats))
+        if not steps:
+            return
+        try:
+            self._insert(list(steps.items()))
+        except DatabaseError as exc:
+            logger.warning("Steps of version %s not stored: %s", self.version_id, exc)
+            return
+        self.pending = []
+        self.stored.update(steps)
+
+    def _insert(self, steps: list[tuple[int, dict[str, Any]]]) -> None:
+        # ignore_conflicts: a write retried after an error it did not see (or a second store) skips stored steps.
+        TrainingStep.objects.bulk_create(
+            [TrainingStep(version_id=self.version_id, step=number, metrics=figures) for number, figures in steps],
+            ignore_conflicts=True,
+        )
+
+    def _stored_pending(self) -> None:
+        self.stored.update(number for number, _ in self.pending)
+        self.pending = []
+
     def metrics(self) -> dict[str, Any]:
-        latest = self.history[-1] if self.history else {}
-        metrics = {key: latest.get(key) for key in SPEC_KEYS}
+        """The version's metrics while it trains: the latest step's summary figures (None until the first step),
+        its phase and the reward model's latest loss."""
+        metrics: dict[str, Any] = {name: self.latest.get(name) for name in SPEC_NAMES}
         if self.phase:
             metrics["phase"] = self.phase
         if self.reward_model_loss is not None:
-            metrics["rewardModelLoss"] = self.reward_model_loss
-        metrics["history"] = self.history
+            metrics["reward_model_loss"] = self.reward_model_loss
         return metrics
 
 
-def history_entry(stats: dict[str, Any]) -> dict[str, Any]:
-    """One PPO step: step, rewardMean, rewardStd, kl, loss, then the core's TRL-style keys (objective/kl, ...)."""
-    entry: dict[str, Any] = {"step": stats.get("step")}
-    entry.update({key: _finite(stats.get(core_key)) for key, core_key in SPEC_KEYS.items()})
-    entry.update({key: _finite(value) for key, value in stats.items() if key not in entry})
-    return entry
+def step_number(stats: dict[str, Any], *, default: int) -> int:
+    number = stats.get("step")
+    return number if isinstance(number, int) and not isinstance(number, bool) else default
+
+
+def step_figures(stats: dict[str, Any]) -> dict[str, Any]:
+    """One step's figures as a TrainingStep stores them: the core's names, JSON-safe, without the step number
+    (the row's own column)."""
+    return {key: _finite(value) for key, value in stats.items() if key != "step"}
 
 
 def result_metrics(result: Any) -> dict[str, Any]:
-    """A finished run's figures as the API shows them (``result`` is a TrainingResult)."""
-    reward_model = {
-        name: _finite(result.reward_model_metrics.get(key))
-        for key, name in REWARD_MODEL_KEYS.items() if key in result.reward_model_metrics
-    }
+    """A finished run's metrics (``result`` is a TrainingResult): its final figures, the reward model's fit,
+    duration, warnings and evaluation. Its steps are TrainingStep rows (JobProgress.store_steps)."""
     metrics = {
-        "rewardMean": _finite(result.final_reward_mean),
-        "rewardStd": _finite(result.final_reward_std),
-        "kl": _finite(result.final_kl),
-        "loss": _finite(result.final_loss),
-        "rewardModel": reward_model,
-        "durationSeconds": round(result.duration_seconds, 1),
+        "objective/scores": _finite(result.final_reward_mean),
+        "objective/scores_std": _finite(result.final_reward_std),
+        "objective/kl": _finite(result.final_kl),
+        "loss/total": _finite(result.final_loss),
+        "reward_model": {
+            # its plain figures; the per-epoch history stays in training_results.json
+            key: _finite(value) for key, value in result.reward_model_metrics.items()
+            if value is None or isinstance(value, (int, float, str))
+        },
+        "duration_seconds": round(result.duration_seconds, 1),
         "warnings": list(result.warnings),
-        "history": [history_entry(step) for step in result.history],
     }
     evaluation = evaluation_metrics(result.evaluation)
     if evaluation is not None:
@@ -129,17 +176,18 @@ def result_metrics(result: Any) -> dict[str, Any]:
 
 
 def evaluation_metrics(evaluation: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """TrainingResult.evaluation as stored in metrics: camelCase figures, or {"skipped": reason}; None for none
-    (a run from before versions were evaluated)."""
+    """TrainingResult.evaluation as stored in metrics: the core's figures, JSON-safe, its held-out prompts as their
+    count and at most MAX_EVALUATION_SAMPLES samples; {"skipped": reason}; None for none (a run from before
+    versions were evaluated)."""
     if not isinstance(evaluation, dict):
         return None
     if "skipped" in evaluation:
         return {"skipped": str(evaluation["skipped"])}
-    block = {name: _finite_json(evaluation.get(key)) for key, name in EVALUATION_KEYS.items()}
+    block = {key: _finite_json(value) for key, value in evaluation.items() if key not in ("heldout_prompts", "samples")}
     heldout = evaluation.get("heldout_prompts")
-    block["heldoutPrompts"] = len(heldout) if isinstance(heldout, (list, tuple)) else _finite(heldout)
+    block["heldout_prompts"] = len(heldout) if isinstance(heldout, (list, tuple)) else _finite(heldout)
     block["samples"] = [
-        {name: _finite_json(sample.get(key)) for key, name in EVALUATION_SAMPLE_KEYS.items()}
+        {key: _finite_json(value) for key, value in sample.items()}
         for sample in (evaluation.get("samples") or [])[:MAX_EVALUATION_SAMPLES] if isinstance(sample, dict)
     ]
     return block

@@ -6,7 +6,6 @@ and the CLI's in-process mode import this module; the worker that supervises the
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 
 from django.conf import settings
 
@@ -53,7 +52,7 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
 
     job = JobProgress(version_id, interval=settings.N3_METRICS_INTERVAL, display=ProgressBars() if progress else None)
     try:
-        with job.display or nullcontext():
+        with job:  # leaving it stores the steps not yet written, however the run ends
             config = TrainingConfig.from_dict(version.config)
             result = RLHFTrainer(config, models_dir=settings.MODELS_DIR).train(
                 selectors.snapshot_records(version=version), version_dir(version.agent.name, version.number), job,
@@ -79,6 +78,7 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
         error = str(exc) if isinstance(exc, RLHFError) else f"{type(exc).__name__}: {exc}"
         end_version(version_id, Status.FAILED, error=error, step=job.step, metrics=job.metrics())
     else:
+        job.store_steps(result.history)
         end_version(
             version_id, Status.TRAINED, error="", step=result.training_steps,
             model_path=stored_path(result.model_path), reward_model_path=stored_path(result.reward_model_path),

@@ -13,7 +13,6 @@ from . import files
 LOG_TAIL_LINES = 80
 
 
-
 def log_tail(version: PolicyVersion, lines: int = LOG_TAIL_LINES) -> Optional[str]:
     """The last ``lines`` lines of the version's training.log, or None when there is none yet."""
     path = files.version_dir(version.agent.name, version.number) / LOG_FILE
@@ -37,7 +36,6 @@ def progress(version: PolicyVersion) -> dict:
     if version.is_active and elapsed and version.step and version.max_steps > version.step:
         eta = elapsed / version.step * (version.max_steps - version.step)
     metrics = version.metrics or {}
-    history = metrics.get("history") or []
     return {
         "status": version.status,
         "step": version.step,
@@ -48,10 +46,10 @@ def progress(version: PolicyVersion) -> dict:
         "etaSeconds": round(eta) if eta is not None else None,
         "elapsed": duration(elapsed),
         "eta": duration(eta),
-        "rewardMean": metrics.get("rewardMean"),
-        "kl": metrics.get("kl"),
-        "loss": metrics.get("loss"),
-        "historyLength": len(history),
+        "rewardMean": version.reward_mean,
+        "kl": version.kl,
+        "loss": version.loss,
+        "historyLength": version.steps.count(),  # the page redraws its charts when this changes
         "heartbeatAt": version.heartbeat_at.isoformat() if version.heartbeat_at else None,
         "cancelRequested": version.cancel_requested,
         "error": version.error,

@@ -92,21 +92,21 @@ class Command(BaseCommand):
             raise CommandError(f"Interrupted: {version.agent.name} {version.version} is cancelled.", returncode=130)
         if version.status != PolicyVersion.Status.TRAINED:
             raise CommandError(f"{version.agent.name} {version.version} {version.status}: {version.error}")
-        m = version.metrics
         self.stdout.write(self.style.SUCCESS(
-            f"{version.agent.name} {version.version} trained in {m.get('durationSeconds', 0):.0f} s: reward "
-            f"{_num(m.get('rewardMean'))} ± {_num(m.get('rewardStd'))}, KL {_num(m.get('kl'))} after {version.step} steps"
+            f"{version.agent.name} {version.version} trained in {version.metrics.get('duration_seconds', 0):.0f} s: "
+            f"reward {_num(version.reward_mean)} ± {_num(version.reward_std)}, KL {_num(version.kl)} "
+            f"after {version.step} steps"
         ))
         evaluation = version.evaluation
         if evaluation and "skipped" in evaluation:
             self.stdout.write(f"Not evaluated: {evaluation['skipped']}")
         elif evaluation:
-            low, high = evaluation["winRateCi"]
+            low, high = evaluation["win_rate_ci"]
             verdict = "better than" if evaluation["better"] else "no evidence that it is better than"
             self.stdout.write(
-                f"Evaluation: {verdict} its start ({evaluation['baseline']}): win rate {_num(evaluation['winRate'])} "
+                f"Evaluation: {verdict} its start ({evaluation['baseline']}): win rate {_num(evaluation['win_rate'])} "
                 f"(95 % interval {_num(low)}-{_num(high)}) on {evaluation['n']} held-out samples, "
-                f"reward {_num(evaluation['baselineRewardMean'])} -> {_num(evaluation['rewardMean'])}, "
+                f"reward {_num(evaluation['baseline_reward_mean'])} -> {_num(evaluation['reward_mean'])}, "
                 f"KL {_num(evaluation['kl'])}"
             )
         for warning in version.warnings:
