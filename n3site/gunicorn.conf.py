@@ -16,9 +16,10 @@ Every value can be changed by an environment variable here, or on gunicorn's com
 - ``N3_WEB_THREADS`` (4): threads per worker that run Django (read by n3site/serve.py). A worker's other threads
   keep the CPU busy while one waits for SQLite's write lock or runs a dry run's calibration (seconds on n3-tiny, a
   minute or more for bigger models on CPU). Connections stay alive between requests (keepalive).
-- ``N3_WEB_CONNECTIONS`` (1000): open client connections per worker, slow ones included.
-- ``N3_WEB_TIMEOUT`` (60 s): a client whose body stops arriving for this long is dropped; a worker whose event loop
-  is silent for this long is killed and replaced (a long request in a thread does not silence it).
+- ``N3_WEB_CONNECTIONS`` (1000): open client connections per worker, slow ones included. Headers that never end
+  are not timed: each holds one of these (a public proxy's header timeout, e.g. nginx's, bounds them).
+- ``N3_WEB_TIMEOUT`` (60 s): a body that stops arriving for this long is answered 408 and its connection closed; a
+  worker whose event loop is silent for this long is killed and replaced (a long request in a thread does not).
 - ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
 - ``DB_CONN_MAX_AGE`` (here 300 s; settings.py's default, for other processes, is 0): each of a worker's threads
   keeps its database connection between requests. Opening one per request costs more CPU than the rest of a

@@ -9,11 +9,13 @@ which starts a thread per request.
 
 Bodies: a chunked body (``Transfer-Encoding: chunked``) reaches Django with its length, like any other; one larger
 than N3_MAX_BODY_BYTES is not read past the limit and Django answers 413 (``n3site.exceptions``), as for a
-Content-Length over the limit, which is refused before any of the body is read.
+Content-Length over the limit, which is refused before any of the body is read. A body that stops coming for
+N3_WEB_TIMEOUT seconds is answered 408 and its connection closed.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -73,6 +75,7 @@ class BufferedWSGI:
                 message = await receive()
                 if message["type"] == "http.disconnect":  # the client left, or its body stalled past the timeout
                     body.close()
+                    await send_timeout(send)
                     return
                 body.write(message.get("body", b""))
                 if not message.get("more_body", False):
@@ -133,6 +136,16 @@ class BufferedWSGI:
             if hasattr(response, "close"):
                 response.close()
             environ["wsgi.input"].close()
+
+
+async def send_timeout(send: Callable) -> None:
+    """408 to a client whose body stopped coming (gunicorn drops it unsent when the client has gone)."""
+    body = json.dumps({"detail": "Request body incomplete: no more of it came within N3_WEB_TIMEOUT seconds."},
+                      separators=(",", ":"))
+    await send({"type": "http.response.start", "status": 408, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+    ]})
+    await send({"type": "http.response.body", "body": body.encode(), "more_body": False})
 
 
 def wsgi_environ(scope: dict, headers: list[tuple[str, str]], body: IO[bytes], length: int) -> dict:

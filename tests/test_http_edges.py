@@ -102,6 +102,22 @@ def test_slow_clients_do_not_starve_a_single_worker(site: Site):
     assert len(site.feedback_rows("fast-bot")) == 20
 
 
+def test_a_stalled_body_is_answered_408_and_closed(tmp_path: Path):
+    site = make_site(tmp_path, N3_WEB_TIMEOUT="2")
+    with site.gunicorn(workers=1) as server:
+        with slow_clients(server.host, server.port, stalled_bodies=1, unfinished_headers=0, tricklers=0) as slow:
+            sock = slow.sockets[0]
+            sock.settimeout(10)
+            began = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):  # until the server closes the connection
+                answer += chunk
+            waited = time.monotonic() - began
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["detail"].startswith("Request body incomplete")
+    assert 1.5 < waited < 6
+
+
 def call(bridge: BufferedWSGI, scope: dict, messages: list[dict]) -> list[dict]:
     """One request through the bridge in-process; the messages it sent."""
     sent = []
