@@ -1,6 +1,7 @@
 """The web process never loads torch, transformers, peft, trl or accelerate: a fresh process serves every admin page
 and every API endpoint (a dry run that misses its calibration and one that hits it, training queued and cancelled,
-the compare page's samples requested) through the WSGI application, then looks at sys.modules."""
+the compare page's samples requested) in the application gunicorn serves (n3site.serve, Django's test client
+driving it), then looks at sys.modules."""
 import json
 import subprocess
 import sys
@@ -15,7 +16,7 @@ WEB_PROCESS = r"""
 import json, sys
 import django
 django.setup()
-from n3site.wsgi import application  # noqa: F401  (the app gunicorn serves: loads what it loads)
+from n3site.serve import application  # noqa: F401  (the app gunicorn serves: loads what it loads)
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.test import Client

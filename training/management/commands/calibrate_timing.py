@@ -24,8 +24,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         models_dir, digest = settings.MODELS_DIR, options["digest"]
         request = timing.read_pending(models_dir, digest)
-        if request is None:
-            raise CommandError(f"No queued timing measurement {digest} under {models_dir}")
+        if request is None or timing.load_calibration(models_dir, request["key"]) is not None:
+            # Measured already (a request re-queued after PENDING_TTL_S while the first one waited): nothing to do.
+            timing.release_pending(models_dir, digest)
+            self.stdout.write(f"Nothing to measure for {digest}")
+            return
         try:
             config = TrainingConfig.from_dict(request["config"])
             records = prepare_feedback(request["records"]).records
