@@ -1,67 +1,109 @@
 """Feedback JSON: the spec's field names (prompt, response, score, runId, notes) plus stored facts.
 
-Feedback is the API's hot path (agents post it in loops, a list body carries thousands of records), so both
-directions have a short way for the plain case, checked against DRF's own results in tests/test_feedback_hot_path.py:
-``quick_validated`` accepts a plainly valid record without DRF's per-field machinery (anything else goes through
-FeedbackInputSerializer, which words the errors), and FeedbackSerializer builds its dict directly.
+What a valid record is, is training.rlhf.records' one validator (file import, the service and the training core use
+it too); its JSON_NAMES map the names here to the service's. Feedback is the API's hot path (agents post it in loops,
+a list body carries thousands of records), so the view calls ``validated_feedback`` directly, without DRF's per-field
+machinery, and FeedbackSerializer builds its dict directly (checked against DRF's generic result in
+tests/test_feedback_hot_path.py).
 """
-import re
-from typing import Any, Optional
+from typing import Any
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from feedback.models import Feedback
-from feedback.services import RUN_ID_MAX_LENGTH, record_problems
+from training.rlhf.records import (
+    JSON_NAMES,
+    PYTHON_NAMES,
+    RUN_ID_MAX_LENGTH,
+    STORABLE_TEXT_PATTERN,
+    VISIBLE_TEXT_PATTERN,
+    clean_score,
+    record_problems,
+)
 
-from .serializers import StrictCharField, StrictFloatField, StrictSerializer
+from .serializers import StrictFloatField, StrictSerializer
+from .serializers import _unknown_message as unknown_field_message  # the wording of every API body's unknown keys
 
 
 class FeedbackInputSerializer(StrictSerializer):
     """One feedback record as an agent posts it."""
 
-    prompt = StrictCharField(help_text="What the agent was asked")
-    response = StrictCharField(help_text="What the agent answered (kept exactly, whitespace included)")
+    # The fields document the schema (their patterns are the records module's rules); validation is
+    # ``validated_feedback``'s, so this serializer and the view cannot disagree.
+    prompt = serializers.CharField(
+        trim_whitespace=False, validators=[RegexValidator(VISIBLE_TEXT_PATTERN)],
+        help_text="What the agent was asked: text with a visible character (not only whitespace or invisible "
+        "characters such as U+200B), no NUL",
+    )
+    response = serializers.CharField(
+        trim_whitespace=False, validators=[RegexValidator(VISIBLE_TEXT_PATTERN)],
+        help_text="What the agent answered, kept exactly (whitespace included); text with a visible character, no NUL",
+    )
     score = StrictFloatField(
         required=False, allow_null=True, default=None, min_value=0.0, max_value=1.0,
         help_text="0..1 (0.9-1.0 excellent ... 0.0-0.3 very poor); null or absent: awaiting a reviewer's score",
     )
-    runId = StrictCharField(
+    runId = serializers.CharField(
         source="run_id", required=False, allow_blank=True, default="", max_length=RUN_ID_MAX_LENGTH,
+        trim_whitespace=False, validators=[RegexValidator(STORABLE_TEXT_PATTERN)],
         help_text="The agent's run id. Posting the same runId again returns the stored record (200) "
         "instead of storing a duplicate; with different content it is refused (409).",
     )
-    notes = StrictCharField(required=False, allow_blank=True, default="")
+    notes = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=False,
+        validators=[RegexValidator(STORABLE_TEXT_PATTERN)],
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        record, errors = _record(data)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return record
 
 
-# JSON name -> validated_data name, as FeedbackInputSerializer maps them.
-_INPUT_NAMES = {"prompt": "prompt", "response": "response", "score": "score", "runId": "run_id", "notes": "notes"}
-# DRF's CharField refuses NUL and lone surrogates in every string.
-_PROHIBITED_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
+def validated_feedback(data: Any) -> Any:
+    """The body of a feedback POST (one record, or a non-empty list of them) as records in the service's names.
 
-
-def quick_validated(data: Any) -> Optional[dict[str, Any]]:
-    """``FeedbackInputSerializer(data=data).validated_data`` when ``data`` is a plainly valid record, else None.
-
-    None means only "not vouched for here": the caller then runs the serializer, which validates every case and
-    words the errors. The checks are the service's own (``record_problems``) plus DRF's refusal of NUL and
-    surrogate characters, so whatever passes here the serializer would accept with the same result.
+    Raises ValidationError keyed by the field as the client wrote it ("score", "[3].score"): DRF's error shape,
+    which the exception handler turns into {"detail", "errors"}.
     """
-    if type(data) is not dict:
-        return None
+    if not isinstance(data, list):
+        record, errors = _record(data)
+        if errors:
+            raise serializers.ValidationError(errors)
+        return record
+    if not data:
+        raise serializers.ValidationError({api_settings.NON_FIELD_ERRORS_KEY: ["Send at least one record."]})
+    records, errors = [], {}
+    for index, item in enumerate(data):
+        record, problems = _record(item)
+        records.append(record)
+        for field, messages in problems.items():
+            errors[f"[{index}].{field}" if field else f"[{index}]"] = messages
+    if errors:
+        raise serializers.ValidationError(errors)
+    return records
+
+
+def _record(data: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """(record in Python names, {JSON field or "": messages})."""
+    if not isinstance(data, dict):
+        name = type(data).__name__ if data is not None else "null"
+        return {}, {"": [f"Each record must be an object with prompt, response and score, got {name}"]}
+    unknown = [key for key in data if key not in PYTHON_NAMES]
+    if unknown:
+        return {}, {key: [unknown_field_message(str(key), set(PYTHON_NAMES))] for key in unknown}
     record: dict[str, Any] = {"score": None, "run_id": "", "notes": ""}
     for key, value in data.items():
-        name = _INPUT_NAMES.get(key)
-        if name is None or (isinstance(value, str) and _PROHIBITED_CHARACTERS.search(value)):
-            return None
-        record[name] = value
-    try:
-        if record_problems(record):
-            return None
-    except (OverflowError, TypeError, ValueError):  # e.g. a 400-digit integer score: the serializer decides
-        return None
-    if record["score"] is not None:
-        record["score"] = float(record["score"])
-    return record
+        record[PYTHON_NAMES[key]] = value
+    errors: dict[str, list[str]] = {}
+    for field, message in record_problems(record):
+        errors.setdefault(JSON_NAMES.get(field, field), []).append(message)
+    if not errors:
+        record["score"] = clean_score(record["score"])
+    return record, errors
 
 
 class FeedbackSerializer(serializers.Serializer):

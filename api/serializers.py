@@ -431,6 +431,13 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
         return data
 
 
+class RoundedFloatField(serializers.FloatField):
+    """A figure for display, to 6 decimals: equal scores of 0.7 average 0.7 (not 0.7000000000000001), spread 0."""
+
+    def to_representation(self, value):
+        return round(float(value), 6) + 0.0
+
+
 class DryRunSerializer(serializers.Serializer):
     """The spec's dry-run body, plus ``warnings`` about the feedback (an empty list when all is well) and
     ``estimateSource``: where estimatedTimeMinutes comes from."""
@@ -447,8 +454,8 @@ class DryRunSerializer(serializers.Serializer):
         help_text='"measured": from this configuration\'s measured timings; "default": a rough figure from the config '
         "alone, while the worker measures it (the next dry run after that answers \"measured\")",
     )
-    scoreMean = serializers.FloatField(source="score_mean")
-    scoreStd = serializers.FloatField(source="score_std")
+    scoreMean = RoundedFloatField(source="score_mean")
+    scoreStd = RoundedFloatField(source="score_std")
     modelConfig = serializers.DictField(source="model_config", help_text="base_model, use_lora, learning_rate (snake_case, as in the spec)")
     warnings = serializers.ListField(child=serializers.CharField())
 

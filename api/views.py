@@ -23,7 +23,7 @@ from policies import selectors
 from policies.models import agent_name_validator
 from training import services
 
-from .feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
+from .feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, validated_feedback
 from .permissions import shown_to
 from .serializers import (
     DryRunSerializer,
@@ -106,8 +106,9 @@ class FeedbackView(APIView):
         parameters=[AGENT],
         description=(
             "The agent is created on its first feedback. A JSON array stores every record or none "
-            "(400 names the bad record's index and field). A repeated `runId` with the same content returns "
-            "the stored record with 200 instead of storing it twice; with different content, 409."
+            "(400 names the bad record's index and field, or both records of a `runId` repeated in it with "
+            "different content). A repeated `runId` with the same content returns the stored record with 200 "
+            "instead of storing it twice; with different content than the stored one, 409."
         ),
         request=FEEDBACK_REQUEST,
         responses={
@@ -121,26 +122,16 @@ class FeedbackView(APIView):
         })],
     )
     def post(self, request: Request, agent: str) -> Response:
-        # quick_validated: plainly valid records skip DRF's per-field validation; the serializer handles the rest.
-        if isinstance(request.data, list):
-            records = [quick_validated(item) for item in request.data]
-            if not records or None in records:
-                serializer = FeedbackInputSerializer(data=request.data, many=True, allow_empty=False)
-                serializer.is_valid(raise_exception=True)
-                records = serializer.validated_data
+        validated = validated_feedback(request.data)
+        if isinstance(validated, list):
             results = record_feedback_batch(
-                agent_name=agent, records=records, source=Feedback.Source.API, user=request.user
+                agent_name=agent, records=validated, source=Feedback.Source.API, user=request.user
             )
             created = any(was_created for _, was_created in results)
             body = FeedbackSerializer([feedback for feedback, _ in results], many=True).data
         else:
-            record = quick_validated(request.data)
-            if record is None:
-                serializer = FeedbackInputSerializer(data=request.data)
-                serializer.is_valid(raise_exception=True)
-                record = serializer.validated_data
             feedback, created = record_feedback(
-                agent_name=agent, **record, source=Feedback.Source.API, user=request.user
+                agent_name=agent, **validated, source=Feedback.Source.API, user=request.user
             )
             body = FeedbackSerializer(feedback).data
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

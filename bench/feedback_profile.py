@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,12 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # (label, "module:qualname"): each wrapped; nested labels are parts of the one above (indented in the table).
 PARTS = [
     ("token authentication (1 query)", "rest_framework.authentication:TokenAuthentication.authenticate"),
-    ("permission check (cached)", "policies.permissions:N3ModelPermissions.has_permission"),
+    ("permission check (cached)", "api.permissions:N3ModelPermissions.has_permission"),
     ("JSON body parsing", "rest_framework.parsers:JSONParser.parse"),
-    ("input validation: quick path", "api.feedback_serializers:quick_validated"),
-    ("input validation: DRF serializer", "rest_framework.serializers:Serializer.is_valid"),
+    ("input validation (records rules)", "api.feedback_serializers:validated_feedback"),
     ("service: record_feedback", "feedback.services:record_feedback"),
     ("service: record_feedback_batch", "feedback.services:record_feedback_batch"),
+    ("  records.record_problems (both)", "training.rlhf.records:record_problems"),
     ("  agent lookup (1 query)", "policies.services:get_or_create_agent"),
     ("  INSERT (Model.save)", "django.db.models.base:Model.save"),
     ("  INSERT (bulk_create)", "django.db.models.query:QuerySet.bulk_create"),
@@ -68,7 +67,7 @@ def wrap_parts(totals: dict) -> None:
         setattr(owner, name, wrapper)
         if not path:  # a module-level function: also where other modules imported it by name
             for module in list(sys.modules.values()):
-                if getattr(module, "__name__", "").split(".")[0] in ("policies", "feedback", "training"):
+                if getattr(module, "__name__", "").split(".")[0] in ("api", "policies", "feedback", "training"):
                     for attr, value in list(vars(module).items()):
                         if value is original:
                             setattr(module, attr, wrapper)

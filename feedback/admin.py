@@ -15,6 +15,7 @@ from django.utils.text import Truncator
 
 from n3site.exceptions import ServiceError
 from policies.models import Agent
+from training.rlhf import records as rules
 
 from . import importexport, review
 from .models import Feedback
@@ -52,11 +53,35 @@ class ScoreActionForm(ActionForm):
 
     score = forms.CharField(
         required=False, label="score",
-        widget=forms.NumberInput(attrs={"step": "0.05", "min": "0", "max": "1", "placeholder": "0–1", "style": "width:5em"}),
+        widget=forms.NumberInput(
+            attrs={"step": "0.05", "min": "0", "max": "1", "placeholder": "0–1", "style": "width:5em"}
+        ),
     )
 
 
-class FeedbackListForm(forms.ModelForm):
+class FeedbackForm(forms.ModelForm):
+    """The add/change form: the records module's rules (as the API), and the reviewer's score check, on the fields
+    the form has (instead of the database's constraint error)."""
+
+    def clean_score(self):
+        score = self.cleaned_data.get("score")
+        if score is None:
+            return None  # no score: back in the review queue
+        try:
+            return rules.check_score(score)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self):
+        cleaned = super().clean()
+        record = {name: cleaned.get(name, getattr(self.instance, name, "")) for name in rules.FIELDS}
+        for field, message in rules.record_problems({**record, "score": None}):
+            if field in self.fields and field not in self.errors:
+                self.add_error(field, message[:1].upper() + message[1:])
+        return cleaned
+
+
+class FeedbackListForm(FeedbackForm):
     """Compact widgets for scoring and annotating straight from the list."""
 
     class Meta:
@@ -85,6 +110,7 @@ class FeedbackAdmin(admin.ModelAdmin):
         "prompt_preview", "response_preview", "score", "notes", "agent", "reviewer", "source", "policy_version",
         "created_at",
     ]
+    form = FeedbackForm
     list_display_links = ["prompt_preview"]
     list_editable = ["score", "notes"]
     list_filter = [

@@ -1,8 +1,8 @@
 """Feedback files: JSONL and CSV in the API's field names (prompt, response, score, runId, notes).
 
-Import is all or nothing: every line is parsed and checked first (by the same rules as the REST API,
-``feedback.services.record_problems``), each problem is reported with its line number, and only a
-file without problems is stored, in one transaction, through ``record_feedback_batch``.
+Import is all or nothing: every line is parsed and checked first (by the REST API's rules,
+``training.rlhf.records``), each problem is reported with its line number, and only a file without problems
+is stored, in one transaction, through ``record_feedback_batch``.
 Export streams rows from the database in chunks, so a large agent never sits in memory.
 """
 from __future__ import annotations
@@ -21,13 +21,13 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from n3site.exceptions import ServiceError
+from training.rlhf import records as rules
 
 from . import services
 from .models import Feedback
 
-# The API's field names, in file order, and the model field each one maps to.
-FIELDS = ("prompt", "response", "score", "runId", "notes")
-_TO_MODEL = {"prompt": "prompt", "response": "response", "score": "score", "runId": "run_id", "notes": "notes"}
+# The API's field names, in file order.
+FIELDS = tuple(rules.JSON_NAMES.values())
 REQUIRED = ("prompt", "response")
 FORMATS = ("jsonl", "csv")
 CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/csv; charset=utf-8"}
@@ -76,19 +76,25 @@ def import_feedback(
 ) -> ImportResult:
     """Check a whole file, then store it in one transaction; raises ImportFailed listing bad lines.
 
-    Content rules (required text, score range, ...) are the service's, as for the REST API: its
-    ``record_problems`` checks every row first, so one upload reports all bad lines at once.
+    Content rules (required text, score range, ...) are the API's (``training.rlhf.records``), checked on every
+    row first, so one upload reports all bad lines at once; so is a runId repeated with other content.
     """
     if fmt not in FORMATS:
         raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
     lines, records, errors = [], [], []
     for line, record, error in (_parse_jsonl if fmt == "jsonl" else _parse_csv)(_text(stream)):
-        problems = [error] if error else services.record_problems(record)
+        problems = [error] if error else [rules.describe(p, rules.JSON_NAMES) for p in rules.record_problems(record)]
         errors += [(line, problem) for problem in problems]
         if len(errors) >= MAX_ERRORS:
             break
         lines.append(line)
         records.append(record)
+    if not errors:
+        errors = [
+            (lines[index], f"runId '{run_id}' is repeated with different content (lines {lines[first]} and "
+                           f"{lines[index]})")
+            for index, first, run_id in rules.run_id_repeats(records)
+        ]
     if errors:
         raise ImportFailed(errors)
     if not records:
@@ -185,8 +191,16 @@ def _csv_score(text: str):
 
 
 def _record(number: int, row: dict) -> tuple[int, dict, str]:
-    """One row in the API's names -> a record in model names (the service checks the content)."""
-    return number, {_TO_MODEL.get(key, key): value for key, value in row.items()}, ""
+    """One row in the API's names -> a record in model names (the rules check the content)."""
+    unknown = [key for key in row if key not in rules.PYTHON_NAMES]
+    if unknown:
+        return number, {}, "; ".join(_unknown(str(key)) for key in unknown)
+    return number, {rules.PYTHON_NAMES[key]: value for key, value in row.items()}, ""
+
+
+def _unknown(key: str) -> str:
+    hint = rules.JSON_NAMES.get(key)
+    return f"unknown field '{key}'" + (f" (did you mean '{hint}'?)" if hint and hint != key else "")
 
 
 # --- export ----------------------------------------------------------------------------------

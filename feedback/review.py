@@ -21,6 +21,7 @@ from django.utils import timezone
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from training.rlhf.data import FeedbackRecord, feedback_warnings
 from training.rlhf.errors import MIN_FEEDBACK, InsufficientFeedbackError
+from training.rlhf.records import check_score
 
 from .models import Feedback
 
@@ -72,14 +73,12 @@ def band_for(score: Optional[float]) -> Optional[ScoreBand]:
 
 
 def validate_score(value) -> float:
-    """A score as a float in [0, 1]; raises ServiceError with a message a reviewer understands."""
+    """A score as a float in [0, 1] (the records module's rule); raises ServiceError with a message a reviewer
+    understands."""
     try:
-        score = float(value)
-    except (TypeError, ValueError):
-        raise ServiceError(f"Score must be a number between 0 and 1, got {value!r}") from None
-    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
-        raise ServiceError(f"Score must be between 0 and 1, got {value!r}")
-    return score
+        return check_score(value)
+    except ValueError as exc:
+        raise ServiceError(str(exc)) from None
 
 
 # --- queue -----------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports).
 
 Records are dicts in model field names: prompt, response, score (0..1 or None: awaiting review),
-run_id, notes. With its agent, a non-empty run_id is an idempotency key: storing the same record
-again returns the stored one (created=False); the same run_id with different content is a Conflict.
+run_id, notes; what a valid one is, is training.rlhf.records' (the API, import and training core use it too).
+With its agent, a non-empty run_id is an idempotency key: storing the same record again returns the stored one
+(created=False); the same run_id with different content is a Conflict.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -20,11 +20,10 @@ from django.utils import timezone
 from n3site.exceptions import Conflict, ServiceError
 from policies.models import Agent, PolicyVersion, agent_name_validator
 from policies.services import get_or_create_agent
+from training.rlhf import records as rules
 
 from .models import Feedback
 
-FIELDS = ("prompt", "response", "score", "run_id", "notes")
-RUN_ID_MAX_LENGTH = Feedback._meta.get_field("run_id").max_length
 # Rows per SELECT when looking up a batch's run ids (SQLite allows 999 parameters in old builds).
 _LOOKUP_CHUNK = 500
 
@@ -46,35 +45,21 @@ class BatchValidationError(ServiceError):
 
 
 class BatchConflict(BatchValidationError):
-    """Records whose run_id is already stored (or repeated in the batch) with different content."""
+    """Records whose run_id is already stored with different content."""
 
     status_code = 409
 
 
-def record_problems(record: Mapping[str, Any]) -> list[str]:
-    """What is wrong with one record, each message naming its field; empty when it can be stored."""
-    if not isinstance(record, Mapping):
-        return ["must be an object with prompt, response and score"]
-    problems = [f"unknown field '{key}'" for key in record if key not in FIELDS]
-    for name in ("prompt", "response"):
-        value = record.get(name)
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{name} is required and must be non-empty text")
-    score = record.get("score")
-    if score is not None and (
-        isinstance(score, bool) or not isinstance(score, (int, float)) or not (math.isfinite(score) and 0 <= score <= 1)
-    ):
-        problems.append(f"score must be a number between 0 and 1 (or null: awaiting review), got {score!r}")
-    run_id = record.get("run_id", "")
-    if not isinstance(run_id, str) or len(run_id) > RUN_ID_MAX_LENGTH:
-        problems.append(f"run_id must be text of at most {RUN_ID_MAX_LENGTH} characters")
-    if not isinstance(record.get("notes", ""), str):
-        problems.append("notes must be text")
-    # PostgreSQL cannot store NUL in text (SQLite can): refused everywhere, so a file that imports here imports there.
-    problems += [
-        f"{name} must not contain NUL characters (\\u0000)"
-        for name in ("prompt", "response", "run_id", "notes") if "\x00" in str(record.get(name) or "")
-    ]
+def batch_problems(records: list[Any]) -> list[tuple[int, str]]:
+    """(index, message) for each bad record of a batch, and for each run_id repeated in it with other content."""
+    problems = [(index, rules.describe(problem)) for index, record in enumerate(records)
+                for problem in rules.record_problems(record)]
+    if not problems:
+        problems = [
+            (index, f"runId '{run_id}' is repeated in this request with different content (records {first} and "
+                    f"{index})")
+            for index, first, run_id in rules.run_id_repeats(records)
+        ]
     return problems
 
 
@@ -97,9 +82,9 @@ def record_feedback(
     stored row.
     """
     record = {"prompt": prompt, "response": response, "score": score, "run_id": run_id, "notes": notes}
-    problems = record_problems(record)
+    problems = rules.record_problems(record)
     if problems:
-        raise ValidationError(problems)
+        raise ValidationError([rules.describe(problem) for problem in problems])
     agent, from_cache = _agent_for(agent_name)
     try:
         return _store_one(agent, record, source=source, user=user, policy_version=policy_version)
@@ -139,10 +124,10 @@ def record_feedback_batch(
 ) -> list[tuple[Feedback, bool]]:
     """Store many records in one transaction, all or nothing; returns (feedback, created) per record, in order.
 
-    Raises BatchValidationError listing (index, message) for every bad record, BatchConflict for
-    run_ids stored with other content, ValidationError for a bad agent name.
+    Raises BatchValidationError listing (index, message) for every bad record (or run_id repeated with other
+    content), BatchConflict for run_ids stored with other content, ValidationError for a bad agent name.
     """
-    problems = [(index, message) for index, record in enumerate(records) for message in record_problems(record)]
+    problems = batch_problems(records)
     if problems:
         raise BatchValidationError(problems)
     if not records:
@@ -172,7 +157,7 @@ def _store_batch(
     results, new, conflicts = [], [], []
     for index, record in enumerate(records):
         run_id = record.get("run_id") or ""
-        if run_id in known:  # stored before, or earlier in this batch
+        if run_id in known:  # stored before, or earlier in this batch (the same record: batch_problems checked)
             stored = known[run_id]
             if not _same_content(stored, record):
                 conflicts.append((index, _conflict_message(agent, stored)))
@@ -226,7 +211,7 @@ def _new_feedback(agent: Agent, record: Mapping[str, Any], *, source: str, user,
         agent=agent,
         prompt=record["prompt"],
         response=record["response"],
-        score=None if score is None else float(score),
+        score=rules.clean_score(score),
         run_id=record.get("run_id") or "",
         notes=record.get("notes") or "",
         source=source,
@@ -237,13 +222,8 @@ def _new_feedback(agent: Agent, record: Mapping[str, Any], *, source: str, user,
 
 
 def _same_content(stored: Feedback, record: Mapping[str, Any]) -> bool:
-    score = record.get("score")
-    return (
-        stored.prompt == record["prompt"]
-        and stored.response == record["response"]
-        and stored.score == (None if score is None else float(score))
-        and stored.notes == (record.get("notes") or "")
-    )
+    as_stored = {"prompt": stored.prompt, "response": stored.response, "score": stored.score, "notes": stored.notes}
+    return rules.content(as_stored) == rules.content(record)
 
 
 def _conflict_message(agent: Agent, stored: Feedback) -> str:

@@ -5,6 +5,7 @@ What tests/test_rlhf_api.py already covers is not repeated here (form-encoded bo
 agent names on the feedback URL, baseModel paths outside the allowed directories, a lone surrogate).
 """
 import json
+import math
 
 import pytest
 from django.db import connection
@@ -137,6 +138,17 @@ def test_nul_characters_are_refused_by_the_service_that_imports_files(field):
     assert not Feedback.objects.exists()
 
 
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200d\ufeff", "\u2060 \u00a0", "\u3164", "\u202e\u202c"],
+                         ids=["zwsp", "joiners-bom", "word-joiner-nbsp", "hangul-filler", "bidi-marks"])
+@pytest.mark.parametrize("field", ["prompt", "response"])
+def test_invisible_only_prompt_or_response_is_400(api, field, text):
+    record = {"prompt": "p", "response": "r", "score": 0.5, field: text}
+    for body in (record, [record]):
+        detail = assert_error(api.post(FEEDBACK, body), 400)
+        assert field in detail and "visible text" in detail
+    assert not Feedback.objects.exists()
+
+
 @pytest.mark.parametrize("body, field", [
     ({"baseModel": "n3-tiny\u0000../../etc"}, "baseModel"),
     ({"loraTargetModules": ["c_attn\u0000"]}, "loraTargetModules[0]"),
@@ -152,12 +164,22 @@ def test_nul_characters_in_training_fields_are_400(api, trainable, body, field):
 # --- numbers ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw_score", ["1e309", "-1e309", "-1", "-0.5", "1.0000001", '"0.5"', '"NaN"', "true", "false", "{}", "[]"])
+@pytest.mark.parametrize("raw_score", ["1e309", "-1e309", "-1", "-0.5", "1.0000001", '"0.5"', '"NaN"', "true", "false",
+                                       "{}", "[]"])
 def test_scores_that_are_not_a_number_between_0_and_1_are_400(api, raw_score):
     """1e309 is a JSON number that overflows to infinity when parsed: refused like the literal Infinity."""
-    detail = assert_error(post_raw(api, FEEDBACK, '{"prompt": "p", "response": "r", "score": %s}' % raw_score), 400)
+    detail = assert_error(post_raw(api, FEEDBACK, f'{{"prompt": "p", "response": "r", "score": {raw_score}}}'), 400)
     assert "score" in detail
     assert not Feedback.objects.exists()
+
+
+def test_minus_zero_as_a_score_is_stored_and_answered_as_zero(api):
+    single = post_raw(api, FEEDBACK, '{"prompt": "p", "response": "r", "score": -0.0}')
+    listed = post_raw(api, FEEDBACK, '[{"prompt": "q", "response": "r", "score": -0.0}]')
+
+    assert (single.status_code, listed.status_code) == (201, 201)
+    assert b"-0.0" not in single.content + listed.content
+    assert [math.copysign(1, score) for score in Feedback.objects.values_list("score", flat=True)] == [1, 1]
 
 
 @pytest.mark.parametrize("raw", [
@@ -231,4 +253,5 @@ def test_a_directory_outside_models_dir_is_allowed_only_when_listed(api, trainab
     with override_settings(N3_ALLOWED_MODEL_DIRS=[tmp_path]):
         assert api.post(TRAIN, {"dryRun": False, "baseModel": str(outside)}).status_code == 202
         # A listed directory is not a way out of it.
-        assert "not allowed" in assert_error(api.post(TRAIN, {"dryRun": False, "baseModel": str(outside / ".." / "..")}), 400)
+        escape = {"dryRun": False, "baseModel": str(outside / ".." / "..")}
+        assert "not allowed" in assert_error(api.post(TRAIN, escape), 400)

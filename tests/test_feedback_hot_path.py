@@ -1,7 +1,7 @@
 """The feedback API's short ways give exactly what the long ways give.
 
-``quick_validated`` (api/feedback_serializers.py) may decline any record (None: the serializer then decides), but
-whatever it accepts the serializer must accept with the same validated data; ``FeedbackSerializer.to_representation``
+The view validates with ``validated_feedback`` (api/feedback_serializers.py) instead of DRF's serializer machinery:
+both must accept the same records with the same data and name the same fields; ``FeedbackSerializer.to_representation``
 must equal the generic field-by-field ``Serializer.to_representation``; the services' agent cache
 (N3_AGENT_CACHE_SECONDS) must never store feedback for an agent that no longer exists.
 """
@@ -11,10 +11,10 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from rest_framework import serializers
 
+from api.feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, validated_feedback
 from feedback.models import Feedback
-from policies.models import Agent
-from api.feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, quick_validated
 from feedback.services import record_feedback, record_feedback_batch
+from policies.models import Agent
 
 VALID = {"prompt": "What is 2+2?", "response": "  4 ", "score": 0.9, "runId": "run_1", "notes": "fine"}
 CASES = [
@@ -33,6 +33,8 @@ CASES = [
     {"prompt": "", "response": "r"},
     {"prompt": " \t\n", "response": "r"},
     {"prompt": "\u00a0\u2003", "response": "r"},
+    {"prompt": "\u200b", "response": "r"},
+    {"prompt": "p", "response": "r", "score": -0.0},
     {"prompt": None, "response": "r"},
     {"prompt": 5, "response": "r"},
     {"prompt": ["p"], "response": "r"},
@@ -62,25 +64,26 @@ CASES = [
 
 
 @pytest.mark.parametrize("data", CASES, ids=[repr(case)[:60] for case in CASES])
-def test_quick_validated_accepts_only_what_the_serializer_accepts_and_gives_the_same_data(data):
+def test_the_views_validation_accepts_what_the_serializer_accepts_with_the_same_data(data):
     serializer = FeedbackInputSerializer(data=data)
+    valid = serializer.is_valid()
     try:
-        valid = serializer.is_valid()
-    except OverflowError:  # DRF's own FloatField on a huge integer; the quick path must just step aside
-        valid = False
-    quick = quick_validated(data)
-    if quick is not None:
-        assert valid, serializer.errors
+        quick, errors = validated_feedback(data), None
+    except serializers.ValidationError as exc:
+        quick, errors = None, exc.detail
+    assert valid is (errors is None), (serializer.errors, errors)
+    if valid:
         assert quick == dict(serializer.validated_data)
         assert [type(quick[k]) for k in sorted(quick)] == [type(serializer.validated_data[k]) for k in sorted(quick)]
+    elif isinstance(data, dict):
+        assert set(errors) == set(serializer.errors)
 
 
-def test_quick_validated_vouches_for_plain_records():
-    """Otherwise it would be no short way at all."""
-    assert quick_validated(VALID) == {"prompt": "What is 2+2?", "response": "  4 ", "score": 0.9, "run_id": "run_1",
-                                      "notes": "fine"}
-    assert quick_validated({"prompt": "p", "response": "r", "score": 1}) == {
-        "prompt": "p", "response": "r", "score": 1.0, "run_id": "", "notes": ""}
+def test_plain_records_are_validated_into_the_services_names():
+    assert validated_feedback(VALID) == {"prompt": "What is 2+2?", "response": "  4 ", "score": 0.9, "run_id": "run_1",
+                                         "notes": "fine"}
+    assert validated_feedback([{"prompt": "p", "response": "r", "score": 1}]) == [
+        {"prompt": "p", "response": "r", "score": 1.0, "run_id": "", "notes": ""}]
 
 
 @pytest.mark.django_db

@@ -96,22 +96,44 @@ def test_a_score_out_of_range_is_reported_on_its_line():
 
 
 def test_a_conflict_found_after_earlier_batches_were_written_rolls_everything_back():
-    """All rows are well-formed, so storing starts; the last one reuses a runId with other content."""
+    """All rows are well-formed, so storing starts; the last one reuses a stored runId with other content."""
+    do_import(jsonl({"prompt": "stored before", "response": "a", "score": 0.5, "runId": "old"}), "jsonl")
     rows = [{"prompt": f"q{i}", "response": "a", "score": 0.5, "runId": f"r{i}"}
             for i in range(importexport.BATCH_SIZE + 10)]
-    rows.append({"prompt": "something else", "response": "a", "score": 0.5, "runId": "r0"})
+    rows.append({"prompt": "something else", "response": "a", "score": 0.5, "runId": "old"})
     with pytest.raises(importexport.ImportFailed) as failed:
         do_import(jsonl(*rows), "jsonl")
     ((line, message),) = failed.value.errors
-    assert line == len(rows) and "runId 'r0' is already stored" in message
+    assert line == len(rows) and "runId 'old' is already stored" in message
+    assert Feedback.objects.count() == 1
+
+
+def test_a_run_id_repeated_with_other_content_in_a_file_names_both_lines():
+    """Found before anything is stored, across the file's batches (a later batch used to find the first stored)."""
+    rows = [{"prompt": f"q{i}", "response": "a", "score": 0.5, "runId": f"r{i}"} for i in range(3)]
+    rows += [rows[0], {**rows[1], "score": 0.9}]  # the same record again is a retry; another score is not
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl(*rows), "jsonl")
+    assert failed.value.errors == [(5, "runId 'r1' is repeated with different content (lines 2 and 5)")]
     assert Feedback.objects.count() == 0
+
+
+def test_jsonl_fields_are_the_api_names():
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl({"prompt": "q", "response": "a", "run_id": "r1"}, {"prompt": "\u200b", "response": "a"}),
+                  "jsonl")
+    assert failed.value.errors == [
+        (1, "unknown field 'run_id' (did you mean 'runId'?)"),
+        (2, "prompt must contain visible text, not only whitespace or invisible characters (such as U+200B)"),
+    ]
 
 
 def test_csv_header_and_row_shape_problems():
     with pytest.raises(importexport.ImportFailed) as failed:
         do_import(b"prompt,answer,score\nq,a,0.5\n", "csv")
     assert failed.value.errors == [
-        (1, "unknown column(s) 'answer'; missing column(s) response (columns are prompt, response, score, runId, notes)"),
+        (1, "unknown column(s) 'answer'; missing column(s) response "
+            "(columns are prompt, response, score, runId, notes)"),
     ]
     with pytest.raises(importexport.ImportFailed) as failed:
         do_import(b'prompt,response,score\n"multi\nline",a,0.5\nq,a\nq,a,zero\n', "csv")

@@ -167,7 +167,8 @@ def test_save_returns_the_next_item_in_the_same_round_trip(agent, alice):
     assert shown["item"]["id"] == first.pk and shown["item"]["prompt"] == "Question 0"
     assert shown["remaining"] == 2
 
-    answer = post_json(client, reverse("review:score", args=[first.pk]), {"score": 0.95, "notes": "great", "agent": "support"})
+    answer = post_json(client, reverse("review:score", args=[first.pk]),
+                       {"score": 0.95, "notes": "great", "agent": "support"})
     assert answer.status_code == 200
     body = answer.json()
     assert body["saved"] == {"id": first.pk, "score": 0.95, "reviewer": "alice"}
@@ -238,7 +239,8 @@ def test_queue_page_shows_guidelines_and_agents(agent, alice):
 
 
 @pytest.mark.parametrize("url_name, method, args", [
-    ("review:queue", "get", []), ("review:next", "post", []), ("review:score", "post", [1]), ("review:skip", "post", [1]),
+    ("review:queue", "get", []), ("review:next", "post", []), ("review:score", "post", [1]),
+    ("review:skip", "post", [1]),
 ])
 def test_anonymous_users_are_sent_to_the_admin_login(url_name, method, args):
     url = reverse(url_name, args=args)
@@ -256,7 +258,8 @@ def test_non_staff_users_are_sent_to_the_admin_login(agent):
 
 
 @pytest.mark.parametrize("url_name, method, args", [
-    ("review:queue", "get", []), ("review:next", "post", []), ("review:score", "post", [1]), ("review:skip", "post", [1]),
+    ("review:queue", "get", []), ("review:next", "post", []), ("review:score", "post", [1]),
+    ("review:skip", "post", [1]),
 ])
 def test_staff_without_the_change_permission_get_403(agent, url_name, method, args):
     viewer = make_reviewer("viewer", "view_feedback")
@@ -272,3 +275,24 @@ def test_admin_index_links_the_queue_with_counts(agent, alice):
     html = client_for(alice).get(reverse("admin:index")).content.decode()
     assert reverse("review:queue") in html and "3 responses awaiting a score" in html
     assert f'{reverse("review:queue")}?agent=support' in html
+
+
+@pytest.mark.parametrize("typed", ["-0.2", "1.5"])
+def test_a_score_out_of_range_in_the_admin_list_is_a_message_on_the_field(agent, alice, typed):
+    """Not the database's "Constraint feedback_score_between_0_and_1 is violated": the reviewer's score check."""
+    item = add_feedback(agent, 1)[0]
+    response = client_for(alice).post(reverse("admin:feedback_feedback_changelist"), {
+        "form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": str(item.pk),
+        "form-0-score": typed, "form-0-notes": "", "_save": "Save",
+    })
+    assert response.status_code == 200
+    message = f"Score must be between 0 and 1, got {float(typed)!r}"
+    assert response.context["cl"].formset.errors == [{"score": [message]}]
+    assert "Constraint" not in response.content.decode()
+    item.refresh_from_db()
+    assert item.score is None
+
+
+def test_minus_zero_from_a_reviewer_is_stored_as_zero(agent, alice):
+    item = add_feedback(agent, 1)[0]
+    assert str(review.score_feedback(feedback_id=item.pk, user=alice, score="-0").score) == "0.0"

@@ -74,9 +74,11 @@ def test_feedback_is_stored_and_returned_with_201(api):
     body = response.json()
     assert {key: body[key] for key in sent} == sent
     assert body["agent"] == "my_agent" and body["source"] == "api"
-    assert set(body) == {"id", "agent", "prompt", "response", "score", "runId", "notes", "source", "createdAt", "updatedAt"}
+    assert set(body) == {"id", "agent", "prompt", "response", "score", "runId", "notes", "source", "createdAt",
+                         "updatedAt"}
     stored = Feedback.objects.get(pk=body["id"])
-    assert (stored.agent.name, stored.score, stored.run_id, stored.notes) == ("my_agent", 0.9, "run_123", "Accurate answer")
+    assert (stored.agent.name, stored.score, stored.run_id, stored.notes) == (
+        "my_agent", 0.9, "run_123", "Accurate answer")
 
 
 def test_feedback_needs_only_prompt_and_response_and_keeps_text_exactly(api):
@@ -119,7 +121,8 @@ def test_snake_case_run_id_is_refused_with_a_hint_instead_of_silently_ignored(ap
     assert body["errors"] == {"run_id": ["Unknown field; did you mean 'runId'?"]}
 
 
-@pytest.mark.parametrize("raw", ['{"prompt": "p", "response": "r", "score": NaN}', '{"prompt": "p", "response": "r", "score": Infinity}'])
+@pytest.mark.parametrize("raw", ['{"prompt": "p", "response": "r", "score": NaN}',
+                                 '{"prompt": "p", "response": "r", "score": Infinity}'])
 def test_non_finite_json_numbers_are_refused(api, raw):
     response = api.generic("POST", feedback_url("bot"), raw, content_type="application/json")
 
@@ -214,6 +217,34 @@ def test_a_run_id_repeated_within_one_list_is_stored_once():
     assert results[0][0].pk == results[1][0].pk and Feedback.objects.count() == 1
 
 
+def test_a_run_id_repeated_with_other_content_within_one_list_is_400_naming_both_records(api):
+    records = [{"prompt": f"q{i}", "response": "a", "score": 0.5, "runId": f"r{i}"} for i in range(3)]
+    records.append({**records[1], "response": "edited"})
+
+    response = api.post(feedback_url("bulk"), records)
+
+    body = assert_error(response, 400, "runId 'r1'", "repeated", "records 1 and 3")
+    assert list(body["errors"]) == ["[3]"] and "None" not in body["detail"]
+    assert not Feedback.objects.exists()
+
+
+def test_the_dry_run_body_rounds_the_scores_for_display():
+    """Equal scores average to 0.7000000000000001 with a spread of 1e-16 in floating point: shown as 0.7 and 0."""
+    from api.serializers import DryRunSerializer
+    from training.rlhf.data import prepare_feedback
+    from training.rlhf.results import TrainingEstimate
+
+    data = prepare_feedback([{"prompt": f"q{i}", "response": "a", "score": 0.7} for i in range(10)])
+    assert (data.score_mean, data.score_std) != (0.7, 0.0)  # what training uses stays exact
+    estimate = TrainingEstimate(feedback_count=10, estimated_steps=5, estimated_time_minutes=1.0,
+                                score_mean=data.score_mean, score_std=data.score_std, model_config={})
+    body = DryRunSerializer(estimate).data
+    assert (body["scoreMean"], body["scoreStd"]) == (0.7, 0.0)
+    estimate.score_mean, estimate.score_std = 0.43333333333333335, 0.2962731472438521
+    assert (DryRunSerializer(estimate).data["scoreMean"], DryRunSerializer(estimate).data["scoreStd"]) == (
+        0.433333, 0.296273)
+
+
 def test_trailing_slash_works_without_a_redirect(api):
     response = api.post(feedback_url("bot") + "/", {"prompt": "p", "response": "r"})
     assert response.status_code == 201
@@ -248,7 +279,8 @@ def test_an_error_quoting_a_lone_surrogate_still_renders(api):
     """JSON may carry "\\ud800", UTF-8 cannot: the message quoting it is escaped, not a 500."""
     response = api.generic("POST", train_url("bot"), '{"preset": "\\ud800"}', content_type="application/json")
     assert_error(response, 400, "Unknown preset")
-    response = api.generic("POST", feedback_url("bot"), '{"prompt": "\\ud800", "response": "r"}', content_type="application/json")
+    body = '{"prompt": "\\ud800", "response": "r"}'
+    response = api.generic("POST", feedback_url("bot"), body, content_type="application/json")
     assert_error(response, 400, "prompt")
 
 
@@ -280,6 +312,17 @@ def test_dry_run_answers_exactly_the_spec_keys_plus_warnings(api):
     assert body["modelConfig"] == {"base_model": MODEL, "use_lora": True, "learning_rate": 1e-5}
     assert any("may overfit" in warning for warning in body["warnings"])  # 12 < the recommended 50
     assert not PolicyVersion.objects.exists()
+
+
+def test_the_dry_run_warns_about_feedback_awaiting_review(api):
+    """The estimate trains on scored feedback only; the agent's unscored feedback is counted and named."""
+    seed_feedback("my_agent", scored=12, unscored=3)
+
+    response = api.post(train_url("my_agent"), {"dryRun": True, "baseModel": MODEL, "maxSteps": 40, "batchSize": 4,
+                                                 "miniBatchSize": 2})
+
+    assert response.status_code == 200, response.content
+    assert "3 feedback records awaiting review (no score) skipped." in response.json()["warnings"]
 
 
 @pytest.mark.parametrize("dry_run", [True, False])

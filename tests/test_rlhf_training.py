@@ -137,10 +137,10 @@ class TestFeedback:
         assert (len(data.records), data.skipped_unscored) == (2 * len(TOPICS), 1)
 
     @pytest.mark.parametrize("bad, message", [
-        ({"response": "r", "score": 0.5}, "Feedback record 3: missing field 'prompt'"),
-        ({"prompt": "p", "response": "r", "score": 1.5}, "Feedback record 3: field 'score' must be between 0 and 1"),
+        ({"response": "r", "score": 0.5}, "Feedback record 3: field 'prompt' is required"),
+        ({"prompt": "p", "response": "r", "score": 1.5}, "Feedback record 3: field 'score' must be a number between 0 and 1"),
         ({"prompt": "p", "response": "r", "score": "0.9"}, "Feedback record 3: field 'score' must be a number"),
-        ({"prompt": "p", "response": None, "score": 0.5}, "Feedback record 3: field 'response' must be a string"),
+        ({"prompt": "p", "response": None, "score": 0.5}, "Feedback record 3: field 'response' is required"),
         ({"prompt": "p", "response": "r"}, "Feedback record 3: missing field 'score'"),
         ("just text", "Feedback record 3 must be an object"),
     ])

@@ -23,6 +23,7 @@ from django.db import transaction
 from django.db.models import Count, Max
 from django_q.tasks import async_task
 
+from feedback.models import Feedback
 from n3site.exceptions import Conflict, ServiceError
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_agent, get_policy_version
@@ -36,7 +37,7 @@ from training.rlhf import (
 )
 from training.rlhf.config import check_fields_used
 from training.rlhf.context import check_fits_context
-from training.rlhf.data import prepare_feedback
+from training.rlhf.data import awaiting_review_warning, prepare_feedback
 from training.rlhf.layout import BUILTIN_MODELS
 from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
 
@@ -110,7 +111,11 @@ def estimate_training(*, agent: Agent, config: TrainingConfig, measure_here: boo
     if len(records) < MIN_FEEDBACK:
         raise InsufficientFeedbackError(len(records))
     check_preference_feedback(records=records, config=config)
-    return calibration.estimate(config=config, records=records, measure_here=measure_here)
+    estimate = calibration.estimate(config=config, records=records, measure_here=measure_here)
+    awaiting = Feedback.objects.filter(agent=agent, score__isnull=True).count()  # trains on scored feedback only
+    if awaiting:
+        estimate.warnings.append(awaiting_review_warning(awaiting))
+    return estimate
 
 
 def check_preference_feedback(*, records: list[dict], config: TrainingConfig) -> None:

@@ -1,4 +1,5 @@
-"""Feedback records: validation, the text format both models read, the train/validation split, statistics.
+"""Feedback records for training: checked (by records.py, the API's rules), the text format both models read,
+the train/validation split, statistics.
 
 A feedback record is a plain dict as the spec's Python API shows::
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 from .errors import MIN_FEEDBACK, FeedbackFormatError, InsufficientFeedbackError
+from .records import JSON_NAMES, PYTHON_NAMES, clean_score, record_problems
 
 if TYPE_CHECKING:  # config imports nothing from here, but the annotation is all this module needs of it
     from .config import TrainingConfig
@@ -88,32 +90,31 @@ def prepare_feedback(feedbacks: Iterable[Mapping[str, Any]], *, minimum: int = M
 
 
 def normalize_record(raw: Any, index: int) -> Optional[FeedbackRecord]:
-    """One record as a FeedbackRecord, or None when its score is None (awaiting review)."""
+    """One record as a FeedbackRecord, or None when its score is None (awaiting review).
+
+    The API's rules (records.record_problems), on the spec's Python shape: ``score`` must be present (None: awaiting
+    review), ``run_id`` and ``notes`` may be None, ``runId`` is accepted for ``run_id``, other keys are ignored.
+    """
     where = f"Feedback record {index}"
     if not isinstance(raw, Mapping):
-        raise FeedbackFormatError(f"{where} must be an object with prompt, response and score, got {type(raw).__name__}")
-    for name in ("prompt", "response"):
-        if name not in raw:
-            raise FeedbackFormatError(f"{where}: missing field '{name}'")
-        if not isinstance(raw[name], str):
-            raise FeedbackFormatError(f"{where}: field '{name}' must be a string, got {type(raw[name]).__name__}")
-    if not raw["prompt"].strip():
-        raise FeedbackFormatError(f"{where}: field 'prompt' must not be empty")
+        raise FeedbackFormatError(
+            f"{where} must be an object with prompt, response and score, got {type(raw).__name__}"
+        )
     if "score" not in raw:
         raise FeedbackFormatError(f"{where}: missing field 'score'")
-    score = raw["score"]
+    record = {}
+    for key, value in raw.items():
+        name = key if key in JSON_NAMES else PYTHON_NAMES.get(key)
+        if name is not None and not (name in ("run_id", "notes") and value is None):
+            record[name] = value
+    problems = record_problems(record)
+    if problems:
+        raise FeedbackFormatError("; ".join(f"{where}: field '{field}' {message}" for field, message in problems))
+    score = clean_score(record["score"])
     if score is None:
         return None
-    if isinstance(score, bool) or not isinstance(score, (int, float)):
-        raise FeedbackFormatError(f"{where}: field 'score' must be a number between 0 and 1, got {score!r}")
-    if not (math.isfinite(score) and 0.0 <= score <= 1.0):
-        raise FeedbackFormatError(f"{where}: field 'score' must be between 0 and 1, got {score!r}")
-    run_id = raw.get("run_id", raw.get("runId"))
-    notes = raw.get("notes")
-    for name, value in (("run_id", run_id), ("notes", notes)):
-        if value is not None and not isinstance(value, str):
-            raise FeedbackFormatError(f"{where}: field '{name}' must be a string or null, got {type(value).__name__}")
-    return FeedbackRecord(prompt=raw["prompt"], response=raw["response"], score=float(score), run_id=run_id or None, notes=notes)
+    return FeedbackRecord(prompt=record["prompt"], response=record["response"], score=score,
+                          run_id=record.get("run_id") or None, notes=record.get("notes"))
 
 
 def feedback_warnings(records: list[FeedbackRecord], skipped_unscored: int = 0) -> list[str]:
@@ -131,9 +132,13 @@ def feedback_warnings(records: list[FeedbackRecord], skipped_unscored: int = 0) 
             f"More than {RECOMMENDED_FEEDBACK} are recommended."
         )
     if skipped_unscored:
-        noun = "record" if skipped_unscored == 1 else "records"
-        warnings.append(f"{skipped_unscored} feedback {noun} awaiting review (no score) skipped.")
+        warnings.append(awaiting_review_warning(skipped_unscored))
     return warnings
+
+
+def awaiting_review_warning(count: int) -> str:
+    """The warning for ``count`` (> 0) feedback records that training skips because they have no score yet."""
+    return f"{count} feedback {'record' if count == 1 else 'records'} awaiting review (no score) skipped."
 
 
 def train_val_split(

@@ -1,0 +1,152 @@
+"""What a valid feedback record is: the one validator of the API, file import, review queue, admin and training core.
+
+A record is a dict in Python names (prompt, response, score, run_id, notes); ``JSON_NAMES`` maps them to the names
+on the wire and in files (``runId``). ``record_problems`` returns (field, message) pairs, the message without the
+field's name, so that each caller names the field as its user wrote it (``describe`` joins the two for a sentence).
+Torch-free and Django-free.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
+
+# Python name -> JSON name: the one map between the two spellings of a feedback record.
+JSON_NAMES = {"prompt": "prompt", "response": "response", "score": "score", "run_id": "runId", "notes": "notes"}
+PYTHON_NAMES = {json_name: name for name, json_name in JSON_NAMES.items()}
+FIELDS = tuple(JSON_NAMES)
+RUN_ID_MAX_LENGTH = 200  # feedback.models.Feedback.run_id's max_length (a test keeps them equal)
+
+Problem = tuple[str, str]  # (field, message)
+
+REQUIRED_TEXT = "is required and must be non-empty text"
+INVISIBLE_TEXT = "must contain visible text, not only whitespace or invisible characters (such as U+200B)"
+SCORE_RANGE = "must be a number between 0 and 1 (or null: awaiting review)"
+# PostgreSQL cannot store NUL in text (SQLite can): refused everywhere, so a file that imports here imports there.
+NUL_TEXT = "must not contain NUL (\\u0000): Null characters cannot be stored"
+SURROGATE_TEXT = "must not contain lone surrogates (\\ud800-\\udfff): they are not Unicode text"
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+# Characters a reader does not see: whitespace, controls (Cc), format characters (Cf: U+200B, U+FEFF, bidi marks),
+# fillers that render blank (Hangul, Braille) and invisible marks (variation selectors, U+034F).
+# Unicode 14 (Python 3.11); tests/test_records.py recomputes it from unicodedata, so an upgrade cannot leave it stale.
+INVISIBLE_RANGES = (
+    (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x1680, 0x1680),
+    (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064), (0x2066, 0x206F),
+    (0x2800, 0x2800), (0x3000, 0x3000), (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F), (0xE0100, 0xE01EF),
+)
+
+
+def _char(code: int) -> str:
+    # Escapes: the pattern reads the same in Python and in the schema (drf-spectacular escapes non-ASCII anyway).
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+_INVISIBLE_CLASS = "".join(_char(a) if a == b else f"{_char(a)}-{_char(b)}" for a, b in INVISIBLE_RANGES)
+_VISIBLE = re.compile(f"[^{_INVISIBLE_CLASS}]")
+# The same rules as regular expressions, for the API schema: text with a visible character, and text without NUL
+# (run_id, notes). Lone surrogates are refused too, but a schema's pattern cannot name them (not Unicode scalars).
+STORABLE_TEXT_PATTERN = r"^[^\x00]*$"
+VISIBLE_TEXT_PATTERN = rf"^[^\x00]*[^{_INVISIBLE_CLASS}][^\x00]*$"
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` has a character a reader sees (anything outside INVISIBLE_RANGES)."""
+    return _VISIBLE.search(text) is not None
+
+
+def in_score_range(score: float) -> bool:
+    """The score rule: finite, 0 <= score <= 1."""
+    return math.isfinite(score) and 0.0 <= score <= 1.0
+
+
+def score_problem(score: Any) -> Optional[str]:
+    """What is wrong with a record's score (a number; None: awaiting review), or None."""
+    if score is None:
+        return None
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        return f"{SCORE_RANGE}, got {score!r}"
+    # An int compares exactly (a 400-digit one would overflow float()).
+    if (0 <= score <= 1) if isinstance(score, int) else in_score_range(score):
+        return None
+    return f"{SCORE_RANGE}, got {score!r}"
+
+
+def clean_score(score: Optional[float]) -> Optional[float]:
+    """A valid score as stored and answered: a float, and 0.0 for -0.0."""
+    return None if score is None else float(score) + 0.0
+
+
+def check_score(value: Any) -> float:
+    """A score a reviewer entered (a number, or the text of a form field) as a float in [0, 1].
+
+    Raises ValueError with a message for the reviewer. None is refused: clearing a score is its own action.
+    """
+    try:
+        score = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"Score must be a number between 0 and 1, got {value!r}") from None
+    if isinstance(value, bool) or not in_score_range(score):
+        raise ValueError(f"Score must be between 0 and 1, got {value!r}")
+    return score + 0.0
+
+
+def record_problems(record: Any) -> list[Problem]:
+    """What is wrong with one record in Python names, as (field, message); empty when it can be stored."""
+    if not isinstance(record, Mapping):
+        return [("", "must be an object with prompt, response and score")]
+    problems = [(str(key), "is not a field of a feedback record") for key in record if key not in JSON_NAMES]
+    for name in ("prompt", "response"):
+        value = record.get(name)
+        if not isinstance(value, str) or not value:
+            problems.append((name, REQUIRED_TEXT))
+        elif not has_visible_text(value):
+            problems.append((name, INVISIBLE_TEXT))
+    message = score_problem(record.get("score"))
+    if message:
+        problems.append(("score", message))
+    run_id = record.get("run_id", "")
+    if not isinstance(run_id, str) or len(run_id) > RUN_ID_MAX_LENGTH:
+        problems.append(("run_id", f"must be text of at most {RUN_ID_MAX_LENGTH} characters"))
+    if not isinstance(record.get("notes", ""), str):
+        problems.append(("notes", "must be text"))
+    for name in ("prompt", "response", "run_id", "notes"):
+        value = record.get(name)
+        found = _UNSTORABLE.search(value) if isinstance(value, str) else None
+        if found:
+            problems.append((name, NUL_TEXT if found.group() == "\x00" else SURROGATE_TEXT))
+    return problems
+
+
+def describe(problem: Problem, names: Optional[Mapping[str, str]] = None) -> str:
+    """A problem as a sentence, the field spelt as in ``names`` (e.g. JSON_NAMES) when given."""
+    field, message = problem
+    if names:
+        field = names.get(field, field)
+    return f"{field} {message}" if field else message
+
+
+def content(record: Mapping[str, Any]) -> tuple:
+    """What makes two records with the same run_id the same record: prompt, response, score and notes."""
+    return record["prompt"], record["response"], clean_score(record.get("score")), record.get("notes") or ""
+
+
+def run_id_repeats(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, int, str]]:
+    """(index, index of the first record with its run_id, run_id) for each later record whose run_id an earlier
+    one in ``records`` has with different content. The same record twice is a retry, not a repeat."""
+    first: dict[str, tuple[int, tuple]] = {}
+    repeats = []
+    for index, record in enumerate(records):
+        run_id = record.get("run_id") or ""
+        if not run_id:
+            continue
+        if run_id not in first:
+            first[run_id] = (index, content(record))
+        elif first[run_id][1] != content(record):
+            repeats.append((index, first[run_id][0], run_id))
+    return repeats
