@@ -296,3 +296,20 @@ def test_a_score_out_of_range_in_the_admin_list_is_a_message_on_the_field(agent,
 def test_minus_zero_from_a_reviewer_is_stored_as_zero(agent, alice):
     item = add_feedback(agent, 1)[0]
     assert str(review.score_feedback(feedback_id=item.pk, user=alice, score="-0").score) == "0.0"
+
+
+def test_the_admin_add_form_refuses_what_the_api_refuses(agent):
+    admin = User.objects.create_superuser("root", password="pw")
+    form = {"agent": agent.pk, "prompt": "\u200b", "response": "r", "score": "-0", "notes": "", "run_id": "r\x00",
+            "policy_version": ""}
+    response = client_for(admin).post(reverse("admin:feedback_feedback_add"), form)
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert errors["prompt"] == [
+        "Must contain visible text, not only whitespace or invisible characters (such as U+200B)"]
+    assert "Null characters" in errors["run_id"][0]
+    assert not Feedback.objects.exists()
+
+    response = client_for(admin).post(reverse("admin:feedback_feedback_add"), {**form, "prompt": "q", "run_id": "r"})
+    assert response.status_code == 302
+    assert str(Feedback.objects.get().score) == "0.0"
