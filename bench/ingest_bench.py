@@ -130,8 +130,8 @@ def raw_sqlite_rate(site: Site, records: int) -> float:
         db.execute("PRAGMA foreign_keys=OFF")
         for sql in schema:
             db.execute(sql)
-        db.execute("INSERT INTO policies_agent (name, description, default_training_config, created_at) "
-                   "VALUES ('raw', '', 'null', '2026-01-01')")
+        db.execute("INSERT INTO policies_agent (name, description, default_training_config, version_counter, "
+                   "created_at) VALUES ('raw', '', 'null', 0, '2026-01-01')")
         rows = []
         for client in range(16):
             for record in load_records(client, records // 16, random.Random(client)):
