@@ -212,7 +212,7 @@ def export_lines(*, queryset: QuerySet[Feedback], fmt: str, chunk_rows: int = 10
         raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
     rows = (
         queryset.order_by("created_at", "id")
-        .values_list("prompt", "response", "score", "run_id", "notes")
+        .values_list(*rules.FIELDS)  # FIELDS' Python names, in order
         .iterator(chunk_size=chunk_rows)
     )
     buffer = io.StringIO()

@@ -9,7 +9,7 @@ import unicodedata
 
 import pytest
 
-from api.feedback_serializers import FeedbackInputSerializer
+from api.feedback_serializers import FeedbackInputSerializer, FeedbackSerializer
 from feedback import importexport
 from feedback import services as feedback_services
 from feedback.models import Feedback
@@ -65,6 +65,8 @@ def test_the_schemas_patterns_say_what_the_validator_does(text):
 def test_the_map_is_the_serializers_and_the_files():
     declared = {field.source: name for name, field in FeedbackInputSerializer().fields.items()}
     assert declared == JSON_NAMES
+    answered = {field.source: name for name, field in FeedbackSerializer().fields.items() if field.source in JSON_NAMES}
+    assert answered == JSON_NAMES
     assert importexport.FIELDS == tuple(JSON_NAMES.values())
     assert RUN_ID_MAX_LENGTH == Feedback._meta.get_field("run_id").max_length
 
