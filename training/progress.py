@@ -82,8 +82,8 @@ class JobProgress:
         return self.write()
 
     def write(self) -> bool:
-        """New step rows, then step, latest metrics and heartbeat in one short UPDATE; True when the version
-        must stop."""
+        """Step, latest metrics and heartbeat in one short UPDATE and, if it updated the version, the steps logged
+        since the last write as rows, committed together; True when the version must stop."""
         self._last_write = time.monotonic()
         try:
             with transaction.atomic():
