@@ -221,7 +221,7 @@ class ProgressBars:
         self.phase = ""
         self._redirect = None
 
-    def __enter__(self) -> "ProgressBars":
+    def __enter__(self) -> ProgressBars:
         transformers_logging.disable_progress_bar()  # its "Loading weights" bars would break ours
         self._redirect = logging_redirect_tqdm()
         self._redirect.__enter__()
