@@ -178,6 +178,12 @@ N3_DEFAULT_BASE_MODEL = os.environ.get("N3_DEFAULT_BASE_MODEL", "n3-tiny")
 N3_TRAINING_TIMEOUT = env_int("N3_TRAINING_TIMEOUT", 6 * 3600)
 # A running version whose heartbeat is older than this is declared dead and marked failed.
 N3_HEARTBEAT_TIMEOUT = env_int("N3_HEARTBEAT_TIMEOUT", 60)
+# A running version whose training process reported no progress (a step, a reward-model batch, a phase) for this
+# long is hung (SIGSTOP, a deadlock, a stuck device): its job stops the process and fails the version. Longer than
+# the slowest silent stretch: loading or saving a large model, evaluating on the held-out prompts.
+N3_STALL_TIMEOUT = env_int("N3_STALL_TIMEOUT", 600)
+# Seconds between two sweeps of a worker for versions whose process died (each worker sweeps in a thread).
+N3_SWEEP_INTERVAL = float(os.environ.get("N3_SWEEP_INTERVAL", 60))
 # Minimum seconds between two metric writes of a running job (heartbeat and history).
 N3_METRICS_INTERVAL = float(os.environ.get("N3_METRICS_INTERVAL", 2.0))
 # Seconds a running job has to stop by itself after a cancel before its training process is terminated.

@@ -255,12 +255,32 @@ def test_the_sweep_fails_running_versions_without_a_heartbeat_and_lost_queued_on
     assert sweep.sweep_stale_versions() == 0
 
 
-def test_the_sweep_is_scheduled_every_minute():
+@pytest.mark.django_db(transaction=True)
+def test_the_sweep_runs_in_a_thread_and_migrate_deletes_the_schedule_of_earlier_releases(settings):
+    """Issue 11 item 9: a Schedule's sweep tasks queued behind a long training (one worker) and piled up."""
+    from django.core.management import call_command
     from django_q.models import Schedule
 
-    sweep.ensure_sweep_schedule()  # idempotent: migrate created it already
-    schedule = Schedule.objects.get(func="training.tasks.sweep_stale_versions")
-    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 1, -1)
+    Schedule.objects.create(name="n3: fail training jobs whose process died", func=sweep.OLD_SWEEP_TASK,
+                            schedule_type=Schedule.MINUTES, minutes=1, repeats=-1)
+    call_command("migrate", verbosity=0)
+    assert not Schedule.objects.exists() and not OrmQ.objects.exists()
+
+    settings.N3_HEARTBEAT_TIMEOUT = 60
+    long_ago = timezone.now() - timedelta(minutes=10)
+    dead = PolicyVersion.objects.create(agent=Agent.objects.create(name="bot"), number=1, status="running",
+                                        started_at=long_ago, heartbeat_at=long_ago)
+    thread = sweep.SweepThread(every=0.1)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while PolicyVersion.objects.get(pk=dead.pk).status == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        thread.stop()
+        thread.join(5)
+    assert PolicyVersion.objects.get(pk=dead.pk).status == "failed"
+    assert not thread.is_alive() and not OrmQ.objects.exists()
 
 
 # --- a real child process ---------------------------------------------------------------------------------------

@@ -9,12 +9,20 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from n3site.exceptions import ServiceError
-
 from policies.models import Agent, PolicyVersion
 from training.rlhf import RLHFError
 
 from . import admin_views
+from .files import agent_dir, version_dir
 from .services import queue_policy_training
+
+
+def _files_going(deleted_objects: list, directories: list[str], running: int) -> list:
+    """The delete confirmation's list (single delete and the bulk action) says which directories go too."""
+    notes = [f"Files: {directory} (deleted from disk with it)" for directory in directories]
+    if running:
+        notes.append(f"{running} running training(s): stopped, their files deleted")
+    return [*deleted_objects, *notes]
 
 
 @admin.register(Agent)
@@ -78,6 +86,12 @@ class AgentAdmin(admin.ModelAdmin):
             path("<int:pk>/train/", wrap(admin_views.train_agent), {"model_admin": self}, name="policies_agent_train"),
             *super().get_urls(),
         ]
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        running = PolicyVersion.objects.filter(agent__in=list(objs), status=PolicyVersion.Status.RUNNING).count()
+        directories = [f"{agent_dir(agent.name)}/" for agent in objs]
+        return _files_going(deleted, directories, running), model_count, perms_needed, protected
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         agent = self.get_object(request, object_id)
@@ -156,6 +170,13 @@ class PolicyVersionAdmin(admin.ModelAdmin):
                  name="policies_policyversion_cancel"),
             *super().get_urls(),
         ]
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        versions = list(objs)
+        running = sum(v.status == PolicyVersion.Status.RUNNING for v in versions)
+        directories = [f"{version_dir(v.agent.name, v.number)}/" for v in versions]
+        return _files_going(deleted, directories, running), model_count, perms_needed, protected
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         version = self.get_object(request, object_id)

@@ -1,7 +1,9 @@
 import logging
 
 from django.apps import AppConfig, apps
-from django.db.models.signals import post_migrate
+from django.db import transaction
+from django.db.models.signals import post_delete, post_migrate
+from django.utils import timezone
 
 logger = logging.getLogger(__name__)
 
@@ -12,25 +14,51 @@ class TrainingAppConfig(AppConfig):
     verbose_name = "Training jobs"
 
     def ready(self) -> None:
-        from django_q.signals import post_spawn
+        # Imported here: models (and django-q2's, which its signals import) cannot load before the app registry.
+        from django_q.signals import post_spawn  # noqa: PLC0415
 
-        # The Schedule row lives in django_q's tables: create it once they exist (this app has no models of its
-        # own, so Django sends it no post_migrate).
-        post_migrate.connect(_ensure_sweep_schedule, sender=apps.get_app_config("django_q"), dispatch_uid="n3-sweep-schedule")
-        # Each django-q2 worker sweeps when it starts: jobs that died while no cluster was running end at once.
-        post_spawn.connect(_sweep_at_worker_start, dispatch_uid="n3-sweep-at-start")
+        from policies.models import Agent, PolicyVersion  # noqa: PLC0415
+
+        # django_q's tables exist once its migrations ran (this app has no models: Django sends it no post_migrate).
+        post_migrate.connect(_delete_old_sweep_schedule, sender=apps.get_app_config("django_q"),
+                             dispatch_uid="n3-sweep-schedule")
+        post_spawn.connect(_worker_started, dispatch_uid="n3-worker-started")
+        # However a version or agent is deleted (admin, bulk action, shell, cascade), its files go with it.
+        post_delete.connect(_version_deleted, sender=PolicyVersion, dispatch_uid="n3-version-files")
+        post_delete.connect(_agent_deleted, sender=Agent, dispatch_uid="n3-agent-files")
 
 
-def _ensure_sweep_schedule(using: str = "default", **kwargs) -> None:
-    from training.sweep import ensure_sweep_schedule
+def _delete_old_sweep_schedule(using: str = "default", **kwargs) -> None:
+    from training.sweep import delete_old_sweep_schedule  # noqa: PLC0415  (this module loads before the models)
 
-    ensure_sweep_schedule(using=using)
+    delete_old_sweep_schedule(using=using)
 
 
-def _sweep_at_worker_start(**kwargs) -> None:
-    from training.sweep import sweep_stale_versions
+def _worker_started(**kwargs) -> None:
+    """A django-q2 worker starts: it releases the jobs a stopped cluster fetched and never ran, sweeps at once
+    (jobs that died while no cluster ran end now) and then every N3_SWEEP_INTERVAL s in a thread, and learns how
+    to tell that its cluster is stopping."""
+    from training import sweep, tasks  # noqa: PLC0415  (this module loads before the models)
 
+    started = timezone.now()
+    tasks.worker_started()
     try:
-        sweep_stale_versions()
+        sweep.release_stranded_jobs(locked_before=started)
+        sweep.sweep_stale_versions()
     except Exception:  # a signal receiver that raises would stop the worker from starting
         logger.exception("Sweeping stale training jobs at worker start failed")
+    sweep.SweepThread().start()
+
+
+def _version_deleted(instance, using: str = "default", **kwargs) -> None:
+    from training.files import remove_version_files  # noqa: PLC0415  (this module loads before the models)
+
+    agent_name, number = instance.agent.name, instance.number
+    transaction.on_commit(lambda: remove_version_files(agent_name=agent_name, number=number), using=using)
+
+
+def _agent_deleted(instance, using: str = "default", **kwargs) -> None:
+    from training.files import remove_agent_files  # noqa: PLC0415  (this module loads before the models)
+
+    agent_name = instance.name
+    transaction.on_commit(lambda: remove_agent_files(agent_name=agent_name), using=using)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -17,14 +18,17 @@ from policies.models import PolicyVersion
 logger = logging.getLogger(__name__)
 
 Status = PolicyVersion.Status
+# How a version interrupted by a shutdown (SIGTERM to its training process, nobody cancelled it) is failed.
+INTERRUPTED_BY_SHUTDOWN = "Interrupted by shutdown"
 
 
 def claim_version(*, version_id: int) -> bool:
-    """queued -> running, atomically: True for exactly one caller, False if the version is not queued."""
+    """queued -> running, atomically: True for exactly one caller, False if the version is not queued. Its
+    progress clock (progress_at, which N3_STALL_TIMEOUT measures) starts now."""
     now = timezone.now()
     return bool(
         PolicyVersion.objects.filter(pk=version_id, status=Status.QUEUED)
-        .update(status=Status.RUNNING, started_at=now, heartbeat_at=now)
+        .update(status=Status.RUNNING, started_at=now, heartbeat_at=now, progress_at=now)
     )
 
 

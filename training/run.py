@@ -6,16 +6,18 @@ and the CLI's in-process mode import this module; the worker that supervises the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 from django.conf import settings
 
 from n3site.exceptions import Conflict
 from policies.models import PolicyVersion
-from training.rlhf import RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig, distributed
+from training.rlhf import Progress, RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig, distributed
 
 from . import selectors
-from .files import stored_path, version_dir
-from .jobs import claim_version, end_version
+from .files import deleted_during_training, remove_version_files, set_aside_leftover, stored_path, version_dir
+from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version
 from .progress import JobProgress, ProgressBars, result_metrics
 
 logger = logging.getLogger(__name__)
@@ -33,9 +35,13 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     transaction open across steps), and the training stops at its next step once the version is no longer
     running or has ``cancel_requested``.
 
-    TrainingCancelled, Ctrl-C and SIGTERM (which the command turns into KeyboardInterrupt) end the version as
-    cancelled; any other exception as failed with its message (the traceback goes to the log). KeyboardInterrupt
-    is re-raised after it is recorded.
+    When it starts, ``feedback_count`` becomes the number of records it trains on (rows deleted or unscored since
+    it was queued are not in it). TrainingCancelled ends the version cancelled; SIGTERM (which the command turns
+    into KeyboardInterrupt) cancelled if a cancel was requested, otherwise failed "Interrupted by shutdown"; Ctrl-C
+    in the CLI's in-process mode (``progress=True``) is its user's cancel. Any other exception fails it with its
+    message (the traceback goes to the log); a deleted version directory fails it at the next progress report.
+    KeyboardInterrupt is re-raised after it is recorded. A version deleted while it trains takes the files it
+    wrote since with it.
 
     Under a launcher (N3_TRAINING_LAUNCHER="accelerate launch ...": one process per GPU, training.rlhf.distributed)
     only rank 0 does all of the above; the other ranks train alongside it and write nothing (train_replica).
@@ -50,28 +56,36 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     if version.status != Status.RUNNING:
         raise Conflict(f"{version.agent.name} {version.version} is {version.status}; there is nothing to train.")
 
+    directory = version_dir(version.agent.name, version.number)
     job = JobProgress(version_id, interval=settings.N3_METRICS_INTERVAL, display=ProgressBars() if progress else None)
     try:
         with job:  # leaving it stores the steps not yet written, however the run ends
             config = TrainingConfig.from_dict(version.config)
+            records = selectors.snapshot_records(version=version)
+            PolicyVersion.objects.filter(pk=version_id).update(feedback_count=len(records))
+            set_aside_leftover(agent_name=version.agent.name, number=version.number)
             result = RLHFTrainer(config, models_dir=settings.MODELS_DIR).train(
-                selectors.snapshot_records(version=version), version_dir(version.agent.name, version.number), job,
+                records, directory, watching(version_id, directory, job),
             )
     except TrainingCancelled as exc:
         end_version(version_id, Status.CANCELLED, error=str(exc), step=job.step, metrics=job.metrics())
     except KeyboardInterrupt:
-        if distributed.is_distributed() and not PolicyVersion.objects.filter(pk=version_id, cancel_requested=True).exists():
+        cancelled = PolicyVersion.objects.filter(pk=version_id, cancel_requested=True).exists()
+        where = f"at PPO step {job.step} of {version.max_steps}"
+        if cancelled or (progress and not distributed.is_distributed()):  # a cancel, or Ctrl-C at the terminal
+            end_version(version_id, Status.CANCELLED, step=job.step, metrics=job.metrics(),
+                        error=f"Interrupted (Ctrl-C or SIGTERM) {where}; partial outputs were removed.")
+        elif distributed.is_distributed():
             # Not a cancel: the launcher stops every process when one of them fails (torch elastic sends SIGTERM).
             end_version(
                 version_id, Status.FAILED, step=job.step, metrics=job.metrics(),
-                error=f"Stopped at PPO step {job.step} of {version.max_steps} by SIGTERM or Ctrl-C, usually the launcher "
-                      "stopping every training process because another one failed (its traceback is in the job's log).",
+                error=f"Stopped {where} by SIGTERM or Ctrl-C, usually the launcher stopping every training process "
+                      "because another one failed (its traceback is in the job's log).",
             )
-            raise
-        end_version(
-            version_id, Status.CANCELLED, step=job.step, metrics=job.metrics(),
-            error=f"Interrupted (Ctrl-C or SIGTERM) at PPO step {job.step} of {version.max_steps}; partial outputs were removed.",
-        )
+        else:
+            end_version(version_id, Status.FAILED, step=job.step, metrics=job.metrics(),
+                        error=f"{INTERRUPTED_BY_SHUTDOWN} (SIGTERM) {where}; partial outputs were removed.")
+        _forget_if_deleted(version)
         raise
     except Exception as exc:
         logger.exception("Training %s failed", version)
@@ -84,8 +98,36 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
             model_path=stored_path(result.model_path), reward_model_path=stored_path(result.reward_model_path),
             metrics=result_metrics(result),
         )
-    version.refresh_from_db()
+    _forget_if_deleted(version)
     return version
+
+
+def watching(version_id: int, directory: Path, callback: Callable[[Progress], bool]) -> Callable[[Progress], bool]:
+    """``callback``, after a check that the version's directory (made before the first report) still exists: a
+    run whose directory was deleted fails at its next report, not when it saves after its last step. (Deleted
+    with its version or agent, the directory is gone because the run is: it stops as a cancelled one does.)"""
+
+    def report(progress: Progress) -> bool:
+        if not directory.is_dir():
+            if not PolicyVersion.objects.filter(pk=version_id, status=Status.RUNNING).exists():
+                return True
+            raise VersionDirectoryDeleted(deleted_during_training(directory))
+        return callback(progress)
+
+    return report
+
+
+class VersionDirectoryDeleted(RLHFError):
+    """The version's directory vanished while it trained."""
+
+
+def _forget_if_deleted(version: PolicyVersion) -> None:
+    """Reload ``version``; if it was deleted while it trained, remove what the training wrote since."""
+    try:
+        version.refresh_from_db()
+    except PolicyVersion.DoesNotExist:
+        logger.info("%s was deleted while it trained; its files are removed", version)
+        remove_version_files(agent_name=version.agent.name, number=version.number)
 
 
 def train_replica(version: PolicyVersion) -> PolicyVersion:

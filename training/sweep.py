@@ -1,11 +1,19 @@
-"""The dead-worker sweep: fail the versions whose training can no longer finish."""
+"""The dead-worker sweep: fail the versions whose training can no longer finish.
+
+Each django-q2 worker sweeps when it starts and then every N3_SWEEP_INTERVAL seconds in a thread of its own
+(SweepThread), also while it supervises a training: no sweep task waits in the queue behind a long job, and none
+piles up there. (Earlier releases ran it from a django-q2 Schedule; migrate deletes that row.)
+"""
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
-from typing import Iterator, Optional
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Optional
 
 from django.conf import settings
+from django.db import close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 from django_q.models import OrmQ, Schedule, Task
@@ -19,7 +27,9 @@ from .services import broker_is_this_database
 logger = logging.getLogger(__name__)
 
 Status = PolicyVersion.Status
-SWEEP_SCHEDULE_NAME = "n3: fail training jobs whose process died"
+# What the django-q2 Schedule of earlier releases ran every minute.
+OLD_SWEEP_TASK = "training.tasks.sweep_stale_versions"
+TRAINING_TASK = "training.tasks.run_policy_version"
 
 
 def sweep_stale_versions() -> int:
@@ -79,12 +89,48 @@ def _lost_queued_versions(cutoff) -> Iterator[tuple[PolicyVersion, str]]:
             yield version, "It was never handed to a worker (the process that queued it stopped first)."
 
 
-def ensure_sweep_schedule(*, using: str = "default") -> None:
-    """The django-q2 Schedule that runs the sweep every minute (idempotent: one row, found by name)."""
-    Schedule.objects.using(using).update_or_create(
-        name=SWEEP_SCHEDULE_NAME,
-        defaults={
-            "func": "training.tasks.sweep_stale_versions", "schedule_type": Schedule.MINUTES, "minutes": 1,
-            "repeats": -1,
-        },
-    )
+def release_stranded_jobs(*, locked_before: datetime) -> int:
+    """ORM broker: hand back the training jobs that a cluster fetched before ``locked_before`` (this worker's
+    start) and never ran; returns how many. A cluster stopped by SIGTERM to all its processes dies holding the job
+    its pusher fetched ahead: the row stays locked for django-q2's `retry` (hours) and its version would wait that
+    long. Released, the next delivery runs it (a job whose version is no longer queued returns at once)."""
+    if not broker_is_this_database():
+        return 0
+    # django-q2 locks a fetched row until fetch time + retry: a row fetched by this cluster is locked past that.
+    horizon = locked_before + timedelta(seconds=settings.Q_CLUSTER["retry"])
+    released = 0
+    for row in OrmQ.objects.filter(lock__gt=timezone.now(), lock__lt=horizon):
+        if row.task.get("func") == TRAINING_TASK:  # (a payload we cannot read has none)
+            released += OrmQ.objects.filter(pk=row.pk, lock=row.lock).update(lock=timezone.now())
+    if released:
+        logger.warning("Released %d training job(s) fetched by a cluster that stopped before running them", released)
+    return released
+
+
+def delete_old_sweep_schedule(*, using: str = "default") -> int:
+    """Delete the Schedule that ran the sweep as a task every minute (before SweepThread); returns how many."""
+    deleted, _ = Schedule.objects.using(using).filter(func=OLD_SWEEP_TASK).delete()
+    return deleted
+
+
+class SweepThread(threading.Thread):
+    """Sweeps every ``every`` seconds (default N3_SWEEP_INTERVAL) until ``stop()``; an error is logged, not raised."""
+
+    def __init__(self, every: Optional[float] = None):
+        super().__init__(name="n3-sweep", daemon=True)
+        self.every = every if every is not None else settings.N3_SWEEP_INTERVAL
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.wait(self.every):
+                close_old_connections()
+                try:
+                    sweep_stale_versions()
+                except Exception:  # a database that is away now may be back next time
+                    logger.exception("Sweeping stale training jobs failed")
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self) -> None:
+        self._stop_event.set()
