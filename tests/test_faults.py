@@ -152,7 +152,7 @@ def test_a_killed_training_process_fails_its_version_and_the_next_training_works
 
 @pytest.mark.slow
 def test_a_qcluster_killed_mid_run_leaves_a_failed_version_that_is_never_trained_again(tmp_path):
-    site = make_site(tmp_path, N3_HEARTBEAT_TIMEOUT="4")
+    site = make_site(tmp_path, N3_HEARTBEAT_TIMEOUT="4", N3_SWEEP_INTERVAL="2")
     pk = site.queue_version(max_steps=500)
     cluster = site.popen("qcluster")
     try:

@@ -6,7 +6,6 @@ database (a SIGKILLed training, a cancel seen by the child) use a Site: a SQLite
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -56,7 +55,9 @@ def test_config_layers_defaults_agent_preset_then_overrides(settings):
     agent = Agent.objects.create(name="bot")
     assert services.resolve_training_config(agent=agent).base_model == "n3-tiny"
 
-    agent.default_training_config = {"base_model": "n3-tiny-random", "lora_r": 4, "reward_model_config": {"num_epochs": 1}}
+    agent.default_training_config = {
+        "base_model": "n3-tiny-random", "lora_r": 4, "reward_model_config": {"num_epochs": 1},
+    }
     config = services.resolve_training_config(
         agent=agent, preset="low_memory", overrides={"learning_rate": 3e-4, "reward_model_config": {"batch_size": 2}},
     )
@@ -85,7 +86,8 @@ def test_versions_are_numbered_per_agent_and_keep_their_feedback_snapshot():
     snapshot = lambda version: list(selectors.snapshot_feedback(version=version).values_list("id", flat=True))  # noqa: E731
     assert snapshot(v1) == scored[:11] and v1.feedback_count == 11  # the two unscored ones are not in it
     assert snapshot(v2) == scored and v2.feedback_count == 12
-    assert (v2.status, v2.max_steps, v2.config["max_steps"], v2.config["base_model"]) == ("queued", 7, 7, "n3-tiny-random")
+    assert (v2.status, v2.max_steps, v2.config["max_steps"]) == ("queued", 7, 7)
+    assert v2.config["base_model"] == "n3-tiny-random"
     # Each version's job waits in the ORM queue, committed with it.
     waiting = {q.task_id(): q.args() for q in OrmQ.objects.all()}
     assert waiting == {v1.task_id: (v1.pk,), v2.task_id: (v2.pk,), other_v1.task_id: (other_v1.pk,)}
@@ -153,7 +155,8 @@ def test_run_version_trains_and_records_the_spec_metrics(models_dir):
 
     assert (version.status, version.step, version.error) == ("trained", 2, "")
     assert version.model_path == str(models_dir / "bot" / "v1" / "policy")  # MODELS_DIR outside the project: absolute
-    assert (Path(version.model_path) / "config.json").exists() and (Path(version.reward_model_path) / "reward_head.pt").exists()
+    assert (Path(version.model_path) / "config.json").exists()
+    assert (Path(version.reward_model_path) / "reward_head.pt").exists()
     # stored under the core's names, its steps as rows, shown under the spec's
     assert {"objective/scores", "objective/scores_std", "objective/kl", "loss/total"} <= set(version.metrics)
     assert 0.0 <= version.reward_mean <= 1.0 and "history" not in version.metrics
@@ -194,7 +197,9 @@ def test_a_training_error_fails_the_version_with_its_reason(models_dir):
     ("sh -c 'echo CUDA out of memory >&2; kill -KILL $$'", "The training process was killed by SIGKILL"),
     ("/no/such/launcher", "Could not start the training process (/no/such/launcher "),
 ])
-def test_a_child_that_cannot_record_an_outcome_fails_its_version_with_the_reason(models_dir, settings, launcher, reason):
+def test_a_child_that_cannot_record_an_outcome_fails_its_version_with_the_reason(
+    models_dir, settings, launcher, reason,
+):
     # The launcher replaces the training command's interpreter: these children die at once, like a crashed one.
     settings.N3_TRAINING_LAUNCHER = launcher
     version = queue(agent_with_feedback())
@@ -249,8 +254,11 @@ def test_the_sweep_fails_running_versions_without_a_heartbeat_and_lost_queued_on
     assert states[dead.number][0] == "failed" and "no heartbeat for 600 s" in states[dead.number][1]
     assert states[alive.number] == ("running", "")
     assert states[finished.number] == ("trained", "")
-    assert states[crashed_job.number] == ("failed", "Its job ended without starting the training: ImportError: no module named torch")
-    assert states[never_enqueued.number][0] == "failed" and "never handed to a worker" in states[never_enqueued.number][1]
+    assert states[crashed_job.number] == (
+        "failed", "Its job ended without starting the training: ImportError: no module named torch",
+    )
+    assert states[never_enqueued.number][0] == "failed"
+    assert "never handed to a worker" in states[never_enqueued.number][1]
     assert states[just_queued.number] == ("queued", "")
     assert sweep.sweep_stale_versions() == 0
 
@@ -293,7 +301,8 @@ def site(tmp_path):
 
 def start_job(site, pk: int) -> subprocess.Popen:
     """The django-q2 task, run the way a worker runs it (in its own process, on the site's database)."""
-    return site.popen("shell", "-v", "0", "-c", f"from training.tasks import run_policy_version; print(run_policy_version({pk}))")
+    code = f"from training.tasks import run_policy_version; print(run_policy_version({pk}))"
+    return site.popen("shell", "-v", "0", "-c", code)
 
 
 @pytest.mark.slow

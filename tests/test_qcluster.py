@@ -13,7 +13,8 @@ def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
     pk = site.queue_version(max_steps=3)
     # A version whose worker died while no cluster ran: the workers' start-up sweep fails it.
     dead = int(site.shell(
-        "from datetime import timedelta; from django.utils import timezone; from policies.models import Agent, PolicyVersion; "
+        "from datetime import timedelta; from django.utils import timezone; "
+        "from policies.models import Agent, PolicyVersion; "
         "t = timezone.now() - timedelta(hours=1); "
         "print(PolicyVersion.objects.create(agent=Agent.objects.get(name='bot'), number=99, status='running', "
         "started_at=t, heartbeat_at=t).pk)"
@@ -34,7 +35,9 @@ def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
     assert log.index("Marked 1 training job(s) failed") < log.index("[bot v1]")  # swept before the first job
     # The job ran once, in a worker, and said so; the worker's log carries the training's own lines.
     with sqlite3.connect(site.db_path) as db:
-        results = db.execute("SELECT success FROM django_q_task WHERE func = 'training.tasks.run_policy_version'").fetchall()
+        results = db.execute(
+            "SELECT success FROM django_q_task WHERE func = 'training.tasks.run_policy_version'"
+        ).fetchall()
         schedules = db.execute("SELECT func FROM django_q_schedule").fetchall()
     assert results == [(1,)]
     assert schedules == []  # the workers sweep in a thread (tests/test_reliability.py): no sweep task in the queue

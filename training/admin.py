@@ -47,7 +47,9 @@ class AgentAdmin(admin.ModelAdmin):
     def unscored(self, agent: Agent):
         if not agent.n_unscored:
             return 0
-        return format_html('<a href="{}?agent={}">{} — review</a>', reverse("review:queue"), agent.name, agent.n_unscored)
+        return format_html(
+            '<a href="{}?agent={}">{} — review</a>', reverse("review:queue"), agent.name, agent.n_unscored,
+        )
 
     @admin.display(description="latest version")
     def latest_version(self, agent: Agent):
@@ -163,7 +165,8 @@ class PolicyVersionAdmin(admin.ModelAdmin):
         return [
             path("<int:pk>/progress.json", viewing(admin_views.version_progress_json),
                  name="policies_policyversion_progress"),
-            path("<int:pk>/charts/", viewing(admin_views.version_charts_fragment), name="policies_policyversion_charts"),
+            path("<int:pk>/charts/", viewing(admin_views.version_charts_fragment),
+                 name="policies_policyversion_charts"),
             path("<int:pk>/compare/", viewing(admin_views.compare_versions), {"model_admin": self},
                  name="policies_policyversion_compare"),
             path("<int:pk>/cancel/", wrap(admin_views.cancel_version), {"model_admin": self},
