@@ -58,6 +58,17 @@ def run_policy_version(version_id: int) -> str:
     a training never runs twice. In a stopping cluster the version stays queued, its job enqueued again for the
     next cluster. Returns a one-line outcome (django-q2 stores it as the task's result).
     """
+    _worker.busy = True
+    try:
+        outcome = _run(version_id)
+    finally:
+        _worker.busy = False
+    if _worker.sigterm:
+        _die_of_sigterm()
+    return outcome
+
+
+def _run(version_id: int) -> str:
     if worker_is_stopping():
         return enqueue_again(version_id)
     if not claim_version(version_id=version_id):
@@ -65,7 +76,12 @@ def run_policy_version(version_id: int) -> str:
         logger.info("Version %s not trained by this task: it is %s, not queued", version_id, status or "deleted")
         return f"not run: version {version_id} is {status or 'deleted'}"
 
-    version = PolicyVersion.objects.select_related("agent").get(pk=version_id)
+    version = PolicyVersion.objects.select_related("agent").filter(pk=version_id).first()
+    if version is None:
+        return f"not run: version {version_id} was deleted"
+    if _worker.sigterm:  # between the check above and the claim
+        end_version(version_id, Status.FAILED, error=f"{INTERRUPTED_BY_SHUTDOWN}: the worker got SIGTERM.")
+        return f"{version.agent.name} {version.version}: failed"
     command = training_command(version_id)
     logger.info("Training %s: %s", version, shlex.join(command))
     try:
@@ -81,7 +97,6 @@ def run_policy_version(version_id: int) -> str:
         )
         return f"{version.agent.name} {version.version}: failed"
     output = OutputTail(child.stdout, prefix=f"[{version.agent.name} {version.version}] ")
-    _worker.training = child
     try:
         stopped_because = supervise(version_id, child)
     except BaseException:
@@ -97,12 +112,7 @@ def run_policy_version(version_id: int) -> str:
             logger.warning("Stopping processes left behind by the training process of %s", version)
             _signal_group(child, signal.SIGKILL)
             output.join(timeout=5)
-        _worker.training = None
-
-    outcome = _record_outcome(version, child, stopped_because, output)
-    if _worker.sigterm:
-        _die_of_sigterm()
-    return outcome
+    return _record_outcome(version, child, stopped_because, output)
 
 
 def _record_outcome(version: PolicyVersion, child: subprocess.Popen, stopped_because: Optional[str],
@@ -159,7 +169,7 @@ def enqueue_again(version_id: int) -> str:
 # --- the worker: a stopping cluster --------------------------------------------------------------------------
 class _WorkerState:
     stop_event = None  # the cluster's stop event (a multiprocessing.Event shared with the sentinel), if found
-    training: Optional[subprocess.Popen] = None  # the training process this worker supervises now
+    busy = False  # running run_policy_version
     sigterm = False  # this worker got SIGTERM: stop the training, then exit
 
 
@@ -197,10 +207,10 @@ def _find_stop_event():
 
 
 def _on_sigterm(signum, frame) -> None:
-    """Idle: exit at once, as before. Supervising a training: let supervise() stop it (the training records itself
-    interrupted by shutdown); run_policy_version exits the worker afterwards."""
+    """Idle (or another task): exit at once, as before. In a training job: supervise() stops the training (which
+    records itself interrupted by shutdown), and run_policy_version exits the worker afterwards."""
     _worker.sigterm = True
-    if _worker.training is None:
+    if not _worker.busy:
         _die_of_sigterm()
 
 
