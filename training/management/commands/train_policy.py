@@ -120,8 +120,8 @@ class Command(BaseCommand):
         the other ranks train alongside it and write nothing (training.run.run_version); a rank that fails exits
         non-zero, and the launcher then stops the others and exits non-zero too.
         """
-        # SIGTERM (the job stopping a cancelled run) becomes KeyboardInterrupt: the trainer removes its partial
-        # outputs and run_version records the version as cancelled before the process exits.
+        # SIGTERM (the job stopping the run, or a shutdown) becomes KeyboardInterrupt: the trainer removes its partial
+        # outputs and run_version records the version (cancelled if one was requested) before the process exits.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             run.run_version(version_id=version_id)
@@ -130,7 +130,7 @@ class Command(BaseCommand):
         except ServiceError as exc:
             raise CommandError(str(exc)) from exc
         except KeyboardInterrupt:
-            raise CommandError("Interrupted; the version is recorded as cancelled.", returncode=130)
+            raise CommandError("Interrupted; the version's status and error say how it ended.", returncode=130)
 
     def print_estimate(self, estimate: Any) -> None:
         lines = [
