@@ -269,11 +269,9 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
             status, cancel_requested, progress_at, number, agent_name = state
             if directory is None and agent_name and version_dir(agent_name, number).is_dir():
                 directory = version_dir(agent_name, number)
-            if status == "deleted":
-                stopped_because = "gone"
-            elif status != Status.RUNNING or cancel_requested:
+            if status != Status.RUNNING or cancel_requested:
                 # Cancel requested, or the version is decided: recorded by the child, which is now exiting, or
-                # failed by the sweep or an operator (the child's next progress write tells it to stop).
+                # failed by the sweep or an operator, or deleted (the child's next progress report stops it).
                 asked_to_stop = asked_to_stop or now
                 if now - asked_to_stop >= settings.N3_CANCEL_GRACE:
                     stopped_because = "cancel" if status == Status.RUNNING else "gone"
