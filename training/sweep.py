@@ -93,7 +93,9 @@ def release_stranded_jobs(*, locked_before: datetime) -> int:
     """ORM broker: hand back the training jobs that a cluster fetched before ``locked_before`` (this worker's
     start) and never ran; returns how many. A cluster stopped by SIGTERM to all its processes dies holding the job
     its pusher fetched ahead: the row stays locked for django-q2's `retry` (hours) and its version would wait that
-    long. Released, the next delivery runs it (a job whose version is no longer queued returns at once)."""
+    long. Released, the next delivery runs it (a job whose version is no longer queued returns at once). A job that
+    a live cluster holds (another cluster on this database, or this one's when a worker is replaced) is delivered
+    twice then: the second delivery finds its version claimed and returns."""
     if not broker_is_this_database():
         return 0
     # django-q2 locks a fetched row until fetch time + retry: a row fetched by this cluster is locked past that.
