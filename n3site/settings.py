@@ -174,6 +174,9 @@ N3_ALLOWED_MODEL_DIRS = [Path(p).resolve() for p in os.environ.get("N3_ALLOWED_M
 # Base model used when a request names none. "n3-tiny" is built locally and works offline;
 # set N3_DEFAULT_BASE_MODEL=gpt2 (or a local path) on machines that have those weights.
 N3_DEFAULT_BASE_MODEL = os.environ.get("N3_DEFAULT_BASE_MODEL", "n3-tiny")
+# A dry run reads at most this many of an agent's scored records (an even sample; counts and score statistics stay
+# exact), so its time does not grow with the agent's feedback.
+N3_ESTIMATE_SAMPLE = env_int("N3_ESTIMATE_SAMPLE", 20_000)
 # Longest a training job may run, in seconds; django-q2's timeout and retry derive from it.
 N3_TRAINING_TIMEOUT = env_int("N3_TRAINING_TIMEOUT", 6 * 3600)
 # A running version whose heartbeat is older than this is declared dead and marked failed.

@@ -3,13 +3,16 @@ from the documented default at once while the worker measures it (once per timin
 exactly the fields that change what a run costs."""
 import dataclasses
 import time
+from unittest.mock import patch
 
 import pytest
 from django_q.models import OrmQ
 
 from feedback import services as feedback_services
+from feedback.models import Feedback
+from policies.models import Agent
 from tests.sites import tmp_models_dir
-from training import tasks
+from training import selectors, services, tasks
 from training.rlhf import TrainingConfig
 from training.rlhf import estimate as timing
 from training.rlhf.data import prepare_feedback
@@ -139,3 +142,28 @@ def test_the_reward_models_shape_and_the_feedbacks_length_change_the_key(tmp_pat
         assert key_for(base.replace(reward_model_config=change), tmp_path) != key_for(base, tmp_path), change
     long = [{"prompt": "q" * 400 + str(i), "response": "a" * 400, "score": 0.5} for i in range(10)]
     assert key_for(base, tmp_path, long) != key_for(base, tmp_path)
+
+
+@pytest.mark.django_db
+def test_a_large_agent_s_dry_run_reads_a_bounded_sample_with_exact_counts(settings, models_dir):
+    """An agent with more feedback than N3_ESTIMATE_SAMPLE: the dry run reads an even sample (its time does not grow
+    with the agent), and still answers the exact count and score statistics."""
+    settings.N3_ESTIMATE_SAMPLE = 50
+    agent = Agent.objects.create(name="big")
+    scores = [(i % 10) / 10 for i in range(400)]
+    Feedback.objects.bulk_create(
+        Feedback(agent=agent, prompt=f"Question {i % 37}?", response=f"Answer {i}.", score=score)
+        for i, score in enumerate(scores)
+    )
+    config = services.resolve_training_config(agent=agent, overrides={"max_steps": 5})
+    read = []
+    original = selectors.feedback_records
+    with patch.object(selectors, "feedback_records", lambda queryset: read.append(original(queryset)) or read[-1]):
+        estimate = services.estimate_training(agent=agent, config=config)
+    mean = sum(scores) / len(scores)
+    assert estimate.feedback_count == 400 and 40 <= len(read[0]) <= 50
+    assert estimate.score_mean == pytest.approx(mean)
+    assert estimate.score_std == pytest.approx((sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5)
+    settings.N3_ESTIMATE_SAMPLE = 1000  # every row: the same time estimate, within the sample's error
+    full = services.estimate_training(agent=agent, config=config)
+    assert estimate.estimated_time_minutes == pytest.approx(full.estimated_time_minutes, rel=0.1)

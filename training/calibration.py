@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Optional
 
 from django.conf import settings
 from django_q.tasks import async_task
@@ -31,9 +31,12 @@ DEFAULT_WARNING = (
 )
 
 
-def estimate(*, config: TrainingConfig, records: list[dict], measure_here: bool = False) -> TrainingEstimate:
-    """The dry run's answer for `records` (the agent's scored feedback). Raises ServiceError when this key's
-    measurement failed. `measure_here`: measure a missing calibration in this process (imports torch)."""
+def estimate(
+    *, config: TrainingConfig, records: list[dict], measure_here: bool = False, total_records: Optional[int] = None,
+) -> TrainingEstimate:
+    """The dry run's answer for `records` (the agent's scored feedback, or a sample of its `total_records`). Raises
+    ServiceError when this key's measurement failed. `measure_here`: measure a missing calibration in this process
+    (imports torch)."""
     data = prepare_feedback(records)
     models_dir = settings.MODELS_DIR
     key = timing.timing_key(config, data.records, models_dir=models_dir)
@@ -42,7 +45,7 @@ def estimate(*, config: TrainingConfig, records: list[dict], measure_here: bool 
         raise ServiceError(f"Training with this configuration fails: {failure}")
     measured = timing.load_calibration(models_dir, key)
     if measured is not None:
-        return timing.make_estimate(config, data, measured, source="measured")
+        return timing.make_estimate(config, data, measured, source="measured", total_records=total_records)
     if measure_here:
         # Function-local: only the CLI's dry run (a torch process anyway) measures in its own process.
         from training.rlhf import RLHFTrainer  # noqa: PLC0415
@@ -50,7 +53,9 @@ def estimate(*, config: TrainingConfig, records: list[dict], measure_here: bool 
         return RLHFTrainer(config, models_dir=models_dir).estimate(records)
     queue_measurement(config=config, records=data.records, key=key)
     default = timing.default_calibration(config, key, models_dir=models_dir)
-    return timing.make_estimate(config, data, default, source="default", warnings=[DEFAULT_WARNING])
+    return timing.make_estimate(
+        config, data, default, source="default", warnings=[DEFAULT_WARNING], total_records=total_records,
+    )
 
 
 def queue_measurement(*, config: TrainingConfig, records: list[FeedbackRecord], key: dict[str, Any]) -> bool:

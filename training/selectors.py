@@ -1,7 +1,8 @@
 """Reads for training jobs: the feedback a version trains on, in the training core's record format."""
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
+from django.db.models.functions import Mod
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
@@ -13,6 +14,13 @@ RECORD_FIELDS = ("prompt", "response", "score", "run_id", "notes")
 def scored_feedback(*, agent: Agent) -> QuerySet[Feedback]:
     """The agent's feedback that a reviewer or the agent has scored (unscored rows await review), oldest first."""
     return Feedback.objects.filter(agent=agent, score__isnull=False).order_by("id")
+
+
+def spread_sample(queryset: QuerySet[Feedback], *, count: int, limit: int) -> QuerySet[Feedback]:
+    """About ``limit`` of the ``count`` rows of ``queryset``, spread evenly over their ids (every k-th id), the same
+    ones every time; all of them when ``count <= limit``. The dry run reads this instead of every row."""
+    step = -(-count // limit)  # ceil
+    return queryset if step <= 1 else queryset.annotate(_id_mod=Mod(F("id"), step)).filter(_id_mod=0)
 
 
 def feedback_records(queryset: QuerySet[Feedback]) -> list[dict]:

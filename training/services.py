@@ -20,7 +20,7 @@ from typing import Any, Optional
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Avg, Count, Max, StdDev
 from django_q.tasks import async_task
 
 from feedback.models import Feedback
@@ -107,11 +107,23 @@ def estimate_training(*, agent: Agent, config: TrainingConfig, measure_here: boo
     none yet, from a rough default (``estimate_source`` "default") while the worker measures it (training.calibration).
     ``measure_here`` (manage.py train_policy --dry-run) measures a missing key in this process instead.
     """
-    records = selectors.feedback_records(selectors.scored_feedback(agent=agent))
-    if len(records) < MIN_FEEDBACK:
-        raise InsufficientFeedbackError(len(records))
-    check_preference_feedback(records=records, config=config)
-    estimate = calibration.estimate(config=config, records=records, measure_here=measure_here)
+    scored = selectors.scored_feedback(agent=agent)
+    stats = scored.aggregate(count=Count("id"), mean=Avg("score"), std=StdDev("score"))
+    if stats["count"] < MIN_FEEDBACK:
+        raise InsufficientFeedbackError(stats["count"])
+    # A bounded read, whatever the agent's size: lengths, warnings and the held-out share from an even sample; the
+    # count and the score statistics are exact (the database computes them).
+    sampled = stats["count"] > settings.N3_ESTIMATE_SAMPLE
+    records = selectors.feedback_records(
+        selectors.spread_sample(scored, count=stats["count"], limit=settings.N3_ESTIMATE_SAMPLE)
+    )
+    if not sampled:  # KTO/DPO's classes and pairs need every record; queue_training checks them on all of them
+        check_preference_feedback(records=records, config=config)
+    estimate = calibration.estimate(
+        config=config, records=records, measure_here=measure_here, total_records=stats["count"] if sampled else None,
+    )
+    if sampled:
+        estimate.score_mean, estimate.score_std = stats["mean"], stats["std"]
     awaiting = Feedback.objects.filter(agent=agent, score__isnull=True).count()  # trains on scored feedback only
     if awaiting:
         estimate.warnings.append(awaiting_review_warning(awaiting))

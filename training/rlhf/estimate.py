@@ -288,12 +288,18 @@ def extrapolate(calibration: Calibration, config: TrainingConfig, *, n_records: 
 
 def make_estimate(
     config: TrainingConfig, data: FeedbackData, calibration: Calibration, *, source: str, warnings: list[str] = (),
+    total_records: Optional[int] = None,
 ) -> TrainingEstimate:
-    """The dry run's answer: `source` is "measured" (a calibration) or "default" (default_calibration)."""
+    """The dry run's answer: `source` is "measured" (a calibration) or "default" (default_calibration).
+
+    `total_records`: `data` is a sample of that many records; the held-out share measured on it is scaled up."""
     heldout, _ = heldout_split([r.prompt for r in data.records], config)
-    seconds = extrapolate(calibration, config, n_records=sum(r.prompt not in heldout for r in data.records))
+    n_train = sum(r.prompt not in heldout for r in data.records)
+    if total_records is not None:
+        n_train = round(n_train * total_records / len(data.records))
+    seconds = extrapolate(calibration, config, n_records=n_train)
     return TrainingEstimate(
-        feedback_count=len(data.records),
+        feedback_count=total_records if total_records is not None else len(data.records),
         estimated_steps=config.max_steps,
         estimated_time_minutes=round(seconds / 60, 2),
         score_mean=data.score_mean,
