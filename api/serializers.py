@@ -176,7 +176,9 @@ class TrainPolicyRequestSerializer(StrictSerializer):
     """Any TrainingConfig field in camelCase (``maxSteps``, ``learningRate``, ``rewardModelConfig``
     {``numEpochs``, ...}), applied over the preset, then over the agent's defaults."""
 
-    dryRun = StrictBooleanField(source="dry_run", default=False, help_text="true: estimate only (200); false: queue training (202)")
+    dryRun = StrictBooleanField(
+        source="dry_run", default=False, help_text="true: estimate only (200); false: queue training (202)"
+    )
 
     def get_fields(self):
         preset = serializers.ChoiceField(
@@ -456,7 +458,9 @@ class DryRunSerializer(serializers.Serializer):
     )
     scoreMean = RoundedFloatField(source="score_mean")
     scoreStd = RoundedFloatField(source="score_std")
-    modelConfig = serializers.DictField(source="model_config", help_text="base_model, use_lora, learning_rate (snake_case, as in the spec)")
+    modelConfig = serializers.DictField(
+        source="model_config", help_text="base_model, use_lora, learning_rate (snake_case, as in the spec)"
+    )
     warnings = serializers.ListField(child=serializers.CharField())
 
     @extend_schema_field({"type": "string", "enum": ["dry_run"]})

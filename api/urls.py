@@ -27,7 +27,10 @@ def api_not_found(request, *args, **kwargs) -> JsonResponse:
 
 def without_trailing_slash_aliases(endpoints, **kwargs):
     """drf-spectacular preprocessing hook: list each API URL once, in the spec's form (no trailing slash)."""
-    return [endpoint for endpoint in endpoints if not (endpoint[0].startswith("/api/policies/") and endpoint[0].endswith("/"))]
+    return [
+        endpoint for endpoint in endpoints
+        if not (endpoint[0].startswith("/api/policies/") and endpoint[0].endswith("/"))
+    ]
 
 
 urlpatterns = [

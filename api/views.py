@@ -174,7 +174,9 @@ class TrainPolicyView(APIView):
         if dry_run:
             estimate = services.estimate_policy_training(agent_name=agent, overrides=overrides, preset=preset)
             return Response(DryRunSerializer(estimate).data, status=status.HTTP_200_OK)
-        version = services.queue_policy_training(agent_name=agent, overrides=overrides, preset=preset, user=request.user)
+        version = services.queue_policy_training(
+            agent_name=agent, overrides=overrides, preset=preset, user=request.user
+        )
         body = PolicyVersionSerializer(version, context={"request": request}).data
         return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
 

@@ -94,7 +94,8 @@ def cpu_use(server_pid: int) -> Iterator[list]:
 
 def cpu_note(use: CpuUse, units: int, unit: str) -> str:
     """One line: CPU ms per unit for the server and the clients, and what others used of the cores meanwhile."""
-    return (f"CPU per {unit}: server {use.server_s / units * 1000:.2f} ms, clients {use.client_s / units * 1000:.2f} ms; "
+    return (f"CPU per {unit}: server {use.server_s / units * 1000:.2f} ms, "
+            f"clients {use.client_s / units * 1000:.2f} ms; "
             f"cores busy {use.machine_s / use.wall_s:.2f} of {os.cpu_count()}, "
             f"of which others {use.others_s / use.wall_s:.2f}")
 
@@ -140,7 +141,9 @@ def postgres_server() -> Iterator[str | None]:
     try:
         yield f"postgres://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120
+        )
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -33,7 +33,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import _common  # noqa: F401  (repository root on sys.path, Django set up)
-
 import torch
 
 from tests.reviewers import REVIEWERS, feedback_for, gold_evaluation, prompt_sets

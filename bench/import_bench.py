@@ -64,17 +64,21 @@ def main() -> None:
             "export CSV": timed("export_feedback", "--agent", "bench_csv", "-o", str(site.root / "out.csv")),
         }
         stored = dict(site.query(
-            "SELECT a.name, count(*) FROM feedback_feedback f JOIN policies_agent a ON a.id = f.agent_id GROUP BY a.name"
+            "SELECT a.name, count(*) FROM feedback_feedback f "
+            "JOIN policies_agent a ON a.id = f.agent_id GROUP BY a.name"
         ))
         exported = sum(1 for _ in out.open())
 
     once = stored == {"bench_jsonl": args.rows, "bench_csv": args.rows} and exported == args.rows
     figures = [Figure(name, value, "s") for name, value in seconds.items()]
     figures[0] = Figure("import JSONL", seconds["import JSONL"], "s", "< 60", seconds["import JSONL"] < 60)
-    figures.append(Figure("rows stored once, exported once", args.rows if once else 0, "rows", f"= {args.rows:,}", once))
+    figures.append(
+        Figure("rows stored once, exported once", args.rows if once else 0, "rows", f"= {args.rows:,}", once)
+    )
     print_table(
         f"Feedback import/export, {args.rows:,} rows, SQLite WAL, wall clock incl. process start", figures,
-        [f"import JSONL {args.rows / seconds['import JSONL']:,.0f} rows/s; stored {stored}, exported {exported:,} lines"],
+        [f"import JSONL {args.rows / seconds['import JSONL']:,.0f} rows/s; "
+         f"stored {stored}, exported {exported:,} lines"],
     )
     if not once:
         sys.exit(1)

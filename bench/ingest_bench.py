@@ -38,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common
 import feedback_profile
 from _common import Figure, cpu_note, cpu_use, postgres_database, postgres_server, print_table, throwaway_site
 
@@ -76,7 +75,8 @@ def measure(site: Site, args, label: str) -> tuple[list[Figure], list[str]]:
         check(single, "single POST")
         rate = single.single_requests / single.wall_s
         figures += [
-            Figure(f"{label}: single POST throughput", rate, "req/s", f">= {SINGLE_TARGET:,.0f}", rate >= SINGLE_TARGET),
+            Figure(f"{label}: single POST throughput", rate, "req/s", f">= {SINGLE_TARGET:,.0f}",
+                   rate >= SINGLE_TARGET),
             Figure(f"{label}: single POST latency p50", percentile(single.single_latencies, 50) * 1000, "ms"),
             Figure(f"{label}: single POST latency p99", percentile(single.single_latencies, 99) * 1000, "ms"),
         ]
@@ -107,10 +107,12 @@ def measure(site: Site, args, label: str) -> tuple[list[Figure], list[str]]:
                "", "= 0", single.server_errors + bulk.server_errors + proof.server_errors == 0),
     ]
     notes.append(
-        f"{label} proof: {proof.single_requests:,} single + {proof.bulk_requests:,} bulk requests in {proof.wall_s:.1f} s "
+        f"{label} proof: {proof.single_requests:,} single + {proof.bulk_requests:,} bulk requests "
+        f"in {proof.wall_s:.1f} s "
         f"({len(proof.records) / proof.wall_s:,.0f} records/s); {proof.retries} re-sent after a simulated timeout, "
         f"answered {dict(proof.retry_statuses)}; {proof.reconnects} keep-alive reconnects; "
-        f"statuses {dict(proof.statuses)}" + (f"; PROBLEMS: {problems} {proof.errors[:3]}" if problems or proof.errors else "")
+        f"statuses {dict(proof.statuses)}"
+        + (f"; PROBLEMS: {problems} {proof.errors[:3]}" if problems or proof.errors else "")
     )
     if "Traceback" in server.log():
         notes.append(f"{label}: the server logged a traceback:\n{server.log()[-2000:]}")
@@ -153,14 +155,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=10_000, help="records in the mixed proof (default 10,000)")
     parser.add_argument("--single-records", type=int, default=20_000, help="most single POSTs to send (default 20,000)")
-    parser.add_argument("--bulk-records", type=int, default=50_000, help="most records to send in bulk (default 50,000)")
+    parser.add_argument("--bulk-records", type=int, default=50_000,
+                        help="most records to send in bulk (default 50,000)")
     parser.add_argument("--seconds", type=float, default=15, help="longest a throughput phase runs (default 15)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", 0)) or None,
                         help="gunicorn workers (default: n3site/gunicorn.conf.py's)")
     parser.add_argument("--threads", type=int, default=None, help="threads per worker (default: the config's)")
     parser.add_argument("--no-postgres", action="store_true")
-    parser.add_argument("--no-profile", action="store_true", help="skip the in-process CPU split (bench/feedback_profile.py)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the in-process CPU split (bench/feedback_profile.py)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes and 5 s phases")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -192,7 +196,8 @@ def main() -> int:
     print_table(f"Feedback ingestion, gunicorn workers={workers} threads={threads}, {args.clients} clients, "
                 f"{os.cpu_count()} CPU cores ({time.monotonic() - began:.0f} s)", figures, notes)
     if split:
-        print("\nWhere a feedback POST's server CPU goes (bench/feedback_profile.py: in-process, SQLite, no HTTP):", end="")
+        print("\nWhere a feedback POST's server CPU goes "
+              "(bench/feedback_profile.py: in-process, SQLite, no HTTP):", end="")
         print(split, end="")
     if args.json:
         args.json.write_text(json.dumps([f.__dict__ for f in figures], indent=2))

@@ -28,7 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-import _common
 from _common import Figure, machine_busy_s, print_table, throwaway_site
 
 from tests.sites import LEAN_CONFIG, Site, children_of, percentile

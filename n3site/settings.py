@@ -27,7 +27,9 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (set DEBUG=1 for local development).")
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"
 
-ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+ALLOWED_HOSTS = [
+    h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()
+]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
 INSTALLED_APPS = [
@@ -85,7 +87,8 @@ DATABASES = {
         env="DATABASE_URL",
         default=f"sqlite:///{VAR_DIR / 'n3.sqlite3'}",
         conn_max_age=env_int("DB_CONN_MAX_AGE", 0),
-        # A kept connection (DB_CONN_MAX_AGE > 0, as n3site/gunicorn.conf.py sets) is checked before a request reuses it.
+        # A kept connection (DB_CONN_MAX_AGE > 0, as n3site/gunicorn.conf.py sets) is checked before a request
+        # reuses it.
         conn_health_checks=True,
     )
 }

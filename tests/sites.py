@@ -22,10 +22,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from django.conf import settings
 
@@ -98,7 +98,7 @@ record_feedback_batch(agent_name={agent!r}, records={feedback_records()!r})
 agent = Agent.objects.get(name={agent!r})
 config = services.resolve_training_config(agent=agent, overrides={{**{config or LEAN_CONFIG!r}, "max_steps": {max_steps}}})
 print(services.queue_training(agent=agent, config=config).pk)
-"""
+"""  # noqa: E501  (a line of the embedded script; wrapping it would change the string)
         return int(self.shell(code).strip().splitlines()[-1])
 
     def version(self, pk: int) -> dict:
@@ -120,7 +120,9 @@ print(services.queue_training(agent=agent, config=config).pk)
             if predicate(row):
                 return row
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting on version {pk}: {row['status']} {row['error']}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting on version {pk}: {row['status']} {row['error']}"
+                )
             time.sleep(poll)
 
     # --- the web side: an API user, a real gunicorn, the database read directly ------------------------------
@@ -141,7 +143,7 @@ print(Token.objects.get_or_create(user=user)[0].key)
 
     @contextlib.contextmanager
     def gunicorn(self, *, workers: Optional[int] = None, threads: Optional[int] = None, worker_class: str = "",
-                 args: tuple[str, ...] = (), ready_timeout: float = 60) -> Iterator["Server"]:
+                 args: tuple[str, ...] = (), ready_timeout: float = 60) -> Iterator[Server]:
         """Serve this site with gunicorn on 127.0.0.1 (a free port) using n3site/gunicorn.conf.py; stop it after.
 
         None/empty: the config's choice (the ``asgi`` worker serving n3site.serve:application). ``threads``: the
@@ -173,7 +175,8 @@ print(Token.objects.get_or_create(user=user)[0].key)
             server.stop()
 
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
-        """Rows of one SQL query (``?`` placeholders) on the site's own database: SQLite, or DATABASE_URL's PostgreSQL."""
+        """Rows of one SQL query (``?`` placeholders) on the site's own database: SQLite, or DATABASE_URL's
+        PostgreSQL."""
         url = self.env.get("DATABASE_URL")
         if url:
             import psycopg  # noqa: PLC0415  (only sites on PostgreSQL need it)
@@ -272,10 +275,10 @@ class Server:
                 conn.getresponse().read()
                 conn.close()
                 return
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log()[-4000:]}")
+                    raise RuntimeError(f"gunicorn did not answer in {timeout} s:\n{self.log()[-4000:]}") from exc
                 time.sleep(0.2)
 
     def stop(self, timeout: float = 30) -> int:
@@ -369,7 +372,9 @@ def feedback_load(
         mine = load_records(client, share, rng)
         for record in mine:
             record["runId"] = agent_prefix + record["runId"]
-        result.records.update({record["runId"]: {"prompt": record["prompt"], "score": record["score"]} for record in mine})
+        result.records.update(
+            {record["runId"]: {"prompt": record["prompt"], "score": record["score"]} for record in mine}
+        )
         mean_bulk = sum(bulk_size) / 2
         p_bulk = bulk_share / (mean_bulk * (1 - bulk_share) + bulk_share) if bulk_share < 1 else 1.0
         plan, i = [], 0

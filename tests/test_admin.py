@@ -404,7 +404,9 @@ TINY = "n3-tiny-random"
 
 def seed(agent: Agent, scored: int) -> None:
     for i in range(scored):
-        Feedback.objects.create(agent=agent, prompt=f"Question {i}?", response=f"Answer {i}.", score=(i % 10) / 10 + 0.05)
+        Feedback.objects.create(
+            agent=agent, prompt=f"Question {i}?", response=f"Answer {i}.", score=(i % 10) / 10 + 0.05
+        )
 
 
 def train_url(agent: Agent) -> str:

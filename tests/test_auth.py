@@ -76,7 +76,9 @@ def test_public_read_never_opens_writes(anonymous, method, path, body, perm):
 
 
 @pytest.mark.parametrize("path", READS)
-def test_reads_need_credentials_and_the_view_permission(anonymous, api_without_permissions, make_user, client_for, path):
+def test_reads_need_credentials_and_the_view_permission(
+    anonymous, api_without_permissions, make_user, client_for, path
+):
     assert anonymous.get(path).status_code == 401
     denied = api_without_permissions.get(path)
     assert denied.status_code == 403 and "policies.view_policyversion" in denied.json()["detail"]

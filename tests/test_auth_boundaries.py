@@ -99,7 +99,8 @@ def test_reviewers_cannot_see_change_or_escalate_users_and_groups(reviewer):
     other = User.objects.create_user("someone", password="pw")
 
     for url in (reverse("admin:auth_user_add"), reverse("admin:auth_user_change", args=[reviewer.pk]),
-                reverse("admin:auth_user_change", args=[other.pk]), reverse("admin:auth_user_password_change", args=[other.pk]),
+                reverse("admin:auth_user_change", args=[other.pk]),
+                reverse("admin:auth_user_password_change", args=[other.pk]),
                 reverse("admin:auth_group_changelist"), reverse("admin:auth_group_add"),
                 reverse("admin:authtoken_tokenproxy_changelist")):
         assert client.get(url).status_code == 403, url
@@ -141,7 +142,8 @@ def test_an_admin_post_without_the_csrf_token_is_refused(reviewer):
 def import_settings(**env: str) -> subprocess.CompletedProcess:
     """Import n3site.settings in a fresh Python with exactly these n3 variables (nothing inherited)."""
     clean = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG", "DJANGO_SETTINGS_MODULE")}
-    code = "import n3site.settings as s; print(repr(s.DEBUG), len(s.SECRET_KEY), getattr(s, 'SESSION_COOKIE_HTTPONLY', None))"
+    code = ("import n3site.settings as s; "
+            "print(repr(s.DEBUG), len(s.SECRET_KEY), getattr(s, 'SESSION_COOKIE_HTTPONLY', None))")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **env}, capture_output=True, text=True,
                           timeout=60)
 

@@ -64,7 +64,7 @@ def n3_tiny(tmp_path_factory):
     return load_causal_lm(N3_TINY, models_dir=models_dir), load_tokenizer(N3_TINY, models_dir=models_dir), marker
 
 
-# -- the corpus ---------------------------------------------------------------------------------------------------------
+# -- the corpus --------------------------------------------------------------------------------------------------------
 def test_corpus_is_deterministic_and_split_without_overlap():
     assert corpus_examples(50, seed=3) == corpus_examples(50, seed=3) != corpus_examples(50, seed=4)
     train, heldout = corpus_examples(split="train"), corpus_examples(split="heldout")
@@ -282,7 +282,7 @@ def test_a_local_model_directory_loads_through_from_pretrained(random_models_dir
     assert load_tokenizer(path).pad_token == EOS
 
 
-# -- n3-tiny: pretrained, writes readable answers -------------------------------------------------------------------------
+# -- n3-tiny: pretrained, writes readable answers ----------------------------------------------------------------------
 def _corpus_words() -> set[str]:
     return {w.lower() for q, a in corpus_examples() for w in re.findall(r"[A-Za-z]+", q + " " + a)}
 

@@ -55,7 +55,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """A Site whose jobs run under torchrun (2 processes), with one queued version per scenario: agents ok, bad, stop."""
+    """A Site whose jobs run under torchrun (2 processes), with one queued version per scenario:
+    agents ok, bad, stop."""
     root = tmp_path_factory.mktemp("launched")
     hook = root / "rank_hook.py"
     hook.write_text(HOOK.format(root=str(ROOT)))
@@ -101,7 +102,9 @@ def test_two_processes_train_one_version_and_end_with_identical_weights(site):
     # One complete version, written once (by rank 0), nothing left under a temporary name.
     assert [p.name for p in (site.models_dir / "ok").iterdir()] == ["v1"]
     version_dir = site.models_dir / "ok" / "v1"
-    assert sorted(p.name for p in version_dir.iterdir()) == ["policy", "reward_model", "training.log", "training_results.json"]
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        "policy", "reward_model", "training.log", "training_results.json"
+    ]
     log = (version_dir / "training.log").read_text()
     assert "2 processes, data parallel: batch_size 2 per process, 4 rollouts per step" in log
     assert log.count("ppo step 1/2") == 1 and log.count("ppo step 2/2") == 1

@@ -54,7 +54,9 @@ def models_dir(tmp_path, settings):
 def queued_version(max_steps: int = 2, **overrides):
     feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
     agent = Agent.objects.get(name="bot")
-    config = services.resolve_training_config(agent=agent, overrides={**LEAN_CONFIG, "max_steps": max_steps, **overrides})
+    config = services.resolve_training_config(
+        agent=agent, overrides={**LEAN_CONFIG, "max_steps": max_steps, **overrides}
+    )
     version = services.queue_training(agent=agent, config=config, enqueue=False)
     assert jobs.claim_version(version_id=version.pk)
     return version
@@ -95,7 +97,8 @@ def test_a_version_directory_that_cannot_be_made_fails_the_version_naming_the_pa
 
 def start_job(site, pk: int) -> subprocess.Popen:
     """The django-q2 task, run the way a worker runs it (its own process, on the site's database)."""
-    return site.popen("shell", "-v", "0", "-c", f"from training.tasks import run_policy_version; print(run_policy_version({pk}))")
+    return site.popen("shell", "-v", "0", "-c",
+                      f"from training.tasks import run_policy_version; print(run_policy_version({pk}))")
 
 
 def run_job(site, pk: int, timeout: float = 300) -> str:
@@ -119,7 +122,9 @@ def descendants(pid: int) -> list[int]:
 def training_starts(site, number: int) -> int:
     """How many times a training began in the version's directory (the trainer logs one line per start)."""
     log = site.models_dir / "bot" / f"v{number}" / "training.log"
-    return sum(" into " in line and line.split(" ", 3)[-1].startswith("Training ") for line in log.read_text().splitlines())
+    return sum(
+        " into " in line and line.split(" ", 3)[-1].startswith("Training ") for line in log.read_text().splitlines()
+    )
 
 
 @pytest.mark.slow
@@ -145,7 +150,10 @@ def test_a_killed_training_process_fails_its_version_and_the_next_training_works
     output = run_job(site, pk2)
     trained = site.version(pk2)
     assert (trained["number"], trained["status"], trained["step"]) == (2, "trained", 2), output
-    assert (site.models_dir / "bot" / "v2" / RESULTS_FILE).exists() and (site.models_dir / "bot" / "v2" / "policy").is_dir()
+    assert (
+        (site.models_dir / "bot" / "v2" / RESULTS_FILE).exists()
+        and (site.models_dir / "bot" / "v2" / "policy").is_dir()
+    )
     assert site.version(pk)["status"] == "failed"
     assert_no_finished_looking_outputs(site.models_dir / "bot" / "v1")
 
@@ -186,7 +194,9 @@ def test_a_qcluster_killed_mid_run_leaves_a_failed_version_that_is_never_trained
         deadline = time.monotonic() + 60
         while True:  # the re-delivered job has run and recorded its result
             with sqlite3.connect(site.db_path) as db:
-                results = db.execute("SELECT result FROM django_q_task WHERE func = 'training.tasks.run_policy_version'").fetchall()
+                results = db.execute(
+                    "SELECT result FROM django_q_task WHERE func = 'training.tasks.run_policy_version'"
+                ).fetchall()
             if results or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -213,7 +223,8 @@ def _namespaces_allowed() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _namespaces_allowed(), reason="needs unprivileged user+mount namespaces (unshare -rm) for a tiny tmpfs")
+@pytest.mark.skipif(not _namespaces_allowed(),
+                    reason="needs unprivileged user+mount namespaces (unshare -rm) for a tiny tmpfs")
 def test_a_full_disk_fails_the_version_with_the_reason_and_leaves_no_partial_model(tmp_path):
     """MODELS_DIR/bot is a 512 KiB tmpfs for the training process alone: the reward model (~80 KB) fits, the
     policy (~1.2 MB) does not, so the save fails with the kernel's own ENOSPC. Inside the namespace, after the
@@ -245,7 +256,9 @@ def test_a_child_printing_nul_bytes_before_dying_still_gets_its_version_failed_p
     settings.N3_TRAINING_LAUNCHER = "sh -c 'printf \"binary\\000garbage\\n\"; exit 3'"
     feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
     agent = Agent.objects.get(name="bot")
-    version = services.queue_training(agent=agent, config=services.resolve_training_config(agent=agent, overrides=LEAN_CONFIG))
+    version = services.queue_training(
+        agent=agent, config=services.resolve_training_config(agent=agent, overrides=LEAN_CONFIG)
+    )
 
     assert tasks.run_policy_version(version.pk) == "bot v1: failed"
 

@@ -24,7 +24,11 @@ from training.rlhf.data import FeedbackRecord
 from training.rlhf.estimate import calibration_records
 from training.rlhf.modeling import lora_config_for
 from training.rlhf.preference_data import (
-    MAX_PAIRS_PER_PROMPT, MIN_PREFERENCE_PAIRS, check_preference_data, dpo_pairs, kto_data,
+    MAX_PAIRS_PER_PROMPT,
+    MIN_PREFERENCE_PAIRS,
+    check_preference_data,
+    dpo_pairs,
+    kto_data,
 )
 from training.rlhf.results import TrainingResult
 from training.rlhf.trl_algorithms import micro_batch_size

@@ -80,19 +80,23 @@ def test_the_readme_curls_work_against_a_running_server(server):
 
     # Too little feedback: the spec's error text. Then nine more records through the API.
     too_few = subprocess.run(
-        ["curl", "-s", "-X", "POST", f"{base}/api/policies/train_policy/my_agent", "-H", f"Authorization: Token {token}",
-         "-H", "Content-Type: application/json", "-d", '{"dryRun": true}'], capture_output=True, text=True,
+        ["curl", "-s", "-X", "POST", f"{base}/api/policies/train_policy/my_agent",
+         "-H", f"Authorization: Token {token}", "-H", "Content-Type: application/json", "-d", '{"dryRun": true}'],
+        capture_output=True, text=True,
     )
     assert json.loads(too_few.stdout) == {"detail": "Insufficient feedback: 1 samples (minimum 10 required)"}
     for i in range(9):
-        body = json.dumps({"prompt": f"What is {i} plus {i}?", "response": f"{2 * i}.", "score": 0.1 * i, "runId": f"r{i}"})
+        body = json.dumps(
+            {"prompt": f"What is {i} plus {i}?", "response": f"{2 * i}.", "score": 0.1 * i, "runId": f"r{i}"}
+        )
         request = urllib.request.Request(
             f"{base}/api/policies/feedback/my_agent", data=body.encode(), method="POST",
             headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
         )
         assert urllib.request.urlopen(request).status == 201
     # The spec's bodies name no base model: the operator points the agent at the tiny offline one.
-    site.shell(f"from policies.models import Agent; Agent.objects.filter(name='my_agent').update(default_training_config={LEAN_CONFIG!r})")
+    site.shell("from policies.models import Agent; "
+               f"Agent.objects.filter(name='my_agent').update(default_training_config={LEAN_CONFIG!r})")
 
     dry = json.loads(run(curls["POST train_policy/my_agent (dry run)"], base, token))
     assert dry["status"] == "dry_run" and dry["feedbackCount"] == 10 and dry["estimatedSteps"] == 1000

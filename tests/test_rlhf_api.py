@@ -25,9 +25,14 @@ pytestmark = pytest.mark.django_db
 
 MODEL = "n3-tiny-random"
 # The spec's "Dry Run" body keys; we add "warnings" (a list) and "estimateSource" ("measured" or "default").
-DRY_RUN_KEYS = {"status", "feedbackCount", "estimatedSteps", "estimatedTimeMinutes", "scoreMean", "scoreStd", "modelConfig"}
+DRY_RUN_KEYS = {
+    "status", "feedbackCount", "estimatedSteps", "estimatedTimeMinutes", "scoreMean", "scoreStd", "modelConfig"
+}
 # The spec's "Training Success" body keys.
-SUCCESS_KEYS = {"status", "policyId", "version", "modelPath", "rewardModelPath", "feedbackCount", "trainingSteps", "rewardMean", "rewardStd"}
+SUCCESS_KEYS = {
+    "status", "policyId", "version", "modelPath", "rewardModelPath", "feedbackCount", "trainingSteps", "rewardMean",
+    "rewardStd",
+}
 
 
 def feedback_url(agent: str) -> str:
@@ -40,7 +45,8 @@ def train_url(agent: str) -> str:
 
 def seed_feedback(agent: str, scored: int, unscored: int = 0) -> None:
     records = [
-        {"prompt": f"Question {i}?", "response": f"Answer {i}.", "score": round((i % 10) / 10 + 0.05, 2), "run_id": f"seed-{i}"}
+        {"prompt": f"Question {i}?", "response": f"Answer {i}.", "score": round((i % 10) / 10 + 0.05, 2),
+         "run_id": f"seed-{i}"}
         for i in range(scored)
     ] + [{"prompt": f"Pending {i}?", "response": "Not reviewed yet."} for i in range(unscored)]
     feedback_services.record_feedback_batch(agent_name=agent, records=records)
@@ -353,7 +359,8 @@ def test_training_an_unknown_agent_is_404(api):
     ({"useLora": "yes"}, "useLora", "Must be a valid boolean."),
     ({"dryRun": "false"}, "dryRun", "Must be a valid boolean."),
     ({"rewardModelConfig": 3}, "rewardModelConfig", "Invalid data. Expected a dictionary, but got int."),
-    ({"preset": "turbo"}, "preset", 'Unknown preset "turbo"; choose one of quick_test, production, low_memory, high_performance.'),
+    ({"preset": "turbo"}, "preset",
+     'Unknown preset "turbo"; choose one of quick_test, production, low_memory, high_performance.'),
 ])
 def test_bad_training_fields_are_400_named_as_sent(api, body, path, message):
     seed_feedback("my_agent", scored=10)
@@ -382,7 +389,9 @@ def test_config_values_the_trainer_refuses_are_400_named_as_sent(api, body, frag
 # tests/test_dry_run.py, with the default answer before the measurement and the measured one after it.
 
 
-@pytest.mark.parametrize("base_model", ["../../etc", "/etc", "~/.ssh", "~nosuchuser/x", "models/../../etc", "a/b/c", "x" * 5000])
+@pytest.mark.parametrize(
+    "base_model", ["../../etc", "/etc", "~/.ssh", "~nosuchuser/x", "models/../../etc", "a/b/c", "x" * 5000]
+)
 def test_base_models_outside_the_allowed_directories_are_refused(api, base_model):
     seed_feedback("my_agent", scored=10)
 
@@ -393,7 +402,8 @@ def test_base_models_outside_the_allowed_directories_are_refused(api, base_model
 
 
 def test_base_model_rules(tmp_path):
-    for allowed in ("n3-tiny", "n3-tiny-random", "gpt2", "openai-community/gpt2-medium", str(settings.MODELS_DIR / "my_agent" / "v1" / "policy")):
+    for allowed in ("n3-tiny", "n3-tiny-random", "gpt2", "openai-community/gpt2-medium",
+                    str(settings.MODELS_DIR / "my_agent" / "v1" / "policy")):
         policy_services.check_base_model(allowed)
     with pytest.raises(policy_services.ServiceError):
         policy_services.check_base_model(str(tmp_path))
@@ -431,7 +441,9 @@ def test_config_fields_round_trip_in_camel_case(api):
 
     config = api.get("/api/policies/my_agent/v1").json()["config"]
 
-    assert {key: config[key] for key in sent if key != "rewardModelConfig"} == {k: v for k, v in sent.items() if k != "rewardModelConfig"}
+    assert {key: config[key] for key in sent if key != "rewardModelConfig"} == {
+        k: v for k, v in sent.items() if k != "rewardModelConfig"
+    }
     assert config["rewardModelConfig"]["numEpochs"] == 2 and config["rewardModelConfig"]["loraDropout"] == 0.2
     assert PolicyVersion.objects.get().config["reward_model_config"]["num_epochs"] == 2
 
@@ -486,10 +498,14 @@ def test_versions_are_listed_newest_first_with_summary_metrics(api):
     trained = body[2]
     assert trained["metrics"] == {"rewardMean": 0.82, "rewardStd": 0.15, "kl": 2.5, "loss": 0.31}  # no history
     assert (trained["trainingSteps"], trained["feedbackCount"]) == (2, 15)
-    assert (trained["modelPath"], trained["rewardModelPath"]) == ("models/my_agent/v1/policy", "models/my_agent/v1/reward_model")
+    assert (trained["modelPath"], trained["rewardModelPath"]) == (
+        "models/my_agent/v1/policy", "models/my_agent/v1/reward_model"
+    )
     assert body[1]["modelPath"] is None and body[1]["metrics"]["rewardMean"] is None
     # The spec's `jq '.[] | {version, reward: .metrics.rewardMean}'` prints numbers for trained versions.
-    assert [{"version": v["version"], "reward": v["metrics"]["rewardMean"]} for v in body if v["status"] == "trained"] == [
+    assert [
+        {"version": v["version"], "reward": v["metrics"]["rewardMean"]} for v in body if v["status"] == "trained"
+    ] == [
         {"version": "v1", "reward": 0.82}
     ]
 
@@ -793,7 +809,9 @@ def test_quick_start(api):
         answer = {"prompt": f"What is {i} + {i}?", "response": f"{2 * i}", "score": 0.1 * i, "runId": f"run_{i}"}
         assert api.post("/api/policies/feedback/my_agent", answer).status_code == 201
     # The operator points this agent at the tiny offline model (the spec's bodies name none).
-    Agent.objects.filter(name="my_agent").update(default_training_config={"base_model": MODEL, "batch_size": 4, "mini_batch_size": 2})
+    Agent.objects.filter(name="my_agent").update(
+        default_training_config={"base_model": MODEL, "batch_size": 4, "mini_batch_size": 2}
+    )
 
     # 2. Estimate training (dry run).
     dry = api.post("/api/policies/train_policy/my_agent", {"dryRun": True, "maxSteps": 1000, "learningRate": 1e-5})
@@ -809,7 +827,9 @@ def test_quick_start(api):
     # 4. List policies.
     listed = api.get("/api/policies/my_agent")
     assert listed.status_code == 200
-    assert [(v["version"], v["status"], v["policyId"]) for v in listed.json()] == [("v1", "queued", queued.json()["policyId"])]
+    assert [(v["version"], v["status"], v["policyId"]) for v in listed.json()] == [
+        ("v1", "queued", queued.json()["policyId"])
+    ]
 
 
 # --- OpenAPI ---------------------------------------------------------------------------------------------------

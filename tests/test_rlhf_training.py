@@ -16,11 +16,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult
 from training.rlhf import (
-    MIN_FEEDBACK, BaseModelUnavailable, ConfigError, FeedbackFormatError, InsufficientFeedbackError, Progress, RewardModelConfig,
+    MIN_FEEDBACK,
+    BaseModelUnavailable,
+    ConfigError,
+    FeedbackFormatError,
+    InsufficientFeedbackError,
+    Progress,
+    RewardModelConfig,
     TrainingCancelled,
 )
-from training.rlhf.data import prepare_feedback, train_val_split
 from training.rlhf.base_models import load_causal_lm, load_tokenizer
+from training.rlhf.data import prepare_feedback, train_val_split
 from training.rlhf.errors import NonFiniteError
 from training.rlhf.modeling import lora_config_for
 from training.rlhf.reward_model import fit_reward_model, load_reward_model, pearson, spearman
@@ -138,7 +144,8 @@ class TestFeedback:
 
     @pytest.mark.parametrize("bad, message", [
         ({"response": "r", "score": 0.5}, "Feedback record 3: field 'prompt' is required"),
-        ({"prompt": "p", "response": "r", "score": 1.5}, "Feedback record 3: field 'score' must be a number between 0 and 1"),
+        ({"prompt": "p", "response": "r", "score": 1.5},
+         "Feedback record 3: field 'score' must be a number between 0 and 1"),
         ({"prompt": "p", "response": "r", "score": "0.9"}, "Feedback record 3: field 'score' must be a number"),
         ({"prompt": "p", "response": None, "score": 0.5}, "Feedback record 3: field 'response' is required"),
         ({"prompt": "p", "response": "r"}, "Feedback record 3: missing field 'score'"),
@@ -192,13 +199,16 @@ class TestRewardModel:
         assert metrics["val_mse"] < 0.5 * metrics["val_mse_baseline"], metrics
         assert metrics["val_pearson"] > 0.5, metrics
         # a topic it never saw: it learned the preference, not the prompts
-        scores = reward_model.score(["Tell me about owls."] * 2, ["Sure! Here is a clear answer about owls.", "I don't know, sorry."])
+        scores = reward_model.score(
+            ["Tell me about owls."] * 2, ["Sure! Here is a clear answer about owls.", "I don't know, sorry."]
+        )
         assert scores.shape == (2,) and scores[0] > scores[1] + 0.2
         assert ((scores >= 0) & (scores <= 1)).all()
 
     def test_save_and_load_scores_identically(self, reward_model, tmp_path):
         path = reward_model.save(tmp_path / "reward_model")
-        for name in ("base_model/adapter_config.json", "base_model/adapter_model.safetensors", "reward_head.pt", "config.json"):
+        for name in ("base_model/adapter_config.json", "base_model/adapter_model.safetensors", "reward_head.pt",
+                     "config.json"):
             assert (path / name).is_file(), name
         saved = json.loads((path / "config.json").read_text())
         assert saved["base_model"] == MODEL and saved["max_length"] == 512
@@ -207,7 +217,9 @@ class TestRewardModel:
         loaded = load_reward_model(path)
         prompts = [r["prompt"] for r in toy_feedback()]
         responses = [r["response"] for r in toy_feedback()]
-        torch.testing.assert_close(loaded.score(prompts, responses), reward_model.score(prompts, responses), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            loaded.score(prompts, responses), reward_model.score(prompts, responses), rtol=0, atol=1e-6
+        )
 
     def test_correlations(self):
         x, y = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 4.0, 5.0, 4.5])
@@ -311,7 +323,9 @@ class TestRLHFTrainer:
         low, high = evaluation["win_rate_ci"]
         assert 0 <= low <= evaluation["win_rate"] <= high <= 1
         assert evaluation["better"] == (low > 0.5)
-        assert evaluation["reward_diff"] == pytest.approx(evaluation["reward_mean"] - evaluation["baseline_reward_mean"])
+        assert evaluation["reward_diff"] == pytest.approx(
+            evaluation["reward_mean"] - evaluation["baseline_reward_mean"]
+        )
         assert evaluation["kl"] >= 0 and evaluation["response_length"] > 0
         assert {s["prompt"] for s in evaluation["samples"]} <= set(evaluation["heldout_prompts"])
         assert json.loads((output_dir / "training_results.json").read_text())["evaluation"] == evaluation
@@ -485,7 +499,8 @@ class TestTRLAlgorithms:
     def test_config_fields_map_onto_trl(self):
         config = tiny_config(algorithm="rloo", batch_size=8, mini_batch_size=3, max_new_tokens=20, init_kl_coef=0.1)
         args = trl_args(config, torch.device("cpu"), "/unused", num_generations=4)
-        assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (2, 4)  # one step per batch
+        # one step per batch
+        assert (args["per_device_train_batch_size"], args["gradient_accumulation_steps"]) == (2, 4)
         assert (args["max_completion_length"], args["beta"], args["max_steps"]) == (20, 0.1, config.max_steps)
         assert (args["use_cpu"], args["bf16"], args["report_to"], args["save_strategy"]) == (True, False, "none", "no")
 

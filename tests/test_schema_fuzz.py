@@ -77,7 +77,8 @@ def seeded(settings):
                  "evaluation": result_metrics_evaluation()},
     )
     add_steps(trained, [{"step": 1, "objective/scores": 0.7, "objective/kl": None, "loss/total": 0.6}])
-    PolicyVersion.objects.create(agent=agent, number=2, status="failed", error="The training process was killed by SIGKILL",
+    PolicyVersion.objects.create(agent=agent, number=2, status="failed",
+                                 error="The training process was killed by SIGKILL",
                                  started_at=now, finished_at=now, metrics={"evaluation": {"skipped": "it failed"}})
     PolicyVersion.objects.create(agent=agent, number=3, status="running", step=1, max_steps=5, started_at=now,
                                  heartbeat_at=now, metrics={"objective/scores": None, "phase": "policy"})
@@ -112,23 +113,33 @@ def test_success_bodies_match_the_schema(api_schema, token, seeded):
     auth = {"Authorization": f"Token {token}"}
     train = api_schema["/api/policies/train_policy/{agent}"]["POST"]
 
-    dry_run = train.Case(path_parameters={"agent": "bot"}, body={"dryRun": True, "maxSteps": 3}, media_type="application/json")
+    dry_run = train.Case(path_parameters={"agent": "bot"}, body={"dryRun": True, "maxSteps": 3},
+                         media_type="application/json")
     assert dry_run.call_and_validate(headers=auth).status_code == 200
-    queued = train.Case(path_parameters={"agent": "bot"}, body={"dryRun": False, "maxSteps": 3}, media_type="application/json")
+    queued = train.Case(path_parameters={"agent": "bot"}, body={"dryRun": False, "maxSteps": 3},
+                        media_type="application/json")
     response = queued.call_and_validate(headers=auth)
     assert response.status_code == 202 and response.json()["version"] == "v4"
     # Queued only: its job waits in the ORM queue (no worker runs here, and no training started in this process).
     assert [q.args() for q in OrmQ.objects.all()] == [(PolicyVersion.objects.get(number=4).pk,)]
 
-    listed = api_schema["/api/policies/{agent}"]["GET"].Case(path_parameters={"agent": "bot"}).call_and_validate(headers=auth)
+    listed = api_schema["/api/policies/{agent}"]["GET"].Case(path_parameters={"agent": "bot"}).call_and_validate(
+        headers=auth
+    )
     assert [v["status"] for v in listed.json()] == ["queued", "running", "failed", "trained"]
     detail = api_schema["/api/policies/{agent}/{version}"]["GET"]
     for version in ("v1", "v2", "v3", "v4"):
-        assert detail.Case(path_parameters={"agent": "bot", "version": version}).call_and_validate(headers=auth).status_code == 200
+        assert detail.Case(
+            path_parameters={"agent": "bot", "version": version}
+        ).call_and_validate(headers=auth).status_code == 200
     cancel = api_schema["/api/policies/{agent}/{version}/cancel"]["POST"]
     for version, status in (("v4", 200), ("v3", 200), ("v1", 409)):
-        assert cancel.Case(path_parameters={"agent": "bot", "version": version}).call_and_validate(headers=auth).status_code == status
+        assert cancel.Case(
+            path_parameters={"agent": "bot", "version": version}
+        ).call_and_validate(headers=auth).status_code == status
     feedback = api_schema["/api/policies/feedback/{agent}"]["POST"]
     record = {"prompt": "p", "response": "r", "score": 0.5, "runId": "once"}
     for status in (201, 200):  # stored, then the same runId again
-        assert feedback.Case(path_parameters={"agent": "bot"}, body=[record], media_type="application/json").call_and_validate(headers=auth).status_code == status
+        assert feedback.Case(
+            path_parameters={"agent": "bot"}, body=[record], media_type="application/json"
+        ).call_and_validate(headers=auth).status_code == status

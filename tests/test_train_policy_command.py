@@ -56,7 +56,9 @@ def test_dry_run_prints_the_estimate_and_creates_nothing(agent):
 
 
 def test_async_queues_the_job_for_a_worker(agent):
-    out = train_policy("bot", "--async", "--preset", "low_memory", "--base-model", "n3-tiny-random", "--batch-size", "4")
+    out = train_policy(
+        "bot", "--async", "--preset", "low_memory", "--base-model", "n3-tiny-random", "--batch-size", "4"
+    )
 
     version = PolicyVersion.objects.get()
     assert (version.status, version.config["lora_r"], version.config["batch_size"]) == ("queued", 4, 4)
@@ -106,9 +108,12 @@ def test_the_command_line_prints_errors_without_a_traceback(tmp_path):
                             capture_output=True, text=True)
 
     assert result.returncode == 1
-    assert result.stderr.strip() == "CommandError: Agent 'ghost' not found (agents are created by their first feedback)."
+    assert result.stderr.strip() == (
+        "CommandError: Agent 'ghost' not found (agents are created by their first feedback)."
+    )
     help_text = subprocess.run([sys.executable, "manage.py", "help", "train_policy"], cwd=ROOT, env=env,
                                capture_output=True, text=True, check=True).stdout
-    for option in ("--dry-run", "--async", "--preset", "--max-steps", "--learning-rate", "--base-model", "--batch-size", "--set"):
+    for option in ("--dry-run", "--async", "--preset", "--max-steps", "--learning-rate", "--base-model",
+                   "--batch-size", "--set"):
         assert option in help_text
     assert "--version-id" not in help_text  # internal: the job's child process

@@ -191,7 +191,9 @@ def _enqueue(version: PolicyVersion) -> None:
     except Exception as exc:
         # Not left queued forever: the reason is on the version, the traceback in the log.
         logger.exception("Could not enqueue the training job of %s", version)
-        end_version(version.pk, Status.FAILED, from_status=Status.QUEUED, error=f"Could not enqueue the training job: {exc}")
+        end_version(
+            version.pk, Status.FAILED, from_status=Status.QUEUED, error=f"Could not enqueue the training job: {exc}"
+        )
         raise
     PolicyVersion.objects.filter(pk=version.pk).update(task_id=task_id)
     version.task_id = task_id

@@ -20,18 +20,19 @@ from .errors import (
 from .progress import Progress, ProgressCallback
 from .results import TrainingEstimate, TrainingResult
 
-# The package itself is torch-free: config, errors, layout, metrics, records, data, preference_data, stats, progress
-# and results import neither torch nor transformers, so the web process can use them. The trainer (torch,
-# transformers, peft, trl) is imported on first use of these names.
+# The package itself is torch-free: config, context, errors, estimate, layout, metrics, records, data,
+# preference_data, stats, progress and results import neither torch nor transformers, so the web process can use them
+# (tests/test_architecture.py checks). The trainer (torch, transformers, peft, trl) is imported on first use.
 _TRAINER_NAMES = ("RLHFTrainer",)
 
 
 def __getattr__(name: str):
     if name in _TRAINER_NAMES:
-        from . import trainer
+        from . import trainer  # noqa: PLC0415  (loads torch: only when the trainer is asked for)
 
         return getattr(trainer, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "PRESETS", "MIN_FEEDBACK", "RLHFTrainer", "TrainingConfig", "RewardModelConfig", "TrainingEstimate",

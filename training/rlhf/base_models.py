@@ -146,7 +146,9 @@ def load_tokenizer(
     except (OSError, ValueError) as exc:  # missing files, offline hub, malformed repo id
         raise BaseModelUnavailable(unavailable_message(name, exc)) from exc
     if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # transformers builds an empty one from config.json alone
-        raise BaseModelUnavailable(unavailable_message(name, OSError("its tokenizer has no vocabulary (files missing)")))
+        raise BaseModelUnavailable(
+            unavailable_message(name, OSError("its tokenizer has no vocabulary (files missing)"))
+        )
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise BaseModelUnavailable(f"Base model {name!r} has a tokenizer with neither a pad nor an EOS token")

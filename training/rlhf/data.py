@@ -23,7 +23,8 @@ from .records import JSON_NAMES, PYTHON_NAMES, clean_score, record_problems
 if TYPE_CHECKING:  # config imports nothing from here, but the annotation is all this module needs of it
     from .config import TrainingConfig
 
-# Below this many scored samples the reward model is likely to overfit (the spec: "Use more feedback data (> 50 samples)").
+# Below this many scored samples the reward model is likely to overfit
+# (the spec: "Use more feedback data (> 50 samples)").
 RECOMMENDED_FEEDBACK = 50
 
 
@@ -164,7 +165,7 @@ def train_val_split(
 MIN_TRAIN_PROMPTS = 3
 
 
-def heldout_split(prompts: Sequence[str], config: "TrainingConfig") -> tuple[set[str], Optional[str]]:
+def heldout_split(prompts: Sequence[str], config: TrainingConfig) -> tuple[set[str], Optional[str]]:
     """The distinct prompts held out of training: (held-out set, None), or (empty set, why none are held out).
 
     A fixed, seeded split: the distinct prompts are ranked by a hash of (seed, prompt) and the first ones held out,
@@ -182,7 +183,7 @@ def heldout_split(prompts: Sequence[str], config: "TrainingConfig") -> tuple[set
             f"only {len(distinct)} distinct prompts: at least {MIN_TRAIN_PROMPTS + 2} are needed to hold some out "
             "for the evaluation"
         )
-    ranked = sorted(distinct, key=lambda p: zlib.crc32(f"{config.seed}\0{p}".encode("utf-8")))
+    ranked = sorted(distinct, key=lambda p: zlib.crc32(f"{config.seed}\0{p}".encode()))
     heldout = set(ranked[:count])
     left = sum(p not in heldout for p in prompts)
     if left < MIN_FEEDBACK:

@@ -42,7 +42,8 @@ What does not:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -115,7 +116,8 @@ def average_gradients(params: Iterable[torch.nn.Parameter], bucket_bytes: int = 
         bucket.append(p.grad)
         size += p.grad.numel() * p.grad.element_size()
         last = i == len(params) - 1
-        if last or size >= bucket_bytes or params[i + 1].grad.dtype != p.grad.dtype or params[i + 1].grad.device != p.grad.device:
+        if (last or size >= bucket_bytes or params[i + 1].grad.dtype != p.grad.dtype
+                or params[i + 1].grad.device != p.grad.device):
             flat = torch.cat([g.reshape(-1) for g in bucket])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             flat /= world

@@ -32,7 +32,12 @@ from transformers import PreTrainedModel
 from . import stats
 from .config import TrainingConfig
 from .ppo import (
-    _special_ids, generate_responses, mask_after_first_eos, merged_adapter, score_responses, tokenize_queries,
+    _special_ids,
+    generate_responses,
+    mask_after_first_eos,
+    merged_adapter,
+    score_responses,
+    tokenize_queries,
 )
 
 ScoreFn = Callable[[list[str], list[str]], Any]  # (prompts, responses) -> one score per response

@@ -27,8 +27,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import torch
 from peft import PeftModel
@@ -123,7 +124,8 @@ def train_ppo(
 
             # 2. score
             responses = [
-                tokenizer.decode(ids[m].tolist(), skip_special_tokens=True) for ids, m in zip(response_ids, response_mask)
+                tokenizer.decode(ids[m].tolist(), skip_special_tokens=True)
+                for ids, m in zip(response_ids, response_mask)
             ]
             scores = checked_scores(reward_fn, batch_prompts, responses, where=f"at PPO step {step}").to(device)  # [B]
             with torch.no_grad(), autocast():
@@ -188,7 +190,7 @@ def train_ppo(
             )
             progress = Progress(phase="policy", step=step, total=config.max_steps, metrics=stats)
             # Rank 0's callback decides for every process (a cancel must not leave the others in a collective).
-            if distributed.should_stop(lambda: callback is not None and callback(progress)):
+            if distributed.should_stop(lambda progress=progress: callback is not None and callback(progress)):
                 log.info("ppo cancelled after step %d/%d", step, config.max_steps)
                 raise TrainingCancelled(f"Training cancelled after PPO step {step} of {config.max_steps}")
     except (TrainingCancelled, NonFiniteError) as exc:
@@ -469,8 +471,9 @@ def merged_adapter(policy: nn.Module) -> Iterator[None]:
 
     peft's LoRA layers add two small matmuls and a Python detour to every targeted module on every forward, and
     generate() runs one forward per token: with the adapter merged a decoding step costs what the base model's does
-    (n3-tiny, batch 8, one CPU thread: 8.0 instead of 10.9 ms per decoding step, medians of interleaved runs). The sampled tokens' log-probs are then computed
-    by score_responses on the unmerged model, as the update sees it. Unmerging subtracts the same delta again, so
+    (n3-tiny, batch 8, one CPU thread: 8.0 instead of 10.9 ms per decoding step, medians of interleaved runs).
+    The sampled tokens' log-probs are then computed by score_responses on the unmerged model, as the update sees it.
+    Unmerging subtracts the same delta again, so
     the base weights (the KL reference) come back to within float32 rounding.
     """
     # Layer by layer: PeftModel.merge_adapter() first walks and inspects every module, which costs more than the

@@ -4,8 +4,9 @@ The trainer calls ``callback(Progress(...))`` at each step of each phase. The CL
 a progress bar, the django-q2 job into database rows. A callback that returns ``True`` asks the
 trainer to stop: it stops cleanly before the next step and raises ``TrainingCancelled``.
 """
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 PHASES = ("base_model", "reward_model", "policy", "saving")
 

@@ -46,7 +46,7 @@ class TrainingResult:
         return path
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "TrainingResult":
+    def load(cls, path: Union[str, Path]) -> TrainingResult:
         path = Path(path)
         if path.is_dir():
             path = path / RESULTS_FILE

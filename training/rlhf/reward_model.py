@@ -72,7 +72,9 @@ class RewardModel(nn.Module):
         eos = self.tokenizer.eos_token or ""
         texts = [format_text(p, r) + eos for p, r in zip(prompts, responses)]
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
+        return {
+            "input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)
+        }
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unclamped scores [B]."""
@@ -133,7 +135,8 @@ def build_reward_model(
     The head's weight starts at zero and its bias at `initial_score` (the mean training score): the fit starts
     from exactly the predict-the-mean baseline that `val_mse_baseline` measures.
     """
-    resolve_base_model(base_model, models_dir=models_dir, callback=callback)  # builds a built-in model, reporting progress
+    # builds a built-in model, reporting progress
+    resolve_base_model(base_model, models_dir=models_dir, callback=callback)
     tokenizer = load_tokenizer(base_model, models_dir=models_dir, padding_side="right")
     tokenizer.truncation_side = "left"  # keep the response and the EOS, drop the start of a long prompt
     body = _load_body(base_model, models_dir)
@@ -352,10 +355,12 @@ class _Fit:
                 losses.append(loss.item())
                 self.steps += 1
                 # Rank 0's callback decides for every process of a multi-process run (see distributed.should_stop).
-                if distributed.should_stop(lambda: self.callback is not None and self.callback(Progress(
-                    phase="reward_model", step=min(self.steps, self.total), total=self.total,
-                    metrics={"loss": loss.item(), "epoch": epoch},
-                ))):
+                if distributed.should_stop(lambda loss=loss, epoch=epoch: self.callback is not None and self.callback(
+                    Progress(
+                        phase="reward_model", step=min(self.steps, self.total), total=self.total,
+                        metrics={"loss": loss.item(), "epoch": epoch},
+                    )
+                )):
                     raise TrainingCancelled(f"Training cancelled during reward model step {self.steps} of {self.total}")
             self.last_train_loss = sum(losses) / len(losses)
             if not val:
@@ -407,7 +412,9 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
     ranks = torch.empty_like(x)
     ranks[torch.argsort(x)] = torch.arange(len(x), dtype=torch.double)
     _, tie_group = torch.unique(x, return_inverse=True)
-    mean_rank = torch.zeros(int(tie_group.max()) + 1 if len(x) else 0, dtype=torch.double).index_add_(0, tie_group, ranks)
+    mean_rank = torch.zeros(int(tie_group.max()) + 1 if len(x) else 0, dtype=torch.double).index_add_(
+        0, tie_group, ranks
+    )
     return (mean_rank / torch.bincount(tie_group).double())[tie_group]
 
 

@@ -35,9 +35,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -51,17 +52,16 @@ from .context import check_fits_context, model_positions, positions_in
 from .data import FeedbackData, FeedbackRecord, heldout_split, prepare_feedback
 from .errors import ConfigError, TrainingCancelled
 from .evaluation import evaluate_policy
+from .layout import LOG_FILE, POLICY_DIR, RESULTS_FILE, REWARD_MODEL_DIR, UNFINISHED_OUTPUTS
+from .layout import tmp_name as _tmp
 from .modeling import lora_config_for, resolve_device, resolve_dtype
 from .ppo import train_ppo
 from .preference_data import check_preference_data
 from .progress import Progress, ProgressCallback
-from .layout import LOG_FILE, POLICY_DIR, RESULTS_FILE, REWARD_MODEL_DIR, UNFINISHED_OUTPUTS
-from .layout import tmp_name as _tmp
 from .results import TrainingEstimate, TrainingResult
 from .reward_model import fit_reward_model
 from .trl_algorithms import train_grpo, train_rloo
 from .trl_preference import train_dpo, train_kto
-
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def algorithm_fn(name: str) -> AlgorithmFn:
 
 class RLHFTrainer:
     def __init__(self, config: Optional[TrainingConfig] = None, *, models_dir: Union[str, Path, None] = None):
-        """`models_dir` holds the built-in base models and the dry run's timing calibrations ($MODELS_DIR by default)."""
+        """`models_dir` holds the built-in base models and the dry run's timing calibrations
+        ($MODELS_DIR by default)."""
         self.config = config or TrainingConfig()
         self.models_dir = Path(models_dir) if models_dir else None
 
@@ -144,7 +145,8 @@ class RLHFTrainer:
         output_dir = Path(output_dir)
         if (output_dir / RESULTS_FILE).exists():
             raise FileExistsError(
-                f"{output_dir} already holds a finished training run ({RESULTS_FILE}); train into a new version directory"
+                f"{output_dir} already holds a finished training run ({RESULTS_FILE}); "
+                "train into a new version directory"
             )
         device = self._device()
         main = distributed.is_main_process()  # rank 0 of a launcher, or a plain single process: the one that writes

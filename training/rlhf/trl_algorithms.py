@@ -60,7 +60,8 @@ import logging
 import math
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from datasets import Dataset
@@ -122,7 +123,7 @@ def train_trl(
         return run_trainer(trainer, policy=policy, recorder=recorder)
 
 
-def run_trainer(trainer, *, policy: torch.nn.Module, recorder: "StepRecorder") -> list[dict]:
+def run_trainer(trainer, *, policy: torch.nn.Module, recorder: StepRecorder) -> list[dict]:
     """trainer.train() the way every TRL algorithm here runs: against the adapter-disabled reference, quiet, and
     raising TrainingCancelled / NonFiniteError with the steps that ran as `exc.history`. Returns the history."""
     algorithm, config = recorder.algorithm, recorder.config
@@ -192,7 +193,7 @@ def prompt_queries(tokenizer, prompts: list[str], max_prompt_length: int) -> lis
     return queries
 
 
-def _reward_func(reward_fn: RewardFn, recorder: "StepRecorder") -> Callable[..., list[float]]:
+def _reward_func(reward_fn: RewardFn, recorder: StepRecorder) -> Callable[..., list[float]]:
     """TRL's reward-function protocol around ours: it gets the raw prompts (the reward model formats them itself)."""
 
     def reward_model(prompts: list[str], completions: list[str], raw_prompt: list[str], **_: Any) -> list[float]:
@@ -202,7 +203,7 @@ def _reward_func(reward_fn: RewardFn, recorder: "StepRecorder") -> Callable[...,
     return reward_model
 
 
-def _time_phases(trainer, recorder: "StepRecorder") -> None:
+def _time_phases(trainer, recorder: StepRecorder) -> None:
     """Time TRL's generation and generation+scoring methods (instance attributes shadow the class's)."""
     for name, phase in (("_generate", "generate"), ("_generate_and_score_completions", "rollout")):
         method = getattr(trainer, name, None)

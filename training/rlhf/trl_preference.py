@@ -70,7 +70,8 @@ import logging
 import random
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import datasets
 import torch

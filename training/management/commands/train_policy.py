@@ -29,10 +29,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("agent", nargs="?", help="Agent name, e.g. my_agent")
-        parser.add_argument("--dry-run", action="store_true", help="Print the estimate (steps, minutes, feedback statistics) and stop")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="Print the estimate (steps, minutes, feedback statistics) and stop")
         parser.add_argument("--async", dest="run_async", action="store_true",
                             help="Queue the job for a django-q2 worker (manage.py qcluster) and print the version")
-        parser.add_argument("--preset", help="Configuration preset: quick_test, production, low_memory, high_performance")
+        parser.add_argument("--preset",
+                            help="Configuration preset: quick_test, production, low_memory, high_performance")
         parser.add_argument("--max-steps", type=int, help="PPO steps")
         parser.add_argument("--learning-rate", type=float, help="Policy learning rate, e.g. 1e-5")
         parser.add_argument("--base-model", help='Base model: "n3-tiny" (built locally), a hub id or a local directory')
@@ -63,7 +65,9 @@ class Command(BaseCommand):
             raise CommandError(f"Agent '{options['agent']}' not found (agents are created by their first feedback).")
 
         try:
-            config = services.resolve_training_config(agent=agent, overrides=self.overrides(options), preset=options["preset"])
+            config = services.resolve_training_config(
+                agent=agent, overrides=self.overrides(options), preset=options["preset"]
+            )
             if options["dry_run"]:
                 return self.print_estimate(services.estimate_training(agent=agent, config=config, measure_here=True))
             version = services.queue_training(agent=agent, config=config, enqueue=options["run_async"])
@@ -83,13 +87,16 @@ class Command(BaseCommand):
         jobs.claim_version(version_id=version.pk)
         self.stdout.write(
             f"Training {version.agent.name} {version.version} on {version.feedback_count} feedback samples "
-            f"({version.config['base_model']}, {version.max_steps} steps) into {files.version_dir(version.agent.name, version.number)}"
+            f"({version.config['base_model']}, {version.max_steps} steps) "
+            f"into {files.version_dir(version.agent.name, version.number)}"
         )
         try:
             with jobs.keep_alive(version_id=version.pk):
                 version = run.run_version(version_id=version.pk, progress=True)
-        except KeyboardInterrupt:
-            raise CommandError(f"Interrupted: {version.agent.name} {version.version} is cancelled.", returncode=130)
+        except KeyboardInterrupt as exc:
+            raise CommandError(
+                f"Interrupted: {version.agent.name} {version.version} is cancelled.", returncode=130
+            ) from exc
         if version.status != PolicyVersion.Status.TRAINED:
             raise CommandError(f"{version.agent.name} {version.version} {version.status}: {version.error}")
         self.stdout.write(self.style.SUCCESS(
@@ -125,16 +132,17 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         try:
             run.run_version(version_id=version_id)
-        except PolicyVersion.DoesNotExist:
-            raise CommandError(f"No policy version with id {version_id}.")
+        except PolicyVersion.DoesNotExist as exc:
+            raise CommandError(f"No policy version with id {version_id}.") from exc
         except ServiceError as exc:
             raise CommandError(str(exc)) from exc
-        except KeyboardInterrupt:
-            raise CommandError("Interrupted; the version's status and error say how it ended.", returncode=130)
+        except KeyboardInterrupt as exc:
+            raise CommandError("Interrupted; the version's status and error say how it ended.", returncode=130) from exc
 
     def print_estimate(self, estimate: Any) -> None:
         lines = [
-            f"Feedback:        {estimate.feedback_count} scored samples, score {estimate.score_mean:.3f} ± {estimate.score_std:.3f}",
+            f"Feedback:        {estimate.feedback_count} scored samples, "
+            f"score {estimate.score_mean:.3f} ± {estimate.score_std:.3f}",
             f"Steps:           {estimate.estimated_steps}",
             f"Estimated time:  {estimate.estimated_time_minutes:g} minutes on this machine",
             f"Model:           {json.dumps(estimate.model_config)}",

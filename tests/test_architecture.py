@@ -1,0 +1,93 @@
+"""The house's layout, checked: imports between the apps run one way, the training core is Django-free, and its
+torch-free modules stay torch-free (the web process imports them)."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Lowest first: a module may import its own layer and the ones before it, never one after it.
+LAYERS = ["training.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "n3site"]
+# The training core's modules that the web process imports; none of them may load torch, transformers, peft or trl.
+TORCH_FREE = ["config", "context", "data", "errors", "estimate", "layout", "metrics", "preference_data", "progress",
+              "records", "results", "stats"]
+HEAVY = ("torch", "transformers", "peft", "trl", "accelerate")
+
+
+def layer_of(module: str) -> str | None:
+    """The longest layer name that ``module`` lies in ("training.rlhf.config" -> "training.rlhf")."""
+    matches = [layer for layer in LAYERS if module == layer or module.startswith(layer + ".")]
+    return max(matches, key=len) if matches else None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth of the file (function-local imports count too)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def source_files() -> list[Path]:
+    return [
+        path for app in ("api", "feedback", "n3site", "policies", "training")
+        for path in (ROOT / app).rglob("*.py") if "migrations" not in path.parts
+    ]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_imports_between_the_apps_run_one_way():
+    backwards = []
+    for path in source_files():
+        here = layer_of(module_name(path))
+        for imported in imports_of(path):
+            there = layer_of(imported)
+            if there is not None and LAYERS.index(there) > LAYERS.index(here):
+                backwards.append(f"{module_name(path)} imports {imported} ({here} must not import {there})")
+    assert not backwards, "\n".join(sorted(set(backwards)))
+
+
+def test_the_training_core_imports_neither_django_nor_an_app():
+    offending = []
+    for path in (ROOT / "training" / "rlhf").rglob("*.py"):
+        for imported in imports_of(path):
+            top = imported.split(".")[0]
+            if top in ("django", "rest_framework", "django_q", "api", "feedback", "policies", "n3site") or (
+                top == "training" and not imported.startswith("training.rlhf")
+            ):
+                offending.append(f"{module_name(path)} imports {imported}")
+    assert not offending, "\n".join(sorted(set(offending)))
+
+
+@pytest.mark.parametrize("name", TORCH_FREE)
+def test_the_torch_free_modules_of_the_core_load_no_deep_learning_library(name):
+    code = (
+        f"import sys, training.rlhf.{name}; "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"training.rlhf.{name} loads {out.stdout.strip()}"
+
+
+def test_the_documented_python_api_still_imports():
+    code = "from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult; print(RLHFTrainer.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "RLHFTrainer"
