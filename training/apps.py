@@ -38,10 +38,10 @@ def _worker_started(**kwargs) -> None:
     """A django-q2 worker starts: it releases the jobs a stopped cluster fetched and never ran, sweeps at once
     (jobs that died while no cluster ran end now) and then every N3_SWEEP_INTERVAL s in a thread, and learns how
     to tell that its cluster is stopping."""
-    from training import sweep, tasks  # noqa: PLC0415  (this module loads before the models)
+    from training import sweep, worker  # noqa: PLC0415  (this module loads before the models)
 
     started = timezone.now()
-    tasks.worker_started()
+    worker.started()
     try:
         sweep.release_stranded_jobs(locked_before=started)
         sweep.sweep_stale_versions()

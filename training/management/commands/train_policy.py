@@ -44,7 +44,7 @@ class Command(BaseCommand):
             help="Any other TrainingConfig field, value in JSON (repeatable): --set max_new_tokens=16 "
                  "--set use_lora=false --set reward_model_config.num_epochs=1",
         )
-        # Internal: how a django-q2 job runs a version it has claimed (training.tasks.training_command).
+        # Internal: how a django-q2 job runs a version it has claimed (training.processes.training_command).
         parser.add_argument("--version-id", type=int, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
