@@ -62,6 +62,9 @@ def race(jobs: list) -> list:
     return results
 
 
+@pytest.mark.slow
+
+
 def test_concurrent_loads_give_intact_models_and_later_loads_still_work(models_dir: Path):
     tokenizer = load_tokenizer(MODEL, models_dir=models_dir)
     reference = load_causal_lm(MODEL, models_dir=models_dir).eval()

@@ -42,6 +42,9 @@ def calibration_jobs() -> list:
     return [task for task in OrmQ.objects.all() if task.func() == "training.tasks.calibrate_timing"]
 
 
+@pytest.mark.slow
+
+
 def test_an_unmeasured_config_answers_at_once_and_the_worker_measures_it_once(api, models_dir):
     seed()
     started = time.perf_counter()
@@ -67,6 +70,9 @@ def test_an_unmeasured_config_answers_at_once_and_the_worker_measures_it_once(ap
     assert longer["estimateSource"] == "measured" and longer["estimatedTimeMinutes"] > hit["estimatedTimeMinutes"]
     assert len(calibration_jobs()) == 1  # nothing more queued
     assert not list((models_dir / timing.CALIBRATION_DIR).glob("*.pending.json"))
+
+
+@pytest.mark.slow
 
 
 def test_a_config_whose_measurement_failed_is_refused_saying_why(api, models_dir):

@@ -99,6 +99,8 @@ class TestRewardModelQuality:
         assert "correlate weakly" in warning and "0.10, below 0.3" in warning
         assert "undefined" in quality_warnings({**good, "val_pearson": None}, config)[0]
 
+    @pytest.mark.slow
+
     def test_scores_that_are_noise_warn_or_fail_the_fit(self):
         rng = random.Random(0)
         records = prepare_feedback([
@@ -110,6 +112,8 @@ class TestRewardModelQuality:
         with pytest.raises(RewardModelQualityError, match="on_poor_fit is 'fail'"):
             fit_reward_model(records, base_model=MODEL, config=RewardModelConfig(num_epochs=2, batch_size=8,
                              on_poor_fit="fail"), device=torch.device("cpu"), seed=0)
+
+    @pytest.mark.slow
 
     def test_large_feedback_uses_one_split_and_keeps_the_best_epoch(self):
         records = prepare_feedback([

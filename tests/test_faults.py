@@ -248,6 +248,7 @@ def test_a_full_disk_fails_the_version_with_the_reason_and_leaves_no_partial_mod
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_a_child_printing_nul_bytes_before_dying_still_gets_its_version_failed_portably(models_dir, settings):
     """The error quotes the child's last output. PostgreSQL refuses NUL in text, so an error carrying one would make
     the UPDATE that fails the version raise, leaving it running until the sweep: the NUL is escaped instead."""

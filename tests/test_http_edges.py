@@ -40,6 +40,9 @@ def chunks(data: bytes, size: int):
     return (data[i:i + size] for i in range(0, len(data), size))
 
 
+@pytest.mark.slow
+
+
 def test_chunked_json_post_is_read_in_full(site: Site):
     token = site.api_token()
     record = {"prompt": "What is 2 plus 2?", "response": "4.", "score": 0.75, "runId": "chunked-1"}
@@ -50,6 +53,9 @@ def test_chunked_json_post_is_read_in_full(site: Site):
     assert status == 201, data
     assert (data["prompt"], data["score"], data["runId"]) == (record["prompt"], 0.75, "chunked-1")
     assert site.feedback_rows("chunky") == {"chunked-1": (1, record["prompt"], 0.75)}
+
+
+@pytest.mark.slow
 
 
 def test_bodies_over_the_limit_answer_413_chunked_or_not(site: Site):
@@ -79,6 +85,9 @@ def test_bodies_over_the_limit_answer_413_chunked_or_not(site: Site):
     assert site.query("SELECT COUNT(*) FROM feedback_feedback")[0][0] == 5  # nothing of the refused ones
 
 
+@pytest.mark.slow
+
+
 def test_slow_clients_do_not_starve_a_single_worker(site: Site):
     """8 stalled bodies, 5 unfinished headers and 2 header tricklers against one worker with 4 threads: normal
     requests keep answering within their 5 s timeout. (gunicorn's gthread worker on the same load: the unfinished
@@ -100,6 +109,9 @@ def test_slow_clients_do_not_starve_a_single_worker(site: Site):
     assert max(latencies) < 5
     assert still_open == 15  # the slow clients were all there, waiting, the whole time
     assert len(site.feedback_rows("fast-bot")) == 20
+
+
+@pytest.mark.slow
 
 
 def test_a_stalled_body_is_answered_408_and_closed(tmp_path: Path):

@@ -129,6 +129,9 @@ def test_cancelling_a_queued_version_is_immediate_and_its_job_does_nothing(model
         services.cancel_training(version=version)
 
 
+@pytest.mark.slow
+
+
 def test_a_running_version_stops_at_the_next_step_once_cancel_is_requested(models_dir):
     version = queue(agent_with_feedback(), max_steps=50)
     jobs.claim_version(version_id=version.pk)
@@ -145,6 +148,9 @@ def test_a_running_version_stops_at_the_next_step_once_cancel_is_requested(model
 
 
 # --- running ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
 
 
 def test_run_version_trains_and_records_the_spec_metrics(models_dir):
@@ -180,6 +186,9 @@ def test_stored_paths_are_relative_to_the_project_when_models_dir_is_inside_it(s
     assert files.stored_path("/srv/models/x/v1/policy") == "/srv/models/x/v1/policy"
 
 
+@pytest.mark.slow
+
+
 def test_a_training_error_fails_the_version_with_its_reason(models_dir):
     version = queue(agent_with_feedback(), base_model=str(models_dir / "no-such-model"))
     jobs.claim_version(version_id=version.pk)
@@ -197,6 +206,7 @@ def test_a_training_error_fails_the_version_with_its_reason(models_dir):
     ("sh -c 'echo CUDA out of memory >&2; kill -KILL $$'", "The training process was killed by SIGKILL"),
     ("/no/such/launcher", "Could not start the training process (/no/such/launcher "),
 ])
+@pytest.mark.slow
 def test_a_child_that_cannot_record_an_outcome_fails_its_version_with_the_reason(
     models_dir, settings, launcher, reason,
 ):
@@ -211,6 +221,9 @@ def test_a_child_that_cannot_record_an_outcome_fails_its_version_with_the_reason
     assert version.error.startswith(reason)
     if "SIGKILL" in reason:
         assert version.error.endswith("Last output:\nCUDA out of memory")
+
+
+@pytest.mark.slow
 
 
 def test_a_training_longer_than_the_timeout_is_stopped_and_failed(models_dir, settings):

@@ -75,13 +75,22 @@ def assert_every_record_stored_once(site: Site, *, workers: int, threads: int) -
     assert "Using worker: asgi" in log
 
 
+@pytest.mark.slow
+
+
 def test_sqlite_stores_every_record_once_beside_slow_clients(tmp_path: Path):
     assert_every_record_stored_once(make_site(tmp_path), workers=2, threads=4)
+
+
+@pytest.mark.slow
 
 
 def test_one_worker_one_thread_serves_the_load_beside_slow_clients(tmp_path: Path):
     """The narrowest server: every request in turn on one thread; the slow clients must not take it."""
     assert_every_record_stored_once(make_site(tmp_path), workers=1, threads=1)
+
+
+@pytest.mark.slow
 
 
 def test_postgresql_stores_every_record_once(tmp_path: Path, postgres_url: str):

@@ -93,6 +93,9 @@ def run(tiny, policy, config, reward_fn=thanks_reward, **kwargs):
                      device=CPU, **kwargs)
 
 
+@pytest.mark.slow
+
+
 def test_lora_ppo_raises_an_easy_reward_and_reports_every_metric(tiny):
     config = make_config(max_steps=40)
     history = run(tiny, lora_policy(tiny, config), config)
@@ -108,6 +111,9 @@ def test_lora_ppo_raises_an_easy_reward_and_reports_every_metric(tiny):
     assert all(h["response_length"] <= config.max_new_tokens for h in history)
 
 
+@pytest.mark.slow
+
+
 def test_first_update_starts_from_the_sampling_policy(tiny):
     # One epoch over one mini-batch: the only gradient step happens after the metrics are measured,
     # so the ratio new/old must be exactly 1 there, and the reference (adapter off) must agree.
@@ -117,6 +123,9 @@ def test_first_update_starts_from_the_sampling_policy(tiny):
     assert stats["policy/approxkl"] < 1e-10
     assert stats["policy/clipfrac"] == 0.0
     assert stats["objective/rlhf_reward"] == pytest.approx(stats["objective/scores"])
+
+
+@pytest.mark.slow
 
 
 def test_full_finetuning_uses_a_frozen_copy_as_reference(tiny):
@@ -131,12 +140,18 @@ def test_full_finetuning_uses_a_frozen_copy_as_reference(tiny):
     assert all(p.requires_grad for p in policy.parameters())
 
 
+@pytest.mark.slow
+
+
 def test_missing_eos_penalty_lowers_the_rl_reward_but_not_the_reported_score(tiny):
     # One new token: the tiny model never answers with EOS straight away, so every response is cut short.
     config = make_config(max_steps=1, max_new_tokens=1, missing_eos_penalty=1.0)
     stats = run(tiny, lora_policy(tiny, config), config, reward_fn=lambda p, r: torch.full((len(r),), 0.5))[0]
     assert stats["objective/scores"] == 0.5
     assert stats["objective/rlhf_reward"] == pytest.approx(0.5 - 1.0)  # KL is 0 at step 1
+
+
+@pytest.mark.slow
 
 
 def test_options_whitened_rewards_fixed_kl_and_temperature(tiny):
@@ -146,12 +161,16 @@ def test_options_whitened_rewards_fixed_kl_and_temperature(tiny):
     assert all(math.isfinite(h[k]) for h in history for k in METRIC_KEYS)
 
 
+@pytest.mark.slow
+
+
 def test_lora_requires_a_peft_model(tiny):
     with pytest.raises(ConfigError, match="PeftModel"):
         run(tiny, copy.deepcopy(tiny[1]), make_config(use_lora=True))
 
 
 @pytest.mark.parametrize("accumulation, steps_per_epoch", [(4, 1), (1, 2)])
+@pytest.mark.slow
 def test_gradient_accumulation_steps_the_optimizer_once_per_group(tiny, accumulation, steps_per_epoch):
     # The low_memory preset: batch 4, mini-batch 2, accumulate 4 -> the epoch's 2 mini-batches share one step.
     low_memory = {k: PRESETS["low_memory"][k] for k in ("batch_size", "mini_batch_size", "lora_r")}
@@ -164,6 +183,9 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_group(tiny, accumula
         handle.remove()
     assert len(history) == 2
     assert len(optimizer_steps) == config.max_steps * config.ppo_epochs * steps_per_epoch
+
+
+@pytest.mark.slow
 
 
 def test_callback_returning_true_stops_after_that_step(tiny):
@@ -180,16 +202,25 @@ def test_callback_returning_true_stops_after_that_step(tiny):
     assert [h["step"] for h in excinfo.value.history] == [1, 2]
 
 
+@pytest.mark.slow
+
+
 def test_non_finite_reward_stops_training_with_a_clear_error(tiny):
     config = make_config()
     with pytest.raises(NonFiniteError, match="non-finite scores.*step 1"):
         run(tiny, lora_policy(tiny, config), config, reward_fn=lambda p, r: torch.full((len(r),), float("nan")))
 
 
+@pytest.mark.slow
+
+
 def test_reward_fn_must_return_one_score_per_response(tiny):
     config = make_config()
     with pytest.raises(ValueError, match="1 scores for 8 responses"):
         run(tiny, lora_policy(tiny, config), config, reward_fn=lambda p, r: torch.tensor([0.5]))
+
+
+@pytest.mark.slow
 
 
 def test_run_logs_one_line_per_step(tiny, caplog):
@@ -202,6 +233,7 @@ def test_run_logs_one_line_per_step(tiny, caplog):
 
 
 # -- the pieces ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_queries_are_left_padded_and_cut_from_the_left(tiny):
     tokenizer = tiny[0]
     long = tokenizer("how do I reset my password\n")["input_ids"]
@@ -212,6 +244,9 @@ def test_queries_are_left_padded_and_cut_from_the_left(tiny):
     assert ids.shape == mask.shape == (2, width)
     assert ids[1].tolist() == long[-width:] and mask[1].all()  # the end, next to the answer, is what survives
     assert ids[0].tolist() == [0, 0] + short and mask[0].tolist() == [0, 0] + [1] * len(short)
+
+
+@pytest.mark.slow
 
 
 def test_left_padding_does_not_change_logprobs(tiny):

@@ -174,6 +174,7 @@ def test_deleting_versions_and_agents_in_the_admin_deletes_their_files(models_di
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_a_re_created_agent_trains_v1_beside_what_a_deleted_agent_left(models_dir):
     """An agent deleted before deletes removed files left bot/v1 with a finished run: the new v1 trained into it
     raised FileExistsError. The old directory is set aside instead."""
@@ -271,6 +272,7 @@ def test_a_stopped_training_process_is_ended_after_the_stall_timeout(tmp_path):
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_feedback_count_is_the_number_trained_on_when_rows_change_before_the_job_starts(models_dir):
     version = queue(scored=14, enqueue=False)
     assert version.feedback_count == 14

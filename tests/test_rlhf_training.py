@@ -188,6 +188,9 @@ def reward_model():
     return fit_reward_model(records, base_model=MODEL, config=config, device=torch.device("cpu"), seed=0)
 
 
+@pytest.mark.slow
+
+
 class TestRewardModel:
     def test_fit_beats_the_predict_the_mean_baseline(self, reward_model):
         metrics = reward_model.metrics
@@ -250,6 +253,9 @@ def trained(tmp_path_factory):
 
     result = RLHFTrainer(tiny_config()).train(feedbacks=toy_feedback(), output_dir=output_dir, callback=callback)
     return result, output_dir, events, live_log[0]
+
+
+@pytest.mark.slow
 
 
 class TestRLHFTrainer:
@@ -439,6 +445,9 @@ def tiny_policy(use_lora: bool = True):
 def short_answers(prompts, responses):
     """A cheap deterministic reward: 1 for an empty answer, falling with its length."""
     return torch.tensor([1.0 / (1 + len(r)) for r in responses])
+
+
+@pytest.mark.slow
 
 
 class TestTRLAlgorithms:

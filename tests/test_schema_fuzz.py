@@ -121,7 +121,8 @@ def test_success_bodies_match_the_schema(api_schema, token, seeded):
     response = queued.call_and_validate(headers=auth)
     assert response.status_code == 202 and response.json()["version"] == "v4"
     # Queued only: its job waits in the ORM queue (no worker runs here, and no training started in this process).
-    assert [q.args() for q in OrmQ.objects.all()] == [(PolicyVersion.objects.get(number=4).pk,)]
+    training_jobs = [q.args() for q in OrmQ.objects.all() if q.func() == "training.tasks.run_policy_version"]
+    assert training_jobs == [(PolicyVersion.objects.get(number=4).pk,)]
 
     listed = api_schema["/api/policies/{agent}"]["GET"].Case(path_parameters={"agent": "bot"}).call_and_validate(
         headers=auth

@@ -30,6 +30,9 @@ def train_policy(*args: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.slow
+
+
 def test_trains_in_process_and_records_the_version_like_the_api(agent, capsys):
     out = train_policy("bot", "--max-steps", "2", "--learning-rate", "1e-4", "--set", "max_new_tokens=6")
 
@@ -46,6 +49,7 @@ def test_trains_in_process_and_records_the_version_like_the_api(agent, capsys):
     assert "reward model" in bars and "PPO" in bars and "2/2" in bars and "KL" in bars
 
 
+@pytest.mark.slow  # with nothing measured yet, the CLI measures in its own process (a miniature run)
 def test_dry_run_prints_the_estimate_and_creates_nothing(agent):
     out = train_policy("bot", "--dry-run", "--max-steps", "40")
 
@@ -90,6 +94,9 @@ def test_too_little_feedback_is_refused(agent):
         train_policy("small")
 
 
+@pytest.mark.slow
+
+
 def test_a_failed_training_is_reported_with_its_reason(agent, tmp_path):
     with pytest.raises(CommandError) as error:
         train_policy("bot", "--max-steps", "2", "--base-model", str(tmp_path / "missing"))
@@ -97,6 +104,9 @@ def test_a_failed_training_is_reported_with_its_reason(agent, tmp_path):
     version = PolicyVersion.objects.get()
     assert version.status == "failed"
     assert str(error.value).startswith("bot v1 failed: Base model") and "missing" in str(error.value)
+
+
+@pytest.mark.slow
 
 
 def test_the_command_line_prints_errors_without_a_traceback(tmp_path):
