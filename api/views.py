@@ -154,7 +154,9 @@ class TrainPolicyView(APIView):
             "beyond the operator's training time limit (400 naming the field; see the README's table). "
             "Needs at least 10 scored feedback samples. `baseModel` must be a built-in model (n3-tiny, "
             "n3-tiny-random), a hub id, or a directory under MODELS_DIR / N3_ALLOWED_MODEL_DIRS. "
-            "The estimate's time is measured by a miniature run on this machine (cached per model and batch shape)."
+            "The dry run answers at once: its time comes from the workers' measurement of this configuration "
+            "(`estimateSource: \"measured\"`) or, before there is one, from a rough default (`\"default\"`) while a "
+            "worker measures it."
         ),
         request=TrainPolicyRequestSerializer,
         responses={

@@ -237,6 +237,16 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: children, their children, ..."""
+    found, todo = [], [pid]
+    while todo:
+        for child in children_of(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 # --- a real web server and concurrent HTTP clients -------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ import pytest
 
 from feedback import services as feedback_services
 from policies.models import Agent
-from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
+from tests.sites import LEAN_CONFIG, children_of, descendants, feedback_records, make_site, tmp_models_dir
 from training import jobs, run, services
 from training.rlhf.results import RESULTS_FILE
 
@@ -108,15 +108,6 @@ def run_job(site, pk: int, timeout: float = 300) -> str:
         return job.communicate(timeout=timeout)[0]
     finally:
         job.kill()
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for child in children_of(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def training_starts(site, number: int) -> int:

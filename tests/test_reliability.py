@@ -25,18 +25,9 @@ from django.utils import timezone
 from feedback import services as feedback_services
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
-from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
+from tests.sites import LEAN_CONFIG, children_of, descendants, feedback_records, make_site, tmp_models_dir
 from training import files, run, selectors, services
 from training.rlhf.layout import LOG_FILE, RESULTS_FILE
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        for child in children_of(todo.pop()):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def wait_gone(pids: list[int], timeout: float) -> None:
