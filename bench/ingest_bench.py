@@ -133,7 +133,7 @@ def raw_sqlite_rate(site: Site, records: int) -> float:
         for sql in schema:
             db.execute(sql)
         db.execute("INSERT INTO policies_agent (name, description, default_training_config, version_counter, "
-                   "created_at) VALUES ('raw', '', 'null', 0, '2026-01-01')")
+                   "traffic, record_served, created_at) VALUES ('raw', '', 'null', 0, '{}', 0, '2026-01-01')")
         rows = []
         for client in range(16):
             for record in load_records(client, records // 16, random.Random(client)):

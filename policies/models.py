@@ -23,6 +23,14 @@ class Agent(models.Model):
     default_training_config = models.JSONField(default=dict, blank=True)
     # The highest version number ever given to this agent: a deleted version's number is never given again.
     version_counter = models.PositiveIntegerField(default=0, editable=False)
+    # Deployment: the version the inference process serves for "model": "<agent>", and an optional split of its
+    # traffic among trained versions ({"v3": 0.9, "v4": 0.1}: shares summing to 1; empty: all to active_version).
+    active_version = models.ForeignKey(
+        "PolicyVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    traffic = models.JSONField(default=dict, blank=True)
+    # Store each response the inference process serves as unscored feedback tied to its version (review queue).
+    record_served = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -61,6 +69,8 @@ class PolicyVersion(models.Model):
     model_path = models.CharField(max_length=500, blank=True)
     reward_model_path = models.CharField(max_length=500, blank=True)
     error = models.TextField(blank=True)
+    # Why a version was or was not promoted after training (promote: "if_better"), in words.
+    promotion_note = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True)
     cancel_requested = models.BooleanField(default=False)
     created_by = models.ForeignKey(

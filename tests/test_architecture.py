@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first: a module may import its own layer and the ones before it, never one after it.
-LAYERS = ["training.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "n3site"]
+LAYERS = ["training.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "inference", "n3site"]
 # The training core's modules that the web process imports; none of them may load torch, transformers, peft or trl.
 TORCH_FREE = ["config", "context", "data", "errors", "estimate", "layout", "metrics", "preference_data", "progress",
               "records", "results", "stats"]
@@ -44,7 +44,7 @@ def imports_of(path: Path) -> set[str]:
 
 def source_files() -> list[Path]:
     return [
-        path for app in ("api", "feedback", "n3site", "policies", "training")
+        path for app in ("api", "feedback", "inference", "n3site", "policies", "training")
         for path in (ROOT / app).rglob("*.py") if "migrations" not in path.parts
     ]
 
