@@ -94,15 +94,21 @@ def kl_per_response(
     model: PreTrainedModel, reference: Callable[[], contextlib.AbstractContextManager], samples: Samples,
     config: TrainingConfig,
 ) -> list[float]:
-    """k3 estimate of KL(model || reference) per sampled response (nats, summed over its tokens, >= 0)."""
+    """k3 estimate of KL(model || reference) per sampled response (nats, summed over its tokens, >= 0). In eval
+    mode: dropout would make a model differ from itself (0.02 nats between a version and an identical one)."""
     out: list[float] = []
-    for query_ids, query_mask, response_ids, response_mask in samples.chunks:
-        logprobs, _ = score_responses(model, None, query_ids, query_mask, response_ids, config)  # [n, R]
-        with reference() as ref_model:
-            ref_logprobs, _ = score_responses(ref_model, None, query_ids, query_mask, response_ids, config)
-        log_ratio = (ref_logprobs - logprobs).clamp(-20, 20)  # log(p_ref / p_model) per token
-        k3 = (log_ratio.exp() - 1 - log_ratio) * response_mask
-        out += k3.sum(dim=1).tolist()
+    was_training = model.training
+    model.eval()
+    try:
+        for query_ids, query_mask, response_ids, response_mask in samples.chunks:
+            logprobs, _ = score_responses(model, None, query_ids, query_mask, response_ids, config)  # [n, R]
+            with reference() as ref_model:
+                ref_logprobs, _ = score_responses(ref_model, None, query_ids, query_mask, response_ids, config)
+            log_ratio = (ref_logprobs - logprobs).clamp(-20, 20)  # log(p_ref / p_model) per token
+            k3 = (log_ratio.exp() - 1 - log_ratio) * response_mask
+            out += k3.sum(dim=1).tolist()
+    finally:
+        model.train(was_training)
     return out
 
 
