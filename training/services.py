@@ -82,7 +82,38 @@ def resolve_training_config(
     # Only what someone set on purpose: the preset's values and the defaults are never refused for it.
     explicit = {**dict.fromkeys(agent_defaults, agent_layer), **dict.fromkeys(overrides or {}, "")}
     check_fields_used(config.algorithm, explicit)
-    return config
+    return resolve_init_from(agent=agent, config=config, base_model_set="base_model" in explicit)
+
+
+def resolve_init_from(*, agent: Agent, config: TrainingConfig, base_model_set: bool = False) -> TrainingConfig:
+    """The run's starting point made definite: init_from "active" becomes the agent's active version ("v3"), and a
+    version must be one of the agent's trained versions. The run keeps that version's model family (its
+    base_model); run.py loads the version's policy/ in its place. Raises ConfigError naming init_from, or base_model
+    when one set on purpose is not the version's."""
+    if config.init_from == "base":
+        return config
+    if config.init_from == "active":
+        active = Agent.objects.filter(pk=agent.pk).values_list("active_version", flat=True).get()
+        start = PolicyVersion.objects.filter(pk=active).first() if active else None
+        if start is None:
+            raise ConfigError.field(
+                "init_from", f"is 'active', but agent {agent.name} has no active version (promote one first)"
+            )
+    else:
+        start = PolicyVersion.objects.filter(agent=agent, number=int(config.init_from[1:])).first()
+        if start is None:
+            raise ConfigError.field("init_from", f"names {config.init_from}, which agent {agent.name} does not have")
+    if start.status != Status.TRAINED:
+        raise ConfigError.field(
+            "init_from", f"names {start.version}, which is {start.status}: only a trained version can be a start"
+        )
+    family = (start.config or {}).get("base_model") or config.base_model
+    if base_model_set and config.base_model != family:
+        raise ConfigError.field(
+            "base_model", f"is {config.base_model!r}, but init_from {start.version} descends from {family!r}: "
+            "leave base_model out"
+        )
+    return config.replace(init_from=start.version, base_model=family)
 
 
 def preset_values(preset: Optional[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,6 +16,9 @@ from .errors import ConfigError
 ALGORITHMS = ("ppo", "rloo", "grpo", "kto", "dpo")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PROMOTE = ("never", "if_better", "always")
+# init_from: "base" (base_model), "active" (the agent's active version) or a version "vN".
+INIT_FROM = re.compile(r"base|active|v[1-9][0-9]{0,8}")
 # Ceilings far above any real run, so a typo (or a hostile request) cannot ask a dry run's calibration or a
 # training for a million rollouts per step and exhaust the machine's memory before anything can fail cleanly, nor
 # start a run that can only overflow (a KL coefficient of 1e308) or that the model cannot take.
@@ -25,7 +29,7 @@ MAXIMA = {
     "cv_folds": 20, "cross_validation_below": 100000,
     "seed": 2**32 - 1, "temperature": 100.0, "init_kl_coef": 100.0, "vf_coef": 100.0,
     "missing_eos_penalty": 100.0, "target_kl": 10000.0, "kl_horizon": 10**9, "cliprange": 100.0,
-    "cliprange_value": 100.0, "max_grad_norm": 1e6,
+    "cliprange_value": 100.0, "max_grad_norm": 1e6, "promote_max_kl": 1e6,
 }
 # Floors: seed is what torch and numpy accept; below a temperature of 0.01 the logits / temperature overflow.
 MINIMA = {"seed": 0, "temperature": 0.01}
@@ -167,6 +171,15 @@ class TrainingConfig:
     eval_fraction: float = 0.2
     eval_max_prompts: int = 32
     eval_samples_per_prompt: int = 2
+    # Incremental training. Where the policy starts: "base" (base_model), "active" or "vN". The service resolves
+    # it ("active" -> "vN") and trains from that version's policy/, which is then the KL reference and the
+    # evaluation's baseline; base_model stays the model family it descends from.
+    init_from: str = "base"
+    # After training: "never" (the spec's behaviour), "if_better" (the evaluation's win-rate interval lies above 0.5
+    # and its KL is at most promote_max_kl, nats per response), or "always". The outcome is the version's
+    # promotion note.
+    promote: str = "never"
+    promote_max_kl: float = 10.0
     reward_model_config: RewardModelConfig = field(default_factory=RewardModelConfig)
 
     def __post_init__(self) -> None:
@@ -195,7 +208,13 @@ class TrainingConfig:
         _at_most(self)
         _in_range(self, "lora_dropout", 0.0, 1.0, high_open=True)
         _in_range(self, "eval_fraction", 0.0, 0.5)
-        _positive(self, "eval_max_prompts", "eval_samples_per_prompt")
+        _positive(self, "eval_max_prompts", "eval_samples_per_prompt", "promote_max_kl")
+        if not INIT_FROM.fullmatch(self.init_from):
+            raise ConfigError.field(
+                "init_from", f"must be 'base', 'active' or a version such as 'v3', got {self.init_from!r}"
+            )
+        if self.promote not in PROMOTE:
+            raise ConfigError.field("promote", f"must be one of {', '.join(PROMOTE)}, got {self.promote!r}")
         _in_range(self, "gamma", 0.0, 1.0)
         _in_range(self, "lam", 0.0, 1.0)
         _at_least(self)

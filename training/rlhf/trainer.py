@@ -284,15 +284,17 @@ class RLHFTrainer:
     def _evaluate(
         self, policy: torch.nn.Module, tokenizer, heldout: list[str], reward_model, device: torch.device
     ) -> dict:
-        """evaluation.evaluate_policy with this version's reward model; the reference is the base model (with LoRA,
-        the policy's own adapter disabled; otherwise loaded again)."""
+        """evaluation.evaluate_policy with this version's reward model; the reference is the model it started from
+        (base_model, named after init_from "vN" when that is what it is; with LoRA, the policy's own adapter disabled;
+        otherwise loaded again)."""
         config = self.config
         reference = None if isinstance(policy, PeftModel) else load_causal_lm(
             config.base_model, models_dir=self.models_dir, dtype=torch.float32, device=device,
         )
         return evaluate_policy(
             policy=policy, reference=reference, tokenizer=tokenizer, prompts=heldout, score_fn=reward_model.score,
-            config=config, device=device, baseline=f"base model {config.base_model}",
+            config=config, device=device,
+            baseline=f"base model {config.base_model}" if config.init_from == "base" else config.init_from,
             scored_by="this version's reward model",
         )
 
