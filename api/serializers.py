@@ -409,6 +409,10 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
     metrics = MetricsField()
     config = serializers.SerializerMethodField(help_text="The full resolved TrainingConfig, camelCase")
     error = serializers.CharField(read_only=True, allow_null=True)
+    promotionNote = serializers.CharField(
+        source="promotion_note", read_only=True, allow_null=True,
+        help_text="Why the version was promoted after training or not (the request's promote); null when not asked",
+    )
     cancelRequested = serializers.BooleanField(source="cancel_requested", read_only=True)
     queuedAt = serializers.DateTimeField(source="queued_at", read_only=True)
     startedAt = serializers.DateTimeField(source="started_at", read_only=True, allow_null=True)
@@ -430,6 +434,7 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
     def to_representation(self, instance):
         data = super().to_representation(instance)
         data["error"] = data["error"] or None
+        data["promotionNote"] = data["promotionNote"] or None
         return data
 
 
