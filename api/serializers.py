@@ -22,6 +22,7 @@ from rest_framework import serializers
 from rest_framework.reverse import reverse
 
 from policies.models import PolicyVersion
+from training.deployment import HumanScore, human_scores
 from training.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
 from training.rlhf.metrics import SPEC_NAMES
 
@@ -371,8 +372,27 @@ class VersionUrlField(serializers.Field):
         )
 
 
+_HUMAN_SCORE = {
+    "type": "object",
+    "description": "The A/B result from people: feedback tied to this version (its `policyVersion`), how much of it "
+                   "is scored, and the mean score with its 95 % t-interval (null below 2 scored records)",
+    "properties": {
+        "n": {"type": "integer", "description": "Feedback records tied to this version"},
+        "nScored": {"type": "integer", "description": "Of those, scored"},
+        "mean": {**_NUMBER_OR_NULL, "description": "Mean score of the scored ones"},
+        "ci": {**_INTERVAL, "description": "95 % interval of the mean [low, high] (Student's t)"},
+    },
+    "required": ["n", "nScored", "mean", "ci"],
+}
+
+
+def api_human_score(score: HumanScore) -> dict[str, Any]:
+    return {"n": score.n, "nScored": score.n_scored, "mean": score.mean, "ci": list(score.ci) if score.ci else None}
+
+
 class PolicyVersionSummarySerializer(serializers.Serializer):
-    """One item of ``GET /api/policies/<agent>``."""
+    """One item of ``GET /api/policies/<agent>``. Its human scores come from ``context["human_scores"]``
+    (training.deployment.human_scores: one query for a whole list), else one query for this version."""
 
     version = serializers.CharField(read_only=True, help_text='"v1", "v2", ... per agent')
     policyId = serializers.CharField(source="policy_id", read_only=True)
@@ -386,11 +406,29 @@ class PolicyVersionSummarySerializer(serializers.Serializer):
     rewardModelPath = serializers.CharField(source="reward_model_path", read_only=True, allow_null=True)
     metrics = MetricsSummaryField()
     warnings = serializers.SerializerMethodField()
+    active = serializers.SerializerMethodField()
+    trafficShare = serializers.SerializerMethodField()
+    humanScore = serializers.SerializerMethodField()
     url = VersionUrlField()
 
     @extend_schema_field(_WARNINGS)
     def get_warnings(self, version: PolicyVersion) -> list[str]:
         return version.warnings
+
+    @extend_schema_field({"type": "boolean", "description": "The agent's active version (promoted)"})
+    def get_active(self, version: PolicyVersion) -> bool:
+        return version.agent.active_version_id == version.pk
+
+    @extend_schema_field({**_NUMBER_OR_NULL, "description": "Its share of the agent's traffic split; null when the "
+                                                            "split does not name it or there is none"})
+    def get_trafficShare(self, version: PolicyVersion) -> Optional[float]:
+        return (version.agent.traffic or {}).get(version.version)
+
+    @extend_schema_field(_HUMAN_SCORE)
+    def get_humanScore(self, version: PolicyVersion) -> dict[str, Any]:
+        scores = self.context.get("human_scores")
+        score = scores[version.pk] if scores and version.pk in scores else human_scores([version])[version.pk]
+        return api_human_score(score)
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
@@ -436,6 +474,47 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
         data["error"] = data["error"] or None
         data["promotionNote"] = data["promotionNote"] or None
         return data
+
+
+class DeploymentSerializer(serializers.Serializer):
+    """An agent's deployment state: what answers ``"model": "<agent>"`` at the inference process."""
+
+    agent = serializers.CharField(read_only=True)
+    activeVersion = serializers.CharField(
+        source="active_version", read_only=True, allow_null=True,
+        help_text='The promoted version ("v3"); null when none is',
+    )
+    traffic = serializers.DictField(
+        child=serializers.FloatField(), read_only=True,
+        help_text='The split among trained versions ({"v3": 0.9, "v4": 0.1}, summing to 1); {} sends all traffic '
+                  "to activeVersion",
+    )
+    recordServed = serializers.BooleanField(
+        source="record_served", read_only=True,
+        help_text="Each served response is stored as unscored feedback tied to its version (review queue)",
+    )
+
+
+TRAFFIC_REQUEST = {
+    "type": "object",
+    "description": 'The new traffic split: version -> share ({"v3": 0.9, "v4": 0.1}); shares are numbers in (0, 1] '
+                   "summing to 1, over trained versions; {} clears the split. `recordServed` (optional) sets the "
+                   "record-served switch; a body with only `recordServed` leaves the split as it is.",
+    "properties": {"recordServed": {"type": "boolean"}},
+    "additionalProperties": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+}
+
+
+def traffic_request(data: Any) -> tuple[Optional[dict], Optional[bool]]:
+    """A PUT traffic body as (shares or None to leave the split, recordServed or None); 400 for a non-object or a
+    recordServed that is not a boolean. The shares are checked by the service."""
+    if not isinstance(data, Mapping):
+        raise serializers.ValidationError('Expected a JSON object such as {"v3": 0.9, "v4": 0.1}')
+    shares = {str(key): value for key, value in data.items() if key != "recordServed"}
+    record_served = data.get("recordServed")
+    if "recordServed" in data and not isinstance(record_served, bool):
+        raise serializers.ValidationError({"recordServed": ["Must be true or false."]})
+    return (None if not shares and "recordServed" in data else shares), record_served
 
 
 class RoundedFloatField(serializers.FloatField):

@@ -21,15 +21,18 @@ from feedback.models import Feedback
 from feedback.services import record_feedback, record_feedback_batch
 from policies import selectors
 from policies.models import agent_name_validator
-from training import services
+from training import deployment, services
 
 from .feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, validated_feedback
 from .permissions import shown_to
 from .serializers import (
+    TRAFFIC_REQUEST,
+    DeploymentSerializer,
     DryRunSerializer,
     PolicyVersionSerializer,
     PolicyVersionSummarySerializer,
     TrainPolicyRequestSerializer,
+    traffic_request,
 )
 
 
@@ -193,8 +196,9 @@ class PolicyVersionListView(APIView):
         responses={200: PolicyVersionSummarySerializer(many=True), **_errors(401, 403, 404)},
     )
     def get(self, request: Request, agent: str) -> Response:
-        versions = selectors.policy_versions_for(agent_name=agent)
-        body = PolicyVersionSummarySerializer(versions, many=True, context={"request": request}).data
+        versions = list(selectors.policy_versions_for(agent_name=agent))
+        context = {"request": request, "human_scores": deployment.human_scores(versions)}
+        body = PolicyVersionSummarySerializer(versions, many=True, context=context).data
         return Response(shown_to(request, body))
 
 
@@ -229,3 +233,49 @@ class PolicyVersionCancelView(APIView):
     def post(self, request: Request, agent: str, version: str) -> Response:
         cancelled = services.cancel_policy_training(agent_name=agent, version=version)
         return Response(PolicyVersionSerializer(cancelled, context={"request": request}).data)
+
+
+class PromoteView(APIView):
+    required_permissions = {"POST": "policies.change_policyversion"}
+
+    @extend_schema(
+        operation_id="promote_policy_version",
+        summary="Make a trained version the agent's active one (it takes all traffic)",
+        parameters=[AGENT, VERSION],
+        description="Clears a traffic split: the promoted version answers every request for the agent. "
+                    "409 for a version that is not trained.",
+        request=None,
+        responses={200: DeploymentSerializer, **_errors(401, 403, 404, 409)},
+    )
+    def post(self, request: Request, agent: str, version: str) -> Response:
+        promoted = deployment.promote_version(agent_name=agent, version=version)
+        return Response(DeploymentSerializer(deployment.deployment_state(promoted)).data)
+
+
+class TrafficView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion", "PUT": "policies.change_policyversion"}
+
+    @extend_schema(
+        operation_id="get_deployment",
+        summary="The agent's deployment: active version, traffic split, record-served switch",
+        parameters=[AGENT],
+        responses={200: DeploymentSerializer, **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str) -> Response:
+        return Response(DeploymentSerializer(deployment.deployment_state(selectors.get_agent(name=agent))).data)
+
+    @extend_schema(
+        operation_id="set_traffic",
+        summary="Split the agent's traffic among trained versions (sticky per end user)",
+        parameters=[AGENT],
+        description="Replaces the split; `{}` clears it (all traffic to the active version). Each end user (the "
+                    "OpenAI `user` field) is assigned to one version by a hash, the same one while the split stays. "
+                    "400 for bad shares or an unknown version, 409 for a version not trained.",
+        request={"application/json": TRAFFIC_REQUEST},
+        responses={200: DeploymentSerializer, **_errors(400, 401, 403, 404, 409, 413, 415)},
+        examples=[OpenApiExample("A/B test", request_only=True, value={"v3": 0.9, "v4": 0.1})],
+    )
+    def put(self, request: Request, agent: str) -> Response:
+        shares, record_served = traffic_request(request.data)
+        updated = deployment.set_traffic(agent_name=agent, shares=shares, record_served=record_served)
+        return Response(DeploymentSerializer(deployment.deployment_state(updated)).data)

@@ -27,7 +27,7 @@ def readme_curls() -> dict[str, str]:
         for command in re.split(r"\n(?=curl )", block.strip()):
             if not command.startswith("curl "):
                 continue
-            method = "POST" if "-X POST" in command else "GET"
+            method = re.search(r"-X (\w+)", command)[1] if "-X " in command else "GET"
             path = re.search(r"http://localhost:8000/api/policies/(\S+)", command).group(1)
             key = f"{method} {path}"
             if '"dryRun": true' in command:
@@ -63,7 +63,7 @@ def test_the_readme_commands_match_the_spec_quick_start():
     assert set(curls) == {
         "POST feedback/my_agent", "POST train_policy/my_agent (dry run)", "POST train_policy/my_agent",
         "GET my_agent", "GET my_agent | jq", "GET my_agent | jq (evaluation)", "GET my_agent/v1",
-        "POST my_agent/v1/cancel",
+        "POST my_agent/v1/cancel", "POST my_agent/v2/promote", "PUT my_agent/traffic", "GET my_agent/traffic",
     }
     assert all('-H "Authorization: Token $TOKEN"' in command for command in curls.values())
     assert '"dryRun": false' in curls["POST train_policy/my_agent"]
@@ -115,3 +115,12 @@ def test_the_readme_curls_work_against_a_running_server(server):
         }
     assert json.loads(run(curls["GET my_agent/v1"], base, token))["policyId"] == queued["policyId"]
     assert json.loads(run(curls["POST my_agent/v1/cancel"], base, token))["status"] == "cancelled"
+
+    # Deploy: two trained versions (rows only: deployment reads the status, not the files) to promote and split.
+    site.shell("from policies.models import Agent, PolicyVersion; agent = Agent.objects.get(name='my_agent'); "
+               "[PolicyVersion.objects.create(agent=agent, number=n, status='trained') for n in (2, 3)]")
+    promoted = json.loads(run(curls["POST my_agent/v2/promote"], base, token))
+    assert promoted == {"agent": "my_agent", "activeVersion": "v2", "traffic": {}, "recordServed": False}
+    split = {"agent": "my_agent", "activeVersion": "v2", "traffic": {"v2": 0.9, "v3": 0.1}, "recordServed": False}
+    assert json.loads(run(curls["PUT my_agent/traffic"], base, token)) == split
+    assert json.loads(run(curls["GET my_agent/traffic"], base, token)) == split

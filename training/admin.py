@@ -86,6 +86,8 @@ class AgentAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("<int:pk>/train/", wrap(admin_views.train_agent), {"model_admin": self}, name="policies_agent_train"),
+            path("<int:pk>/deploy/", wrap(admin_views.deploy_agent), {"model_admin": self},
+                 name="policies_agent_deploy"),
             *super().get_urls(),
         ]
 
@@ -99,13 +101,15 @@ class AgentAdmin(admin.ModelAdmin):
         agent = self.get_object(request, object_id)
         extra = {"n3": admin_views.agent_panels(agent)} if agent else {}
         extra["can_train"] = self.has_train_permission(request)
+        extra["can_deploy"] = request.user.has_perm("policies.change_policyversion")
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
 
 @admin.register(PolicyVersion)
 class PolicyVersionAdmin(admin.ModelAdmin):
     list_display = [
-        "__str__", "status_badge", "progress_text", "reward_mean", "kl", "feedback_count", "queued_at", "finished_at",
+        "__str__", "status_badge", "deployed", "progress_text", "reward_mean", "kl", "feedback_count", "queued_at",
+        "finished_at",
     ]
     list_filter = ["agent", "status"]
     list_select_related = ["agent"]
@@ -136,6 +140,14 @@ class PolicyVersionAdmin(admin.ModelAdmin):
             '<span class="n3-status-badge n3-status-{}">{}</span> {}', version.status, version.get_status_display(),
             render_to_string("n3/_warning_badge.html", {"warnings": version.warnings}),
         )
+
+    @admin.display(description="deployed")
+    def deployed(self, version: PolicyVersion) -> str:
+        """"active", its traffic share, or both; blank when it answers nothing."""
+        share = (version.agent.traffic or {}).get(version.version)
+        marks = (["active"] if version.agent.active_version_id == version.pk else []) \
+            + ([f"{share:.0%} of traffic"] if share is not None else [])
+        return ", ".join(marks) or "—"
 
     @admin.display(description="step")
     def progress_text(self, version: PolicyVersion) -> str:

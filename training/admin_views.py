@@ -21,6 +21,7 @@ from policies.models import Agent, PolicyVersion
 from training.rlhf import PRESETS, RLHFError, TrainingConfig
 
 from .charts import histogram, number, version_charts
+from .deployment import HumanScore, human_scores, promote_version, score_difference, set_traffic
 from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
 from .services import (
@@ -161,6 +162,7 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
         "reward_model_rows": _reward_model_rows(pair),
         "evaluations": list(zip(pair, evaluations)),
         "evaluation_rows": _evaluation_rows(evaluations),
+        "human": human_score_rows(pair),
         "not_comparable": NOT_COMPARABLE,
         "samples": samples,
         "max_new_tokens": SAMPLE_MAX_NEW_TOKENS,
@@ -349,14 +351,89 @@ def _initial_from_version(request: HttpRequest, agent: Agent) -> dict:
 
 
 def agent_panels(agent: Agent) -> dict:
-    """The agent page's extra panels: feedback summary with histogram, and its versions."""
+    """The agent page's extra panels: feedback summary with histogram, its versions with their human scores, and
+    the deployment form."""
     summary = score_summary(agent_name=agent.name)
     versions = list(agent.versions.order_by("-number"))
+    scores = human_scores(versions)
+    traffic = agent.traffic or {}
+    rows = [{
+        "version": v, "active": v.pk == agent.active_version_id, "share": traffic.get(v.version),
+        "human": human_score_text(scores[v.pk]), "human_score": scores[v.pk],
+        "can_deploy": v.status == PolicyVersion.Status.TRAINED,
+    } for v in versions]
     return {
         "summary": summary,
         "histogram": histogram(summary.bins),
         "versions": versions,
+        "version_rows": rows,
+        "deployable": [row for row in rows if row["can_deploy"]],
+        "active_version": next((row["version"] for row in rows if row["active"]), None),
+        "traffic": sorted(traffic.items(), key=lambda item: int(item[0][1:])),
+        "deploy_url": reverse("admin:policies_agent_deploy", args=[agent.pk]),
         "review_url": reverse("review:queue") + f"?agent={agent.name}",
         "feedback_url": reverse("admin:feedback_feedback_changelist") + f"?agent__id__exact={agent.pk}",
         "train_url": reverse("admin:policies_agent_train", args=[agent.pk]),
     }
+
+
+@require_POST
+def deploy_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
+    """The agent page's deployment form: promote a version ("promote": "v3"), or set the traffic split (share_v3,
+    share_v4, ...: blank leaves a version out; all blank clears the split) and the record-served switch; the same
+    services as the REST API."""
+    agent = get_object_or_404(Agent, pk=pk)
+    if not request.user.has_perm("policies.change_policyversion"):
+        raise PermissionDenied
+    try:
+        if request.POST.get("promote"):
+            version = request.POST["promote"]
+            promote_version(agent_name=agent.name, version=version)
+            messages.success(request, f"Promoted {version}: it now answers every request for {agent.name}.")
+        else:
+            shares = {}
+            for key, value in request.POST.items():
+                if key.startswith("share_") and value.strip():
+                    try:
+                        shares[key.removeprefix("share_")] = float(value)
+                    except ValueError:
+                        raise ServiceError(f"{key.removeprefix('share_')}: '{value}' is not a number") from None
+            set_traffic(agent_name=agent.name, shares=shares, record_served=request.POST.get("record_served") == "on")
+            split = ", ".join(f"{name} {share:g}" for name, share in sorted(shares.items())) or "none"
+            messages.success(request, f"Deployment of {agent.name} saved (traffic split: {split}).")
+    except (ServiceError, RLHFError) as exc:
+        messages.error(request, f"Not saved: {exc}")
+    return redirect(reverse("admin:policies_agent_change", args=[agent.pk]) + "#n3-deployment-panel")
+
+
+# --- human scores ---------------------------------------------------------------------------------------------------
+
+
+def human_score_text(score: HumanScore) -> str:
+    """"0.72 [0.64, 0.80] (n 40 scored of 52)", or what is missing."""
+    if score.mean is None:
+        return f"— (0 scored of {score.n})" if score.n else "—"
+    interval = f" [{score.ci[0]:.2f}, {score.ci[1]:.2f}]" if score.ci else ""
+    return f"{score.mean:.2f}{interval} ({score.n_scored} scored of {score.n})"
+
+
+def human_score_rows(pair: Sequence[PolicyVersion]) -> dict:
+    """The compare page's human-score rows: per version n, n scored, mean [CI], and the difference of the first
+    minus the second with its interval."""
+    scores = human_scores(pair)
+    first, second = (scores[v.pk] for v in pair)
+    diff = score_difference(first, second)
+    if diff.difference is None:
+        difference = "— (each version needs scored feedback tied to it)"
+    else:
+        interval = f" (95 % interval {diff.ci[0]:+.2f} to {diff.ci[1]:+.2f})" if diff.ci else ""
+        difference = f"{diff.difference:+.2f}{interval}"
+    rows = [
+        {"label": "Feedback tied to it", "cells": [str(scores[v.pk].n) for v in pair]},
+        {"label": "Scored", "cells": [str(scores[v.pk].n_scored) for v in pair]},
+        {"label": "Mean human score [95 % interval]", "cells": [
+            "—" if s.mean is None else f"{s.mean:.2f}" + (f" [{s.ci[0]:.2f}, {s.ci[1]:.2f}]" if s.ci else "")
+            for s in (first, second)
+        ]},
+    ]
+    return {"rows": rows, "difference": difference, "significant": bool(diff.ci and (diff.ci[0] > 0 or diff.ci[1] < 0))}
