@@ -262,6 +262,18 @@ def test_the_agent_page_shows_and_edits_the_deployment(agent):
     assert 'name="share_v1"' in page and 'name="share_v3"' not in page  # only trained versions
     listing = client.get(reverse("admin:policies_policyversion_changelist")).content.decode()
     assert "active, 75% of traffic" in listing
+    assert "v1 (split: v1 75%, v2 25%)" in client.get(reverse("admin:policies_agent_changelist")).content.decode()
+
+
+def test_the_agent_form_cannot_change_the_deployment(agent):
+    """Only the deployment panel (the service's checks) does: the form shows the fields read-only."""
+    client = engineer(*ENGINEER)
+    client.post(reverse("admin:policies_agent_change", args=[agent.pk]), {
+        "name": "bot", "description": "", "default_training_config": "{}", "active_version": version(agent, 3).pk,
+        "traffic": '{"v3": 1}', "record_served": "on",
+    })
+    agent.refresh_from_db()
+    assert agent.active_version is None and agent.traffic == {} and not agent.record_served
 
 
 def test_the_deploy_view_needs_the_change_permission(agent):

@@ -27,9 +27,11 @@ def _files_going(deleted_objects: list, directories: list[str], running: int) ->
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["name", "feedback_total", "unscored", "latest_version", "latest_reward", "created_at"]
+    list_display = ["name", "feedback_total", "unscored", "latest_version", "latest_reward", "deployed", "created_at"]
+    list_select_related = ["active_version"]
     search_fields = ["name", "description"]
-    readonly_fields = ["created_at"]
+    # The deployment is changed through the page's deployment panel (training.deployment's checks), not the form.
+    readonly_fields = ["active_version", "traffic", "record_served", "created_at"]
     actions = ["train_now"]
     change_form_template = "admin/policies/agent/change_form.html"
 
@@ -64,6 +66,13 @@ class AgentAdmin(admin.ModelAdmin):
         version = agent.versions.filter(status=PolicyVersion.Status.TRAINED).order_by("-number").first()
         reward = version.reward_mean if version else None
         return f"{reward:.3f}" if isinstance(reward, (int, float)) else "—"
+
+    @admin.display(description="deployed")
+    def deployed(self, agent: Agent) -> str:
+        """The active version, and the traffic split when there is one."""
+        split = ", ".join(f"{name} {share:.0%}" for name, share in (agent.traffic or {}).items())
+        active = agent.active_version.version if agent.active_version else "—"
+        return f"{active} (split: {split})" if split else active
 
     @admin.action(description="Train now (agent's default config)", permissions=["train"])
     def train_now(self, request, queryset):
