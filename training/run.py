@@ -5,18 +5,28 @@ and the CLI's in-process mode import this module; the worker that supervises the
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Optional
 
 from django.conf import settings
 
-from n3site.exceptions import Conflict
+from n3site.exceptions import Conflict, NotFound
 from policies.models import PolicyVersion
 from training.rlhf import Progress, RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig, distributed
 
 from . import selectors
-from .files import deleted_during_training, remove_version_files, set_aside_leftover, stored_path, version_dir
+from .deployment import promote_version
+from .files import (
+    absolute_path,
+    deleted_during_training,
+    remove_version_files,
+    set_aside_leftover,
+    stored_path,
+    version_dir,
+)
 from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version
 from .progress import JobProgress, ProgressBars, result_metrics
 
@@ -60,7 +70,7 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     job = JobProgress(version_id, interval=settings.N3_METRICS_INTERVAL, display=ProgressBars() if progress else None)
     try:
         with job:  # leaving it stores the steps not yet written, however the run ends
-            config = TrainingConfig.from_dict(version.config)
+            config = starting_point(version)
             records = selectors.snapshot_records(version=version)
             PolicyVersion.objects.filter(pk=version_id).update(feedback_count=len(records))
             set_aside_leftover(agent_name=version.agent.name, number=version.number)
@@ -98,8 +108,71 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
             model_path=stored_path(result.model_path), reward_model_path=stored_path(result.reward_model_path),
             metrics=result_metrics(result),
         )
+        promote_if_asked(version_id=version_id, config=config, evaluation=result.evaluation)
     _forget_if_deleted(version)
     return version
+
+
+def starting_point(version: PolicyVersion) -> TrainingConfig:
+    """The version's TrainingConfig as the trainer takes it: with init_from "vN", base_model is vN's policy/ (so the
+    policy starts from vN's weights and vN is its KL reference and evaluation baseline), and the reward model keeps
+    the family's base model (a fresh fit on all scored feedback). Raises StartingPointGone when vN is no longer a
+    trained version."""
+    config = TrainingConfig.from_dict(version.config)
+    if config.init_from == "base":
+        return config
+    start = PolicyVersion.objects.filter(
+        agent_id=version.agent_id, number=int(config.init_from[1:]), status=Status.TRAINED
+    ).exclude(model_path="").first()
+    if start is None:
+        raise StartingPointGone(f"{config.init_from}, which {version.version} starts from, is no longer a trained "
+                                "version (deleted?)")
+    reward_model = dataclasses.asdict(config.reward_model_config)
+    reward_model["base_model"] = reward_model["base_model"] or config.base_model
+    return config.replace(base_model=str(absolute_path(start.model_path)), reward_model_config=reward_model)
+
+
+class StartingPointGone(RLHFError):
+    """The version a run starts from was deleted or is no longer trained."""
+
+
+def promotion(config: TrainingConfig, evaluation: Optional[dict[str, Any]]) -> tuple[bool, str]:
+    """Whether a trained version with this evaluation block is promoted under config.promote, and the note why."""
+    if config.promote == "never":
+        return False, ""
+    if config.promote == "always":
+        return True, "promoted: promote 'always'"
+    if not evaluation or "skipped" in evaluation:
+        reason = (evaluation or {}).get("skipped", "eval_fraction is 0")
+        return False, f"not promoted: no evaluation ({reason})"
+    low, high = evaluation["win_rate_ci"]
+    rate = f"win rate {evaluation['win_rate']:.2f} [{low:.2f}, {high:.2f}]"
+    if not evaluation["better"]:
+        return False, f"not promoted: {rate} does not beat {evaluation['baseline']} (its interval is not above 0.5)"
+    if evaluation["kl"] > config.promote_max_kl:
+        return False, f"not promoted: KL {evaluation['kl']:.2f} above the budget {config.promote_max_kl:g}"
+    return True, (f"promoted: {rate} beats {evaluation['baseline']}, "
+                  f"KL {evaluation['kl']:.2f} within the budget {config.promote_max_kl:g}")
+
+
+def promote_if_asked(*, version_id: int, config: TrainingConfig, evaluation: Optional[dict[str, Any]]) -> None:
+    """Apply config.promote to a version that just trained: promoted, it becomes its agent's active version and takes
+    all of its traffic; either way the reason is its promotion_note."""
+    promote, note = promotion(config, evaluation)
+    if not note:
+        return
+    version = PolicyVersion.objects.select_related("agent").filter(pk=version_id).first()
+    if version is None:  # deleted since it ended
+        return
+    if promote:
+        try:
+            promote_version(agent_name=version.agent.name, version=version.version, note=note)
+        except (Conflict, NotFound) as exc:  # deleted or no longer trained since it ended
+            logger.info("%s was not promoted: %s", version, exc)
+            return
+    else:
+        PolicyVersion.objects.filter(pk=version_id).update(promotion_note=note)
+    logger.info("%s: %s", version, note)
 
 
 def watching(version_id: int, directory: Path, callback: Callable[[Progress], bool]) -> Callable[[Progress], bool]:
@@ -140,7 +213,7 @@ def train_replica(version: PolicyVersion) -> PolicyVersion:
     if version.status not in (Status.QUEUED, Status.RUNNING):  # rank 0 finds nothing to train either
         return version
     try:
-        RLHFTrainer(TrainingConfig.from_dict(version.config), models_dir=settings.MODELS_DIR).train(
+        RLHFTrainer(starting_point(version), models_dir=settings.MODELS_DIR).train(
             selectors.snapshot_records(version=version), version_dir(version.agent.name, version.number),
         )
     except TrainingCancelled:
