@@ -292,3 +292,8 @@ def test_the_compare_page_shows_human_scores_and_their_difference(agent):
     page = client.get(f"{url}?other={version(agent, 2).pk}").content.decode()
     assert 'id="n3-human-scores"' in page and "v1 − v2: +0.60 (95 % interval +0.49 to +0.71)" in page
     assert "0.88 [0.77, 0.98]" in page  # t(3): 0.875 ± 3.182 * 0.0645 / 2
+    assert 'n3-verdict-better" id="n3-human-difference"' in page  # v1 is better: its interval lies above 0
+    url = reverse("admin:policies_policyversion_compare", args=[version(agent, 2).pk])
+    page = client.get(f"{url}?other={version(agent, 1).pk}").content.decode()
+    assert "v2 − v1: -0.60 (95 % interval -0.71 to -0.49)" in page
+    assert 'n3-verdict-better" id="n3-human-difference"' not in page

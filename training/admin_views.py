@@ -436,4 +436,4 @@ def human_score_rows(pair: Sequence[PolicyVersion]) -> dict:
             for s in (first, second)
         ]},
     ]
-    return {"rows": rows, "difference": difference, "significant": bool(diff.ci and (diff.ci[0] > 0 or diff.ci[1] < 0))}
+    return {"rows": rows, "difference": difference, "first_better": bool(diff.ci and diff.ci[0] > 0)}
