@@ -4,6 +4,12 @@ A version trained from vN starts from vN's weights, vN is its KL reference and i
 ``promote: "if_better"`` makes it the agent's active version only when its evaluation beats vN within the KL budget,
 and the reason is its promotion note either way.
 """
+import http.server
+import os
+import subprocess
+import threading
+from pathlib import Path
+
 import pytest
 import torch
 from django.urls import reverse
@@ -18,6 +24,7 @@ from training.rlhf.base_models import load_causal_lm
 pytestmark = pytest.mark.django_db
 
 TRAIN_URL = "/api/policies/train_policy/bot"
+DEMO = str(Path(__file__).resolve().parent.parent / "bin" / "demo")
 
 
 @pytest.fixture
@@ -197,3 +204,26 @@ def test_a_run_whose_starting_version_was_deleted_fails_naming_it(models_dir):
     ended = run.run_version(version_id=queued.pk)
 
     assert ended.status == "failed" and ended.error.startswith("v1, which v2 starts from, is no longer a trained")
+
+
+# --- bin/demo ---------------------------------------------------------------------------------------------------
+
+
+def test_demo_help_is_its_header_and_names_its_ports():
+    out = subprocess.run([DEMO, "--help"], capture_output=True, text=True, timeout=30, check=True).stdout
+
+    assert out.startswith("n3's closed loop") and "N3_DEMO_PORT" in out and "N3_DEMO_SERVE_PORT" in out
+    assert "set -euo pipefail" not in out and "#" not in out
+
+
+def test_demo_refuses_a_busy_port_before_any_set_up(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "N3_DEMO_PORT": str(server.server_port), "N3_VAR_DIR": str(tmp_path / "var")}
+    try:
+        done = subprocess.run([DEMO, "--no-serve"], capture_output=True, text=True, timeout=30, env=env)
+    finally:
+        server.shutdown()
+
+    assert done.returncode == 1 and f"127.0.0.1:{server.server_port}" in done.stderr
+    assert "==>" not in done.stdout and not (tmp_path / "var").exists()  # no step ran, nothing was made
