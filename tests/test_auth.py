@@ -16,8 +16,10 @@ WRITES = [
     ("post", "/api/policies/feedback/bot", FEEDBACK, "feedback.add_feedback"),
     ("post", "/api/policies/train_policy/bot", {"dryRun": False}, "policies.add_policyversion"),
     ("post", "/api/policies/bot/v1/cancel", None, "policies.change_policyversion"),
+    ("post", "/api/policies/bot/v1/promote", None, "policies.change_policyversion"),
+    ("put", "/api/policies/bot/traffic", {"v1": 1}, "policies.change_policyversion"),
 ]
-READS = ["/api/policies/bot", "/api/policies/bot/v1"]
+READS = ["/api/policies/bot", "/api/policies/bot/v1", "/api/policies/bot/traffic"]
 
 
 @pytest.fixture(autouse=True)
