@@ -194,6 +194,20 @@ def test_v2_trains_from_v1_against_v1_and_is_promoted_only_if_better(models_dir,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["kto", "rloo"])  # TRL's trainers take the version's policy/ as their model too
+def test_trl_algorithms_train_from_a_version(models_dir, algorithm):
+    agent = agent_with_feedback()
+    v1 = train(agent)
+    agent.default_training_config = {k: v for k, v in LEAN_CONFIG.items() if k != "ppo_epochs"}  # PPO's only
+    agent.save()
+
+    v2 = train(agent, init_from="v1", algorithm=algorithm)
+
+    assert v2.status == "trained", v2.error
+    assert v2.metrics["evaluation"]["baseline"] == "v1" and v1.model_path != v2.model_path
+
+
+@pytest.mark.slow
 def test_a_run_whose_starting_version_was_deleted_fails_naming_it(models_dir):
     agent = agent_with_feedback()
     v1 = version(agent, 1, model_path=str(models_dir / "bot" / "v1" / "policy"))
