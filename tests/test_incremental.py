@@ -129,11 +129,14 @@ def test_a_promoted_version_becomes_active_and_one_that_is_not_keeps_its_reason(
     v1, v2, v3 = version(agent, 1), version(agent, 2), version(agent, 3)
     Agent.objects.filter(pk=agent.pk).update(active_version=v1, traffic={"v1": 0.5, "v2": 0.5})
 
-    run.promote_if_asked(version_id=v2.pk, config=TrainingConfig(promote="if_better"), evaluation=EVALUATION)
+    run.promote_if_asked(
+        version_id=v2.pk, config=TrainingConfig(promote="if_better", init_from="v1"), evaluation=EVALUATION
+    )
     agent.refresh_from_db()
     assert (agent.active_version, agent.traffic) == (v2, {})  # all of its traffic
     run.promote_if_asked(
-        version_id=v3.pk, config=TrainingConfig(promote="if_better"), evaluation={**EVALUATION, "kl": 12.3}
+        version_id=v3.pk, config=TrainingConfig(promote="if_better", init_from="v2"),
+        evaluation={**EVALUATION, "kl": 12.3},
     )
     agent.refresh_from_db()
     assert agent.active_version == v2
@@ -141,6 +144,27 @@ def test_a_promoted_version_becomes_active_and_one_that_is_not_keeps_its_reason(
     body = api.get("/api/policies/bot/v3").json()
     assert body["promotionNote"] == "not promoted: KL 12.30 above the budget 10"
     assert api.get("/api/policies/bot/v1").json()["promotionNote"] is None  # not asked
+
+
+def test_if_better_replaces_only_the_version_it_was_compared_with():
+    agent = agent_with_feedback()
+    v1, v2, v3, v4 = (version(agent, n) for n in (1, 2, 3, 4))
+    Agent.objects.filter(pk=agent.pk).update(active_version=v3)  # promoted while v2 and v4 trained
+
+    run.promote_if_asked(
+        version_id=v2.pk, config=TrainingConfig(promote="if_better", init_from="v1"), evaluation=EVALUATION
+    )
+    run.promote_if_asked(version_id=v4.pk, config=TrainingConfig(promote="if_better"), evaluation=EVALUATION)
+
+    agent.refresh_from_db()
+    assert agent.active_version == v3
+    v2.refresh_from_db()
+    v4.refresh_from_db()
+    assert v2.promotion_note == "not promoted: it was compared with v1, but v3 is active now"
+    assert v4.promotion_note == "not promoted: it was compared with its base model, but v3 is active now"
+    run.promote_if_asked(version_id=v4.pk, config=TrainingConfig(promote="always"), evaluation=None)
+    agent.refresh_from_db()
+    assert agent.active_version == v4  # "always" means it
 
 
 def test_the_version_page_says_where_it_started_and_why_it_was_not_promoted(admin_client):

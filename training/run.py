@@ -157,13 +157,19 @@ def promotion(config: TrainingConfig, evaluation: Optional[dict[str, Any]]) -> t
 
 def promote_if_asked(*, version_id: int, config: TrainingConfig, evaluation: Optional[dict[str, Any]]) -> None:
     """Apply config.promote to a version that just trained: promoted, it becomes its agent's active version and takes
-    all of its traffic; either way the reason is its promotion_note."""
+    all of its traffic; either way the reason is its promotion_note. "if_better" replaces only the version it was
+    compared with (init_from), or no active version at all."""
     promote, note = promotion(config, evaluation)
     if not note:
         return
-    version = PolicyVersion.objects.select_related("agent").filter(pk=version_id).first()
+    version = PolicyVersion.objects.select_related("agent__active_version").filter(pk=version_id).first()
     if version is None:  # deleted since it ended
         return
+    active = version.agent.active_version
+    if promote and config.promote == "if_better" and active is not None and active.version != config.init_from:
+        # Better than what it was compared with, which is not what answers now: no evidence it beats that.
+        compared = config.init_from if config.init_from != "base" else "its base model"
+        promote, note = False, f"not promoted: it was compared with {compared}, but {active.version} is active now"
     if promote:
         try:
             promote_version(agent_name=version.agent.name, version=version.version, note=note)
