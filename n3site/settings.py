@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "policies",
     "feedback",
     "training",
+    "inference",  # for manage.py serve_policies; the web process never imports its modules
 ]
 
 MIDDLEWARE = [
@@ -200,6 +201,21 @@ N3_CANCEL_GRACE = float(os.environ.get("N3_CANCEL_GRACE", 60))
 # GPUs as with one; rank 0 alone writes the version and the database. No model sharding (each GPU holds the whole
 # model); TRL's RLOO/GRPO parallelise themselves. Details: training/rlhf/distributed.py.
 N3_TRAINING_LAUNCHER = os.environ.get("N3_TRAINING_LAUNCHER", "")
+
+# --- Inference process (manage.py serve_policies; README "Inference") -----------------------------------------------
+N3_SERVE_BIND = os.environ.get("N3_SERVE_BIND", "127.0.0.1:8001")
+# Versions kept loaded (least recently used evicted first).
+N3_SERVE_MAX_MODELS = env_int("N3_SERVE_MAX_MODELS", 2)
+# Requests waiting for a generate in the process; one more is answered 503 with Retry-After.
+N3_SERVE_MAX_QUEUE = env_int("N3_SERVE_MAX_QUEUE", 64)
+# Most requests of one version in one generate(); how long (ms) a batch may wait to be as large as the previous one
+# (concurrent clients stay in step; a lone client never waits).
+N3_SERVE_MAX_BATCH = env_int("N3_SERVE_MAX_BATCH", 16)
+N3_SERVE_BATCH_WAIT_MS = float(os.environ.get("N3_SERVE_BATCH_WAIT_MS", 20))
+# Most tokens a completion may ask for (max_tokens), and a chat completion's default.
+N3_SERVE_MAX_TOKENS = env_int("N3_SERVE_MAX_TOKENS", 256)
+# "auto": cuda when torch sees a GPU (CUDA_VISIBLE_DEVICES picks it), else cpu; or "cpu", "cuda:1", ...
+N3_SERVE_DEVICE = os.environ.get("N3_SERVE_DEVICE", "auto")
 
 # --- Jobs (django-q2) -----------------------------------------------------------------------
 # retry > timeout > longest training: django-q2 re-delivers a task that outlives `retry`, and a

@@ -1,0 +1,350 @@
+"""The model work of the inference process: loaded versions (a bounded LRU) and a batcher per version.
+
+    request coroutine -- submit() --> its version's asyncio queue; a process holds at most N3_SERVE_MAX_QUEUE
+        requests waiting for a generate (loading their version included): one more raises Overloaded (503)
+    the version's drain task: the first waiting request, then every other one waiting (at most N3_SERVE_MAX_BATCH),
+        grouped by sampling settings (greedy, or temperature and top_p). After a batch of k requests the next one
+        waits up to N3_SERVE_BATCH_WAIT_MS for k before it starts: the k clients that were just answered ask again
+        a moment later, and would otherwise split into a batch of the first and a batch of the rest. A lone client
+        (k = 1) never waits.
+    the generation thread (one per process: generates never compete for the cores or the device): one left-padded
+        generate() per group, up to the group's largest max_tokens; each row stops by itself (its own max_tokens,
+        EOS, a stop string) and the generate ends when every row has
+    each row's text goes back to its request as events on the event loop: text deltas (streaming), then Finished
+
+Only this module of the inference process imports torch.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+
+from training.rlhf.base_models import load_causal_lm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """Too many requests wait for a generate in this process: answered 503 with Retry-After."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one request asks: ``prompt`` as the policy reads it (formatted), and the OpenAI sampling fields."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+
+    @property
+    def sampling(self) -> tuple:
+        """Requests with equal sampling settings share a generate (greedy ignores top_p)."""
+        return ("greedy" if self.temperature == 0 else ("sample", self.temperature, self.top_p), self.ignore_eos)
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Pending:
+    """A submitted request: its events (str deltas when streaming, then Finished, or an exception) on the loop."""
+
+    def __init__(self, generation: Generation):
+        self.generation = generation
+        self.events: asyncio.Queue = asyncio.Queue()  # bounded by max_tokens deltas and one end
+
+    async def stream(self) -> AsyncIterator[Union[str, Finished]]:
+        while True:
+            event = await self.events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, Finished):
+                return
+
+    async def result(self) -> Finished:
+        async for event in self.stream():
+            if isinstance(event, Finished):
+                return event
+        raise RuntimeError("the generation ended without a result")
+
+
+@dataclass
+class _Loaded:
+    key: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    context: int  # the model's positions: prompt + completion must fit
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # Pending, or None: evicted, stop draining
+    last_batch: int = 1  # how many clients the previous batch served: the next one waits for as many
+    task: Optional[asyncio.Task] = None
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def pick_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+class Engine:
+    """Loaded versions by key ("agent:v3"), least recently used first; at most ``max_models`` stay loaded."""
+
+    def __init__(self, *, max_models: int, max_queue: int, max_batch: int, batch_wait_s: float = 0.0,
+                 device: str = "auto"):
+        self.max_models, self.max_queue, self.max_batch = max(1, max_models), max(1, max_queue), max(1, max_batch)
+        self.batch_wait_s, self.device = batch_wait_s, pick_device(device)
+        self._models: OrderedDict[str, _Loaded] = OrderedDict()
+        self._loading: dict[str, asyncio.Future] = {}
+        self._waiting = 0  # admitted requests not yet taken into a generate
+        self._generator = ThreadPoolExecutor(1, thread_name_prefix="n3-generate")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="n3-load")  # loads beside running generates
+        self.generates = 0
+        self.running = 0  # requests in the generate running now
+        self.batch_sizes: deque[int] = deque(maxlen=1000)
+        self.evicted: list[str] = []
+
+    # -- requests ------------------------------------------------------------------------------------------------
+    async def submit(self, key: str, model_path: Path, generation: Generation) -> Pending:
+        """Queue ``generation`` on version ``key`` (loaded from ``model_path`` if it is not); Overloaded when this
+        process already holds max_queue waiting requests."""
+        if self._waiting >= self.max_queue:
+            raise Overloaded(f"{self._waiting} requests are waiting for a generate in this process")
+        self._waiting += 1
+        try:
+            loaded = await self._get(key, model_path)
+        except BaseException:
+            self._waiting -= 1
+            raise
+        pending = Pending(generation)
+        loaded.queue.put_nowait(pending)
+        return pending
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "loaded": list(self._models), "evicted": list(self.evicted[-100:]), "maxModels": self.max_models,
+            "waiting": self._waiting, "maxQueue": self.max_queue, "maxBatch": self.max_batch,
+            "generates": self.generates, "running": self.running, "batchSizes": list(self.batch_sizes),
+            "device": self.device, "rssBytes": _rss_bytes(),
+        }
+
+    def close(self) -> None:
+        self._generator.shutdown(wait=True)
+        self._loader.shutdown(wait=True)
+
+    # -- loading and the LRU --------------------------------------------------------------------------------------
+    async def _get(self, key: str, model_path: Path) -> _Loaded:
+        loaded = self._models.get(key)
+        if loaded is not None:
+            self._models.move_to_end(key)
+            return loaded
+        if key not in self._loading:  # the first request loads; the others wait on the same future
+            loop = asyncio.get_running_loop()
+            self._loading[key] = asyncio.ensure_future(self._load(key, model_path, loop))
+        try:
+            return await asyncio.shield(self._loading[key])
+        finally:
+            if self._loading.get(key) is not None and self._loading[key].done():
+                self._loading.pop(key, None)
+
+    async def _load(self, key: str, model_path: Path, loop: asyncio.AbstractEventLoop) -> _Loaded:
+        started = time.monotonic()
+        model, tokenizer = await loop.run_in_executor(self._loader, self._read, model_path)
+        loaded = _Loaded(key=key, model=model, tokenizer=tokenizer,
+                         context=int(getattr(model.config, "max_position_embeddings", 0) or 1024))
+        loaded.task = asyncio.ensure_future(self._drain(loaded))
+        self._models[key] = loaded
+        while len(self._models) > self.max_models:
+            old_key, old = self._models.popitem(last=False)
+            old.queue.put_nowait(None)  # its drain task serves what is queued, then ends; the weights go with it
+            self.evicted.append(old_key)
+            logger.info("Evicted %s (N3_SERVE_MAX_MODELS=%d)", old_key, self.max_models)
+        logger.info("Loaded %s from %s in %.2f s", key, model_path, time.monotonic() - started)
+        return loaded
+
+    def _read(self, model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """In the load thread: the policy (a plain HF directory) under the core's LOAD_LOCK, in eval mode."""
+        dtype = torch.float32 if self.device == "cpu" else torch.bfloat16
+        model = load_causal_lm(str(model_path), dtype=dtype, device=self.device).eval()
+        # Each generate's config says everything (the request's fields): nothing from the directory's
+        # generation_config.json (its sampling defaults, max_length, EOS) is merged into it.
+        model.generation_config = GenerationConfig()
+        tokenizer = load_tokenizer(str(model_path), padding_side="left")
+        tokenizer.truncation_side = "left"  # a long prompt keeps its end: the question the policy answers
+        return model, tokenizer
+
+    # -- batching --------------------------------------------------------------------------------------------------
+    async def _drain(self, loaded: _Loaded) -> None:
+        loop = asyncio.get_running_loop()
+        closing = False
+        while not closing:
+            first = await loaded.queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = loop.time() + self.batch_wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    item = loaded.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0 or len(batch) >= loaded.last_batch:
+                        break
+                    try:
+                        item = await asyncio.wait_for(loaded.queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            self._waiting -= len(batch)
+            loaded.last_batch = len(batch)
+            groups: dict[tuple, list[Pending]] = {}
+            for pending in batch:
+                groups.setdefault(pending.generation.sampling, []).append(pending)
+            for group in groups.values():
+                try:
+                    await loop.run_in_executor(self._generator, self._generate, loaded, group, loop)
+                except Exception as exc:  # noqa: BLE001  (every request of the batch hears of it, not the log alone)
+                    logger.exception("Generation failed on %s", loaded.key)
+                    for pending in group:
+                        pending.events.put_nowait(exc)
+
+    def _generate(self, loaded: _Loaded, group: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
+        """In the generation thread: one generate() for ``group`` (equal sampling settings)."""
+        tokenizer, model = loaded.tokenizer, loaded.model
+        max_new = max(pending.generation.max_tokens for pending in group)
+        encoded = tokenizer([pending.generation.prompt for pending in group], return_tensors="pt", padding=True,
+                            truncation=True, max_length=max(1, loaded.context - max_new)).to(model.device)
+        prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
+        rows = _Rows([_Row(pending, tokenizer, loop, int(n)) for pending, n in zip(group, prompt_tokens)],
+                     eos_id=tokenizer.eos_token_id)
+        first = group[0].generation
+        config = GenerationConfig(
+            max_new_tokens=max_new, do_sample=first.temperature > 0, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=None if first.ignore_eos else tokenizer.eos_token_id,
+            **({"temperature": first.temperature, "top_p": first.top_p, "top_k": 0} if first.temperature > 0 else {}),
+        )
+        self.running = len(group)
+        try:
+            with torch.inference_mode():
+                model.generate(**encoded, generation_config=config, stopping_criteria=[rows])
+        finally:
+            self.running = 0
+        rows.finish_all()
+        self.generates += 1
+        self.batch_sizes.append(len(group))
+
+
+class _Row:
+    """One request's completion as its tokens come (in the generation thread)."""
+
+    def __init__(self, pending: Pending, tokenizer: PreTrainedTokenizerBase, loop: asyncio.AbstractEventLoop,
+                 prompt_tokens: int):
+        self.pending, self.tokenizer, self.loop, self.prompt_tokens = pending, tokenizer, loop, prompt_tokens
+        self.ids: list[int] = []
+        self.sent = 0  # characters already sent as deltas
+        self.done = False
+        generation = pending.generation
+        self.watch_text = generation.stream or bool(generation.stop)  # else the text is decoded once, at the end
+
+    def add(self, token: int, eos_id: Optional[int]) -> None:
+        if token == eos_id and not self.pending.generation.ignore_eos:
+            self.finish("stop")
+            return
+        self.ids.append(token)
+        if self.watch_text:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            cut = _stop_at(text, self.pending.generation.stop)
+            if cut is not None:
+                self.finish("stop", text[:cut])
+                return
+            self._send(text[:len(text) - _held_back(text, self.pending.generation.stop)])
+        if len(self.ids) >= self.pending.generation.max_tokens:
+            self.finish("length")
+
+    def finish(self, reason: str, text: Optional[str] = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        if text is None:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            cut = _stop_at(text, self.pending.generation.stop)
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+        self._send(text, final=True)
+        self._emit(Finished(text=text, finish_reason=reason, prompt_tokens=self.prompt_tokens,
+                            completion_tokens=len(self.ids)))
+
+    def _send(self, text: str, final: bool = False) -> None:
+        if not self.pending.generation.stream:
+            return
+        if not final and text.endswith("\ufffd"):  # half of a character: wait for the rest of its bytes
+            return
+        if len(text) > self.sent:
+            self._emit(text[self.sent:])
+            self.sent = len(text)
+
+    def _emit(self, event: Any) -> None:
+        self.loop.call_soon_threadsafe(self.pending.events.put_nowait, event)
+
+
+class _Rows(StoppingCriteria):
+    """generate()'s stopping criterion: feeds each step's new tokens to the rows; a row is done when it says so."""
+
+    def __init__(self, rows: list[_Row], *, eos_id: Optional[int]):
+        self.rows, self.eos_id = rows, eos_id
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        for row, token in zip(self.rows, input_ids[:, -1].tolist()):
+            if not row.done:
+                row.add(token, self.eos_id)
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def finish_all(self) -> None:
+        for row in self.rows:
+            row.finish("length")
+
+
+def _stop_at(text: str, stops: tuple[str, ...]) -> Optional[int]:
+    """Where the first stop string starts in ``text`` (None: none does)."""
+    found = [index for index in (text.find(stop) for stop in stops if stop) if index >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many characters at the end of ``text`` could begin a stop string: not streamed until that is known."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest

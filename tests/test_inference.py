@@ -1,0 +1,295 @@
+"""The inference process (manage.py serve_policies), driven by the official ``openai`` client: chat, completions,
+streaming, pinned versions, unknown models (OpenAI's 404), overload (503 + Retry-After), batching, the LRU of loaded
+versions, served responses recorded as feedback, and token auth.
+
+Each test serves a throwaway site (tests/sites.py) whose trained versions are n3-tiny-random's weights saved as the
+versions' ``policy/`` directories (what training leaves: a plain HF directory), so no test trains.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.sites import ROOT, Site, free_port, make_site
+
+pytestmark = pytest.mark.slow
+
+SERVE_PERMS = ("policies.view_policyversion",)
+
+
+def deploy(site: Site, *, agent: str = "bot", versions: tuple[int, ...] = (1,), active: int | None = 1,
+           record: bool = False, status: str = "trained", base: str = "n3-tiny-random") -> None:
+    """``agent`` with versions (``status``) whose policy/ is the built model ``base``, ``active`` promoted."""
+    base_dir = site.models_dir / "_base" / base
+    for number in versions:
+        policy = site.models_dir / agent / f"v{number}" / "policy"
+        policy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(base_dir, policy, dirs_exist_ok=True)
+    site.shell(f"""
+from policies.models import Agent, PolicyVersion
+agent, _ = Agent.objects.get_or_create(name={agent!r})
+for number in {list(versions)!r}:
+    PolicyVersion.objects.create(agent=agent, number=number, status={status!r},
+                                 model_path=str({str(site.models_dir)!r} + f"/{agent}/v{{number}}/policy"))
+agent.version_counter = max({list(versions)!r})
+agent.active_version = PolicyVersion.objects.filter(agent=agent, number={active!r}).first()
+agent.record_served = {record!r}
+agent.save()
+""")
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen, port: int, log_path: Path):
+        self.process, self.port, self.log_path = process, port, log_path
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def client(self, token: str, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=token, max_retries=0, timeout=60, **kwargs)
+
+    def get(self, path: str, token: str) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def serve(site: Site, **env: str) -> Iterator[Served]:
+    port = free_port()
+    log_path = site.root / "serve.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "serve_policies", "--bind", f"127.0.0.1:{port}"], cwd=ROOT,
+            env={**site.env, "OMP_NUM_THREADS": "1", **env}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    served = Served(process, port, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"serve_policies did not start:\n{served.log()}") from None
+                time.sleep(0.2)
+        yield served
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path)
+
+
+def readme_curl() -> str:
+    """The README's curl to the inference process (an ``sh`` block: test_readme_curls runs the API's)."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    return next(block for block in blocks if "http://localhost:8001/v1/chat/completions" in block)
+
+
+def test_chat_completions_and_models_through_the_openai_client(site: Site):
+    deploy(site, versions=(1, 2), active=1)
+    deploy(site, agent="my_agent", versions=(3,), active=3)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        models = [model.id for model in client.models.list()]
+        assert models == ["bot", "bot:v1", "bot:v2", "my_agent", "my_agent:v3"]
+
+        curl = subprocess.run(["bash", "-c", readme_curl().replace("localhost:8001", f"127.0.0.1:{server.port}")],
+                              env={"TOKEN": token, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+                              timeout=60)
+        assert curl.returncode == 0, curl.stderr
+        assert json.loads(curl.stdout)["model"] == "my_agent:v3"
+
+        chat = client.chat.completions.create(model="bot", messages=[
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 plus 2?"}],
+            max_tokens=5, temperature=0)
+        assert chat.model == "bot:v1"  # the active version answered
+        assert chat.id.startswith("chatcmpl-")
+        assert chat.choices[0].message.role == "assistant"
+        assert chat.choices[0].finish_reason in ("stop", "length")
+        assert 0 < chat.usage.completion_tokens <= 5 and chat.usage.prompt_tokens > 0
+
+        pinned = client.chat.completions.create(model="bot:v2", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=3)
+        assert pinned.model == "bot:v2"
+
+        completion = client.completions.create(model="bot:v1", prompt="What is 2 plus 2?", max_tokens=5,
+                                               temperature=0)
+        assert completion.model == "bot:v1" and completion.id.startswith("cmpl-")
+        # The same prompt through the same format_query, greedy: the same text as the chat's
+        assert completion.choices[0].text == chat.choices[0].message.content
+
+
+def test_streaming_chat_and_completion_deliver_the_same_text_as_one_answer(site: Site):
+    deploy(site)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        whole = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "Tell me"}],
+                                               max_tokens=12, temperature=0)
+        chunks = list(client.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "Tell me"}], max_tokens=12, temperature=0,
+            stream=True, stream_options={"include_usage": True}))
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+        assert text == whole.choices[0].message.content
+        assert all(chunk.model == "bot:v1" for chunk in chunks)
+        assert len({chunk.id for chunk in chunks}) == 1
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+        assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+        deltas = [chunk for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
+        assert len(deltas) > 1, "the text came in one piece: not streamed token by token"
+
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model="bot:v1", prompt="Tell me", max_tokens=12, temperature=0, stream=True))
+        assert streamed == whole.choices[0].message.content
+
+
+def test_unknown_models_are_404_in_openais_shape(site: Site):
+    deploy(site, versions=(1, 2), active=None)
+    deploy(site, agent="queued-bot", versions=(1,), active=None, status="queued")
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        for model in ("nobody", "bot", "bot:v9", "bot:v01", "queued-bot:v1"):
+            with pytest.raises(openai.NotFoundError) as caught:
+                client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}])
+            error = caught.value.body
+            assert caught.value.status_code == 404
+            assert error["code"] == "model_not_found" and error["type"] == "invalid_request_error", error
+            assert model in error["message"]
+        assert "bot" not in [model.id for model in client.models.list()]  # not deployed: pinned versions only
+
+
+def test_tokens_are_checked(site: Site):
+    deploy(site)
+    reader = site.api_token("client", SERVE_PERMS)
+    writer = site.api_token("writer", ("feedback.add_feedback",))
+    with serve(site) as server:
+        with pytest.raises(openai.AuthenticationError):
+            server.client("not-a-token").models.list()
+        with pytest.raises(openai.PermissionDeniedError):
+            server.client(writer).completions.create(model="bot", prompt="Hi", max_tokens=2)
+        with pytest.raises(openai.BadRequestError) as caught:
+            server.client(reader).completions.create(model="bot", prompt="Hi", max_tokens=2, n=2)
+        assert caught.value.body["param"] == "n"
+
+
+def test_concurrent_requests_to_one_version_share_a_generate(site: Site):
+    deploy(site)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site, N3_SERVE_MAX_TOKENS="400") as server:
+        client = server.client(token)
+
+        def ask(i: int) -> str:
+            return client.completions.create(model="bot", prompt=f"Question {i}?", max_tokens=8,
+                                             temperature=0).choices[0].text
+
+        ask(0)  # loads the version
+        with ThreadPoolExecutor(6) as pool:
+            # A long generate first; five requests arrive while it runs, and wait together for the next one
+            long = pool.submit(client.completions.create, model="bot", prompt="Long", max_tokens=400,
+                               extra_body={"ignore_eos": True})
+            while server.get("/n3/stats", token)["running"] != 1:
+                time.sleep(0.01)
+            before = server.get("/n3/stats", token)
+            texts = list(pool.map(ask, range(1, 6)))
+            assert long.result().usage.completion_tokens == 400
+        after = server.get("/n3/stats", token)
+        assert after["batchSizes"][len(before["batchSizes"]):] == [1, 5]  # the long one, then the five at once
+        for i in (1, 5):  # batched and left-padded, each request gets the text it gets alone
+            assert ask(i) == texts[i - 1]
+
+
+def test_overload_is_answered_503_with_retry_after(site: Site):
+    deploy(site)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site, N3_SERVE_MAX_QUEUE="2", N3_SERVE_MAX_BATCH="1") as server:
+        client = server.client(token)
+        client.completions.create(model="bot", prompt="warm up", max_tokens=2)
+        statuses, retry_after = [], []
+        lock = threading.Lock()
+
+        def ask(i: int) -> None:
+            try:
+                client.completions.create(model="bot", prompt=f"Question {i}?", max_tokens=200, temperature=0,
+                                          extra_body={"ignore_eos": True})
+                status = 200
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                assert exc.body["type"] == "server_error"
+                with lock:
+                    retry_after.append(exc.response.headers.get("retry-after"))
+            with lock:
+                statuses.append(status)
+
+        with ThreadPoolExecutor(12) as pool:
+            list(pool.map(ask, range(12)))
+        assert statuses.count(503) > 0 and statuses.count(200) >= 2, statuses
+        assert set(statuses) == {200, 503}
+        assert set(retry_after) == {"1"}
+        assert server.get("/n3/stats", token)["waiting"] == 0  # the bound counts every request out again
+
+
+def test_loaded_versions_are_bounded_least_recently_used_first(site: Site):
+    deploy(site, versions=(1, 2, 3))
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site, N3_SERVE_MAX_MODELS="2") as server:
+        client = server.client(token)
+        for model in ("bot:v1", "bot:v2", "bot:v1", "bot:v3"):
+            assert client.completions.create(model=model, prompt="Hi", max_tokens=2).model == model
+        stats = server.get("/n3/stats", token)
+        assert stats["loaded"] == ["bot:v1", "bot:v3"]  # v2 was the least recently used
+        assert stats["evicted"] == ["bot:v2"]
+        assert client.completions.create(model="bot:v2", prompt="Hi", max_tokens=2).model == "bot:v2"
+        assert server.get("/n3/stats", token)["loaded"] == ["bot:v3", "bot:v2"]
+
+
+def test_served_responses_are_recorded_as_unscored_feedback_of_their_version(site: Site):
+    deploy(site, versions=(1, 2), active=2, record=True)
+    deploy(site, agent="quiet", record=False)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        chat = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "And 4+4?"}],
+                                              max_tokens=6, temperature=0)
+        streamed = list(client.completions.create(model="bot:v1", prompt="And 4+4?", max_tokens=6, temperature=0,
+                                                  stream=True))
+        client.completions.create(model="quiet", prompt="And 4+4?", max_tokens=6)
+        # n3-tiny-random answers this one with newlines alone: served, but no feedback record (none may be blank)
+        blank = client.completions.create(model="bot", prompt="What is 3+3?", max_tokens=6, temperature=0)
+        assert blank.choices[0].text and not blank.choices[0].text.strip()
+    rows = site.query(
+        "SELECT f.run_id, f.prompt, f.response, f.score, v.number, f.source FROM feedback_feedback f "
+        "JOIN policies_policyversion v ON v.id = f.policy_version_id ORDER BY f.id")
+    text = "".join(chunk.choices[0].text for chunk in streamed)
+    assert text.strip()
+    assert rows == [
+        (chat.id, "And 4+4?", chat.choices[0].message.content, None, 2, "api"),
+        (streamed[0].id, "And 4+4?", text, None, 1, "api"),
+    ]
+    assert f"Served response {blank.id} of bot:v2 not recorded" in server.log()
