@@ -1,4 +1,4 @@
-"""Feedback JSON: the spec's field names (prompt, response, score, runId, notes) plus stored facts.
+"""Feedback JSON: the spec's field names (prompt, response, score, runId, notes), policyVersion, plus stored facts.
 
 What a valid record is, is training.rlhf.records' one validator (file import, the service and the training core use
 it too); its JSON_NAMES map the names here to the service's. Feedback is the API's hot path (agents post it in loops,
@@ -9,6 +9,7 @@ tests/test_feedback_hot_path.py).
 from typing import Any
 
 from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
@@ -18,12 +19,15 @@ from training.rlhf.records import (
     PYTHON_NAMES,
     RUN_ID_MAX_LENGTH,
     STORABLE_TEXT_PATTERN,
+    UPDATABLE,
+    VERSION_PATTERN,
     VISIBLE_TEXT_PATTERN,
     clean_score,
     record_problems,
+    update_problems,
 )
 
-from .serializers import StrictFloatField, StrictSerializer
+from .serializers import StrictFloatField, StrictSerializer, StrictSerializerExtension
 from .serializers import _unknown_message as unknown_field_message  # the wording of every API body's unknown keys
 
 
@@ -54,6 +58,11 @@ class FeedbackInputSerializer(StrictSerializer):
     notes = serializers.CharField(
         required=False, allow_blank=True, default="", trim_whitespace=False,
         validators=[RegexValidator(STORABLE_TEXT_PATTERN)],
+    )
+    policyVersion = serializers.CharField(
+        source="policy_version", required=False, allow_null=True, validators=[RegexValidator(VERSION_PATTERN)],
+        help_text='The agent\'s version that produced the response ("v3"); 400 if the agent has no such version. '
+        "Null or absent: not known.",
     )
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
@@ -106,6 +115,61 @@ def _record(data: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
     return record, errors
 
 
+class FeedbackUpdateSerializer(StrictSerializer):
+    """A later change to a stored record: score and/or notes (PATCH)."""
+
+    # The fields document the schema; validation is ``validated_update``'s (the records module's rules).
+    score = StrictFloatField(
+        required=False, allow_null=True, min_value=0.0, max_value=1.0,
+        help_text="0..1, recorded with the request's user as reviewer and the time; null: back to awaiting review",
+    )
+    notes = serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, validators=[RegexValidator(STORABLE_TEXT_PATTERN)],
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        return validated_update(data)
+
+
+class FeedbackUpdateSerializerExtension(StrictSerializerExtension):
+    """At least one of the fields (``minProperties: 1``): an empty change is refused."""
+
+    target_class = FeedbackUpdateSerializer
+    match_subclasses = False
+    priority = 1
+
+    def map_serializer(self, auto_schema, direction):
+        return {**super().map_serializer(auto_schema, direction), "minProperties": 1}
+
+
+def validated_update(data: Any) -> dict[str, Any]:
+    """The body of a feedback PATCH as changes in the service's names; ValidationError keyed as for a POST."""
+    if not isinstance(data, dict):
+        name = type(data).__name__ if data is not None else "null"
+        raise serializers.ValidationError(
+            {api_settings.NON_FIELD_ERRORS_KEY: [f"Send an object with score and/or notes, got {name}"]})
+    errors: dict[str, list[str]] = {
+        str(key): ["Cannot be changed: only score and notes can (another response is another record)."]
+        if key in PYTHON_NAMES else [unknown_field_message(str(key), set(UPDATABLE))]
+        for key in data if key not in UPDATABLE
+    }
+    if not errors:
+        for field, message in update_problems(data):
+            key = JSON_NAMES.get(field, field) or api_settings.NON_FIELD_ERRORS_KEY
+            errors.setdefault(key, []).append(message if field else message[:1].upper() + message[1:])
+    if errors:
+        raise serializers.ValidationError(errors)
+    return {key: clean_score(value) if key == "score" else value for key, value in data.items()}
+
+
+@extend_schema_field({"type": "string", "nullable": True, "pattern": VERSION_PATTERN, "readOnly": True})
+class VersionNameField(serializers.Field):
+    """A PolicyVersion as its name, "v3"."""
+
+    def to_representation(self, value) -> str:
+        return value.version
+
+
 class FeedbackSerializer(serializers.Serializer):
     """A stored feedback record."""
 
@@ -116,7 +180,9 @@ class FeedbackSerializer(serializers.Serializer):
     score = serializers.FloatField(read_only=True, allow_null=True)
     runId = serializers.CharField(source="run_id", read_only=True)
     notes = serializers.CharField(read_only=True)
+    policyVersion = VersionNameField(source="policy_version", read_only=True)
     source = serializers.ChoiceField(choices=Feedback.Source.choices, read_only=True)
+    reviewedAt = serializers.DateTimeField(source="reviewed_at", read_only=True, allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at", read_only=True)
     updatedAt = serializers.DateTimeField(source="updated_at", read_only=True)
 
@@ -131,7 +197,9 @@ class FeedbackSerializer(serializers.Serializer):
             "score": None if instance.score is None else float(instance.score),
             "runId": instance.run_id,
             "notes": instance.notes,
+            "policyVersion": instance.policy_version.version if instance.policy_version_id else None,
             "source": None if instance.source is None else str(instance.source),
+            "reviewedAt": _DATETIME.to_representation(instance.reviewed_at) if instance.reviewed_at else None,
             "createdAt": _DATETIME.to_representation(instance.created_at) if instance.created_at else None,
             "updatedAt": _DATETIME.to_representation(instance.updated_at) if instance.updated_at else None,
         }

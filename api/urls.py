@@ -15,6 +15,7 @@ app_name = "policies"  # the URL names' namespace: the API lives under /api/poli
 ANY_AGENT = r"(?P<agent>.*[^/])"  # anything not ending in "/": validated by the service
 AGENT = r"(?P<agent>[^/]+)"
 VERSION = r"(?P<version>[^/]+)"
+RUN_ID = r"(?P<run_id>[\s\S]*[^/])"  # the rest of the path: a runId may contain "/" (sent as %2F) or a newline
 
 
 def _route(regex: str, view, name: str) -> list:
@@ -34,6 +35,7 @@ def without_trailing_slash_aliases(endpoints, **kwargs):
 
 
 urlpatterns = [
+    *_route(rf"feedback/{AGENT}/{RUN_ID}", views.FeedbackRecordView.as_view(), "feedback-record"),
     *_route(rf"feedback/{ANY_AGENT}", views.FeedbackView.as_view(), "feedback"),
     *_route(rf"train_policy/{ANY_AGENT}", views.TrainPolicyView.as_view(), "train-policy"),
     *_route(AGENT, views.PolicyVersionListView.as_view(), "version-list"),

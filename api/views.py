@@ -18,12 +18,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from feedback.models import Feedback
-from feedback.services import record_feedback, record_feedback_batch
+from feedback.services import record_feedback, record_feedback_batch, update_feedback
 from policies import selectors
 from policies.models import agent_name_validator
 from training import deployment, services
 
-from .feedback_serializers import FeedbackInputSerializer, FeedbackSerializer, validated_feedback
+from .feedback_serializers import (
+    FeedbackInputSerializer,
+    FeedbackSerializer,
+    FeedbackUpdateSerializer,
+    validated_feedback,
+    validated_update,
+)
 from .permissions import shown_to
 from .serializers import (
     TRAFFIC_REQUEST,
@@ -49,6 +55,10 @@ AGENT = OpenApiParameter(
     description="Agent name: 1-100 letters, digits, '_' or '-' (other names are refused with 400 or 404)",
 )
 VERSION = OpenApiParameter("version", str, OpenApiParameter.PATH, pattern=r"^v[0-9]+$", description='"v1", "v2", ...')
+RUN_ID = OpenApiParameter(
+    "run_id", str, OpenApiParameter.PATH, pattern=r"^[\s\S]*[^/]$",
+    description="The record's runId, percent-encoded (its agent's idempotency key)",
+)
 
 
 def _errors(*codes: int) -> dict[int, OpenApiResponse]:
@@ -108,7 +118,9 @@ class FeedbackView(APIView):
         summary="Record feedback on one response, or a list of them",
         parameters=[AGENT],
         description=(
-            "The agent is created on its first feedback. A JSON array stores every record or none "
+            "The agent is created on its first feedback. `policyVersion` (\"v3\") ties a record to the agent's "
+            "version that produced the response; a version the agent does not have is a 400 naming it. "
+            "A JSON array stores every record or none "
             "(400 names the bad record's index and field, or both records of a `runId` repeated in it with "
             "different content). A repeated `runId` with the same content returns the stored record with 200 "
             "instead of storing it twice; with different content than the stored one, 409."
@@ -121,7 +133,7 @@ class FeedbackView(APIView):
         },
         examples=[OpenApiExample("Quick Start", request_only=True, value={
             "prompt": "What is the capital of France?", "response": "Paris is the capital of France.",
-            "score": 0.9, "runId": "run_123", "notes": "Accurate answer",
+            "score": 0.9, "runId": "run_123", "notes": "Accurate answer", "policyVersion": None,
         })],
     )
     def post(self, request: Request, agent: str) -> Response:
@@ -138,6 +150,29 @@ class FeedbackView(APIView):
             )
             body = FeedbackSerializer(feedback).data
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class FeedbackRecordView(APIView):
+    required_permissions = {"PATCH": "feedback.change_feedback"}
+    schema = RequiredBodySchema()
+
+    @extend_schema(
+        operation_id="update_feedback",
+        summary="Score or annotate a stored record (e.g. an end user's thumbs up/down after the response)",
+        parameters=[AGENT, RUN_ID],
+        description=(
+            "Sets `score` and/or `notes` of the agent's record with this `runId`. A score is recorded with the "
+            "request's user as reviewer and the time (`reviewedAt`); `score: null` puts the record back in the "
+            "review queue. Other fields cannot be changed (400)."
+        ),
+        request=FeedbackUpdateSerializer,
+        responses={200: FeedbackSerializer, **_errors(400, 401, 403, 404, 413, 415)},
+        examples=[OpenApiExample("Thumbs up", request_only=True, value={"score": 1.0, "notes": "user: thumbs up"})],
+    )
+    def patch(self, request: Request, agent: str, run_id: str) -> Response:
+        changes = validated_update(request.data)
+        feedback = update_feedback(agent_name=agent, run_id=run_id, changes=changes, user=request.user)
+        return Response(FeedbackSerializer(feedback).data)
 
 
 class TrainPolicyView(APIView):

@@ -75,9 +75,15 @@ class FeedbackForm(forms.ModelForm):
     def clean(self):
         cleaned = super().clean()
         record = {name: cleaned.get(name, getattr(self.instance, name, "")) for name in rules.FIELDS}
-        for field, message in rules.record_problems({**record, "score": None}):
+        # The version is a row here (chosen among the agent's versions below), not a name to check.
+        record.update(score=None, policy_version=None)
+        for field, message in rules.record_problems(record):
             if field in self.fields and field not in self.errors:
                 self.add_error(field, message[:1].upper() + message[1:])
+        version, agent = cleaned.get("policy_version"), cleaned.get("agent")
+        if "policy_version" in self.fields and version and agent and version.agent_id != agent.pk:
+            self.add_error("policy_version", f"{version.version} is a version of agent '{version.agent.name}', "
+                                             f"not of '{agent.name}'")
         return cleaned
 
 

@@ -1,5 +1,10 @@
-"""Feedback files: JSONL and CSV in the API's field names (prompt, response, score, runId, notes).
+"""Feedback files: JSONL and CSV in the API's field names (prompt, response, score, runId, notes, policyVersion)
+and what is stored with a record (reviewer, reviewedAt, source).
 
+Export writes every stored field; import reads what export writes (a round trip gives the same records). A file's
+policyVersion must be a version of the agent imported into; its source is kept (none: "import"); its reviewer is
+kept when a user of that name exists here, else left empty (the summary names them), with its reviewedAt. A file
+without reviewer/reviewedAt (written by hand) has the importing user as the reviewer of its scored rows.
 Import is all or nothing: every line is parsed and checked first (by the REST API's rules,
 ``training.rlhf.records``), each problem is reported with its line number, and only a file without problems
 is stored, in one transaction, through ``record_feedback_batch``.
@@ -26,8 +31,11 @@ from training.rlhf import records as rules
 from . import services
 from .models import Feedback
 
-# The API's field names, in file order.
+# The API's field names, then the stored facts: a file's columns, in order.
 FIELDS = tuple(rules.JSON_NAMES.values())
+COLUMNS = tuple(rules.FILE_JSON_NAMES.values())
+# Cells that an empty CSV cell leaves unset (None), as an export writes a missing value.
+_NULLABLE = ("policyVersion", *rules.STORED_JSON_NAMES.values())
 REQUIRED = ("prompt", "response")
 FORMATS = ("jsonl", "csv")
 CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/csv; charset=utf-8"}
@@ -53,11 +61,15 @@ class ImportResult:
     agent_name: str
     created: int
     existing: int  # rows whose runId was already stored for this agent (idempotent re-import)
+    unknown_reviewers: tuple[str, ...] = ()  # reviewers of the file with no user here: stored without a reviewer
 
     def summary(self) -> str:
         text = f"Imported {self.created} feedback for {self.agent_name}"
         if self.existing:
             text += f"; {self.existing} were already there (same runId) and were left as they were"
+        if self.unknown_reviewers:
+            names = ", ".join(self.unknown_reviewers[:5]) + (" ..." if len(self.unknown_reviewers) > 5 else "")
+            text += f"; reviewers without a user here were left empty ({names})"
         return text + "."
 
 
@@ -83,7 +95,9 @@ def import_feedback(
         raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
     lines, records, errors = [], [], []
     for line, record, error in (_parse_jsonl if fmt == "jsonl" else _parse_csv)(_text(stream)):
-        problems = [error] if error else [rules.describe(p, rules.JSON_NAMES) for p in rules.record_problems(record)]
+        problems = [error] if error else [
+            rules.describe(p, rules.FILE_JSON_NAMES) for p in rules.record_problems(record, stored=True)
+        ]
         errors += [(line, problem) for problem in problems]
         if len(errors) >= MAX_ERRORS:
             break
@@ -99,21 +113,26 @@ def import_feedback(
         raise ImportFailed(errors)
     if not records:
         raise ImportFailed([(1, "the file has no feedback rows")])
-    created = 0
+    created, unknown_reviewers = 0, set()
     try:
         with transaction.atomic():
             for start in range(0, len(records), BATCH_SIZE):
+                batch = records[start:start + BATCH_SIZE]
                 results = services.record_feedback_batch(
-                    agent_name=agent_name, records=records[start:start + BATCH_SIZE], source=Feedback.Source.IMPORT,
-                    user=user,
+                    agent_name=agent_name, records=batch, source=Feedback.Source.IMPORT, user=user, stored=True,
                 )
                 created += sum(1 for _, was_created in results if was_created)
+                unknown_reviewers.update(
+                    record["reviewer"] for record, (feedback, was_created) in zip(batch, results)
+                    if was_created and record.get("reviewer") and feedback.reviewer_id is None
+                )
     except services.BatchValidationError as exc:
         # E.g. a runId already stored with other content: translate the batch's indexes to file lines.
         raise ImportFailed([(lines[start + index], message) for index, message in exc.errors]) from None
     except ValidationError as exc:  # the agent name
         raise ServiceError(" ".join(exc.messages)) from None
-    return ImportResult(agent_name=agent_name, created=created, existing=len(records) - created)
+    return ImportResult(agent_name=agent_name, created=created, existing=len(records) - created,
+                        unknown_reviewers=tuple(sorted(unknown_reviewers)))
 
 
 def _text(stream: IO) -> io.TextIOBase:
@@ -152,12 +171,12 @@ def _parse_csv(text: Iterable[str]) -> Parsed:
         if header is None:
             return
         header = [name.strip() for name in header]
-        unknown = [name for name in header if name not in FIELDS]
+        unknown = [name for name in header if name not in COLUMNS]
         missing = [name for name in REQUIRED if name not in header]
         if unknown or missing:
             problems = [f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "",
                         f"missing column(s) {', '.join(missing)}" if missing else ""]
-            yield 1, {}, f"{'; '.join(p for p in problems if p)} (columns are {', '.join(FIELDS)})"
+            yield 1, {}, f"{'; '.join(p for p in problems if p)} (columns are {', '.join(COLUMNS)})"
             return
         start = reader.line_num + 1  # a quoted field may span lines: report where the row starts
         for values in reader:
@@ -170,6 +189,9 @@ def _parse_csv(text: Iterable[str]) -> Parsed:
                 row: dict[str, Any] = dict(zip(header, values))
                 if "score" in row:
                     row["score"] = _csv_score(row["score"])
+                for name in _NULLABLE:
+                    if name in row and not row[name].strip():
+                        row[name] = None
                 yield _record(start, row)
             start = reader.line_num + 1
     except UnicodeDecodeError:
@@ -192,40 +214,46 @@ def _csv_score(text: str):
 
 def _record(number: int, row: dict) -> tuple[int, dict, str]:
     """One row in the API's names -> a record in model names (the rules check the content)."""
-    unknown = [key for key in row if key not in rules.PYTHON_NAMES]
+    unknown = [key for key in row if key not in rules.FILE_PYTHON_NAMES]
     if unknown:
         return number, {}, "; ".join(_unknown(str(key)) for key in unknown)
-    return number, {rules.PYTHON_NAMES[key]: value for key, value in row.items()}, ""
+    return number, {rules.FILE_PYTHON_NAMES[key]: value for key, value in row.items()}, ""
 
 
 def _unknown(key: str) -> str:
-    hint = rules.JSON_NAMES.get(key)
+    hint = rules.FILE_JSON_NAMES.get(key)
     return f"unknown field '{key}'" + (f" (did you mean '{hint}'?)" if hint and hint != key else "")
 
 
 # --- export ----------------------------------------------------------------------------------
 
 
+# What export reads of a row, in COLUMNS' order: the related rows' names instead of their ids.
+_EXPORTED = tuple({"policy_version": "policy_version__number", "reviewer": "reviewer__username"}.get(name, name)
+                  for name in rules.FILE_JSON_NAMES)
+
+
 def export_lines(*, queryset: QuerySet[Feedback], fmt: str, chunk_rows: int = 1000) -> Iterator[str]:
     """The rows of ``queryset``, oldest first, as JSONL or CSV text in chunks (for streaming)."""
     if fmt not in FORMATS:
         raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
-    rows = (
-        queryset.order_by("created_at", "id")
-        .values_list(*rules.FIELDS)  # FIELDS' Python names, in order
-        .iterator(chunk_size=chunk_rows)
-    )
+    rows = queryset.order_by("created_at", "id").values_list(*_EXPORTED).iterator(chunk_size=chunk_rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "csv":
-        writer.writerow(FIELDS)
+        writer.writerow(COLUMNS)
     count = 0
     for row in rows:
+        values = dict(zip(COLUMNS, row))
+        if values["policyVersion"] is not None:
+            values["policyVersion"] = f"v{values['policyVersion']}"
+        if values["reviewedAt"] is not None:
+            values["reviewedAt"] = values["reviewedAt"].isoformat()
         if fmt == "jsonl":
-            buffer.write(json.dumps(dict(zip(FIELDS, row)), ensure_ascii=False))
+            buffer.write(json.dumps(values, ensure_ascii=False))
             buffer.write("\n")
         else:
-            writer.writerow(["" if value is None else value for value in row])
+            writer.writerow(["" if value is None else value for value in values.values()])
         count += 1
         if count % chunk_rows == 0:
             yield buffer.getvalue()

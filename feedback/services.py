@@ -1,7 +1,9 @@
-"""Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports).
+"""Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports), and a later
+change to a stored one (an end user's score arriving after the response).
 
 Records are dicts in model field names: prompt, response, score (0..1 or None: awaiting review),
-run_id, notes; what a valid one is, is training.rlhf.records' (the API, import and training core use it too).
+run_id, notes, policy_version ("v3": the agent's version that produced the response, or None); what a valid one
+is, is training.rlhf.records' (the API, import and training core use it too).
 With its agent, a non-empty run_id is an idempotency key: storing the same record again returns the stored one
 (created=False); the same run_id with different content is a Conflict.
 """
@@ -11,14 +13,16 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from n3site.exceptions import Conflict, ServiceError
+from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import Agent, PolicyVersion, agent_name_validator
+from policies.selectors import get_agent
 from policies.services import get_or_create_agent
 from training.rlhf import records as rules
 
@@ -50,10 +54,10 @@ class BatchConflict(BatchValidationError):
     status_code = 409
 
 
-def batch_problems(records: list[Any]) -> list[tuple[int, str]]:
+def batch_problems(records: list[Any], *, stored: bool = False) -> list[tuple[int, str]]:
     """(index, message) for each bad record of a batch, and for each run_id repeated in it with other content."""
     problems = [(index, rules.describe(problem)) for index, record in enumerate(records)
-                for problem in rules.record_problems(record)]
+                for problem in rules.record_problems(record, stored=stored)]
     if not problems:
         problems = [
             (index, f"runId '{run_id}' is repeated in this request with different content (records {first} and "
@@ -73,28 +77,40 @@ def record_feedback(
     notes: str = "",
     source: str = Feedback.Source.API,
     user: Optional[AbstractBaseUser] = None,
-    policy_version: Optional[PolicyVersion] = None,
+    policy_version: Optional[PolicyVersion | str] = None,
 ) -> tuple[Feedback, bool]:
     """Store one record; returns (feedback, created). The agent is created on its first feedback.
 
-    Raises ValidationError (bad record or agent name) or Conflict (run_id stored with other content).
-    Two or three queries: the agent (none while it is cached), the INSERT, and only on a repeated run_id the
-    stored row.
+    ``policy_version``: the agent's version that produced the response, by name ("v3") or row.
+    Raises ValidationError (bad record, agent name or unknown version) or Conflict (run_id stored with other
+    content). Two or three queries: the agent (none while it is cached; the version's row brings its agent), the
+    INSERT, and only on a repeated run_id the stored row.
     """
-    record = {"prompt": prompt, "response": response, "score": score, "run_id": run_id, "notes": notes}
+    label = policy_version.version if isinstance(policy_version, PolicyVersion) else policy_version
+    record = {"prompt": prompt, "response": response, "score": score, "run_id": run_id, "notes": notes,
+              "policy_version": label}
     problems = rules.record_problems(record)
     if problems:
         raise ValidationError([rules.describe(problem) for problem in problems])
+    if isinstance(policy_version, PolicyVersion):
+        if policy_version.agent.name != agent_name:
+            raise ValidationError({"policyVersion": [_unknown_version(agent_name, label)]})
+        return _store_one(policy_version.agent, record, source=source, user=user, policy_version=policy_version)
+    if label is not None:
+        version = _versions_of(agent_name, [label]).get(label)
+        if version is None:
+            raise ValidationError({"policyVersion": [_unknown_version(agent_name, label)]})
+        return _store_one(version.agent, record, source=source, user=user, policy_version=version)
     agent, from_cache = _agent_for(agent_name)
     try:
-        return _store_one(agent, record, source=source, user=user, policy_version=policy_version)
+        return _store_one(agent, record, source=source, user=user, policy_version=None)
     except IntegrityError:
         if not from_cache:
             raise
     # The cached agent was deleted since (the INSERT's foreign key failed): look it up (or create it) again, once.
     _forget_agent(agent_name)
     agent = get_or_create_agent(name=agent_name)
-    return _store_one(agent, record, source=source, user=user, policy_version=policy_version)
+    return _store_one(agent, record, source=source, user=user, policy_version=None)
 
 
 def _store_one(agent: Agent, record: dict[str, Any], *, source: str, user, policy_version) -> tuple[Feedback, bool]:
@@ -106,7 +122,7 @@ def _store_one(agent: Agent, record: dict[str, Any], *, source: str, user, polic
         return feedback, True
     except IntegrityError:
         # Insert first, look second: a retry is rare, so the usual path is a single INSERT.
-        stored = Feedback.objects.filter(agent=agent, run_id=record["run_id"]).first() if record["run_id"] else None
+        stored = _stored(agent).filter(run_id=record["run_id"]).first() if record["run_id"] else None
         if stored is None:
             raise
     stored.agent = agent
@@ -121,37 +137,52 @@ def record_feedback_batch(
     records: list[dict[str, Any]],
     source: str = Feedback.Source.API,
     user: Optional[AbstractBaseUser] = None,
+    stored: bool = False,
 ) -> list[tuple[Feedback, bool]]:
     """Store many records in one transaction, all or nothing; returns (feedback, created) per record, in order.
 
+    ``stored`` (file imports): records may carry what an export writes besides the record: ``source`` (kept;
+    default ``source``), ``reviewer`` (a username: kept when that user exists here, else left empty) and
+    ``reviewed_at`` (ISO 8601). A record with either of the last two keys is stored as they say; one without them
+    and with a score has ``user`` as its reviewer, now (as any record from a person: not through the API).
     Raises BatchValidationError listing (index, message) for every bad record (or run_id repeated with other
-    content), BatchConflict for run_ids stored with other content, ValidationError for a bad agent name.
+    content, or version the agent does not have), BatchConflict for run_ids stored with other content,
+    ValidationError for a bad agent name.
     """
-    problems = batch_problems(records)
+    problems = batch_problems(records, stored=stored)
     if problems:
         raise BatchValidationError(problems)
     if not records:
         return []
+    labels = [record.get("policy_version") for record in records]
+    versions = _versions_of(agent_name, [label for label in labels if label]) if any(labels) else {}
+    unknown = [(index, f"policyVersion {_unknown_version(agent_name, label)}")
+               for index, label in enumerate(labels) if label and label not in versions]
+    if unknown:
+        raise BatchValidationError(unknown)
+    reviewers = _users_named({record["reviewer"] for record in records if record.get("reviewer")}) if stored else None
+    kwargs = {"source": source, "user": user, "versions": versions, "reviewers": reviewers}
     try:
         with transaction.atomic():
-            return _store_batch(agent_name, records, source=source, user=user)
+            return _store_batch(agent_name, records, **kwargs)
     except IntegrityError:
         # Another request stored one of these run_ids between our lookup and our insert (possible
         # on PostgreSQL; SQLite's IMMEDIATE transactions serialise writers), or the cached agent
         # was deleted since: look again, once.
         _forget_agent(agent_name)
         with transaction.atomic():
-            return _store_batch(agent_name, records, source=source, user=user, cached_agent=False)
+            return _store_batch(agent_name, records, **kwargs, cached_agent=False)
 
 
 def _store_batch(
-    agent_name: str, records: list[dict[str, Any]], *, source: str, user, cached_agent: bool = True
+    agent_name: str, records: list[dict[str, Any]], *, source: str, user, versions: dict[str, PolicyVersion],
+    reviewers: Optional[dict[str, AbstractBaseUser]], cached_agent: bool = True,
 ) -> list[tuple[Feedback, bool]]:
     agent = _agent_for(agent_name)[0] if cached_agent else get_or_create_agent(name=agent_name)
     run_ids = sorted({record["run_id"] for record in records if record.get("run_id")})
     known: dict[str, Feedback] = {}
     for start in range(0, len(run_ids), _LOOKUP_CHUNK):
-        for stored in Feedback.objects.filter(agent=agent, run_id__in=run_ids[start:start + _LOOKUP_CHUNK]):
+        for stored in _stored(agent).filter(run_id__in=run_ids[start:start + _LOOKUP_CHUNK]):
             stored.agent = agent
             known[stored.run_id] = stored
     results, new, conflicts = [], [], []
@@ -163,7 +194,9 @@ def _store_batch(
                 conflicts.append((index, _conflict_message(agent, stored)))
             results.append((stored, False))
             continue
-        feedback = _new_feedback(agent, record, source=source, user=user)
+        feedback = _new_feedback(agent, record, source=source, user=user,
+                                 policy_version=versions.get(record.get("policy_version") or ""),
+                                 reviewers=reviewers)
         new.append(feedback)
         results.append((feedback, True))
         if run_id:
@@ -172,6 +205,61 @@ def _store_batch(
         raise BatchConflict(conflicts)
     Feedback.objects.bulk_create(new)
     return results
+
+
+def update_feedback(
+    *, agent_name: str, run_id: str, changes: Mapping[str, Any], user: Optional[AbstractBaseUser] = None
+) -> Feedback:
+    """Set ``score`` and/or ``notes`` (``changes``, in Python names) of the agent's record with ``run_id``.
+
+    A score set records ``user`` as its reviewer, now, and frees the record's review-queue claim; a score of None
+    puts the record back in the review queue. Raises ValidationError (bad change) or NotFound (agent, run_id).
+    """
+    problems = rules.update_problems(changes)
+    if problems:
+        raise ValidationError([rules.describe(problem, rules.JSON_NAMES) for problem in problems])
+    agent = get_agent(name=agent_name)
+    feedback = _stored(agent).filter(run_id=run_id).first() if run_id else None
+    if feedback is None:
+        raise NotFound(f"No feedback with runId '{run_id}' for agent '{agent_name}'")
+    feedback.agent = agent
+    fields = ["updated_at"]
+    if "notes" in changes:
+        feedback.notes = changes["notes"]
+        fields.append("notes")
+    if "score" in changes:
+        feedback.score = rules.clean_score(changes["score"])
+        scored = feedback.score is not None
+        feedback.reviewer = user if scored and user is not None and user.is_authenticated else None
+        feedback.reviewed_at = timezone.now() if scored else None
+        feedback.claimed_by, feedback.claimed_until = None, None
+        fields += ["score", "reviewer", "reviewed_at", "claimed_by", "claimed_until"]
+    feedback.save(update_fields=fields)
+    return feedback
+
+
+def _stored(agent: Agent):
+    """The agent's stored feedback, with what comparing and answering a record reads."""
+    return Feedback.objects.filter(agent=agent).select_related("policy_version")
+
+
+def _versions_of(agent_name: str, labels: list[str]) -> dict[str, PolicyVersion]:
+    """The agent's versions among ``labels`` ("v3"), by name, in one query; their rows bring the agent."""
+    numbers = sorted({int(label[1:]) for label in labels})
+    found = PolicyVersion.objects.filter(agent__name=agent_name, number__in=numbers).select_related("agent")
+    return {version.version: version for version in found}
+
+
+def _unknown_version(agent_name: str, label: str) -> str:
+    return f"'{label}' is not a version of agent '{agent_name}'"
+
+
+def _users_named(names: set[str]) -> dict[str, AbstractBaseUser]:
+    if not names:
+        return {}
+    model = get_user_model()
+    return {getattr(user, model.USERNAME_FIELD): user
+            for user in model.objects.filter(**{f"{model.USERNAME_FIELD}__in": sorted(names)})}
 
 
 def _agent_for(name: str) -> tuple[Agent, bool]:
@@ -203,10 +291,19 @@ def _agent_key(name: str) -> str:
     return f"n3:agent:{name}"
 
 
-def _new_feedback(agent: Agent, record: Mapping[str, Any], *, source: str, user, policy_version=None) -> Feedback:
+def _new_feedback(
+    agent: Agent, record: Mapping[str, Any], *, source: str, user, policy_version: Optional[PolicyVersion] = None,
+    reviewers: Optional[dict[str, AbstractBaseUser]] = None,
+) -> Feedback:
     score = record.get("score")
-    # A person entering a score by hand or by import is its reviewer; an agent posting through the API is not.
-    reviewer = user if user is not None and score is not None and source != Feedback.Source.API else None
+    if reviewers is not None and ("reviewer" in record or "reviewed_at" in record):
+        # A file's own review facts (record_feedback_batch's ``stored``).
+        reviewer = reviewers.get(record.get("reviewer") or "")
+        reviewed_at = rules.parse_timestamp(record["reviewed_at"]) if record.get("reviewed_at") else None
+    else:
+        # A person entering a score by hand or by import is its reviewer; an agent posting through the API is not.
+        reviewer = user if user is not None and score is not None and source != Feedback.Source.API else None
+        reviewed_at = timezone.now() if reviewer else None
     return Feedback(
         agent=agent,
         prompt=record["prompt"],
@@ -214,15 +311,16 @@ def _new_feedback(agent: Agent, record: Mapping[str, Any], *, source: str, user,
         score=rules.clean_score(score),
         run_id=record.get("run_id") or "",
         notes=record.get("notes") or "",
-        source=source,
+        source=(record.get("source") or source) if reviewers is not None else source,
         policy_version=policy_version,
         reviewer=reviewer,
-        reviewed_at=timezone.now() if reviewer else None,
+        reviewed_at=reviewed_at,
     )
 
 
 def _same_content(stored: Feedback, record: Mapping[str, Any]) -> bool:
-    as_stored = {"prompt": stored.prompt, "response": stored.response, "score": stored.score, "notes": stored.notes}
+    as_stored = {"prompt": stored.prompt, "response": stored.response, "score": stored.score, "notes": stored.notes,
+                 "policy_version": stored.policy_version.version if stored.policy_version_id else None}
     return rules.content(as_stored) == rules.content(record)
 
 

@@ -14,6 +14,7 @@ FEEDBACK = {"prompt": "p", "response": "r", "score": 0.5}
 # (method, path, body, the permission it needs)
 WRITES = [
     ("post", "/api/policies/feedback/bot", FEEDBACK, "feedback.add_feedback"),
+    ("patch", "/api/policies/feedback/bot/run_1", {"score": 0.5}, "feedback.change_feedback"),
     ("post", "/api/policies/train_policy/bot", {"dryRun": False}, "policies.add_policyversion"),
     ("post", "/api/policies/bot/v1/cancel", None, "policies.change_policyversion"),
     ("post", "/api/policies/bot/v1/promote", None, "policies.change_policyversion"),

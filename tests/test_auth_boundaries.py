@@ -34,7 +34,8 @@ def test_the_write_list_covers_every_write_operation_in_the_schema(anonymous):
     schema = json.loads(anonymous.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").content)
     documented = {(method, path) for path, ops in schema["paths"].items() for method in ops
                   if method in ("post", "put", "patch", "delete")}
-    concrete = {(method, path.replace("{agent}", "bot").replace("{version}", "v1")) for method, path in documented}
+    concrete = {(method, path.replace("{agent}", "bot").replace("{version}", "v1").replace("{run_id}", "run_1"))
+                for method, path in documented}
 
     assert concrete == {(method, path) for method, path, _, _ in WRITES}
 

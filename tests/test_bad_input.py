@@ -218,7 +218,7 @@ def test_agent_names_that_are_sql_or_paths_are_refused_and_touch_nothing(api, tr
     for method, template, body in ENDPOINTS:
         path = template.format(quote(name, safe="%"))
         response = getattr(api, method)(path, body) if body is not None else getattr(api, method)(path)
-        assert_error(response, 400, 404)
+        assert_error(response, 400, 404, 405)  # 405: feedback/a/b is agent a's record "b" (PATCH only)
 
     assert list(Agent.objects.values_list("name", flat=True)) == ["bot"]
     assert Feedback.objects.count() == 12 and not PolicyVersion.objects.exists()
@@ -231,7 +231,8 @@ def test_agent_names_that_are_sql_or_paths_are_refused_and_touch_nothing(api, tr
 @pytest.mark.parametrize("name", ["a/b", "../bot", "bot/..", "./bot"])
 def test_agent_names_with_a_slash_are_refused(api, trainable, name):
     for path in (f"/api/policies/feedback/{name}", f"/api/policies/train_policy/{name}"):
-        assert_error(api.post(path, {"prompt": "p", "response": "r"}), 400, 404)
+        # feedback/a/b is the URL of agent a's record "b", which takes PATCH only (405).
+        assert_error(api.post(path, {"prompt": "p", "response": "r"}), 400, 404, 405)
     assert list(Agent.objects.values_list("name", flat=True)) == ["bot"]
 
 

@@ -1,6 +1,7 @@
 """Feedback files: JSONL/CSV import (all or nothing, errors by line) and export, from the CLI and the admin."""
 import io
 import json
+from datetime import UTC, datetime
 
 import pytest
 from django.contrib.auth.models import User
@@ -11,7 +12,7 @@ from django.urls import reverse
 
 from feedback import importexport
 from feedback.models import Feedback
-from policies.models import Agent
+from policies.models import Agent, PolicyVersion
 
 pytestmark = pytest.mark.django_db
 
@@ -133,7 +134,7 @@ def test_csv_header_and_row_shape_problems():
         do_import(b"prompt,answer,score\nq,a,0.5\n", "csv")
     assert failed.value.errors == [
         (1, "unknown column(s) 'answer'; missing column(s) response "
-            "(columns are prompt, response, score, runId, notes)"),
+            "(columns are prompt, response, score, runId, notes, policyVersion, reviewer, reviewedAt, source)"),
     ]
     with pytest.raises(importexport.ImportFailed) as failed:
         do_import(b'prompt,response,score\n"multi\nline",a,0.5\nq,a\nq,a,zero\n', "csv")
@@ -178,20 +179,121 @@ def test_export_then_import_round_trips(tmp_path, fmt):
     assert [row[:5] for row in stored("copy")] == TRICKY
 
 
-def test_export_jsonl_to_stdout_has_exactly_the_api_fields():
+EVERY_FIELD = ("prompt", "response", "score", "run_id", "notes", "policy_version__number", "reviewer__username",
+               "reviewed_at", "source")
+
+
+def every_field(agent_name: str) -> list[tuple]:
+    return list(Feedback.objects.filter(agent__name=agent_name).order_by("created_at", "id").values_list(*EVERY_FIELD))
+
+
+def agent_with_versions(name: str, *numbers: int) -> Agent:
+    agent = Agent.objects.create(name=name)
+    for number in numbers:
+        PolicyVersion.objects.create(agent=agent, number=number, status="trained")
+    return agent
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_round_trip_into_a_fresh_agent_keeps_every_stored_field(tmp_path, fmt):
+    rita = User.objects.create_user("rita")
+    source = agent_with_versions("source", 1, 2)
+    agent_with_versions("copy", 1, 2)
+    v1, v2 = source.versions.order_by("number")
+    at = datetime(2026, 11, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    for prompt, score, run_id, notes, version, reviewer, reviewed_at, origin in [
+        ("Scored in the admin", 0.9, "r1", "ok", v1, rita, at, "admin"),
+        ("Scored by the agent", 0.4, "r2", "", v2, None, None, "api"),
+        ("Awaiting review", None, "", "", v2, None, None, "api"),
+        ("Imported, commas, \"quotes\"\nand lines", 0.0, "", "multi\nline", None, rita, at, "import"),
+    ]:
+        Feedback.objects.create(agent=source, prompt=prompt, response="a", score=score, run_id=run_id, notes=notes,
+                                policy_version=version, reviewer=reviewer, reviewed_at=reviewed_at, source=origin)
+    path = tmp_path / f"out.{fmt}"
+    call_command("export_feedback", "--agent", "source", "-o", str(path), stderr=io.StringIO())
+
+    call_command("import_feedback", str(path), "--agent", "copy", stdout=io.StringIO())
+
+    assert every_field("copy") == every_field("source")
+    assert every_field("copy")[0][5:] == (1, "rita", at, "admin")
+    again = importexport.import_feedback(agent_name="copy", stream=path.open("rb"), fmt=fmt)  # the runIds: a retry
+    assert (again.created, again.existing) == (2, 2) and Feedback.objects.filter(agent__name="copy").count() == 6
+
+
+def test_a_version_the_agent_does_not_have_is_named_on_its_line_and_nothing_is_stored():
+    agent_with_versions("support", 1)
+    rows = [{"prompt": "q", "response": "a", "policyVersion": "v1"}, {"prompt": "q", "response": "a"},
+            {"prompt": "q", "response": "a", "policyVersion": "v7"}, {"prompt": "q", "response": "a",
+                                                                       "policyVersion": "7"}]
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl(*rows), "jsonl")
+    assert failed.value.errors == [
+        (4, 'policyVersion must be a version of the agent such as "v3" (or null: not known), got \'7\'')]
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl(*rows[:3]), "jsonl")
+    assert failed.value.errors == [(3, "policyVersion 'v7' is not a version of agent 'support'")]
+    assert not Feedback.objects.exists()
+
+
+def test_an_exported_reviewer_without_a_user_here_is_left_empty_and_named_in_the_summary():
+    User.objects.create_user("rita")
+    data = (b"prompt,response,score,policyVersion,reviewer,reviewedAt,source\n"
+            b"q1,a,0.9,,rita,2026-12-01T07:30:00Z,admin\n"
+            b"q2,a,0.8,,olga,2026-12-01T07:31:00,\n"
+            b"q3,a,0.7,,,,api\n")
+    result = do_import(data, "csv")
+    assert result.unknown_reviewers == ("olga",) and "reviewers without a user here were left empty (olga)" in (
+        result.summary())
+    assert [row[5:] for row in every_field("support")] == [
+        (None, "rita", datetime(2026, 12, 1, 7, 30, tzinfo=UTC), "admin"),
+        (None, None, datetime(2026, 12, 1, 7, 31, tzinfo=UTC), "import"),  # no offset: UTC
+        (None, None, None, "api"),  # scored by the agent: no reviewer, even though someone imported it
+    ]
+
+
+def test_a_file_without_review_columns_has_the_importing_user_as_reviewer_of_its_scores():
+    user = User.objects.create_user("importer")
+    importexport.import_feedback(agent_name="support", stream=io.BytesIO(b"prompt,response,score\nq,a,0.5\nq2,a,\n"),
+                                 fmt="csv", user=user)
+    rows = every_field("support")
+    assert [(row[6], row[8]) for row in rows] == [("importer", "import"), (None, "import")]
+    assert rows[0][7] is not None and rows[1][7] is None
+
+
+def test_stored_facts_are_checked_by_line():
+    rows = [{"prompt": "q", "response": "a", "source": "email"}, {"prompt": "q", "response": "a", "reviewedAt": "soon"},
+            {"prompt": "q", "response": "a", "reviewer": 7}, {"prompt": "q", "response": "a", "reviewed_at": None}]
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl(*rows), "jsonl")
+    assert failed.value.errors == [
+        (1, "source must be one of api, admin, import (or empty: import), got 'email'"),
+        (2, "reviewedAt must be a date and time in ISO 8601 such as 2026-12-01T07:30:00+00:00 (or empty), got 'soon'"),
+        (3, "reviewer must be a username of at most 150 characters"),
+        (4, "unknown field 'reviewed_at' (did you mean 'reviewedAt'?)"),
+    ]
+
+
+def test_export_jsonl_to_stdout_has_exactly_the_api_fields_and_the_stored_facts():
     agent = Agent.objects.create(name="support")
-    Feedback.objects.create(agent=agent, prompt="q", response="a", score=0.25, run_id="r", notes="n")
+    v2 = PolicyVersion.objects.create(agent=agent, number=2, status="trained")
+    rita = User.objects.create_user("rita")
+    reviewed = datetime(2026, 12, 1, 7, 30, 0, 123456, tzinfo=UTC)
+    Feedback.objects.create(agent=agent, prompt="q", response="a", score=0.25, run_id="r", notes="n",
+                            policy_version=v2, reviewer=rita, reviewed_at=reviewed, source="admin")
     Feedback.objects.create(agent=agent, prompt="q2", response="a2")
     out = io.StringIO()
     call_command("export_feedback", "--agent", "support", stdout=out)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert rows == [
-        {"prompt": "q", "response": "a", "score": 0.25, "runId": "r", "notes": "n"},
-        {"prompt": "q2", "response": "a2", "score": None, "runId": "", "notes": ""},
+        {"prompt": "q", "response": "a", "score": 0.25, "runId": "r", "notes": "n", "policyVersion": "v2",
+         "reviewer": "rita", "reviewedAt": "2026-12-01T07:30:00.123456+00:00", "source": "admin"},
+        {"prompt": "q2", "response": "a2", "score": None, "runId": "", "notes": "", "policyVersion": None,
+         "reviewer": None, "reviewedAt": None, "source": "api"},
     ]
     out = io.StringIO()
     call_command("export_feedback", "--agent", "support", "--format", "csv", "--scored-only", stdout=out)
-    assert out.getvalue() == "prompt,response,score,runId,notes\nq,a,0.25,r,n\n"
+    assert out.getvalue() == ("prompt,response,score,runId,notes,policyVersion,reviewer,reviewedAt,source\n"
+                              "q,a,0.25,r,n,v2,rita,2026-12-01T07:30:00.123456+00:00,admin\n")
 
 
 def test_import_command_reports_file_and_line(tmp_path):
@@ -256,7 +358,7 @@ def test_admin_export_downloads_what_the_list_shows(importer):
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith('attachment; filename="feedback-support-')
     body = b"".join(response.streaming_content).decode()
-    assert body == "prompt,response,score,runId,notes\npending,a,,,\n"
+    assert body == "prompt,response,score,runId,notes,policyVersion,reviewer,reviewedAt,source\npending,a,,,,,,,api\n"
 
 
 def test_admin_import_needs_the_add_permission():

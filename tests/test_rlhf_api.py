@@ -80,8 +80,8 @@ def test_feedback_is_stored_and_returned_with_201(api):
     body = response.json()
     assert {key: body[key] for key in sent} == sent
     assert body["agent"] == "my_agent" and body["source"] == "api"
-    assert set(body) == {"id", "agent", "prompt", "response", "score", "runId", "notes", "source", "createdAt",
-                         "updatedAt"}
+    assert set(body) == {"id", "agent", "prompt", "response", "score", "runId", "notes", "policyVersion", "source",
+                         "reviewedAt", "createdAt", "updatedAt"}
     stored = Feedback.objects.get(pk=body["id"])
     assert (stored.agent.name, stored.score, stored.run_id, stored.notes) == (
         "my_agent", 0.9, "run_123", "Accurate answer")
@@ -137,7 +137,6 @@ def test_non_finite_json_numbers_are_refused(api, raw):
 
 
 @pytest.mark.parametrize("name", [
-    "..%2F..%2Fetc",
     "x%27%3B%20DROP%20TABLE%20feedback_feedback%3B--",  # x'; DROP TABLE feedback_feedback;--
     "-starts-with-a-dash",
     "has.dot",
@@ -147,6 +146,13 @@ def test_bad_agent_names_are_refused_with_400_and_create_nothing(api, name):
     response = api.post(feedback_url(name), {"prompt": "p", "response": "r", "score": 0.5})
 
     assert_error(response, 400, "Agent names")
+    assert not Agent.objects.exists() and not Feedback.objects.exists()
+
+
+def test_a_name_with_a_slash_is_a_record_url_that_takes_no_post(api):
+    response = api.post(feedback_url("..%2F..%2Fetc"), {"prompt": "p", "response": "r", "score": 0.5})
+
+    assert_error(response, 405)  # feedback/<agent>/<runId>: PATCH only
     assert not Agent.objects.exists() and not Feedback.objects.exists()
 
 
@@ -846,6 +852,7 @@ def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
     validate_schema(schema)
     assert {
         "/api/policies/feedback/{agent}": {"post"},
+        "/api/policies/feedback/{agent}/{run_id}": {"patch"},
         "/api/policies/train_policy/{agent}": {"post"},
         "/api/policies/{agent}": {"get"},
         "/api/policies/{agent}/{version}": {"get"},

@@ -8,6 +8,7 @@ nothing accumulates between requests: a train_policy request never finds an agen
 calibrate or queue anything. The success bodies of train_policy (200 dry run, 202 queued) and of the reads
 (queued, running, trained, failed versions) are checked against the schema on seeded data at the end.
 """
+import json
 import os
 
 import pytest
@@ -19,6 +20,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 from hypothesis import HealthCheck, settings
 from rest_framework.authtoken.models import Token
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
@@ -54,7 +56,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @pytest.fixture
 def token(make_user):
-    user = make_user("fuzzer", *API_PERMISSIONS)
+    user = make_user("fuzzer", *API_PERMISSIONS, "feedback.change_feedback")
     return Token.objects.create(user=user).key
 
 
@@ -102,8 +104,11 @@ def result_metrics_evaluation() -> dict:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_operation_answers_as_its_schema_says(case, token):
+    # A schema-valid policyVersion may name a version the agent does not have: a 400 naming it (issue 12).
+    names_a_version = "policyVersion" in json.dumps(case.body, default=str)
     with transaction.atomic():
-        case.call_and_validate(headers={"Authorization": f"Token {token}"})
+        case.call_and_validate(headers={"Authorization": f"Token {token}"},
+                               excluded_checks=[positive_data_acceptance] if names_a_version else None)
         transaction.set_rollback(True)  # the next request starts from the same database
 
 
@@ -144,3 +149,7 @@ def test_success_bodies_match_the_schema(api_schema, token, seeded):
         assert feedback.Case(
             path_parameters={"agent": "bot"}, body=[record], media_type="application/json"
         ).call_and_validate(headers=auth).status_code == status
+    scored = api_schema["/api/policies/feedback/{agent}/{run_id}"]["PATCH"].Case(
+        path_parameters={"agent": "bot", "run_id": "once"}, body={"score": 1.0}, media_type="application/json"
+    ).call_and_validate(headers=auth)
+    assert scored.status_code == 200 and scored.json()["reviewedAt"]

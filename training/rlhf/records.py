@@ -1,7 +1,8 @@
 """What a valid feedback record is: the one validator of the API, file import, review queue, admin and training core.
 
-A record is a dict in Python names (prompt, response, score, run_id, notes); ``JSON_NAMES`` maps them to the names
-on the wire and in files (``runId``). ``record_problems`` returns (field, message) pairs, the message without the
+A record is a dict in Python names (prompt, response, score, run_id, notes, policy_version); ``JSON_NAMES`` maps them
+to the names on the wire and in files (``runId``, ``policyVersion``); files also carry the facts stored with a record
+(``STORED_JSON_NAMES``). ``record_problems`` returns (field, message) pairs, the message without the
 field's name, so that each caller names the field as its user wrote it (``describe`` joins the two for a sentence).
 Torch-free and Django-free.
 """
@@ -10,19 +11,37 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Optional
 
 # Python name -> JSON name: the one map between the two spellings of a feedback record.
-JSON_NAMES = {"prompt": "prompt", "response": "response", "score": "score", "run_id": "runId", "notes": "notes"}
+JSON_NAMES = {
+    "prompt": "prompt", "response": "response", "score": "score", "run_id": "runId", "notes": "notes",
+    "policy_version": "policyVersion",
+}
 PYTHON_NAMES = {json_name: name for name, json_name in JSON_NAMES.items()}
 FIELDS = tuple(JSON_NAMES)
+# What is stored with a record besides what its agent sends: exported to files and imported back from them (the API
+# answers reviewedAt and source but does not take them).
+STORED_JSON_NAMES = {"reviewer": "reviewer", "reviewed_at": "reviewedAt", "source": "source"}
+FILE_JSON_NAMES = {**JSON_NAMES, **STORED_JSON_NAMES}
+FILE_PYTHON_NAMES = {json_name: name for name, json_name in FILE_JSON_NAMES.items()}
+# A later change to a stored record (PATCH): an end user's score arriving after the response, a note.
+UPDATABLE = ("score", "notes")
 RUN_ID_MAX_LENGTH = 200  # feedback.models.Feedback.run_id's max_length (a test keeps them equal)
+SOURCES = ("api", "admin", "import")  # feedback.models.Feedback.Source (a test keeps them equal)
+REVIEWER_MAX_LENGTH = 150  # a Django username's max_length
+# A version as the API writes it: "v3" (never "v03"); the service looks it up among the agent's versions.
+VERSION_PATTERN = r"^v[1-9][0-9]{0,8}$"
+_VERSION = re.compile(VERSION_PATTERN)
 
 Problem = tuple[str, str]  # (field, message)
 
 REQUIRED_TEXT = "is required and must be non-empty text"
 INVISIBLE_TEXT = "must contain visible text, not only whitespace or invisible characters (such as U+200B)"
 SCORE_RANGE = "must be a number between 0 and 1 (or null: awaiting review)"
+VERSION_TEXT = 'must be a version of the agent such as "v3" (or null: not known)'
+TIMESTAMP_TEXT = "must be a date and time in ISO 8601 such as 2026-12-01T07:30:00+00:00 (or empty)"
 # PostgreSQL cannot store NUL in text (SQLite can): refused everywhere, so a file that imports here imports there.
 NUL_TEXT = "must not contain NUL (\\u0000): Null characters cannot be stored"
 SURROGATE_TEXT = "must not contain lone surrogates (\\ud800-\\udfff): they are not Unicode text"
@@ -96,17 +115,44 @@ def check_score(value: Any) -> float:
     return score + 0.0
 
 
-def record_problems(record: Any) -> list[Problem]:
-    """What is wrong with one record in Python names, as (field, message); empty when it can be stored."""
+def record_problems(record: Any, *, stored: bool = False) -> list[Problem]:
+    """What is wrong with one record in Python names, as (field, message); empty when it can be stored.
+
+    ``stored``: the record may also carry STORED_JSON_NAMES' facts (a file's reviewer, reviewed_at, source).
+    """
     if not isinstance(record, Mapping):
         return [("", "must be an object with prompt, response and score")]
-    problems = [(str(key), "is not a field of a feedback record") for key in record if key not in JSON_NAMES]
+    known = FILE_JSON_NAMES if stored else JSON_NAMES
+    problems = [(str(key), "is not a field of a feedback record") for key in record if key not in known]
     for name in ("prompt", "response"):
         value = record.get(name)
         if not isinstance(value, str) or not value:
             problems.append((name, REQUIRED_TEXT))
         elif not has_visible_text(value):
             problems.append((name, INVISIBLE_TEXT))
+    problems += _value_problems(record)
+    if stored:
+        problems += _stored_problems(record)
+    return problems
+
+
+def update_problems(changes: Any) -> list[Problem]:
+    """What is wrong with a change to a stored record (UPDATABLE: score and/or notes), as record_problems says it."""
+    if not isinstance(changes, Mapping):
+        return [("", "must be an object with score and/or notes")]
+    problems = [
+        (str(key), "cannot be changed: only score and notes can" if key in JSON_NAMES else
+         "is not a field of a feedback record")
+        for key in changes if key not in UPDATABLE
+    ]
+    if not problems and not any(key in changes for key in UPDATABLE):
+        problems.append(("", "must set score and/or notes"))
+    return problems + [(field, message) for field, message in _value_problems(changes) if field in changes]
+
+
+def _value_problems(record: Mapping[str, Any]) -> list[Problem]:
+    """The rules of the optional fields and of storable text, for the fields ``record`` has."""
+    problems = []
     message = score_problem(record.get("score"))
     if message:
         problems.append(("score", message))
@@ -115,12 +161,44 @@ def record_problems(record: Any) -> list[Problem]:
         problems.append(("run_id", f"must be text of at most {RUN_ID_MAX_LENGTH} characters"))
     if not isinstance(record.get("notes", ""), str):
         problems.append(("notes", "must be text"))
+    version = record.get("policy_version")
+    if version is not None and not (isinstance(version, str) and _VERSION.fullmatch(version)):
+        problems.append(("policy_version", f"{VERSION_TEXT}, got {version!r}"))
     for name in ("prompt", "response", "run_id", "notes"):
         value = record.get(name)
         found = _UNSTORABLE.search(value) if isinstance(value, str) else None
         if found:
             problems.append((name, NUL_TEXT if found.group() == "\x00" else SURROGATE_TEXT))
     return problems
+
+
+def _stored_problems(record: Mapping[str, Any]) -> list[Problem]:
+    problems = []
+    source = record.get("source")
+    if source is not None and source not in SOURCES:
+        problems.append(("source", f"must be one of {', '.join(SOURCES)} (or empty: import), got {source!r}"))
+    reviewer = record.get("reviewer")
+    if reviewer is not None and not (isinstance(reviewer, str) and len(reviewer) <= REVIEWER_MAX_LENGTH
+                                     and not _UNSTORABLE.search(reviewer)):
+        problems.append(("reviewer", f"must be a username of at most {REVIEWER_MAX_LENGTH} characters"))
+    reviewed_at = record.get("reviewed_at")
+    if reviewed_at is not None and parse_timestamp(reviewed_at) is None:
+        problems.append(("reviewed_at", f"{TIMESTAMP_TEXT}, got {reviewed_at!r}"))
+    return problems
+
+
+def parse_timestamp(value: Any) -> Optional[datetime]:
+    """An ISO 8601 date and time as an aware datetime (without an offset: UTC), or None when it is not one."""
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def describe(problem: Problem, names: Optional[Mapping[str, str]] = None) -> str:
@@ -132,8 +210,10 @@ def describe(problem: Problem, names: Optional[Mapping[str, str]] = None) -> str
 
 
 def content(record: Mapping[str, Any]) -> tuple:
-    """What makes two records with the same run_id the same record: prompt, response, score and notes."""
-    return record["prompt"], record["response"], clean_score(record.get("score")), record.get("notes") or ""
+    """What makes two records with the same run_id the same record: prompt, response, score, notes and the policy
+    version (its name)."""
+    return (record["prompt"], record["response"], clean_score(record.get("score")), record.get("notes") or "",
+            record.get("policy_version") or None)
 
 
 def run_id_repeats(records: Iterable[Mapping[str, Any]]) -> list[tuple[int, int, str]]:

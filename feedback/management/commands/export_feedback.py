@@ -8,7 +8,10 @@ from policies.models import Agent
 
 
 class Command(BaseCommand):
-    help = "Export an agent's feedback as JSONL or CSV (fields: prompt, response, score, runId, notes), oldest first."
+    help = (
+        "Export an agent's feedback as JSONL or CSV, oldest first: every stored field (prompt, response, score, "
+        "runId, notes, policyVersion, reviewer, reviewedAt, source); import_feedback reads it back."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--agent", required=True, help="agent name")

@@ -10,7 +10,8 @@ from n3site.exceptions import ServiceError
 
 class Command(BaseCommand):
     help = (
-        "Import feedback from a JSONL or CSV file (fields: prompt, response, score, runId, notes). "
+        "Import feedback from a JSONL or CSV file (fields: prompt, response, score, runId, notes, policyVersion; "
+        "and what export_feedback writes: reviewer, reviewedAt, source). "
         "All or nothing: problems are listed by line number and nothing is stored."
     )
 
