@@ -42,8 +42,8 @@ def readme_curls() -> dict[str, str]:
 def server(tmp_path):
     site = make_site(tmp_path)
     token = site.api_token("ops", perms=(
-        "feedback.add_feedback", "policies.add_policyversion", "policies.change_policyversion",
-        "policies.view_policyversion",
+        "feedback.add_feedback", "feedback.change_feedback", "policies.add_policyversion",
+        "policies.change_policyversion", "policies.view_policyversion",
     ))
     with site.gunicorn() as server:
         yield site, server.base_url, token
@@ -61,7 +61,8 @@ def run(command: str, base: str, token: str) -> str:
 def test_the_readme_commands_match_the_spec_quick_start():
     curls = readme_curls()
     assert set(curls) == {
-        "POST feedback/my_agent", "POST train_policy/my_agent (dry run)", "POST train_policy/my_agent",
+        "POST feedback/my_agent", "PATCH feedback/my_agent/run_123", "POST train_policy/my_agent (dry run)",
+        "POST train_policy/my_agent",
         "GET my_agent", "GET my_agent | jq", "GET my_agent | jq (evaluation)", "GET my_agent/v1",
         "POST my_agent/v1/cancel", "POST my_agent/v2/promote", "PUT my_agent/traffic", "GET my_agent/traffic",
     }
@@ -77,6 +78,10 @@ def test_the_readme_curls_work_against_a_running_server(server):
     assert stored["runId"] == "run_123" and stored["score"] == 0.9 and stored["agent"] == "my_agent"
     # A retry of the same request (same runId) stores nothing twice.
     assert json.loads(run(curls["POST feedback/my_agent"], base, token))["id"] == stored["id"]
+    # The end user's thumbs up, later: the token's user is its reviewer.
+    scored = json.loads(run(curls["PATCH feedback/my_agent/run_123"], base, token))
+    assert (scored["id"], scored["score"], scored["notes"]) == (stored["id"], 1.0, "user: thumbs up")
+    assert scored["reviewedAt"]
 
     # Too little feedback: the spec's error text. Then nine more records through the API.
     too_few = subprocess.run(
