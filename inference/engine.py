@@ -70,6 +70,7 @@ class Pending:
     def __init__(self, generation: Generation):
         self.generation = generation
         self.events: asyncio.Queue = asyncio.Queue()  # bounded by max_tokens deltas and one end
+        self.cancelled = False  # its client left: the row stops at the next token
 
     async def stream(self) -> AsyncIterator[Union[str, Finished]]:
         while True:
@@ -95,6 +96,7 @@ class _Loaded:
     context: int  # the model's positions: prompt + completion must fit
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # Pending, or None: evicted, stop draining
     last_batch: int = 1  # how many clients the previous batch served: the next one waits for as many
+    evicted: bool = False
     task: Optional[asyncio.Task] = None
 
 
@@ -139,6 +141,8 @@ class Engine:
         self._waiting += 1
         try:
             loaded = await self._get(key, model_path)
+            while loaded.evicted:  # evicted while this request waited for its load: its drain task may be gone
+                loaded = await self._get(key, model_path)
         except BaseException:
             self._waiting -= 1
             raise
@@ -182,6 +186,7 @@ class Engine:
         self._models[key] = loaded
         while len(self._models) > self.max_models:
             old_key, old = self._models.popitem(last=False)
+            old.evicted = True
             old.queue.put_nowait(None)  # its drain task serves what is queued, then ends; the weights go with it
             self.evicted.append(old_key)
             logger.info("Evicted %s (N3_SERVE_MAX_MODELS=%d)", old_key, self.max_models)
@@ -324,7 +329,9 @@ class _Rows(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         for row, token in zip(self.rows, input_ids[:, -1].tolist()):
-            if not row.done:
+            if row.pending.cancelled:
+                row.done = True
+            elif not row.done:
                 row.add(token, self.eos_id)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 

@@ -54,6 +54,9 @@ class InferenceApp:
             await self._route(scope, receive, send)
         except OpenAIError as exc:
             await respond(send, exc.status, exc.body(), exc.headers)
+        except Exception as exc:  # noqa: BLE001  (a load or a generate failed: OpenAI's shape, not a bare 500)
+            logger.exception("%s %s failed", scope["method"], scope["path"])
+            await respond(send, 500, OpenAIError(500, f"{type(exc).__name__}: {exc}", type="server_error").body())
 
     async def _route(self, scope: dict, receive: Callable, send: Callable) -> None:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
@@ -119,20 +122,26 @@ class InferenceApp:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
         try:
-            if request.kind == "chat":
-                await send_event(send, protocol.chunk_body(request, first=True, **ids))
-            async for event in pending.stream():
-                if isinstance(event, str):
-                    await send_event(send, protocol.chunk_body(request, text=event, **ids))
-                    continue
-                await send_event(send, protocol.chunk_body(request, finish_reason=event.finish_reason, **ids))
-                if request.include_usage:
-                    await send_event(send, protocol.usage_chunk(request, finished=event, **ids))
-                await self._record(served, request, event.text, completion_id, user)
-        except Exception as exc:  # noqa: BLE001  (the status is sent: the error travels as an event)
-            logger.exception("Streaming %s failed", completion_id)
-            await send_event(send, OpenAIError(500, str(exc), type="server_error").body())
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+            try:
+                if request.kind == "chat":
+                    await send_event(send, protocol.chunk_body(request, first=True, **ids))
+                async for event in pending.stream():
+                    if isinstance(event, str):
+                        await send_event(send, protocol.chunk_body(request, text=event, **ids))
+                        continue
+                    await send_event(send, protocol.chunk_body(request, finish_reason=event.finish_reason, **ids))
+                    if request.include_usage:
+                        await send_event(send, protocol.usage_chunk(request, finished=event, **ids))
+                    await self._record(served, request, event.text, completion_id, user)
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001  (the status is sent: the error travels as an event)
+                logger.exception("Streaming %s failed", completion_id)
+                await send_event(send, OpenAIError(500, str(exc), type="server_error").body())
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        except (OSError, RuntimeError) as exc:  # the client left (gunicorn raises either): its row stops early
+            pending.cancelled = True
+            logger.info("The client of %s left during its stream: %s", completion_id, exc)
 
     async def _record(self, served: services.Served, request: protocol.Request, text: str, completion_id: str,
                       user: Any) -> None:

@@ -185,6 +185,24 @@ def test_unknown_models_are_404_in_openais_shape(site: Site):
         assert "bot" not in [model.id for model in client.models.list()]  # not deployed: pinned versions only
 
 
+def test_a_version_whose_files_fail_to_load_is_a_500_in_openais_shape_and_the_others_serve_on(site: Site):
+    deploy(site, versions=(1, 2, 3))
+    (site.models_dir / "bot" / "v2" / "policy" / "model.safetensors").write_bytes(b"not weights")
+    shutil.rmtree(site.models_dir / "bot" / "v3" / "policy")
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.completions.create(model="bot:v2", prompt="Hi", max_tokens=2)
+        assert caught.value.body["type"] == "server_error" and caught.value.body["message"], caught.value.body
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.completions.create(model="bot:v3", prompt="Hi", max_tokens=2)
+        assert "has no policy files" in caught.value.body["message"]
+        assert client.completions.create(model="bot:v1", prompt="Hi", max_tokens=2).model == "bot:v1"
+        stats = server.get("/n3/stats", token)
+        assert stats["loaded"] == ["bot:v1"] and stats["waiting"] == 0
+
+
 def test_tokens_are_checked(site: Site):
     deploy(site)
     reader = site.api_token("client", SERVE_PERMS)
