@@ -1,18 +1,23 @@
 """The inference process against plain transformers generate(), side by side on n3-tiny, in one run.
 
     .venv/bin/python bench/serve_bench.py                     # about a minute
-    .venv/bin/python bench/serve_bench.py --requests 80 --max-tokens 64 --threads 2
+    .venv/bin/python bench/serve_bench.py --requests 192 --max-tokens 64 --threads 2
 
-A throwaway site (tests/sites.py) with one trained version whose policy/ is n3-tiny (the built-in 4-layer model
+A throwaway site (tests/sites.py) with a trained version whose policy/ is n3-tiny (the built-in 4-layer model
 from MODELS_DIR/_base), served by a real ``manage.py serve_policies`` on 127.0.0.1 and driven by the official
 ``openai`` client; the plain side loads the same directory in this process. Both greedy, the same prompts through
-the same format_query, the same max_new_tokens, torch on ``--threads`` threads each (OMP_NUM_THREADS).
+the same format_query, ``--max-tokens`` (32) new tokens each whatever EOS says (``ignore_eos``, as serving
+benchmarks do: every request does the same work), torch on ``--threads`` threads each (OMP_NUM_THREADS). Plain and
+served requests are taken in turns, so other work on the machine weighs on both alike.
 
 - single-client latency: median time of one completion, sequential, the server's over plain generate()'s
   (target <= 1.15x): HTTP, JSON, token auth and the hop to the generation thread are the difference
 - throughput: ``--clients`` (8) concurrent clients against sequential plain generate() (target >= 3x): the server
   batches concurrent requests to one version into one generate()
-- the resident memory one loaded version adds to the server process (its RSS before and after the first request)
+- the resident memory one loaded version adds to the server process (its RSS before and after the first request),
+  and what a second version adds beside it
+- the same with answers that end at EOS as the model chooses (about 7 tokens on n3-tiny), in the notes: there the
+  fixed cost of a request (HTTP, JSON, the client) weighs more than on 32 tokens
 """
 from __future__ import annotations
 
@@ -115,7 +120,7 @@ def main() -> None:
 
     with throwaway_site("serve") as site:
         resolve_base_model("n3-tiny", models_dir=site.models_dir)  # built once, cached in MODELS_DIR/_base
-        deploy(site, base="n3-tiny")
+        deploy(site, versions=(1, 2), base="n3-tiny")  # v2: the same weights again, for a second version's memory
         token = site.api_token("bench", SERVE_PERMS)
         policy = site.models_dir / "bot" / "v1" / "policy"
         model = AutoModelForCausalLM.from_pretrained(policy).eval()
@@ -129,6 +134,9 @@ def main() -> None:
             fixed = measure(server, token, model, tokenizer, prompts, args, ignore_eos=True)
             loaded_rss = server.get("/n3/stats", token)["rssBytes"]
             natural = measure(server, token, model, tokenizer, prompts, args, ignore_eos=False)
+            before_second = server.get("/n3/stats", token)["rssBytes"]
+            server.client(token).completions.create(model="bot:v2", prompt=prompts[0], max_tokens=args.max_tokens)
+            second_rss = server.get("/n3/stats", token)["rssBytes"] - before_second
 
     parameters = sum(p.numel() * p.element_size() for p in model.parameters())
     n = len(prompts)
@@ -143,12 +151,15 @@ def main() -> None:
                fixed.throughput_ratio >= TARGET_THROUGHPUT_RATIO),
         Figure("mean batch size (concurrent)", n / max(1, fixed.batches), "requests"),
         Figure("resident memory of one loaded version", (loaded_rss - idle_rss) / 2**20, "MiB"),
+        Figure("a second version besides it", second_rss / 2**20, "MiB"),
         Figure("its weights", parameters / 2**20, "MiB"),
     ], [
         f"{n} requests each, greedy, {args.max_tokens} tokens each (ignore_eos on both sides, as serving benchmarks "
         f"do), torch on {args.threads} thread(s) on each side; clients: the openai package, in this process",
         f"same text as plain generate(): {fixed.same_sequential}/{n} sequential, {fixed.same_batched}/{n} batched",
-        f"server process RSS: {idle_rss / 2**20:.0f} MiB idle, {loaded_rss / 2**20:.0f} MiB with the version loaded",
+        f"server process RSS: {idle_rss / 2**20:.0f} MiB idle, {loaded_rss / 2**20:.0f} MiB with the version loaded "
+        "(the first version also pays torch's first generate: kernels, allocator pools); ratios: latency "
+        f"{fixed.latency_ratio:.3f}x, throughput {fixed.throughput_ratio:.2f}x",
         f"answers ending at EOS as the model chooses ({natural.tokens / n:.1f} tokens on average): plain "
         f"{statistics.median(natural.plain_times) * 1000:.1f} ms, served "
         f"{statistics.median(natural.served_times) * 1000:.1f} ms ({natural.latency_ratio:.2f}x); {args.clients} "
