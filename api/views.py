@@ -133,7 +133,7 @@ class FeedbackView(APIView):
         },
         examples=[OpenApiExample("Quick Start", request_only=True, value={
             "prompt": "What is the capital of France?", "response": "Paris is the capital of France.",
-            "score": 0.9, "runId": "run_123", "notes": "Accurate answer", "policyVersion": None,
+            "score": 0.9, "runId": "run_123", "notes": "Accurate answer",
         })],
     )
     def post(self, request: Request, agent: str) -> Response:
