@@ -59,7 +59,7 @@ class Generation:
 @dataclass(frozen=True)
 class Finished:
     text: str
-    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens)
+    finish_reason: str  # "stop" (EOS or a stop string), "length" (max_tokens), "cancelled" (its client left)
     prompt_tokens: int
     completion_tokens: int
 
@@ -70,7 +70,7 @@ class Pending:
     def __init__(self, generation: Generation):
         self.generation = generation
         self.events: asyncio.Queue = asyncio.Queue()  # bounded by max_tokens deltas and one end
-        self.cancelled = False  # its client left: the row stops at the next token
+        self.cancelled = False  # its client left: the row ends at its next token ("cancelled")
 
     async def stream(self) -> AsyncIterator[Union[str, Finished]]:
         while True:
@@ -329,9 +329,11 @@ class _Rows(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         for row, token in zip(self.rows, input_ids[:, -1].tolist()):
+            if row.done:
+                continue
             if row.pending.cancelled:
-                row.done = True
-            elif not row.done:
+                row.finish("cancelled")
+            else:
                 row.add(token, self.eos_id)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 

@@ -25,7 +25,7 @@ from django.db import close_old_connections
 from n3site.exceptions import NotFound
 
 from . import protocol, services
-from .engine import Engine, Overloaded
+from .engine import Engine, Overloaded, Pending
 from .protocol import OpenAIError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class InferenceApp:
         else:
             body = await read_json(receive, self.max_body_bytes)
             request = protocol.read_request(body, kind=name, max_tokens_bound=self.max_tokens)
-            await self._complete(request, user, send)
+            await self._complete(request, user, receive, send)
 
     async def _authenticate(self, scope: dict) -> Any:
         header = next((v.decode("latin1") for k, v in scope["headers"] if k.lower() == b"authorization"), "")
@@ -99,7 +99,7 @@ class InferenceApp:
             raise OpenAIError(401, "Invalid API token", code="invalid_api_key")
         return user
 
-    async def _complete(self, request: protocol.Request, user: Any, send: Callable) -> None:
+    async def _complete(self, request: protocol.Request, user: Any, receive: Callable, send: Callable) -> None:
         try:
             served = services.cached_model(model=request.model, user=request.user) or await self._in_db(
                 services.resolve_model, model=request.model, user=request.user)
@@ -121,27 +121,27 @@ class InferenceApp:
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
+        watcher = asyncio.ensure_future(watch_disconnect(receive, pending))
         try:
-            try:
-                if request.kind == "chat":
-                    await send_event(send, protocol.chunk_body(request, first=True, **ids))
-                async for event in pending.stream():
-                    if isinstance(event, str):
-                        await send_event(send, protocol.chunk_body(request, text=event, **ids))
-                        continue
-                    await send_event(send, protocol.chunk_body(request, finish_reason=event.finish_reason, **ids))
-                    if request.include_usage:
-                        await send_event(send, protocol.usage_chunk(request, finished=event, **ids))
-                    await self._record(served, request, event.text, completion_id, user)
-            except OSError:
-                raise
-            except Exception as exc:  # noqa: BLE001  (the status is sent: the error travels as an event)
-                logger.exception("Streaming %s failed", completion_id)
-                await send_event(send, OpenAIError(500, str(exc), type="server_error").body())
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
-        except (OSError, RuntimeError) as exc:  # the client left (gunicorn raises either): its row stops early
-            pending.cancelled = True
-            logger.info("The client of %s left during its stream: %s", completion_id, exc)
+            if request.kind == "chat":
+                await send_event(send, protocol.chunk_body(request, first=True, **ids))
+            async for event in pending.stream():
+                if isinstance(event, str):
+                    await send_event(send, protocol.chunk_body(request, text=event, **ids))
+                    continue
+                if pending.cancelled:
+                    logger.info("The client of %s left during its stream: its generation stopped", completion_id)
+                    return
+                await send_event(send, protocol.chunk_body(request, finish_reason=event.finish_reason, **ids))
+                if request.include_usage:
+                    await send_event(send, protocol.usage_chunk(request, finished=event, **ids))
+                await self._record(served, request, event.text, completion_id, user)
+        except Exception as exc:  # noqa: BLE001  (the status is sent: the error travels as an event)
+            logger.exception("Streaming %s failed", completion_id)
+            await send_event(send, OpenAIError(500, str(exc), type="server_error").body())
+        finally:
+            watcher.cancel()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
     async def _record(self, served: services.Served, request: protocol.Request, text: str, completion_id: str,
                       user: Any) -> None:
@@ -159,6 +159,13 @@ class InferenceApp:
             return function(**kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self._db, call)
+
+
+async def watch_disconnect(receive: Callable, pending: Pending) -> None:
+    """While a stream is sent: the request's body is read, so the next message is the client leaving."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    pending.cancelled = True
 
 
 async def read_json(receive: Callable, limit: int) -> Any:

@@ -168,6 +168,18 @@ def test_streaming_chat_and_completion_deliver_the_same_text_as_one_answer(site:
             model="bot:v1", prompt="Tell me", max_tokens=12, temperature=0, stream=True))
         assert streamed == whole.choices[0].message.content
 
+        # A client that leaves mid-stream: its row stops (the log says so) and the process serves on
+        leaving = client.completions.create(model="bot", prompt="Long", max_tokens=256, stream=True,
+                                            extra_body={"ignore_eos": True})
+        next(iter(leaving))
+        leaving.close()
+        deadline = time.monotonic() + 30
+        while "left during its stream" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        assert client.completions.create(model="bot", prompt="Tell me", max_tokens=12, temperature=0).choices[0].text \
+            == whole.choices[0].message.content
+
 
 def test_unknown_models_are_404_in_openais_shape(site: Site):
     deploy(site, versions=(1, 2), active=None)
