@@ -145,6 +145,22 @@ def test_chat_completions_and_models_through_the_openai_client(site: Site):
         assert completion.choices[0].text == chat.choices[0].message.content
 
 
+def test_an_agents_traffic_split_is_sticky_per_user(site: Site):
+    deploy(site, versions=(1, 2), active=1)
+    site.shell('from policies.models import Agent\n'
+               'Agent.objects.filter(name="bot").update(traffic={"v1": 0.5, "v2": 0.5})')
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+
+        def served(user: str) -> str:
+            return client.completions.create(model="bot", prompt="Hi", max_tokens=1, user=user).model
+
+        first = {f"user-{i}": served(f"user-{i}") for i in range(12)}
+        assert set(first.values()) == {"bot:v1", "bot:v2"}
+        assert {user: served(user) for user in first} == first  # each user stays on its version
+
+
 def test_streaming_chat_and_completion_deliver_the_same_text_as_one_answer(site: Site):
     deploy(site)
     token = site.api_token("client", SERVE_PERMS)
