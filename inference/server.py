@@ -45,7 +45,8 @@ class InferenceApp:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
+                elif message["type"] == "lifespan.shutdown":  # the running generate ends first
+                    await asyncio.get_running_loop().run_in_executor(None, self.engine.close)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         if scope["type"] != "http":

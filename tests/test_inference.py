@@ -55,9 +55,12 @@ class Served:
     def __init__(self, process: subprocess.Popen, port: int, log_path: Path):
         self.process, self.port, self.log_path = process, port, log_path
         self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.clients: list[openai.OpenAI] = []
 
     def client(self, token: str, **kwargs) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=token, max_retries=0, timeout=60, **kwargs)
+        client = openai.OpenAI(base_url=self.base_url, api_key=token, max_retries=0, timeout=60, **kwargs)
+        self.clients.append(client)
+        return client
 
     def get(self, path: str, token: str) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
@@ -91,6 +94,8 @@ def serve(site: Site, **env: str) -> Iterator[Served]:
                 time.sleep(0.2)
         yield served
     finally:
+        for client in served.clients:  # keep-alive connections would hold the server's graceful stop
+            client.close()
         process.terminate()
         try:
             process.wait(30)
