@@ -245,7 +245,8 @@ class Engine:
     def _generate(self, loaded: _Loaded, group: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
         """In the generation thread: one generate() for ``group`` (equal sampling settings)."""
         tokenizer, model = loaded.tokenizer, loaded.model
-        max_new = max(pending.generation.max_tokens for pending in group)
+        # A row asking for more than the model's positions leave is cut there ("length")
+        max_new = min(max(pending.generation.max_tokens for pending in group), loaded.context - 1)
         encoded = tokenizer([pending.generation.prompt for pending in group], return_tensors="pt", padding=True,
                             truncation=True, max_length=max(1, loaded.context - max_new)).to(model.device)
         prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
