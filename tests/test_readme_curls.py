@@ -34,7 +34,7 @@ def readme_curls() -> dict[str, str]:
                 key += " (dry run)"
             if "| jq" in command:
                 key += " | jq (evaluation)" if ".metrics.evaluation" in command else " | jq"
-            commands[key] = command
+            commands.setdefault(key, command)  # the first of a kind: the Quick Start's
     return commands
 
 
