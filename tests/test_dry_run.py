@@ -99,6 +99,7 @@ NOT_TIMING = {
     "adaptive_kl": "a controller", "cliprange": "a clip", "cliprange_value": "a clip", "vf_coef": "a coefficient",
     "gamma": "a discount", "lam": "a coefficient", "whiten_rewards": "arithmetic", "missing_eos_penalty": "a number",
     "seed": "which samples, not how many", "reward_model_config": "its own fields, below",
+    "init_from": "the same model family's weights", "promote": "after training", "promote_max_kl": "after training",
 }
 REWARD_MODEL_NOT_TIMING = {
     "num_epochs": "extrapolated", "learning_rate": "a step size", "lora_alpha": "a scale",
