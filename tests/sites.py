@@ -86,6 +86,11 @@ class Site:
     def shell(self, code: str) -> str:
         return self.manage("shell", "-v", "0", "-c", code).stdout
 
+    def start_job(self, pk: int) -> subprocess.Popen:
+        """The django-q2 task, run the way a worker runs it (its own process, on this site's database)."""
+        code = f"from training.tasks import run_policy_version; print(run_policy_version({pk}))"
+        return self.popen("shell", "-v", "0", "-c", code)
+
     def queue_version(self, *, agent: str = "bot", max_steps: int = 2, config: Optional[dict] = None) -> int:
         """An agent with 12 scored feedback records and a queued version (its job row waits in the ORM queue).
 

@@ -95,15 +95,9 @@ def test_a_version_directory_that_cannot_be_made_fails_the_version_naming_the_pa
 # --- real processes on a Site ----------------------------------------------------------------------------------
 
 
-def start_job(site, pk: int) -> subprocess.Popen:
-    """The django-q2 task, run the way a worker runs it (its own process, on the site's database)."""
-    return site.popen("shell", "-v", "0", "-c",
-                      f"from training.tasks import run_policy_version; print(run_policy_version({pk}))")
-
-
 def run_job(site, pk: int, timeout: float = 300) -> str:
-    """start_job, waited for; returns its output."""
-    job = start_job(site, pk)
+    """Site.start_job, waited for; returns its output."""
+    job = site.start_job(pk)
     try:
         return job.communicate(timeout=timeout)[0]
     finally:
@@ -122,7 +116,7 @@ def training_starts(site, number: int) -> int:
 def test_a_killed_training_process_fails_its_version_and_the_next_training_works(tmp_path):
     site = make_site(tmp_path)
     pk = site.queue_version(max_steps=500)
-    job = start_job(site, pk)
+    job = site.start_job(pk)
     try:
         site.wait_for(pk, lambda v: v["step"] >= 1, timeout=180)
         (child,) = children_of(job.pid)

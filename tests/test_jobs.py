@@ -5,7 +5,6 @@ database (a SIGKILLed training, a cancel seen by the child) use a Site: a SQLite
 """
 import os
 import signal
-import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -312,16 +311,10 @@ def site(tmp_path):
     return make_site(tmp_path)
 
 
-def start_job(site, pk: int) -> subprocess.Popen:
-    """The django-q2 task, run the way a worker runs it (in its own process, on the site's database)."""
-    code = f"from training.tasks import run_policy_version; print(run_policy_version({pk}))"
-    return site.popen("shell", "-v", "0", "-c", code)
-
-
 @pytest.mark.slow
 def test_a_training_process_killed_with_sigkill_fails_its_version(site):
     pk = site.queue_version(max_steps=500)
-    job = start_job(site, pk)
+    job = site.start_job(pk)
     try:
         site.wait_for(pk, lambda v: v["step"] >= 1, timeout=120)
         (child,) = children_of(job.pid)
@@ -342,7 +335,7 @@ def test_a_training_process_killed_with_sigkill_fails_its_version(site):
 @pytest.mark.slow
 def test_a_cancel_reaches_the_training_process_which_stops_by_itself(site):
     pk = site.queue_version(max_steps=500)
-    job = start_job(site, pk)
+    job = site.start_job(pk)
     try:
         site.wait_for(pk, lambda v: v["step"] >= 1, timeout=120)
         site.shell(f"from training import services; from policies.models import PolicyVersion; "

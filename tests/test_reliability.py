@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
@@ -37,12 +36,6 @@ def wait_gone(pids: list[int], timeout: float) -> None:
         if not alive:
             return
         time.sleep(0.2)
-
-
-def start_job(site, pk: int) -> subprocess.Popen:
-    """The django-q2 task, run the way a worker runs it (its own process, on the site's database)."""
-    code = f"from training.tasks import run_policy_version; print(run_policy_version({pk}))"
-    return site.popen("shell", "-v", "0", "-c", code)
 
 
 @pytest.fixture
@@ -186,7 +179,7 @@ def test_a_re_created_agent_trains_v1_beside_what_a_deleted_agent_left(models_di
 def test_deleting_an_agent_while_it_trains_stops_its_job_cleanly_and_removes_its_files(tmp_path):
     site = make_site(tmp_path)
     pk = site.queue_version(max_steps=500)
-    job = start_job(site, pk)
+    job = site.start_job(pk)
     try:
         site.wait_for(pk, lambda v: v["step"] >= 1, timeout=180)
         site.shell("from policies.models import Agent; Agent.objects.get(name='bot').delete()")
@@ -239,7 +232,7 @@ def test_a_stopped_training_process_is_ended_after_the_stall_timeout(tmp_path):
     """SIGSTOP: the supervisor's heartbeat went on, so the version showed running until N3_TRAINING_TIMEOUT."""
     site = make_site(tmp_path, N3_STALL_TIMEOUT="15")
     pk = site.queue_version(max_steps=500)
-    job = start_job(site, pk)
+    job = site.start_job(pk)
     try:
         site.wait_for(pk, lambda v: v["step"] >= 1, timeout=180)
         (child,) = children_of(job.pid)
@@ -323,7 +316,7 @@ def test_the_sweep_runs_while_a_job_trains_and_nothing_piles_up_in_the_queue(tmp
 def test_a_version_directory_deleted_mid_training_fails_the_version_at_once(tmp_path):
     site = make_site(tmp_path)
     pk = site.queue_version(max_steps=2000)
-    job = start_job(site, pk)
+    job = site.start_job(pk)
     try:
         site.wait_for(pk, lambda v: v["step"] >= 1, timeout=180)
         shutil.rmtree(site.models_dir / "bot" / "v1")
