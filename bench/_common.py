@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from tests.servers import postgres_database, postgres_server, redis_server  # noqa: E402,F401  (for the bench scripts)
 from tests.sites import Site, children_of, make_site  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -101,67 +101,6 @@ def cpu_note(use: CpuUse, units: int, unit: str) -> str:
 
 
 # --- a temporary PostgreSQL ---------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str | None]:
-    """A PostgreSQL server URL: N3_TEST_DATABASE_URL when set, else a throwaway cluster on 127.0.0.1 made with this
-    machine's initdb / pg_ctl (run as the ``postgres`` user when we are root), else None. The cluster is stopped and
-    removed afterwards."""
-    given = os.environ.get("N3_TEST_DATABASE_URL", "")
-    if given.startswith(("postgres://", "postgresql://")):
-        yield given
-        return
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not (initdb and pg_ctl):
-        yield None
-        return
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        if not shutil.which("runuser"):
-            yield None
-            return
-        as_user = ["runuser", "-u", "postgres", "--"]
-    from tests.sites import free_port  # noqa: PLC0415
-
-    tmp = Path(tempfile.mkdtemp(prefix="n3-bench-pg-"))
-    tmp.chmod(0o777)
-    data, port = tmp / "data", free_port()
-    try:
-        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
-                       check=True, capture_output=True, timeout=120)
-        options = f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=100"
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(tmp / "pg.log"), "-w", "start"],
-                       check=True, capture_output=True, timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        print(f"(no temporary PostgreSQL: {error})", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
-        yield None
-        return
-    try:
-        yield f"postgres://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True, timeout=120
-        )
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def postgres_database(server_url: str, prefix: str = "n3_bench") -> Iterator[str]:
-    """A new empty database on ``server_url``'s server, dropped afterwards; yields its URL."""
-    import uuid  # noqa: PLC0415
-
-    import psycopg  # noqa: PLC0415
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{server_url.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- the figures table --------------------------------------------------------------------------------------------

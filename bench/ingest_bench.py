@@ -184,11 +184,11 @@ def main() -> int:
     figures.append(Figure("SQLite: bulk POST / raw sqlite3", bulk_rate / raw * 100, "%",
                           f">= {BULK_SHARE_TARGET:.0%}", bulk_rate / raw >= BULK_SHARE_TARGET))
     if not args.no_postgres:
-        with postgres_server() as server_url:
-            if server_url is None:
+        with postgres_server() as server:
+            if server is None:
                 notes.append("PostgreSQL: skipped (set N3_TEST_DATABASE_URL, or install PostgreSQL's initdb/pg_ctl)")
             else:
-                with postgres_database(server_url) as url, throwaway_site("ingest-pg", DATABASE_URL=url) as site:
+                with postgres_database(server.url) as url, throwaway_site("ingest-pg", DATABASE_URL=url) as site:
                     found, said = measure(site, args, "PostgreSQL")
                     figures += found
                     notes += said

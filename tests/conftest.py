@@ -1,9 +1,14 @@
-"""Shared fixtures: users with and without the API's permissions, and API clients that use token auth."""
+"""Shared fixtures: users with and without the API's permissions, API clients that use token auth, and the
+session's throwaway PostgreSQL and Redis servers."""
+import os
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+
+from tests.servers import DatabaseServer, postgres_server, redis_server
 
 # Everything the REST API checks: feedback POST, train, cancel, reads.
 API_PERMISSIONS = (
@@ -74,3 +79,26 @@ def api_without_permissions(user_without_permissions, client_for) -> APIClient:
 @pytest.fixture
 def anonymous() -> APIClient:
     return APIClient()
+
+
+def _server_or_skip(server: DatabaseServer | None, package: str) -> DatabaseServer:
+    if server is None:
+        message = f"no {package} on this machine (apt-get install {package}; .ci/run does)"
+        if os.environ.get("N3_REQUIRE_SERVERS") == "1":
+            pytest.fail(message + " and N3_REQUIRE_SERVERS=1")
+        pytest.skip(message)
+    return server
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server for the session (tests/servers.py); make a database per test on it."""
+    with postgres_server() as server:
+        yield _server_or_skip(server, "postgresql")
+
+
+@pytest.fixture(scope="session")
+def redis():
+    """A throwaway Redis server for the session (tests/servers.py)."""
+    with redis_server() as server:
+        yield _server_or_skip(server, "redis-server")

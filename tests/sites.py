@@ -29,6 +29,8 @@ from typing import Any, Optional
 
 from django.conf import settings
 
+from tests.servers import free_port  # noqa: F401  (tests import it from here too)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # A run of a few seconds on n3-tiny-random (the training core's own tests cover bigger ones).
@@ -253,13 +255,6 @@ def descendants(pid: int) -> list[int]:
 
 
 # --- a real web server and concurrent HTTP clients -------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -9,18 +9,17 @@ bodies stalled after 11 of 1,000 declared bytes, 5 unfinished headers, 2 headers
 every normal request must still be answered within its 10 s timeout. Then every record must be in the database
 exactly once with the content sent, and no answer may be a 5xx.
 
-On SQLite (WAL, IMMEDIATE transactions, busy timeout) always; on PostgreSQL when N3_TEST_DATABASE_URL names a
-server this test may create and drop a database on (``postgres://user:password@127.0.0.1:5432/postgres``).
+On SQLite (WAL, IMMEDIATE transactions, busy timeout) and on a throwaway PostgreSQL (tests/servers.py; CI installs
+Debian's postgresql, and N3_TEST_DATABASE_URL may name a server to use instead).
 bench/ingest_bench.py runs the same load at full size (10,000 records) and measures throughput. About 5 s a test on
 a quiet 2-core machine (not marked slow: no training; the one timing held is the clients' 10 s timeout, which the
 load meets in under 1 s even on a busy machine).
 """
-import os
-import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.servers import postgres_database
 from tests.sites import Site, feedback_load, make_site, percentile, slow_clients
 
 CLIENTS = 16
@@ -29,22 +28,10 @@ TIMEOUT = 10  # seconds a normal client waits for an answer
 
 
 @pytest.fixture
-def postgres_url():
-    """The URL of a new, empty PostgreSQL database on N3_TEST_DATABASE_URL's server, dropped afterwards."""
-    server_url = os.environ.get("N3_TEST_DATABASE_URL", "")
-    if not server_url.startswith(("postgres://", "postgresql://")):
-        pytest.skip("N3_TEST_DATABASE_URL does not name a PostgreSQL server")
-    import psycopg  # noqa: PLC0415
-
-    name = f"n3_load_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    base, _, _ = server_url.rpartition("/")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as db:
-            db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def postgres_url(postgres):
+    """The URL of a new, empty database on the session's PostgreSQL server, dropped afterwards."""
+    with postgres_database(postgres.url, prefix="n3_load") as url:
+        yield url
 
 
 def assert_every_record_stored_once(site: Site, *, workers: int, threads: int) -> None:

@@ -24,6 +24,7 @@ from django.utils import timezone
 from feedback import services as feedback_services
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
+from tests.servers import postgres_database
 from tests.sites import LEAN_CONFIG, children_of, descendants, feedback_records, make_site, tmp_models_dir
 from training import files, run, selectors, services
 from training.rlhf.layout import LOG_FILE, RESULTS_FILE
@@ -334,39 +335,34 @@ def test_a_version_directory_deleted_mid_training_fails_the_version_at_once(tmp_
 
 
 @pytest.mark.slow
-def test_the_snapshot_of_a_million_scored_rows_works_on_postgresql(tmp_path):
-    """The same on PostgreSQL: a throwaway server (N3_TEST_DATABASE_URL, or this machine's initdb), a Site on it."""
-    from bench._common import postgres_database, postgres_server
+def test_the_snapshot_of_a_million_scored_rows_works_on_postgresql(tmp_path, postgres):
+    """The same on PostgreSQL: a throwaway server (tests/servers.py), a Site on it."""
+    with postgres_database(postgres.url, prefix="n3_snapshot") as url:
+        import psycopg
 
-    with postgres_server() as server:
-        if server is None:
-            pytest.skip("no PostgreSQL: set N3_TEST_DATABASE_URL or install initdb/pg_ctl")
-        with postgres_database(server, prefix="n3_snapshot") as url:
-            import psycopg
-
-            site = make_site(tmp_path, DATABASE_URL=url)
-            site.shell("from policies.models import Agent; Agent.objects.create(name='big')")
-            (agent_id,) = site.query("SELECT id FROM policies_agent WHERE name = 'big'")[0]
-            n = 1_000_000
-            started = time.monotonic()
-            with psycopg.connect(url) as db, db.cursor().copy(
-                "COPY feedback_feedback (agent_id, prompt, response, score, run_id, notes, source, created_at,"
-                " updated_at) FROM STDIN"
-            ) as copy:
-                now = timezone.now()
-                for i in range(n):
-                    copy.write_row((agent_id, f"Q{i}?", f"A{i}.", None if i % 10 == 0 else (i % 7) / 6, "", "", "api",
-                                    now, now))
-            inserted = time.monotonic() - started
-            out = site.shell(
-                "import time; from policies.models import Agent; from training import selectors, services; "
-                "agent = Agent.objects.get(name='big'); "
-                "config = services.resolve_training_config(agent=agent, overrides={'max_steps': 2}); "
-                "version = services.queue_training(agent=agent, config=config, enqueue=False); "
-                "t = time.monotonic(); records = selectors.snapshot_records(version=version); "
-                "print(version.feedback_count, len(records), records[0]['prompt'], records[-1]['prompt'], "
-                "round(time.monotonic() - t, 1))"
-            ).split()
+        site = make_site(tmp_path, DATABASE_URL=url)
+        site.shell("from policies.models import Agent; Agent.objects.create(name='big')")
+        (agent_id,) = site.query("SELECT id FROM policies_agent WHERE name = 'big'")[0]
+        n = 1_000_000
+        started = time.monotonic()
+        with psycopg.connect(url) as db, db.cursor().copy(
+            "COPY feedback_feedback (agent_id, prompt, response, score, run_id, notes, source, created_at,"
+            " updated_at) FROM STDIN"
+        ) as copy:
+            now = timezone.now()
+            for i in range(n):
+                copy.write_row((agent_id, f"Q{i}?", f"A{i}.", None if i % 10 == 0 else (i % 7) / 6, "", "", "api",
+                                now, now))
+        inserted = time.monotonic() - started
+        out = site.shell(
+            "import time; from policies.models import Agent; from training import selectors, services; "
+            "agent = Agent.objects.get(name='big'); "
+            "config = services.resolve_training_config(agent=agent, overrides={'max_steps': 2}); "
+            "version = services.queue_training(agent=agent, config=config, enqueue=False); "
+            "t = time.monotonic(); records = selectors.snapshot_records(version=version); "
+            "print(version.feedback_count, len(records), records[0]['prompt'], records[-1]['prompt'], "
+            "round(time.monotonic() - t, 1))"
+        ).split()
 
     assert out[:4] == [str(n - n // 10), str(n - n // 10), "Q1?", f"Q{n - 1}?"], out
     print(f"PostgreSQL: inserted {n} rows in {inserted:.1f} s, snapshot read in {out[4]} s")
