@@ -52,3 +52,30 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent.name}: {self.prompt[:60]}"
+
+
+class Review(models.Model):
+    """One reviewer's score of one feedback item. With an agent's ``review_overlap`` above 1, an item collects that
+    many reviews before it leaves the queue; ``Feedback.score`` (what training reads) is then their mean."""
+
+    feedback = models.ForeignKey(Feedback, on_delete=models.CASCADE, related_name="reviews")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="feedback_reviews"
+    )
+    score = models.FloatField()
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        indexes = [models.Index(fields=["reviewer", "updated_at"], name="review_reviewer_updated")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(score__gte=0.0) & Q(score__lte=1.0), name="review_score_between_0_and_1"
+            ),
+            models.UniqueConstraint(fields=["feedback", "reviewer"], name="one_review_per_reviewer"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reviewer}: {self.score:g} on feedback {self.feedback_id}"

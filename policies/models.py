@@ -2,7 +2,7 @@ import secrets
 from typing import Optional
 
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 # Agent names appear in URLs and in MODELS_DIR paths: a slug keeps both safe.
@@ -31,6 +31,11 @@ class Agent(models.Model):
     traffic = models.JSONField(default=dict, blank=True)
     # Store each response the inference process serves as unscored feedback tied to its version (review queue).
     record_served = models.BooleanField(default=False)
+    # How many reviewers score each item in the review queue; an item's training score is the mean of their scores.
+    review_overlap = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(10)],
+        help_text="Reviewers who score each item (1-10). The item's training score is the mean of their scores.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
