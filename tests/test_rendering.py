@@ -1,0 +1,159 @@
+"""Prompts and responses as reviewers see them (feedback/rendering.py, the ``render_message`` filter): Markdown with
+code rendered, chats as conversations, plain text as written, and nothing in the text able to run script or load a
+URL in the reviewer's browser."""
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+from django.template import Context, Template
+
+from feedback.rendering import render_message
+
+
+class Elements(HTMLParser):
+    """The tags and attributes of rendered HTML, as a browser would parse them."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def assert_inert(html: str) -> None:
+    """No script, no event handler, no element that loads a URL, no link that is not http(s) or mailto."""
+    for tag, attrs in Elements(html).tags:
+        assert tag not in {"script", "img", "iframe", "object", "embed", "style", "svg", "form", "input", "link"}, html
+        assert not any(name.startswith("on") or name in {"src", "style", "srcdoc"} for name in attrs), html
+        if tag == "a":
+            assert re.match(r"(https?|mailto):", attrs["href"]), html
+
+
+XSS = [
+    "<script>alert(1)</script>",
+    'Hi <img src=x onerror="alert(1)"> there',
+    "<a href=\"javascript:alert(1)\">click</a>",
+    "[click](javascript:alert(1))",
+    "[click](JaVaScRiPt:alert(1))",
+    "[click]( javascript:alert(1) )",
+    "[click](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "<javascript:alert(1)>",
+    "![x](https://tracker.example/pixel.png)",
+    "![x](javascript:alert(1))",
+    "# Title\n\n<div onmouseover=\"alert(1)\">raw html in markdown</div>\n\n* item <b onclick=x>b</b>",
+    "```html\n<script>alert(1)</script>\n```",
+    '```python" onmouseover="alert(1)\nprint(1)\n```',
+    "<svg onload=alert(1)>",
+    "<style>body{display:none}</style>",
+    '[{"role": "user", "content": "<img src=x onerror=alert(1)>"}]',
+    '[{"role": "<script>alert(1)</script>", "content": "[x](javascript:alert(1))"}]',
+    '[{"role": "user\\" onclick=\\"alert(1)", "content": "hi"}]',
+]
+
+
+@pytest.mark.parametrize("text", XSS)
+def test_nothing_in_the_text_runs_or_loads(text):
+    html = render_message(text)
+    assert_inert(html)
+
+
+def test_raw_html_is_shown_as_text():
+    html = render_message('Hi <img src=x onerror="alert(1)"> there')
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    html = render_message("# Title\n\n<script>alert(1)</script>")
+    assert "<h1>Title</h1>" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_javascript_links_are_not_links_but_web_links_are():
+    html = render_message("see [bad](javascript:alert(1)) and [good](https://example.org/a?b=1)")
+    assert "[bad](javascript:alert(1))" in html  # left as the text it was
+    assert '<a href="https://example.org/a?b=1" rel="nofollow noopener noreferrer" target="_blank">good</a>' in html
+    assert 'href="javascript' not in html.lower()
+    # A relative link would point into the admin itself: text too.
+    assert "<a " not in render_message("[delete](/admin/auth/user/1/delete/)")
+
+
+def test_images_are_not_loaded():
+    html = render_message("![chart](https://example.org/chart.png)")
+    assert "<img" not in html and 'href="https://example.org/chart.png"' in html
+
+
+def test_markdown_code_fences_lists_tables():
+    text = "## Steps\n\n1. install\n2. run `n3 --help`\n\n```python\nif a < b:\n    print('x')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    html = render_message(text)
+    assert '<div class="n3-markdown">' in html
+    assert "<h2>Steps</h2>" in html
+    assert "<ol>" in html and "<code>n3 --help</code>" in html
+    assert "<pre><code class=\"language-python\">if a &lt; b:\n    print('x')\n</code></pre>" in html
+    assert "<table>" in html and "<td>2</td>" in html
+
+
+def test_fence_language_cannot_break_out_of_its_attribute():
+    html = render_message('```python" onmouseover="alert(1)\nprint(1)\n```')
+    assert Elements(html).tags[1] == ("pre", {})
+    assert set(Elements(html).tags[2][1]) == {"class"}
+
+
+def test_plain_text_stays_as_written():
+    text = "Line one\n    indented line?  no: two spaces inside\n\n\nthree blank lines above, a < b & c"
+    # Four leading spaces after a paragraph line are not a code block (CommonMark), so this is plain text.
+    html = render_message(text)
+    assert html == (
+        '<div class="n3-plain">Line one\n    indented line?  no: two spaces inside\n\n\n'
+        "three blank lines above, a &lt; b &amp; c</div>"
+    )
+
+
+def test_html_entities_in_plain_text_are_shown_as_typed():
+    assert render_message("AT&amp;T") == '<div class="n3-plain">AT&amp;amp;T</div>'
+
+
+def test_chat_json_is_a_conversation():
+    chat = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is **2+2**?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "4"}, {"type": "image_url", "image_url": {}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "add"}}]},
+    ]
+    html = render_message(json.dumps(chat))
+    assert html.startswith('<div class="n3-chat">')
+    roles = re.findall(r'<div class="n3-chat-message n3-role-(\w+)"><div class="n3-chat-role">(\w+)</div>', html)
+    assert roles == [("system", "system"), ("user", "user"), ("assistant", "assistant"), ("assistant", "assistant")]
+    assert "<strong>2+2</strong>" in html  # each message's content is Markdown-rendered
+    assert "4\n\n[image_url]" in html
+    assert "tool_calls" in html and "&quot;add&quot;" in html  # a message without text content shows its fields
+
+
+def test_openai_request_shape_is_a_conversation_too():
+    html = render_message(json.dumps({"model": "agent", "messages": [{"role": "user", "content": "hi"}]}))
+    assert 'n3-role-user' in html
+
+
+def test_an_unknown_role_is_shown_in_the_neutral_style():
+    html = render_message(json.dumps([{"role": "narrator", "content": "Once"}]))
+    assert '<div class="n3-chat-message n3-role-other"><div class="n3-chat-role">narrator</div>' in html
+
+
+@pytest.mark.parametrize("text", [
+    '[{"role": "user", "content": "unclosed"}',  # invalid JSON
+    '[{"role": "user"}]',  # no content
+    '[{"content": "no role"}]',
+    "[]",
+    '{"answer": 42}',
+    "[1, 2, 3]",
+])
+def test_json_that_is_not_a_chat_stays_text(text):
+    assert render_message(text) == f'<div class="n3-plain">{text.replace(chr(34), "&quot;")}</div>'
+
+
+def test_the_template_filter():
+    template = Template("{% load review_tags %}<div class=\"n3-text\">{{ text|render_message }}</div>")
+    html = template.render(Context({"text": "**bold** <b>not bold</b>"}))
+    assert html == (
+        '<div class="n3-text"><div class="n3-markdown"><p><strong>bold</strong> &lt;b&gt;not bold&lt;/b&gt;</p>\n'
+        "</div></div>"
+    )
+    assert Template("{% load review_tags %}{{ text|render_message }}").render(Context({"text": None})) == ""
