@@ -42,7 +42,8 @@ def _has_perm(user, perm: str) -> bool:
     Django reloads a token's user on every request and with it asks the database for its permissions
     (two queries, a third of a feedback POST's time). An agent posting feedback in a loop does not need
     that: a permission removed in the admin takes effect within the cache time. A deleted token or a
-    deactivated user still takes effect at once (the token and the user are read on every request).
+    deactivated user takes effect as api/authentication.py says (at once in the process that changed it, within
+    N3_TOKEN_CACHE_SECONDS elsewhere).
     """
     if user.is_active and user.is_superuser:
         return True

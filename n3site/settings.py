@@ -134,8 +134,9 @@ if not DEBUG:
 REST_FRAMEWORK = {
     # Token first: an anonymous request then gets 401 with "WWW-Authenticate: Token" (not 403).
     # Session auth serves the admin's own pages and the Swagger UI; DRF enforces CSRF for it.
+    # DRF's TokenAuthentication with the token's user cached per process (N3_TOKEN_CACHE_SECONDS).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "api.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.N3ModelPermissions"],
@@ -170,6 +171,9 @@ MODELS_DIR = Path(os.environ.get("MODELS_DIR", BASE_DIR / "models")).resolve()
 N3_PUBLIC_READ = env_bool("N3_PUBLIC_READ", False)
 # How long the API may reuse a user's permission set (seconds; 0: ask the database on every request).
 N3_PERMISSION_CACHE_SECONDS = env_int("N3_PERMISSION_CACHE_SECONDS", 10)
+# How long a process may reuse an API token's user (seconds; 0: read the token and its user on every request). A
+# deleted token or deactivated user takes effect at once in the process that changed it, elsewhere within this time.
+N3_TOKEN_CACHE_SECONDS = env_int("N3_TOKEN_CACHE_SECONDS", 10)
 # How long a process may reuse an agent's row when recording feedback (seconds; 0: look it up on every request).
 N3_AGENT_CACHE_SECONDS = env_int("N3_AGENT_CACHE_SECONDS", 10)
 # Directories besides MODELS_DIR from which an API request may name a local base model
