@@ -1,7 +1,7 @@
 """The reviewer pages, mounted at /review/ (see n3site/urls.py)."""
 from django.urls import path
 
-from . import views
+from . import comparison_views, views
 
 app_name = "review"
 
@@ -10,4 +10,8 @@ urlpatterns = [
     path("next", views.next_item, name="next"),
     path("items/<int:pk>/score", views.score_item, name="score"),
     path("items/<int:pk>/skip", views.skip_item, name="skip"),
+    # Blind side-by-side comparison of two versions (feedback/comparison_views.py).
+    path("compare/<int:pk>/", comparison_views.compare_queue, name="compare"),
+    path("compare/<int:pk>/items/<int:item_pk>/vote", comparison_views.vote_item, name="compare_vote"),
+    path("compare/<int:pk>/items/<int:item_pk>/skip", comparison_views.skip_item, name="compare_skip"),
 ]

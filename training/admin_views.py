@@ -21,6 +21,9 @@ from policies.models import Agent, PolicyVersion
 from training.rlhf import PRESETS, RLHFError, TrainingConfig
 
 from .charts import histogram, number, version_charts
+from .comparisons import DEFAULT_PROMPTS as DEFAULT_COMPARISON_PROMPTS
+from .comparisons import comparison_panel as blind_comparison_panel
+from .comparisons import start_comparison
 from .deployment import HumanScore, human_scores, promote_version, score_difference, set_traffic
 from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
@@ -139,6 +142,11 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
         return redirect("admin:policies_policyversion_change", version.pk)
     other = get_object_or_404(PolicyVersion.objects.select_related("agent"), pk=int(other_id))
     pair = [version, other]
+    if request.method == "POST" and "blind" in request.POST:  # "Start blind comparison": queued for the worker
+        return start_blind_comparison(request, version, other)
+    if request.GET.get("blind") == "status":
+        comparison = blind_comparison_panel(version=version, other=other)["comparison"]
+        return JsonResponse({"status": comparison.status if comparison else "none"})
     prompts = sample_prompts(agent=version.agent)
     if request.method == "POST":  # "Generate samples": queued for the worker; the page then polls
         for v in pair:
@@ -167,8 +175,28 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
         "samples": samples,
         "max_new_tokens": SAMPLE_MAX_NEW_TOKENS,
         "samples_status_url": f"{request.path}?other={other.pk}&samples=status",
+        "blind": blind_comparison_panel(version=version, other=other),
+        "blind_status_url": f"{request.path}?other={other.pk}&blind=status",
     }
     return TemplateResponse(request, "admin/policies/policyversion/compare.html", context)
+
+
+def start_blind_comparison(request: HttpRequest, version: PolicyVersion, other: PolicyVersion):
+    """The compare page's "Start blind comparison": prompts chosen and responses queued (training.comparisons)."""
+    if not request.user.has_perm("policies.change_policyversion"):
+        raise PermissionDenied
+    count = request.POST.get("count", "")
+    try:
+        comparison = start_comparison(
+            version=version, other=other, user=request.user,
+            count=int(count) if count.strip().isdigit() else DEFAULT_COMPARISON_PROMPTS,
+        )
+    except ServiceError as exc:
+        messages.error(request, f"No blind comparison started: {exc}")
+    else:
+        messages.success(request, f"Blind comparison {comparison.pk} started on {comparison.items.count()} prompts "
+                                  f"({comparison.prompt_source}); a worker is generating the responses.")
+    return redirect(f"{request.path}?other={other.pk}#n3-blind-comparison")
 
 
 # metrics.reward_model (the core's names) shown, in reading order, with words for people.

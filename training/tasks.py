@@ -13,7 +13,9 @@ import logging
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 from typing import Optional
 
 from django.conf import settings
@@ -23,7 +25,7 @@ from django.utils import timezone
 from policies.models import PolicyVersion
 from training.rlhf import estimate as timing
 
-from . import samples, services, worker
+from . import comparisons, samples, services, worker
 from .files import deleted_during_training, remove_unfinished_outputs, remove_version_files, version_dir
 from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version, heartbeat
 from .processes import (
@@ -282,3 +284,15 @@ def generate_version_samples(version_id: int) -> str:
     return f"samples of version {version_id}: exit code {returncode}"
 
 
+def generate_comparison(comparison_id: int) -> str:
+    """Both versions' responses for a blind comparison (queued by training.comparisons) in a child process, which
+    reads a request file and writes the responses to a file (no database); stored here. A child that ended without
+    them (killed, crashed, a policy that would not load) leaves the comparison failed, saying why."""
+    with tempfile.TemporaryDirectory(prefix="n3-comparison-") as directory:
+        if not comparisons.write_request(comparison_id=comparison_id, directory=Path(directory)):
+            return f"comparison {comparison_id}: not generating any more"
+        returncode = run_manage_child(
+            ["generate_comparison", directory], label=f"comparison {comparison_id}", timeout=MODEL_WORK_TIMEOUT,
+        )
+        comparisons.store_responses(comparison_id=comparison_id, directory=Path(directory), returncode=returncode)
+    return f"comparison {comparison_id}: exit code {returncode}"

@@ -1,0 +1,84 @@
+"""The blind comparison queue (/review/compare/<id>/): one prompt, two versions' responses as "left" and "right",
+a vote for a side or a tie. Plain forms (each vote a POST that redirects to the next pair), with keys added by
+static/n3/compare_queue.js. Which version a side shows is never in the page (feedback.comparisons).
+
+Reviewers are staff users with ``feedback.change_feedback``, as for the review queue.
+"""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from n3site.exceptions import ServiceError
+
+from . import comparisons
+from .models import Comparison
+from .review import LEASE
+from .views import reviewer_required
+
+# Items this reviewer skipped, per browser session and comparison: they stay in the queue for everyone else.
+SKIPPED_KEY = "n3_compare_skipped"
+
+
+def _skipped(request: HttpRequest, comparison_id: int) -> list[int]:
+    return list(request.session.get(SKIPPED_KEY, {}).get(str(comparison_id), []))
+
+
+def _set_skipped(request: HttpRequest, comparison_id: int, ids: list[int]) -> None:
+    skipped = dict(request.session.get(SKIPPED_KEY, {}))
+    skipped[str(comparison_id)] = ids[-1000:]
+    request.session[SKIPPED_KEY] = skipped
+
+
+@require_GET
+@reviewer_required
+def compare_queue(request: HttpRequest, pk: int):
+    comparison = get_object_or_404(Comparison.objects.select_related("agent"), pk=pk)
+    if request.GET.get("skipped") == "again":
+        _set_skipped(request, pk, [])
+        return redirect("review:compare", pk)
+    skipped = _skipped(request, pk)
+    item = comparisons.claim_next_item(comparison=comparison, user=request.user, exclude_ids=skipped)
+    tally = comparisons.tally(comparison=comparison)
+    if item is not None:
+        left, right = (item.response_a, item.response_b) if item.a_on_left else (item.response_b, item.response_a)
+    else:
+        left = right = ""
+    context = {
+        **admin.site.each_context(request),
+        # The agent, not the versions: the reviewer must not know which is which.
+        "title": f"Blind comparison {comparison.pk}: {comparison.agent.name}",
+        "comparison": comparison,
+        "item": item,
+        "left": left,
+        "right": right,
+        "tally": tally,
+        "skipped": len(skipped),
+        "lease_minutes": int(LEASE.total_seconds() // 60),
+    }
+    return render(request, "feedback/compare_queue.html", context)
+
+
+@require_POST
+@reviewer_required
+def vote_item(request: HttpRequest, pk: int, item_pk: int):
+    """``choice``: left, right or tie; then the next pair."""
+    try:
+        comparisons.vote(item_id=item_pk, user=request.user, side=request.POST.get("choice", ""), comparison_id=pk)
+    except ServiceError as exc:
+        messages.error(request, str(exc))
+    return redirect("review:compare", pk)
+
+
+@require_POST
+@reviewer_required
+def skip_item(request: HttpRequest, pk: int, item_pk: int):
+    """Leave the pair for someone else; this reviewer does not see it again this session."""
+    comparisons.release_item(item_id=item_pk, user=request.user)
+    skipped = _skipped(request, pk)
+    if item_pk not in skipped:
+        _set_skipped(request, pk, skipped + [item_pk])
+    return redirect(reverse("review:compare", args=[pk]))

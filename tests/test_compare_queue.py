@@ -1,0 +1,313 @@
+"""Blind side-by-side comparison of two versions (issue 13 item 3): prompts neither version trained on, sides
+random and balanced and never in the page, one leased vote per pair, the win rate with its Wilson interval, the
+compare page's panel, and (slow) the worker really generating both versions' responses."""
+import random
+import re
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.test import Client
+from django.urls import reverse
+
+from feedback import comparisons
+from feedback.models import Comparison, ComparisonItem, Feedback
+from n3site.exceptions import Conflict
+from policies.models import Agent, PolicyVersion
+from training.comparisons import comparison_prompts, start_comparison
+from training.rlhf import TrainingConfig
+from training.rlhf.data import heldout_split
+
+pytestmark = pytest.mark.django_db
+
+TINY = "n3-tiny-random"
+
+
+def staff(username: str, *perms: str) -> User:
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set([
+        Permission.objects.get(content_type__app_label=p.split(".")[0], codename=p.split(".")[1]) for p in perms
+    ])
+    return User.objects.get(pk=user.pk)
+
+
+def login(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def agent():
+    return Agent.objects.create(name="support")
+
+
+@pytest.fixture
+def reviewers():
+    return [staff(name, "feedback.change_feedback", "feedback.view_feedback") for name in ("rita", "sam")]
+
+
+@pytest.fixture
+def engineer():
+    return staff("eng", "policies.view_agent", "policies.view_policyversion", "policies.change_policyversion",
+                 "feedback.view_feedback")
+
+
+@pytest.fixture
+def pair(agent, tmp_path, settings):
+    """v1 and v2, both trained, with policy directories (empty: nothing here loads them)."""
+    settings.MODELS_DIR = tmp_path
+    versions = []
+    for number in (1, 2):
+        policy = tmp_path / f"v{number}" / "policy"
+        policy.mkdir(parents=True)
+        versions.append(PolicyVersion.objects.create(
+            agent=agent, number=number, status="trained", model_path=str(policy), config={"seed": 42}))
+    return versions
+
+
+def make_comparison(pair, prompts, rng=None) -> Comparison:
+    return comparisons.create_comparison(version_a=pair[0], version_b=pair[1], prompts=list(prompts),
+                                         prompt_source="test", max_new_tokens=8, rng=rng)
+
+
+def ready(comparison: Comparison) -> Comparison:
+    """Responses as a worker would store them: A's and B's recognisable."""
+    items = list(comparison.items.order_by("position"))
+    comparisons.set_responses(comparison_id=comparison.pk, responses_a=[f"answer A{i.position}" for i in items],
+                              responses_b=[f"answer B{i.position}" for i in items])
+    comparison.refresh_from_db()
+    return comparison
+
+
+# --- sides -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 2, 9, 10, 31])
+def test_sides_are_balanced(count):
+    for seed in range(20):
+        sides = comparisons.balanced_sides(count, random.Random(seed))
+        assert len(sides) == count and abs(sum(sides) - (count - sum(sides))) <= 1
+
+
+def test_sides_are_random_per_item(pair):
+    orders = {tuple(i.a_on_left for i in make_comparison(pair, [f"q{n}" for n in range(10)]).items.all())
+              for _ in range(5)}
+    assert len(orders) > 1  # not one fixed pattern (5 draws of C(10,5) = 252 orders all equal: 1 in 252^4)
+
+
+def test_the_queue_hides_which_version_is_which(pair, reviewers):
+    pair[0].policy_id, pair[1].policy_id = "aaaa1111", "bbbb2222"
+    for v in pair:
+        v.save()
+    comparison = ready(make_comparison(pair, [f"question {n}" for n in range(6)], rng=random.Random(3)))
+    client = login(reviewers[0])
+    seen_a_left = set()
+    for _ in range(6):
+        response = client.get(reverse("review:compare", args=[comparison.pk]))
+        html = response.content.decode()
+        item = response.context["item"]
+        assert not re.search(r"\bv[12]\b", html)  # no version name
+        for secret in ("aaaa1111", "bbbb2222", str(pair[0].model_path), "a_on_left", "response_a"):
+            assert secret not in html
+        left, right = response.context["left"], response.context["right"]
+        assert f'id="n3-left">{left}<' in html and f'id="n3-right">{right}<' in html
+        seen_a_left.add(left.startswith("answer A"))
+        # A vote names a side; the item turns it into the version it showed.
+        client.post(reverse("review:compare_vote", args=[comparison.pk, item.pk]), {"choice": "left"})
+        item.refresh_from_db()
+        assert item.choice == ("a" if item.a_on_left else "b") and item.reviewer == reviewers[0]
+    assert seen_a_left == {True, False}
+    assert comparisons.tally(comparison=comparison).n == 6
+    page = client.get(reverse("review:compare", args=[comparison.pk])).content.decode()
+    assert "All 6 pairs are judged" in page
+
+
+# --- the queue: one vote per pair, leased ------------------------------------------------------------------------
+
+
+def test_two_reviewers_never_get_the_same_pair_and_a_pair_gets_one_vote(pair, reviewers):
+    comparison = ready(make_comparison(pair, ["q1", "q2"]))
+    rita, sam = reviewers
+    first = comparisons.claim_next_item(comparison=comparison, user=rita)
+    second = comparisons.claim_next_item(comparison=comparison, user=sam)
+    assert first.pk != second.pk
+    assert comparisons.claim_next_item(comparison=comparison, user=rita).pk == first.pk  # a reload: the same pair
+    with pytest.raises(Conflict, match="Another reviewer is judging this pair"):
+        comparisons.vote(item_id=second.pk, user=rita, side="tie")
+    comparisons.vote(item_id=first.pk, user=rita, side="tie")
+    with pytest.raises(Conflict, match="already judged"):
+        comparisons.vote(item_id=first.pk, user=sam, side="left")
+    assert ComparisonItem.objects.get(pk=first.pk).choice == "tie"
+
+
+def test_skip_leaves_the_pair_to_others_and_can_be_undone(pair, reviewers):
+    comparison = ready(make_comparison(pair, ["only one"]))
+    rita, sam = [login(r) for r in reviewers]
+    url = reverse("review:compare", args=[comparison.pk])
+    item = rita.get(url).context["item"]
+    rita.post(reverse("review:compare_skip", args=[comparison.pk, item.pk]))
+    page = rita.get(url)
+    assert page.context["item"] is None and "you skipped 1" in page.content.decode()
+    assert sam.get(url).context["item"].pk == item.pk  # free for the next reviewer
+    assert rita.get(url, {"skipped": "again"}).status_code == 302
+
+
+def test_a_generating_comparison_has_nothing_to_judge_yet(pair, reviewers):
+    comparison = make_comparison(pair, ["q1"])
+    page = login(reviewers[0]).get(reverse("review:compare", args=[comparison.pk]))
+    assert page.context["item"] is None and "still writing their responses" in page.content.decode()
+
+
+def test_the_queue_needs_the_reviewer_permission(pair):
+    comparison = ready(make_comparison(pair, ["q1"]))
+    viewer = staff("viewer", "feedback.view_feedback")
+    assert login(viewer).get(reverse("review:compare", args=[comparison.pk])).status_code == 403
+
+
+# --- the result --------------------------------------------------------------------------------------------------
+
+
+def test_win_rate_counts_ties_half_with_a_wilson_interval():
+    # 6 wins, 2 losses, 2 ties: (6 + 2/2) / 10 = 0.7. Wilson, z = 1.96, p = 0.7, n = 10, by hand:
+    # centre (0.7 + 3.8415/20) / (1 + 3.8415/10) = 0.6445; half 1.96 * sqrt(0.021 + 3.8415/400) / 1.38415 = 0.2477.
+    tally = comparisons.Tally(wins=6, losses=2, ties=2, total=12)
+    assert (tally.n, tally.remaining, tally.win_rate) == (10, 2, 0.7)
+    assert tally.ci == pytest.approx((0.3968, 0.8922), abs=1e-4)
+    # 8 of 8: the interval is not [1, 1] (as a bootstrap or a normal interval would say) but from 0.68.
+    assert comparisons.Tally(wins=8, losses=0, ties=0, total=8).ci == pytest.approx((0.6756, 1.0), abs=1e-4)
+    assert comparisons.Tally(wins=0, losses=0, ties=4, total=4).win_rate == 0.5
+    assert comparisons.Tally(wins=0, losses=0, ties=0, total=4).ci is None
+
+
+def test_tally_counts_the_votes(pair, reviewers):
+    comparison = ready(make_comparison(pair, [f"q{n}" for n in range(5)]))
+    for item, choice in zip(comparison.items.order_by("position"), ["a", "b", "b", "tie", ""]):
+        ComparisonItem.objects.filter(pk=item.pk).update(choice=choice)
+    tally = comparisons.tally(comparison=comparison)
+    assert (tally.wins, tally.losses, tally.ties, tally.n, tally.total) == (2, 1, 1, 4, 5)
+    assert tally.win_rate == 0.625
+
+
+# --- prompts neither version trained on --------------------------------------------------------------------------
+
+
+def test_prompts_are_the_held_out_ones_then_newer_ones(agent, pair):
+    for n in range(15):
+        Feedback.objects.create(agent=agent, prompt=f"old prompt {n}", response="r", score=0.5)
+    through = Feedback.objects.order_by("-id").first().pk
+    v1, v2 = pair
+    v1.config = {"seed": 7, "eval_fraction": 0.2}
+    v2.config = {"seed": 7, "eval_fraction": 0.2, "init_from": "v1"}
+    for v in pair:
+        v.feedback_through_id = through
+        v.save()
+    for n in range(3):
+        Feedback.objects.create(agent=agent, prompt=f"new prompt {n}", response="r")
+    heldout, _ = heldout_split([f"old prompt {n}" for n in range(15)], TrainingConfig(seed=7, eval_fraction=0.2))
+    assert len(heldout) == 3
+
+    prompts, source = comparison_prompts(version_a=v1, version_b=v2, count=20)
+    assert prompts == sorted(heldout) + ["new prompt 2", "new prompt 1", "new prompt 0"]
+    assert source == ("3 held out of both versions' training (their evaluations' split) and 3 of the agent's most "
+                      "recent prompts that neither version trained on")
+    assert comparison_prompts(version_a=v1, version_b=v2, count=4)[0] == sorted(heldout) + ["new prompt 2"]
+
+    # A version with another seed held out other prompts: what it trained on is not a fair prompt any more.
+    v2.config = {"seed": 8, "eval_fraction": 0.2}
+    v2.save()
+    other_heldout, _ = heldout_split([f"old prompt {n}" for n in range(15)], TrainingConfig(seed=8, eval_fraction=0.2))
+    prompts, _ = comparison_prompts(version_a=v1, version_b=v2, count=20)
+    assert set(prompts) == (heldout & other_heldout) | {"new prompt 0", "new prompt 1", "new prompt 2"}
+
+
+def test_start_needs_trained_versions_and_prompts(agent, pair):
+    v1, v2 = pair
+    with pytest.raises(Exception, match="No prompts to compare on"):
+        start_comparison(version=v2, other=v1)
+    Feedback.objects.create(agent=agent, prompt="fresh", response="r")
+    v2.status = "failed"
+    v2.save()
+    with pytest.raises(Exception, match="support v2 is failed, not trained"):
+        start_comparison(version=v2, other=v1)
+
+
+# --- the compare page --------------------------------------------------------------------------------------------
+
+
+def test_compare_page_starts_a_comparison_shows_generating_then_the_tally(agent, pair, engineer, reviewers):
+    from django_q.models import OrmQ
+
+    v1, v2 = pair
+    for n in range(3):
+        Feedback.objects.create(agent=agent, prompt=f"prompt {n}", response="r")
+    client = login(engineer)
+    url = reverse("admin:policies_policyversion_compare", args=[v2.pk])
+    page = client.get(url, {"other": v1.pk}).content.decode()
+    assert "Start blind comparison (3 prompts)" in page
+
+    response = client.post(f"{url}?other={v1.pk}", {"blind": "1", "count": "3"}, follow=True)
+    comparison = Comparison.objects.get()
+    assert (comparison.version_a, comparison.version_b, comparison.items.count()) == (v1, v2, 3)
+    jobs = [t for t in OrmQ.objects.all() if t.func() == "training.tasks.generate_comparison"]
+    assert [t.args()[0] for t in jobs] == [comparison.pk]
+    assert "generating… 3 responses of each version" in response.content.decode()
+    assert client.get(url, {"other": v1.pk, "blind": "status"}).json() == {"status": "generating"}
+
+    ready(comparison)
+    assert client.get(url, {"other": v1.pk, "blind": "status"}).json() == {"status": "ready"}
+    for item, side in zip(comparison.items.order_by("position"), ["b", "b", "tie"]):
+        choice = "tie" if side == "tie" else "left" if item.a_on_left == (side == "a") else "right"
+        comparisons.vote(item_id=item.pk, user=reviewers[0], side=choice)
+    # The page of v1 compared with v2 shows the same comparison, B (v2) over A (v1).
+    page = client.get(reverse("admin:policies_policyversion_compare", args=[v1.pk]), {"other": v2.pk}).content.decode()
+    # (2 + 1/2) / 3 = 0.83; Wilson at n 3: centre 0.646, half-width 0.336.
+    assert "v2 preferred over v1: win rate 83 % (95 % interval 31–98 %) on 3 judged pairs" in page
+    assert reverse("review:compare", args=[comparison.pk]) in page
+    assert "Start a new blind comparison (3 prompts)" in page
+
+
+def test_starting_a_comparison_needs_the_change_permission(pair):
+    v1, v2 = pair
+    viewer = staff("viewer", "policies.view_policyversion")
+    url = reverse("admin:policies_policyversion_compare", args=[v2.pk])
+    assert login(viewer).post(f"{url}?other={v1.pk}", {"blind": "1"}).status_code == 403
+    assert not Comparison.objects.exists()
+
+
+# --- the worker, for real ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_worker_generates_both_versions_responses(agent, engineer, settings, tmp_path):
+    """The queued job, run here with its real child process (manage.py generate_comparison) on n3-tiny-random."""
+    from tests.sites import tmp_models_dir
+    from training import tasks
+    from training.rlhf.base_models import resolve_base_model
+
+    settings.MODELS_DIR = tmp_models_dir(tmp_path)
+    policy = resolve_base_model(TINY, models_dir=settings.MODELS_DIR)
+    v1, v2 = [PolicyVersion.objects.create(agent=agent, number=n, status="trained", model_path=policy)
+              for n in (1, 2)]
+    for prompt in ("What is 2+2?", "Name a colour.", "Say hello."):
+        Feedback.objects.create(agent=agent, prompt=prompt, response="...")
+    comparison = start_comparison(version=v2, other=v1, count=3, max_new_tokens=6, user=engineer)
+
+    assert tasks.generate_comparison(comparison.pk) == f"comparison {comparison.pk}: exit code 0"
+
+    comparison.refresh_from_db()
+    assert comparison.status == "ready" and comparison.ready_at is not None
+    for item in comparison.items.all():
+        assert item.response_a and item.response_a == item.response_b  # same weights, greedy: the same text
+
+
+@pytest.mark.slow
+def test_a_policy_that_cannot_load_fails_the_comparison(agent, settings, tmp_path):
+    settings.MODELS_DIR = tmp_path
+    v1, v2 = [PolicyVersion.objects.create(agent=agent, number=n, status="trained", model_path=str(tmp_path))
+              for n in (1, 2)]
+    comparison = make_comparison([v1, v2], ["q"])
+    from training import tasks
+
+    assert tasks.generate_comparison(comparison.pk).endswith("exit code 1")
+    comparison.refresh_from_db()
+    assert comparison.status == "failed" and "Cannot load the policy of v1" in comparison.error
