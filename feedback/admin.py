@@ -10,6 +10,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
@@ -131,15 +132,34 @@ class FeedbackAdmin(admin.ModelAdmin):
     action_form = ScoreActionForm
     actions = ["set_score", "clear_score", "delete_selected", "export_jsonl", "export_csv"]
     readonly_fields = [
-        "source", "reviewer", "reviewed_at", "claimed_by", "claimed_until", "created_at", "updated_at",
+        "source", "reviewer", "reviewed_at", "review_list", "claimed_by", "claimed_until", "created_at", "updated_at",
     ]
     fieldsets = [
         (None, {"fields": ["agent", "prompt", "response"]}),
-        ("Review", {"fields": ["score", "notes", "reviewer", "reviewed_at"]}),
+        ("Review", {"fields": ["score", "notes", "reviewer", "reviewed_at", "review_list"]}),
         ("Origin", {"fields": ["run_id", "source", "policy_version", "created_at", "updated_at"]}),
         ("Review queue", {"fields": ["claimed_by", "claimed_until"], "classes": ["collapse"]}),
     ]
     raw_id_fields = ["policy_version"]
+
+    @admin.display(description="reviews")
+    def review_list(self, obj: Feedback):
+        """The item's reviews, one per reviewer (read-only: reviewers change theirs in the queue or on "my recent
+        reviews"; a score set above is a lead's decision and becomes their review)."""
+        reviews = list(obj.reviews.select_related("reviewer").order_by("created_at", "id")) if obj.pk else []
+        if not reviews:
+            return "none"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((r.reviewer.get_username() if r.reviewer else "(deleted user)", f"{r.score:g}", r.notes,
+              f"{r.updated_at:%Y-%m-%d %H:%M}") for r in reviews),
+        )
+        overlap = obj.agent.review_overlap
+        return format_html(
+            '<table class="n3-reviews"><thead><tr><th>reviewer</th><th>score</th><th>notes</th><th>saved</th></tr>'
+            "</thead><tbody>{}</tbody></table><p>{} of {} reviews (the agent's review overlap){}</p>",
+            rows, len(reviews), overlap, "; the score is their mean unless a lead set it" if overlap > 1 else "",
+        )
 
     # -- list ------------------------------------------------------------------------------
     @admin.display(description="prompt")
@@ -160,19 +180,24 @@ class FeedbackAdmin(admin.ModelAdmin):
         return [*self.readonly_fields, "agent", "prompt", "response", "run_id", "policy_version"]
 
     def save_model(self, request, obj, form, change):
+        """A score typed here (form or list) is a lead's decision, as the "Set score" action: see review.set_scores;
+        clearing it puts the item back in the queue without its reviews."""
         if not change:
             obj.source = Feedback.Source.ADMIN
-        if "score" in form.changed_data or (not change and obj.score is not None):
-            scored = obj.score is not None
-            obj.reviewer = request.user if scored else None
-            obj.reviewed_at = timezone.now() if scored else None
-            obj.claimed_by, obj.claimed_until = None, None
         super().save_model(request, obj, form, change)
+        if "score" in form.changed_data or (not change and obj.score is not None):
+            one = Feedback.objects.filter(pk=obj.pk)
+            if obj.score is None:
+                review.clear_scores(queryset=one)
+            else:
+                review.set_scores(queryset=one, score=obj.score, user=request.user)
+            obj.refresh_from_db()
 
     # -- actions ---------------------------------------------------------------------------
     @admin.action(description="Set score of selected feedback (enter the score beside the action)",
                   permissions=["change"])
     def set_score(self, request, queryset):
+        """A lead's decision: the score is set whatever the reviews say, and becomes the acting user's review."""
         text = request.POST.get("score", "").strip()
         try:
             if not text:
@@ -185,10 +210,12 @@ class FeedbackAdmin(admin.ModelAdmin):
         self.message_user(request, f"Set score {score:g} on {count} feedback.", messages.SUCCESS)
         return None
 
-    @admin.action(description="Clear score of selected feedback (back to the review queue)", permissions=["change"])
+    @admin.action(description="Clear score and reviews of selected feedback (back to the review queue)",
+                  permissions=["change"])
     def clear_score(self, request, queryset):
         count = review.clear_scores(queryset=queryset)
-        self.message_user(request, f"Cleared the score of {count} feedback; they are back in the review queue.")
+        self.message_user(request, f"Cleared the score and reviews of {count} feedback; they are back in the review "
+                                   "queue.")
 
     @admin.action(description="Export selected feedback as JSONL", permissions=["view"])
     def export_jsonl(self, request, queryset):

@@ -26,6 +26,7 @@ from policies.selectors import get_agent
 from policies.services import get_or_create_agent
 from training.rlhf import records as rules
 
+from . import review
 from .models import Feedback
 
 # Rows per SELECT when looking up a batch's run ids (SQLite allows 999 parameters in old builds).
@@ -212,8 +213,9 @@ def update_feedback(
 ) -> Feedback:
     """Set ``score`` and/or ``notes`` (``changes``, in Python names) of the agent's record with ``run_id``.
 
-    A score set records ``user`` as its reviewer, now, and frees the record's review-queue claim; a score of None
-    puts the record back in the review queue. Raises ValidationError (bad change) or NotFound (agent, run_id).
+    A score is a lead's decision (``review.set_scores``): it records ``user`` as its reviewer, now, as ``user``'s
+    review, and frees the record's review-queue claim; a score of None puts the record back in the review queue
+    without its reviews (``review.clear_scores``). Raises ValidationError (bad change) or NotFound (agent, run_id).
     """
     problems = rules.update_problems(changes)
     if problems:
@@ -222,19 +224,20 @@ def update_feedback(
     feedback = _stored(agent).filter(run_id=run_id).first() if run_id else None
     if feedback is None:
         raise NotFound(f"No feedback with runId '{run_id}' for agent '{agent_name}'")
+    with transaction.atomic():
+        if "notes" in changes:
+            feedback.notes = changes["notes"]
+            feedback.save(update_fields=["notes", "updated_at"])
+        if "score" in changes:
+            one = Feedback.objects.filter(pk=feedback.pk)
+            score = rules.clean_score(changes["score"])
+            if score is None:
+                review.clear_scores(queryset=one)
+            else:
+                review.set_scores(queryset=one, score=score, user=user)
+            feedback.refresh_from_db(fields=["score", "reviewer", "reviewed_at", "claimed_by", "claimed_until",
+                                             "updated_at"])
     feedback.agent = agent
-    fields = ["updated_at"]
-    if "notes" in changes:
-        feedback.notes = changes["notes"]
-        fields.append("notes")
-    if "score" in changes:
-        feedback.score = rules.clean_score(changes["score"])
-        scored = feedback.score is not None
-        feedback.reviewer = user if scored and user is not None and user.is_authenticated else None
-        feedback.reviewed_at = timezone.now() if scored else None
-        feedback.claimed_by, feedback.claimed_until = None, None
-        fields += ["score", "reviewer", "reviewed_at", "claimed_by", "claimed_until"]
-    feedback.save(update_fields=fields)
     return feedback
 
 

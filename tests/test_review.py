@@ -8,8 +8,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from feedback import review
-from feedback.models import Feedback
-from n3site.exceptions import Conflict, ServiceError
+from feedback.models import Feedback, Review
+from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import Agent
 
 pytestmark = pytest.mark.django_db
@@ -171,7 +171,8 @@ def test_save_returns_the_next_item_in_the_same_round_trip(agent, alice):
                        {"score": 0.95, "notes": "great", "agent": "support"})
     assert answer.status_code == 200
     body = answer.json()
-    assert body["saved"] == {"id": first.pk, "score": 0.95, "reviewer": "alice"}
+    assert body["saved"] == {"id": first.pk, "score": 0.95, "reviewer": "alice", "itemScore": 0.95,
+                             "reviewId": Review.objects.get().pk, "reviews": 1, "overlap": 1}
     assert body["item"]["id"] == second.pk and body["remaining"] == 1
     first.refresh_from_db()
     assert (first.score, first.notes, first.reviewer) == (0.95, "great", alice)
@@ -313,3 +314,297 @@ def test_the_admin_add_form_refuses_what_the_api_refuses(agent):
     response = client_for(admin).post(reverse("admin:feedback_feedback_add"), {**form, "prompt": "q", "run_id": "r"})
     assert response.status_code == 302
     assert str(Feedback.objects.get().score) == "0.0"
+
+
+# --- several reviewers per item (review_overlap) ------------------------------------------------
+
+
+@pytest.fixture
+def carol():
+    return make_reviewer("carol")
+
+
+def overlap(agent: Agent, n: int) -> Agent:
+    agent.review_overlap = n
+    agent.save(update_fields=["review_overlap"])
+    return agent
+
+
+def test_with_overlap_2_an_item_waits_for_two_reviewers_and_gets_their_mean(agent, alice, bob, carol):
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1)
+
+    assert review.claim_next(user=alice).pk == item.pk
+    after_one = review.score_feedback(feedback_id=item.pk, user=alice, score=0.8, notes="good")
+    assert after_one.score is None and after_one.claimed_by is None  # still in the queue, free for the next
+    assert (after_one.reviewer, after_one.notes) == (alice, "good")  # the latest review's
+    assert review.claim_next(user=alice) is None  # alice never sees it again
+
+    assert review.claim_next(user=bob).pk == item.pk
+    done = review.score_feedback(feedback_id=item.pk, user=bob, score=0.5, notes="vague")
+    assert done.score == 0.65 and (done.reviewer, done.notes) == (bob, "vague")
+    assert review.claim_next(user=carol) is None  # a third reviewer never sees it
+    with pytest.raises(Conflict, match="already has its 2 reviews"):
+        review.score_feedback(feedback_id=item.pk, user=carol, score=0.1)
+    assert sorted(Review.objects.values_list("reviewer__username", "score")) == [("alice", 0.8), ("bob", 0.5)]
+
+
+def test_a_reviewer_cannot_review_the_same_item_twice(agent, alice):
+    overlap(agent, 3)
+    (item,) = add_feedback(agent, 1)
+    review.score_feedback(feedback_id=item.pk, user=alice, score=0.8)
+    assert not review.try_claim(feedback_id=item.pk, user=alice)
+    with pytest.raises(Conflict, match="You already reviewed feedback"):
+        review.score_feedback(feedback_id=item.pk, user=alice, score=0.2)
+
+
+def test_undo_of_the_completing_review_puts_the_item_back_in_the_queue(agent, alice, bob, carol):
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1)
+    review.score_feedback(feedback_id=item.pk, user=alice, score=0.8, notes="alice's")
+    saved = review.score_feedback(feedback_id=item.pk, user=bob, score=0.4, notes="bob's")
+    assert saved.score == 0.6
+
+    back = review.undo_review(review_id=saved.saved_review.pk, user=bob)
+    assert back.score is None and (back.reviewer, back.notes) == (alice, "alice's")
+    assert review.claim_next(user=carol).pk == item.pk  # needs one more review again
+    assert list(Review.objects.values_list("reviewer__username", flat=True)) == ["alice"]
+
+
+def test_undo_with_overlap_1_returns_the_item_to_the_queue(agent, alice):
+    (item,) = add_feedback(agent, 1)
+    saved = review.score_feedback(feedback_id=item.pk, user=alice, score=0.9, notes="typo")
+    back = review.undo_review(review_id=saved.saved_review.pk, user=alice)
+    assert (back.score, back.reviewer, back.reviewed_at) == (None, None, None)
+    assert review.claim_next(user=alice).pk == item.pk
+
+
+def test_only_ones_own_review_can_be_undone_or_edited(agent, alice, bob):
+    (item,) = add_feedback(agent, 1)
+    mine = review.score_feedback(feedback_id=item.pk, user=alice, score=0.9).saved_review
+    with pytest.raises(NotFound, match=f"You have no review {mine.pk}"):
+        review.undo_review(review_id=mine.pk, user=bob)
+    with pytest.raises(NotFound):
+        review.edit_review(review_id=mine.pk, user=bob, score=0.1)
+    with pytest.raises(NotFound):
+        review.edit_review(review_id=99999, user=alice, score=0.1)
+    assert Feedback.objects.get().score == 0.9
+
+
+def test_editing_a_review_of_a_completed_item_recomputes_its_mean(agent, alice, bob):
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1)
+    first = review.score_feedback(feedback_id=item.pk, user=alice, score=0.8).saved_review
+    review.score_feedback(feedback_id=item.pk, user=bob, score=0.4)
+
+    changed = review.edit_review(review_id=first.pk, user=alice, score=0.2, notes="on second thought")
+    assert changed.score == 0.2 and changed.feedback.score == 0.3
+    item.refresh_from_db()
+    assert (item.score, item.reviewer, item.notes) == (0.3, alice, "on second thought")
+
+
+def test_editing_a_review_of_an_item_awaiting_reviews_keeps_it_in_the_queue(agent, alice, bob):
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1)
+    first = review.score_feedback(feedback_id=item.pk, user=alice, score=0.8).saved_review
+    assert review.edit_review(review_id=first.pk, user=alice, score=0.6).feedback.score is None
+    assert review.claim_next(user=bob).pk == item.pk
+
+
+def test_previous_walks_back_through_the_reviewers_reviews_in_the_order_given(agent, alice, bob):
+    items = add_feedback(agent, 3)
+    given = [review.score_feedback(feedback_id=f.pk, user=alice, score=0.5).saved_review for f in items]
+    review.edit_review(review_id=given[0].pk, user=alice, score=0.7)  # an edit does not reorder the history
+    add_feedback(agent, 1)
+    review.score_feedback(feedback_id=Feedback.objects.filter(score__isnull=True).get().pk, user=bob, score=0.1)
+
+    walked, before = [], None
+    while (mine := review.previous_review(user=alice, before=before)) is not None:
+        walked.append(mine.feedback_id)
+        before = mine.pk
+    assert walked == [items[2].pk, items[1].pk, items[0].pk]
+    assert [r.feedback_id for r in review.recent_reviews(user=alice)] == [items[0].pk, items[2].pk, items[1].pk]
+
+
+def test_a_leads_score_is_the_items_score_and_their_review(agent, alice, bob):
+    overlap(agent, 3)
+    first, second = add_feedback(agent, 2)
+    review.score_feedback(feedback_id=first.pk, user=alice, score=0.8)
+
+    lead = make_reviewer("lead")
+    assert review.set_scores(queryset=Feedback.objects.all(), score=0.3, user=lead) == 2
+    assert list(Feedback.objects.order_by("id").values_list("score", "reviewer__username")) == [
+        (0.3, "lead"), (0.3, "lead")]
+    assert sorted(Review.objects.values_list("feedback_id", "reviewer__username", "score")) == [
+        (first.pk, "alice", 0.8), (first.pk, "lead", 0.3), (second.pk, "lead", 0.3)]
+    assert review.claim_next(user=bob) is None
+
+    review.set_scores(queryset=Feedback.objects.filter(pk=first.pk), score=0.5, user=lead)  # the lead changes it
+    assert Review.objects.get(feedback=first, reviewer=lead).score == 0.5
+
+    assert review.clear_scores(queryset=Feedback.objects.filter(pk=first.pk)) == 1
+    first.refresh_from_db()
+    assert (first.score, first.reviewer) == (None, None) and not first.reviews.exists()
+    assert review.claim_next(user=bob).pk == first.pk
+
+
+def test_the_last_slot_taken_by_two_reviewers_one_after_the_other(agent, alice, bob, carol):
+    """The race, step by step: bob and carol both saw the item free with one of its two reviews; the second to save
+    finds the item complete (under the row lock) and gets a Conflict."""
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1)
+    review.score_feedback(feedback_id=item.pk, user=alice, score=0.8)
+    assert review.reviewable_by(user=bob).get() == review.reviewable_by(user=carol).get() == item
+
+    review.score_feedback(feedback_id=item.pk, user=bob, score=0.6)
+    with pytest.raises(Conflict):
+        review.score_feedback(feedback_id=item.pk, user=carol, score=0.1)
+    assert Review.objects.count() == 2 and Feedback.objects.get().score == 0.7
+
+
+def test_patch_with_a_score_is_a_leads_decision_and_null_clears_the_reviews(agent, alice):
+    from rest_framework.test import APIClient  # noqa: PLC0415  (only this test speaks to the REST API)
+
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1, run_id="run-1")
+    review.score_feedback(feedback_id=item.pk, user=alice, score=0.8)
+    lead = make_reviewer("lead")
+    client = APIClient()
+    client.force_authenticate(lead)
+    url = "/api/policies/feedback/support/run-1"
+
+    answer = client.patch(url, {"score": 0.2}, format="json")
+    assert answer.status_code == 200 and answer.json()["score"] == 0.2
+    assert sorted(Review.objects.values_list("reviewer__username", "score")) == [("alice", 0.8), ("lead", 0.2)]
+    answer = client.patch(url, {"score": None}, format="json")
+    assert answer.status_code == 200 and answer.json()["score"] is None
+    assert not Review.objects.exists()
+
+
+def test_the_admin_set_score_action_and_clearing_a_score_in_the_list(agent, alice):
+    overlap(agent, 2)
+    first, second = add_feedback(agent, 2)
+    review.score_feedback(feedback_id=first.pk, user=alice, score=0.8)
+    lead = User.objects.create_superuser("lead", password="pw")
+    client = client_for(lead)
+    changelist = reverse("admin:feedback_feedback_changelist")
+    client.post(changelist, {"action": "set_score", "score": "0.4", "_selected_action": [first.pk, second.pk]})
+    assert sorted(Review.objects.values_list("feedback_id", "reviewer__username", "score")) == [
+        (first.pk, "alice", 0.8), (first.pk, "lead", 0.4), (second.pk, "lead", 0.4)]
+    assert set(Feedback.objects.values_list("score", flat=True)) == {0.4}
+
+    page = client.get(reverse("admin:feedback_feedback_change", args=[first.pk])).content.decode()
+    assert "2 of 2 reviews" in page and "alice" in page
+
+    client.post(changelist, {
+        "form-TOTAL_FORMS": "1", "form-INITIAL_FORMS": "1", "form-0-id": str(first.pk),
+        "form-0-score": "", "form-0-notes": "", "_save": "Save",
+    }, QUERY_STRING=f"id__exact={first.pk}")
+    first.refresh_from_db()
+    assert first.score is None and not first.reviews.exists()
+
+
+# --- going back and the empty state, through the views -----------------------------------------------
+
+
+def test_views_previous_edit_and_undo(agent, alice):
+    first, second, third = add_feedback(agent, 3)
+    client = client_for(alice)
+    post_json(client, reverse("review:next"), {})
+    saved1 = post_json(client, reverse("review:score", args=[first.pk]), {"score": 0.8, "notes": "a"}).json()["saved"]
+    saved2 = post_json(client, reverse("review:score", args=[second.pk]), {"score": 0.4}).json()["saved"]
+
+    previous = post_json(client, reverse("review:previous"), {}).json()["item"]
+    assert previous["id"] == second.pk and previous["review"]["score"] == 0.4
+    earlier = post_json(client, reverse("review:previous"), {"before": previous["review"]["id"]}).json()["item"]
+    assert earlier["id"] == first.pk and earlier["review"] == {**earlier["review"], "score": 0.8, "notes": "a"}
+    none = post_json(client, reverse("review:previous"), {"before": earlier["review"]["id"]}).json()
+    assert none == {"item": None}
+
+    edited = post_json(client, reverse("review:edit", args=[saved1["reviewId"]]), {"score": 0.9, "notes": "b"})
+    assert edited.status_code == 200 and edited.json()["saved"]["itemScore"] == 0.9
+    # Going back kept the held item: the queue shows it again.
+    assert post_json(client, reverse("review:next"), {}).json()["item"]["id"] == third.pk
+
+    undone = post_json(client, reverse("review:undo", args=[saved2["reviewId"]]), {}).json()
+    assert undone["undone"] == {"id": second.pk, "reviewId": saved2["reviewId"], "shownAgain": True}
+    assert undone["item"]["id"] == second.pk and undone["remaining"] == 2
+    second.refresh_from_db()
+    assert second.score is None and second.claimed_by == alice
+    third.refresh_from_db()
+    assert third.claimed_by is None  # one item at a time
+
+
+def test_views_going_back_refuse_bad_input_with_details(agent, alice, bob):
+    (item,) = add_feedback(agent, 1)
+    mine = review.score_feedback(feedback_id=item.pk, user=alice, score=0.5).saved_review
+    client = client_for(alice)
+    bad = post_json(client, reverse("review:previous"), {"before": "x"})
+    assert bad.status_code == 400 and bad.json()["detail"] == "before must be a whole number, got 'x'"
+    out_of_range = post_json(client, reverse("review:edit", args=[mine.pk]), {"score": 2})
+    assert out_of_range.status_code == 400 and "between 0 and 1" in out_of_range.json()["detail"]
+    missing = post_json(client, reverse("review:edit", args=[mine.pk]), {"notes": "x"})
+    assert missing.status_code == 400 and "Score is required" in missing.json()["detail"]
+    not_hers = post_json(client_for(bob), reverse("review:undo", args=[mine.pk]), {})
+    assert not_hers.status_code == 404 and not_hers.json()["detail"] == f"You have no review {mine.pk}"
+    assert client.get(reverse("review:undo", args=[mine.pk])).status_code == 405
+
+
+def test_queue_payload_shows_overlap_progress_and_keeps_reviews_independent(agent, alice, bob):
+    overlap(agent, 2)
+    (item,) = add_feedback(agent, 1, notes="user: thumbs up")
+    first = post_json(client_for(alice), reverse("review:next"), {}).json()["item"]
+    assert (first["overlap"], first["reviews"], first["notes"]) == (2, 0, "user: thumbs up")
+    post_json(client_for(alice), reverse("review:score", args=[item.pk]), {"score": 0.9, "notes": "alice: great"})
+    second = post_json(client_for(bob), reverse("review:next"), {}).json()["item"]
+    assert (second["id"], second["overlap"], second["reviews"], second["notes"]) == (item.pk, 2, 1, "")
+
+
+def test_empty_state_when_every_waiting_item_was_skipped(agent, alice):
+    items = add_feedback(agent, 3)
+    client = client_for(alice)
+    post_json(client, reverse("review:next"), {})
+    for item in items:
+        body = post_json(client, reverse("review:skip", args=[item.pk]), {}).json()
+    assert body["item"] is None and body["remaining"] == body["skipped"] == 3
+    assert body["empty"] == {"title": "You skipped all 3 items awaiting review.", "lines": []}
+    back = post_json(client, reverse("review:next"), {"includeSkipped": True}).json()
+    assert back["item"]["id"] == items[0].pk and back["skipped"] == 0
+
+
+def test_empty_state_names_items_awaiting_others_and_items_held_by_others(agent, alice, bob):
+    overlap(agent, 2)
+    first, second, third = add_feedback(agent, 3)
+    for item in (first, second):
+        review.score_feedback(feedback_id=item.pk, user=alice, score=0.5)
+    review.claim_next(user=bob, exclude_ids=[first.pk, second.pk])  # bob holds the third
+    body = post_json(client_for(alice), reverse("review:next"), {}).json()
+    assert body["item"] is None and (body["remaining"], body["held"], body["reviewed"]) == (1, 1, 2)
+    assert body["empty"]["title"] == "1 item awaits review, none free for you right now."
+    assert body["empty"]["lines"] == [
+        "1 item is being reviewed by someone else right now (held for up to 5 minutes).",
+        "2 items await other reviewers (you reviewed them).",
+    ]
+    review.score_feedback(feedback_id=third.pk, user=bob, score=0.5)
+    review.score_feedback(feedback_id=third.pk, user=alice, score=0.5)
+    body = post_json(client_for(alice), reverse("review:next"), {}).json()
+    assert body["empty"]["title"] == "Nothing awaiting your review." and body["remaining"] == 0
+
+
+def test_my_reviews_page_lists_and_edits_reviews(agent, alice):
+    overlap(agent, 2)
+    first, second = add_feedback(agent, 2)
+    mine = review.score_feedback(feedback_id=first.pk, user=alice, score=0.8, notes="fine").saved_review
+    client = client_for(alice)
+    page = client.get(reverse("review:mine"))
+    html = page.content.decode()
+    assert page.status_code == 200 and f'id="review-{mine.pk}"' in html and "Question 0" in html
+    assert "none yet: 1 of 2 reviews" in html and "Question 1" not in html
+
+    answer = client.post(reverse("review:edit", args=[mine.pk]), {"score": "0.3", "notes": "worse", "agent": ""})
+    assert answer.status_code == 302 and answer["Location"] == reverse("review:mine")
+    mine.refresh_from_db()
+    assert (mine.score, mine.notes) == (0.3, "worse")
+    refused = client.post(reverse("review:edit", args=[mine.pk]), {"score": "7"}, follow=True)
+    assert f"Review #{mine.pk} not changed: Score must be between 0 and 1" in refused.content.decode()
+    assert client.get(reverse("review:queue")).content.decode().count(reverse("review:mine")) == 1

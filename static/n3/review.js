@@ -1,5 +1,7 @@
 // The review queue: shows one claimed response at a time and scores it from the keyboard.
 // Talks to feedback/views.py (POST JSON with the CSRF token); no page reloads between items.
+// Two modes: "queue" (the claimed item: save creates this reviewer's review) and "edit" (going back: an item this
+// reviewer scored, with their score and notes; save changes that review). Undo removes the review saved last.
 (function () {
   "use strict";
 
@@ -16,6 +18,8 @@
     const notesInput = $("n3-notes");
 
     let current = null; // the item on screen
+    let editing = false; // the item on screen is one this reviewer scored before (going back)
+    let lastSaved = null; // {reviewId, id, score, notes}: the queue save that undo removes
     let busy = false; // a request is in flight: ignore keys until it answers
     let done = 0;
 
@@ -52,7 +56,9 @@
     }
 
     function setStatus(text, kind) {
-      const status = $("n3-status");
+      // The item's status line, or the empty card's when there is no item.
+      const status = current ? $("n3-status") : $("n3-empty-status");
+      (current ? $("n3-empty-status") : $("n3-status")).textContent = "";
       status.textContent = text;
       status.className = "n3-status" + (kind ? " n3-status-" + kind : "");
     }
@@ -79,28 +85,76 @@
       meta.appendChild(link);
     }
 
+    function setEditing(on) {
+      editing = on;
+      $("n3-editing").hidden = !on;
+      $("n3-skip").hidden = on;
+      $("n3-back").hidden = !on;
+      $("n3-save").firstChild.textContent = on ? "Save change " : "Save & next ";
+    }
+
+    function showUndo() {
+      $("n3-undo").disabled = !lastSaved;
+      $("n3-undo-empty").hidden = !lastSaved;
+    }
+
+    function overlapLine(item) {
+      const line = $("n3-overlap");
+      if (editing) {
+        line.textContent = item.overlap > 1
+          ? "Your review. The item has " + item.reviews + " of " + item.overlap + " reviews; " +
+            (item.score === null ? "it awaits more before it gets a score." : "its score (their mean) is " + item.score + ".")
+          : "";
+      } else {
+        line.textContent = item.overlap > 1
+          ? "Review " + (item.reviews + 1) + " of " + item.overlap + ": each item is scored by " + item.overlap +
+            " reviewers independently; its score is their mean."
+          : "";
+      }
+      line.hidden = !line.textContent;
+    }
+
+    function showItem(item) {
+      current = item;
+      $("n3-loading").hidden = true;
+      $("n3-empty").hidden = true;
+      $("n3-item").hidden = false;
+      metaLine(current);
+      overlapLine(current);
+      // textContent, never innerHTML: prompts and responses are untrusted text.
+      $("n3-prompt").textContent = current.prompt;
+      $("n3-response").textContent = current.response;
+      scoreInput.value = editing ? String(current.review.score) : "";
+      notesInput.value = editing ? current.review.notes : (current.notes || "");
+      if (editing) $("n3-editing-when").textContent = new Date(current.review.createdAt).toLocaleString();
+      highlightBand();
+      if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
+      window.scrollTo(0, 0);
+    }
+
     function show(payload) {
       $("n3-loading").hidden = true;
       $("n3-remaining").textContent = payload.remaining;
-      current = payload.item;
-      if (!current) {
+      $("n3-reviewed").textContent = payload.reviewed;
+      $("n3-reviewed-counter").hidden = !payload.reviewed;
+      setEditing(false);
+      showUndo();
+      if (!payload.item) {
+        current = null;
         $("n3-item").hidden = true;
         $("n3-empty").hidden = false;
+        $("n3-empty-title").textContent = payload.empty.title;
+        const lines = $("n3-empty-lines");
+        lines.replaceChildren(...payload.empty.lines.map((text) => {
+          const li = document.createElement("li");
+          li.textContent = text;
+          return li;
+        }));
         $("n3-empty-skipped").hidden = !payload.skipped;
         $("n3-skipped-count").textContent = payload.skipped;
         return;
       }
-      $("n3-empty").hidden = true;
-      $("n3-item").hidden = false;
-      metaLine(current);
-      // textContent, never innerHTML: prompts and responses are untrusted text.
-      $("n3-prompt").textContent = current.prompt;
-      $("n3-response").textContent = current.response;
-      scoreInput.value = "";
-      notesInput.value = current.notes || "";
-      highlightBand();
-      if (document.activeElement && document.activeElement !== document.body) document.activeElement.blur();
-      window.scrollTo(0, 0);
+      showItem(payload.item);
     }
 
     async function run(action) {
@@ -110,6 +164,10 @@
         await action();
       } catch (err) {
         if (!current) {
+          if (!$("n3-empty").hidden) {
+            setStatus(err.message, "error");
+            return;
+          }
           $("n3-loading").hidden = false;
           $("n3-loading").textContent = err.message;
           return;
@@ -136,6 +194,7 @@
 
     function save() {
       if (!current) return;
+      if (editing) return saveChange();
       const score = parseScore(scoreInput.value);
       if (score === null) {
         setStatus(scoreInput.value.trim() ? "A score is a number between 0 and 1." : "Pick a score first: press 1–5 or type a value.", "error");
@@ -150,8 +209,77 @@
         });
         done += 1;
         $("n3-done").textContent = done;
+        const saved = payload.saved;
+        lastSaved = { reviewId: saved.reviewId, id: saved.id, score: saved.score, notes: notesInput.value };
         show(payload);
-        setStatus("Saved #" + payload.saved.id + " = " + payload.saved.score + ".", "ok");
+        const progress = saved.overlap > 1 ? " (review " + saved.reviews + " of " + saved.overlap + ")" : "";
+        setStatus("Saved #" + saved.id + " = " + saved.score + progress + ". Press u to undo.", "ok");
+      });
+    }
+
+    function saveChange() {
+      const score = parseScore(scoreInput.value);
+      if (score === null) {
+        setStatus("A score is a number between 0 and 1.", "error");
+        scoreInput.focus();
+        return;
+      }
+      run(async () => {
+        const item = current;
+        setStatus("Saving…");
+        const answer = await post(itemUrl(root.dataset.editUrl, item.review.id), { score: score, notes: notesInput.value });
+        if (lastSaved && lastSaved.reviewId === item.review.id) {
+          lastSaved.score = answer.saved.score;
+          lastSaved.notes = answer.saved.notes;
+        }
+        show(await post(root.dataset.nextUrl, { agent: agent }));
+        setStatus("Changed your review of #" + item.id + " to " + answer.saved.score + ".", "ok");
+      });
+    }
+
+    function previous() {
+      run(async () => {
+        const before = editing ? current.review.id : null;
+        const answer = await post(root.dataset.previousUrl, { agent: agent, before: before });
+        if (!answer.item) {
+          setStatus(before ? "No earlier review: this is the first you gave." : "You have not scored anything yet.");
+          return;
+        }
+        setEditing(true);
+        showItem(answer.item);
+        setStatus("");
+      });
+    }
+
+    function backToQueue() {
+      run(async () => {
+        show(await post(root.dataset.nextUrl, { agent: agent }));
+        setStatus("");
+      });
+    }
+
+    function undo() {
+      if (!lastSaved) {
+        setStatus("Nothing to undo: undo removes the score you saved last in this page.");
+        return;
+      }
+      run(async () => {
+        const undone = lastSaved;
+        const payload = await post(itemUrl(root.dataset.undoUrl, undone.reviewId), { agent: agent });
+        lastSaved = null;
+        done = Math.max(done - 1, 0);
+        $("n3-done").textContent = done;
+        show(payload);
+        if (payload.undone.shownAgain) {
+          scoreInput.value = String(undone.score);
+          notesInput.value = undone.notes;
+          highlightBand();
+          setStatus("Undone: your score " + undone.score + " of #" + undone.id +
+            " was removed and the item is back in the queue. Score it again, or skip it.", "ok");
+        } else {
+          setStatus("Undone: your score " + undone.score + " of #" + undone.id +
+            " was removed; the item is back in the queue (someone else is reviewing it now).", "ok");
+        }
       });
     }
 
@@ -178,6 +306,11 @@
     scoreInput.addEventListener("input", highlightBand);
     $("n3-score-form").addEventListener("submit", (e) => { e.preventDefault(); save(); });
     $("n3-skip").addEventListener("click", skip);
+    $("n3-back").addEventListener("click", backToQueue);
+    $("n3-previous").addEventListener("click", previous);
+    $("n3-previous-empty").addEventListener("click", previous);
+    $("n3-undo").addEventListener("click", undo);
+    $("n3-undo-empty").addEventListener("click", undo);
     $("n3-refresh").addEventListener("click", () => next(false));
     $("n3-review-skipped").addEventListener("click", () => next(true));
 
@@ -196,6 +329,23 @@
         if (target === scoreInput && e.key === "Enter") { e.preventDefault(); save(); }
         return;
       }
+      if (e.key === "p") {
+        e.preventDefault();
+        previous();
+        return;
+      } else if (e.key === "u") {
+        e.preventDefault();
+        undo();
+        return;
+      } else if (e.key === "m") {
+        e.preventDefault();
+        window.location.href = $("n3-mine-link").href;
+        return;
+      } else if (e.key === "Escape" && editing) {
+        e.preventDefault();
+        backToQueue();
+        return;
+      }
       if (!current) return;
       if (Object.prototype.hasOwnProperty.call(bandValues, e.key)) {
         e.preventDefault();
@@ -208,7 +358,7 @@
       } else if (e.key === "s" || e.key === "Enter") {
         e.preventDefault();
         save();
-      } else if (e.key === "k") {
+      } else if (e.key === "k" && !editing) {
         e.preventDefault();
         skip();
       } else if (e.key === "n") {
