@@ -8,6 +8,7 @@ from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from feedback.agreement import agent_agreement
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
 from training.rlhf import RLHFError
@@ -111,6 +112,12 @@ class AgentAdmin(admin.ModelAdmin):
         extra = {"n3": admin_views.agent_panels(agent)} if agent else {}
         extra["can_train"] = self.has_train_permission(request)
         extra["can_deploy"] = request.user.has_perm("policies.change_policyversion")
+        if agent:
+            extra["agreement"] = agent_agreement(agent=agent)
+            extra["agreement_urls"] = {
+                "disagreements": f"{reverse('review:disagreements')}?agent={agent.name}",
+                "progress": reverse("review:progress"),
+            }
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})
 
 
