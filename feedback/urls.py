@@ -1,7 +1,7 @@
 """The reviewer pages, mounted at /review/ (see n3site/urls.py)."""
 from django.urls import path
 
-from . import comparison_views, views
+from . import comparison_views, lead_views, views
 
 app_name = "review"
 
@@ -19,4 +19,8 @@ urlpatterns = [
     path("compare/<int:pk>/", comparison_views.compare_queue, name="compare"),
     path("compare/<int:pk>/items/<int:item_pk>/vote", comparison_views.vote_item, name="compare_vote"),
     path("compare/<int:pk>/items/<int:item_pk>/skip", comparison_views.skip_item, name="compare_skip"),
+    # The lead reviewer's pages (feedback/lead_views.py): disagreements to settle, every reviewer's progress.
+    path("disagreements/", lead_views.disagreements_page, name="disagreements"),
+    path("disagreements/<int:pk>/settle", lead_views.settle_item, name="settle"),
+    path("progress/", lead_views.progress_page, name="progress"),
 ]
