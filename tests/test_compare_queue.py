@@ -110,7 +110,7 @@ def test_the_queue_hides_which_version_is_which(pair, reviewers):
         for secret in ("aaaa1111", "bbbb2222", str(pair[0].model_path), "a_on_left", "response_a"):
             assert secret not in html
         left, right = response.context["left"], response.context["right"]
-        assert f'id="n3-left">{left}<' in html and f'id="n3-right">{right}<' in html
+        assert html.index(left) < html.index('id="n3-right"') < html.index(right)
         seen_a_left.add(left.startswith("answer A"))
         # A vote names a side; the item turns it into the version it showed.
         client.post(reverse("review:compare_vote", args=[comparison.pk, item.pk]), {"choice": "left"})
@@ -261,7 +261,8 @@ def test_compare_page_starts_a_comparison_shows_generating_then_the_tally(agent,
     # The page of v1 compared with v2 shows the same comparison, B (v2) over A (v1).
     page = client.get(reverse("admin:policies_policyversion_compare", args=[v1.pk]), {"other": v2.pk}).content.decode()
     # (2 + 1/2) / 3 = 0.83; Wilson at n 3: centre 0.646, half-width 0.336.
-    assert "v2 preferred over v1: win rate 83 % (95 % interval 31–98 %) on 3 judged pairs" in page
+    assert ("Win rate of v2 over v1: 83 % (95 % interval 31–98 %) on 3 judged pairs: no evidence either way yet"
+            in page)
     assert reverse("review:compare", args=[comparison.pk]) in page
     assert "Start a new blind comparison (3 prompts)" in page
 
@@ -272,6 +273,19 @@ def test_starting_a_comparison_needs_the_change_permission(pair):
     url = reverse("admin:policies_policyversion_compare", args=[v2.pk])
     assert login(viewer).post(f"{url}?other={v1.pk}", {"blind": "1"}).status_code == 403
     assert not Comparison.objects.exists()
+
+
+@pytest.mark.parametrize("choices, verdict", [
+    (["b"] * 8, "Win rate of v2 over v1: 100 % (95 % interval 68–100 %) on 8 judged pairs: reviewers prefer v2"),
+    (["a"] * 7 + ["tie"], "Win rate of v2 over v1: 6 % (95 % interval 1–40 %) on 8 judged pairs: reviewers prefer v1"),
+])
+def test_the_panel_says_which_version_reviewers_prefer(pair, choices, verdict):
+    from training.comparisons import comparison_panel
+
+    comparison = ready(make_comparison(pair, [f"q{n}" for n in range(8)]))
+    for item, choice in zip(comparison.items.all(), choices):
+        ComparisonItem.objects.filter(pk=item.pk).update(choice=choice)
+    assert comparison_panel(version=pair[0], other=pair[1])["sentence"] == verdict
 
 
 # --- the worker, for real ----------------------------------------------------------------------------------------

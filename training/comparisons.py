@@ -140,7 +140,7 @@ def comparison_panel(*, version: PolicyVersion, other: PolicyVersion) -> dict:
     version_a, version_b = ordered_pair(version, other)
     comparison = comparisons.latest_comparison(version_a=version_a, version_b=version_b)
     panel: dict = {"a": version_a, "b": version_b, "comparison": comparison}
-    trained = all(v.status == PolicyVersion.Status.TRAINED for v in (version_a, version_b))
+    panel["trained"] = trained = all(v.status == PolicyVersion.Status.TRAINED for v in (version_a, version_b))
     if trained and (comparison is None or comparison.status != Comparison.Status.GENERATING):
         # What a new comparison would get: the button says how many prompts.
         prompts, panel["source"] = comparison_prompts(version_a=version_a, version_b=version_b, count=DEFAULT_PROMPTS)
@@ -153,13 +153,14 @@ def comparison_panel(*, version: PolicyVersion, other: PolicyVersion) -> dict:
         panel["queue_url"] = reverse("review:compare", args=[comparison.pk])
         if tally.n:
             low, high = tally.ci
-            pairs = f"{tally.n} judged pair{'s' if tally.n != 1 else ''}"
+            a, b = panel["a"].version, panel["b"].version
+            verdict = (f"reviewers prefer {b}" if low > 0.5 else f"reviewers prefer {a}" if high < 0.5
+                       else "no evidence either way yet")
             panel["sentence"] = (
-                f"{panel['b'].version} preferred over {panel['a'].version}: win rate {100 * tally.win_rate:.0f} % "
-                f"(95 % interval {100 * low:.0f}–{100 * high:.0f} %) on {pairs}"
+                f"Win rate of {b} over {a}: {100 * tally.win_rate:.0f} % (95 % interval {100 * low:.0f}–"
+                f"{100 * high:.0f} %) on {tally.n} judged pair{'s' if tally.n != 1 else ''}: {verdict}"
             )
             panel["better"] = low > 0.5
-            panel["worse"] = high < 0.5
     return panel
 
 
