@@ -216,6 +216,8 @@ METRIC_NAMES = {
     "duration_seconds": "durationSeconds", "warnings": "warnings", "evaluation": "evaluation",
 }
 SUMMARY_METRICS = tuple(SPEC_NAMES.values())  # rewardMean, rewardStd, kl, loss
+# Stored for the admin's version page only (its phase counter and ETA: training.status), not part of the bodies.
+PAGE_ONLY_METRICS = frozenset({"phase_progress"})
 # metrics.reward_model (the core's RewardModel.metrics, plain figures): the ones the API shows, in its order.
 REWARD_MODEL_KEYS = {
     "val_mse": "valMse", "val_mse_baseline": "valMseBaseline", "val_pearson": "pearson", "val_spearman": "spearman",
@@ -242,6 +244,8 @@ def api_metrics(metrics: Optional[Mapping], *, samples: bool) -> dict[str, Any]:
     the evaluation's samples only when ``samples``."""
     data: dict[str, Any] = {name: None for name in SUMMARY_METRICS}
     for key, value in (metrics or {}).items():
+        if key in PAGE_ONLY_METRICS:
+            continue
         if key == "reward_model" and isinstance(value, Mapping):
             value = {name: value[k] for k, name in REWARD_MODEL_KEYS.items() if k in value}
         elif key == "evaluation" and isinstance(value, Mapping):

@@ -26,6 +26,7 @@ from policies.models import Agent
 
 from . import review
 from .models import Feedback, Review
+from .rendering import render_message
 
 # Items this reviewer skipped, per browser session: they stay in the queue for everyone else.
 SKIPPED_KEY = "n3_review_skipped"
@@ -81,6 +82,9 @@ def _item(feedback: Feedback, *, mine: Optional[Review] = None) -> dict:
         "agent": feedback.agent.name,
         "prompt": feedback.prompt,
         "response": feedback.response,
+        # As reviewers expect to read them (Markdown, chat, plain text), rendered safe by feedback/rendering.py.
+        "promptHtml": render_message(feedback.prompt),
+        "responseHtml": render_message(feedback.response),
         "notes": feedback.notes if mine is None and not reviews else "",
         "runId": feedback.run_id,
         "source": feedback.source,

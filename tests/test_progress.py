@@ -64,6 +64,8 @@ def test_a_long_run_inserts_each_step_once_and_keeps_every_write_small():
     assert not [sql for sql, _ in statements if "policies_trainingstep" in sql and not sql.startswith("INSERT")]
     version.refresh_from_db()
     assert len(json.dumps(version.metrics)) < 300 and version.step == steps
+    phase_progress = version.metrics.pop("phase_progress")  # the page's counter and ETA (test_version_display)
+    assert (phase_progress["step"], phase_progress["total"], phase_progress["timed"]) == (steps, steps, 10)
     assert version.metrics == {
         "objective/scores": 0.8, "objective/scores_std": 0.1, "objective/kl": 5.0, "loss/total": 0.38,
         "phase": "policy", "reward_model_loss": 0.3,

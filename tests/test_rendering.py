@@ -82,7 +82,8 @@ def test_images_are_not_loaded():
 
 
 def test_markdown_code_fences_lists_tables():
-    text = "## Steps\n\n1. install\n2. run `n3 --help`\n\n```python\nif a < b:\n    print('x')\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    text = ("## Steps\n\n1. install\n2. run `n3 --help`\n\n```python\nif a < b:\n    print('x')\n```\n\n"
+            "| a | b |\n|---|---|\n| 1 | 2 |")
     html = render_message(text)
     assert '<div class="n3-markdown">' in html
     assert "<h2>Steps</h2>" in html
@@ -157,3 +158,25 @@ def test_the_template_filter():
         "</div></div>"
     )
     assert Template("{% load review_tags %}{{ text|render_message }}").render(Context({"text": None})) == ""
+
+
+@pytest.mark.django_db
+def test_the_review_queue_sends_the_rendered_text(client, django_user_model):
+    """The queue's script shows ``promptHtml``/``responseHtml`` (static/n3/review.js), rendered by the same function."""
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    from feedback.models import Feedback
+    from policies.models import Agent
+
+    user = django_user_model.objects.create_user("rita", password="pw", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="change_feedback"))
+    client.force_login(user)
+    chat = json.dumps([{"role": "user", "content": "Reverse a list?"}])
+    Feedback.objects.create(agent=Agent.objects.create(name="bot"), prompt=chat,
+                            response="Use `reversed()` <script>alert(1)</script>")
+    item = client.post(reverse("review:next"), "{}", content_type="application/json").json()["item"]
+    assert item["prompt"] == chat  # the raw text stays there too
+    assert item["promptHtml"] == render_message(chat) and "n3-role-user" in item["promptHtml"]
+    assert item["responseHtml"] == (
+        '<div class="n3-markdown"><p>Use <code>reversed()</code> &lt;script&gt;alert(1)&lt;/script&gt;</p>\n</div>')

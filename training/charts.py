@@ -11,14 +11,27 @@ from typing import Any, Optional
 from policies.models import PolicyVersion
 
 # One chart per spec metric, drawn from the version's TrainingStep rows (the core's names: training.rlhf.metrics).
+# "domain": where the figure can lie (the reward model's scores are clamped to 0..1; a KL is never negative), so an
+# axis does not run past it.
 CURVES = [
-    {"key": "objective/scores", "title": "Reward mean", "css": "n3-reward",
+    {"key": "objective/scores", "title": "Reward mean", "css": "n3-reward", "domain": (0.0, 1.0),
      "hint": "Good: increasing. Target > 0.7.", "refs": [(0.7, "target 0.7")]},
-    {"key": "objective/kl", "title": "KL divergence", "css": "n3-kl",
+    {"key": "objective/kl", "title": "KL divergence", "css": "n3-kl", "domain": (0.0, None),
      "hint": "Good: < 10 (close to the base model). Bad: > 20.", "refs": [(10.0, "10"), (20.0, "20")]},
-    {"key": "loss/total", "title": "Loss", "css": "n3-loss",
+    {"key": "loss/total", "title": "Loss", "css": "n3-loss", "domain": (None, None),
      "hint": "Good: decreasing, then stable.", "refs": []},
 ]
+
+# How each algorithm's objective/kl is estimated (training.rlhf.ppo, trl_algorithms), said under the KL chart.
+KL_NOTES = {
+    "ppo": "KL per response, k3 estimate (never negative).",
+    "grpo": "KL per response, TRL's k3 estimate (never negative).",
+    "rloo": "KL per response, TRL's k1 estimate (the mean log-ratio of a sample): it can dip slightly below 0 "
+            "when the policy is close to its reference; the true KL is never negative.",
+    "kto": "KL per response: KTO's own estimate at each step (TRL clamps it at 0), the k3 estimate on a final "
+           "sample at the last.",
+    "dpo": "KL per response: the k3 estimate on a final sample (DPO logs none per step).",
+}
 
 
 def number(value: Any) -> Optional[float]:
@@ -37,27 +50,52 @@ def curve_points(steps: Sequence[tuple[int, dict]], key: str) -> list[tuple[floa
     return points
 
 
-def _nice_ticks(low: float, high: float, count: int = 4) -> list[float]:
-    """Round tick values covering [low, high] (1, 2, 2.5 or 5 times a power of ten apart)."""
-    if high <= low:
-        high = low + 1.0
+def nice_axis(low: float, high: float, *, count: int = 4, integer: bool = False,
+              domain: tuple[Optional[float], Optional[float]] = (None, None)) -> tuple[float, float, list[float]]:
+    """Round bounds and ticks for data in [low, high]: (bottom, top, ticks).
+
+    Ticks are 1, 2, 2.5 or 5 times a power of ten apart, the smallest such spacing giving at most ``count``
+    intervals; bottom and top are the ticks at or just beyond the data (an axis ends on a round number, one tick at
+    most past the data). ``integer``: whole-number ticks only (steps). ``domain``: where the quantity can lie (a score
+    in 0..1): the axis never extends past it where the data do not.
+    """
+    if high < low:
+        low, high = high, low
+    if high == low:  # one value: a small round range around it
+        pad = 1.0 if integer else max(abs(low) * 0.1, 0.1)
+        low, high = (low, low + pad) if integer else (low - pad, high + pad)
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.floor(low / step) * step
-    ticks, value = [], first
-    while value <= high + step * 0.5 and len(ticks) < 12:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
+    spacings = [m * magnitude for m in (1, 2, 2.5, 5, 10)]
+    if integer:
+        spacings = [s for s in spacings if s >= 1 and s % 1 == 0] or [float(math.ceil(raw))]
+    spacing = next((s for s in spacings if s >= raw * (1 - 1e-9)), spacings[-1])
+    bottom = math.floor(low / spacing + 1e-9) * spacing
+    top = math.ceil(high / spacing - 1e-9) * spacing
+    floor, ceiling = domain
+    if floor is not None and low >= floor:
+        bottom = max(bottom, floor)
+    if ceiling is not None and high <= ceiling:
+        top = min(top, ceiling)
+    ticks = []
+    value = math.ceil(bottom / spacing - 1e-9) * spacing
+    while value <= top + spacing * 1e-9:
+        ticks.append(round(value, 10) + 0.0)  # + 0.0: no "-0"
+        value += spacing
+    return round(bottom, 10) + 0.0, round(top, 10) + 0.0, ticks
+
+
+def _tick_label(value: float, integer: bool) -> str:
+    return str(int(round(value))) if integer else f"{value:g}"
 
 
 def line_chart(series: list[dict], *, refs: Sequence[tuple[float, str]] = (), width: int = 460,
-               height: int = 200) -> Optional[dict]:
-    """Geometry of an SVG line chart: ``series`` are {"label", "css", "points": [(x, y)]}.
+               height: int = 200, domain: tuple[Optional[float], Optional[float]] = (None, None)) -> Optional[dict]:
+    """Geometry of an SVG line chart: ``series`` are {"label", "css", "points": [(step, y)]}.
 
-    Reference lines (e.g. the spec's KL thresholds) are drawn when they lie near the data.
-    Returns None when there is nothing to draw.
+    The y axis spans the data (and the reference lines near it) between round bounds, within ``domain``; the x axis
+    (steps) has whole-number ticks. Reference lines (e.g. the spec's KL thresholds) are drawn when they lie near the
+    data. Returns None when there is nothing to draw.
     """
     drawn = [s for s in series if s["points"]]
     if not drawn:
@@ -70,11 +108,8 @@ def line_chart(series: list[dict], *, refs: Sequence[tuple[float, str]] = (), wi
     shown_refs = [(v, label) for v, label in refs if y_low - span * 0.5 <= v <= y_high + span * 0.5]
     y_low = min([y_low] + [v for v, _ in shown_refs])
     y_high = max([y_high] + [v for v, _ in shown_refs])
-    ticks = _nice_ticks(y_low, y_high)
-    y_low, y_high = min(ticks[0], y_low), max(ticks[-1], y_high)
-    x_low, x_high = min(xs), max(xs)
-    if x_high == x_low:
-        x_high = x_low + 1
+    y_low, y_high, y_ticks = nice_axis(y_low, y_high, domain=domain)
+    x_low, x_high, x_ticks = nice_axis(min(xs), max(xs), count=5, integer=True)
     left, right, top, bottom = 48, 12, 10, 26
     plot_w, plot_h = width - left - right, height - top - bottom
 
@@ -84,7 +119,6 @@ def line_chart(series: list[dict], *, refs: Sequence[tuple[float, str]] = (), wi
     def sy(y: float) -> float:
         return round(top + (1 - (y - y_low) / (y_high - y_low)) * plot_h, 1)
 
-    x_ticks = _nice_ticks(x_low, x_high, 5)
     return {
         "width": width, "height": height, "left": left, "top": top, "right": width - right,
         "bottom": height - bottom,
@@ -94,8 +128,8 @@ def line_chart(series: list[dict], *, refs: Sequence[tuple[float, str]] = (), wi
              "single": len(s["points"]) == 1}
             for s in drawn
         ],
-        "y_ticks": [{"y": sy(t), "label": f"{t:g}"} for t in ticks if y_low <= t <= y_high],
-        "x_ticks": [{"x": sx(t), "label": f"{t:g}"} for t in x_ticks if x_low <= t <= x_high],
+        "y_ticks": [{"y": sy(t), "label": _tick_label(t, False)} for t in y_ticks],
+        "x_ticks": [{"x": sx(t), "label": _tick_label(t, True)} for t in x_ticks],
         "refs": [{"y": sy(v), "label": label} for v, label in shown_refs],
     }
 
@@ -111,8 +145,12 @@ def version_charts(versions: Sequence[PolicyVersion]) -> list[dict]:
              "points": curve_points(steps[i], curve["key"])}
             for i, v in enumerate(versions)
         ]
-        chart = line_chart(series, refs=curve["refs"])
-        charts.append({"title": curve["title"], "hint": curve["hint"], "name": curve["key"], "chart": chart})
+        chart = line_chart(series, refs=curve["refs"], domain=curve["domain"])
+        hint = curve["hint"]
+        if curve["key"] == "objective/kl":
+            notes = dict.fromkeys(KL_NOTES.get(str((v.config or {}).get("algorithm", "")).lower()) for v in versions)
+            hint = " ".join([hint, *(note for note in notes if note)])
+        charts.append({"title": curve["title"], "hint": hint, "name": curve["key"], "chart": chart})
     return charts
 
 

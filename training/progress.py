@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from django.db import DatabaseError, transaction
@@ -28,6 +29,19 @@ Status = PolicyVersion.Status
 
 # A version's evaluation keeps this many of the core's samples (its own page and API body show them).
 MAX_EVALUATION_SAMPLES = 8
+
+# The pace of a phase (its page's ETA) is the mean over this many recent steps: smooth, yet it follows a change.
+PACE_WINDOW = 10
+# Wall time (not monotonic): the web process counts the ETA down from a step's time. A module attribute, for tests.
+wall_clock = time.time
+
+
+def mean_pace(times: Sequence[tuple[int, float]]) -> Optional[float]:
+    """Mean seconds per step over ``times``, (step, wall time) of consecutive reports, oldest first: the time
+    between the first and the last over the steps between them; None with fewer than two reports."""
+    if len(times) < 2 or times[-1][0] <= times[0][0]:
+        return None
+    return (times[-1][1] - times[0][1]) / (times[-1][0] - times[0][0])
 
 
 class JobProgress:
@@ -53,6 +67,9 @@ class JobProgress:
         self.pending: list[tuple[int, dict[str, Any]]] = []  # (step, figures) logged since the last write
         self.stored: set[int] = set()  # steps this run has stored
         self.reward_model_loss: Optional[float] = None
+        # The current phase's latest reports, (step, wall time), for its pace; and where the phase stands.
+        self.times: deque[tuple[int, float]] = deque(maxlen=PACE_WINDOW + 1)
+        self.phase_progress: dict[str, Any] = {}
         self._last_write = -math.inf
 
     def __enter__(self) -> JobProgress:
@@ -68,7 +85,10 @@ class JobProgress:
                 self.display.__exit__(*exc_info)
 
     def __call__(self, progress: Progress) -> bool:
+        if progress.phase != self.phase:
+            self.times.clear()
         self.phase = progress.phase
+        self._time(progress)
         if progress.phase == "policy":
             self.step = progress.step
             self.latest = step_figures(progress.metrics)
@@ -80,6 +100,23 @@ class JobProgress:
         if time.monotonic() - self._last_write < self.interval:
             return False
         return self.write()
+
+    def _time(self, progress: Progress) -> None:
+        """Where the phase stands, in a few numbers (the page's counter and ETA: training.status): step, total,
+        ``pace`` (mean seconds per step over the last PACE_WINDOW steps, wall time, so the web process can count
+        down from ``at``), ``timed`` (steps that pace is measured on), and the reward model's epoch."""
+        now = wall_clock()
+        if not self.times or progress.step > self.times[-1][0]:
+            self.times.append((progress.step, now))
+        pace = mean_pace(self.times)
+        self.phase_progress = {
+            "step": progress.step, "total": progress.total, "at": round(now, 2),
+            "pace": float(f"{pace:.3g}") if pace is not None else None,
+            "timed": self.times[-1][0] - self.times[0][0],
+        }
+        epoch = progress.metrics.get("epoch") if isinstance(progress.metrics, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            self.phase_progress["epoch"] = epoch
 
     def write(self) -> bool:
         """Step, latest metrics and heartbeat in one short UPDATE and, if it updated the version, the steps logged
@@ -133,10 +170,11 @@ class JobProgress:
 
     def metrics(self) -> dict[str, Any]:
         """The version's metrics while it trains: the latest step's summary figures (None until the first step),
-        its phase and the reward model's latest loss."""
+        its phase and where the phase stands (phase_progress), and the reward model's latest loss."""
         metrics: dict[str, Any] = {name: self.latest.get(name) for name in SPEC_NAMES}
         if self.phase:
             metrics["phase"] = self.phase
+            metrics["phase_progress"] = self.phase_progress
         if self.reward_model_loss is not None:
             metrics["reward_model_loss"] = self.reward_model_loss
         return metrics

@@ -121,9 +121,10 @@
       $("n3-item").hidden = false;
       metaLine(current);
       overlapLine(current);
-      // textContent, never innerHTML: prompts and responses are untrusted text.
-      $("n3-prompt").textContent = current.prompt;
-      $("n3-response").textContent = current.response;
+      // Prompts and responses are untrusted text: the only HTML set here is the server's rendering of them
+      // (feedback/rendering.py: Markdown with raw HTML escaped, no javascript: links, no images).
+      $("n3-prompt").innerHTML = current.promptHtml;
+      $("n3-response").innerHTML = current.responseHtml;
       scoreInput.value = editing ? String(current.review.score) : "";
       notesInput.value = editing ? current.review.notes : (current.notes || "");
       if (editing) $("n3-editing-when").textContent = new Date(current.review.createdAt).toLocaleString();

@@ -36,14 +36,18 @@
         window.location.reload(); // finished, failed or cancelled: show the final page
         return;
       }
-      $("n3-status-badge").textContent = data.status;
+      // The same words as the server's first render (training/status.py's progress()).
+      $("n3-status-badge").textContent = data.statusLabel;
       $("n3-status-badge").className = "n3-status-badge n3-status-" + data.status;
-      $("n3-step").textContent = data.step;
-      $("n3-max-steps").textContent = data.maxSteps;
-      $("n3-phase").textContent = data.phase ? "· " + data.phase + " phase" : "";
+      $("n3-step").textContent = data.done;
+      $("n3-max-steps").textContent = data.total;
+      $("n3-unit").textContent = data.unit;
+      $("n3-phase").textContent = data.phaseDetail ? "· " + data.phaseDetail : "";
+      $("n3-progress").title = data.done + " of " + data.total + " " + data.unit;
       $("n3-progress-bar").style.width = data.percent + "%";
       $("n3-elapsed").textContent = data.elapsed || "—";
       $("n3-eta").textContent = data.eta || "—";
+      $("n3-eta-label").textContent = data.etaLabel;
       $("n3-reward").textContent = fixed(data.rewardMean);
       $("n3-kl").textContent = fixed(data.kl);
       $("n3-loss").textContent = fixed(data.loss);

@@ -5,11 +5,12 @@ TRL 1.x no longer ships a PPO trainer, so this is ours. One PPO step:
     1. rollout    sample `batch_size` prompts, generate responses (top_k=0, top_p=1: the policy's own distribution)
     2. score      reward_fn(prompts, responses) -> score per response; logprobs and values of the policy,
                   logprobs of the reference (the same LoRA model with its adapter disabled, or a frozen copy)
-    3. advantage  per-token reward = -kl_coef * (logp - ref_logp), plus the score on the last response token
+    3. advantage  per-token reward = -kl_coef * (logp - ref_logp) (k1), plus the score on the last response token
                   (the EOS when there is one); GAE(gamma, lam); advantages whitened over valid tokens
     4. update     `ppo_epochs` passes over shuffled mini-batches: clipped policy loss + clipped value loss,
                   an optimizer step every `gradient_accumulation_steps` mini-batches (or at the end of the epoch)
-    5. log        one dict of TRL-named metrics per step; adaptive KL controller; progress callback
+    5. log        one dict of TRL-named metrics per step (objective/kl: the k3 estimate, never negative; the penalty
+                  and the adaptive KL controller use k1); progress callback
 
 The checklist followed is "The N Implementation Details of RLHF with PPO" (Huang et al.): dropout off in rollout
 and update (the model stays in eval mode; gradients still flow), EOS scored, everything after the first EOS
@@ -146,11 +147,12 @@ def train_ppo(
             if config.normalize_reward and reward_stats is not None:
                 rl_scores = (rl_scores - reward_stats[0]) / max(reward_stats[1], MIN_REWARD_STD)
             rewards, kl = compute_rewards(rl_scores, logprobs, ref_logprobs, response_mask, kl_coef)  # [B, R] each
-            kl_per_response = kl.sum(dim=1)  # [B]
+            kl_per_response = kl.sum(dim=1)  # [B] k1: the penalty in the reward and what the KL controller sees
+            reported_kl = kl_k3(logprobs, ref_logprobs, response_mask).sum(dim=1)  # [B] k3: objective/kl
             # Every process's rollouts ([processes * B] each): the logged figures and the KL the controller sees
             # are the global batch's, identical on every process (kl_coef must stay the same everywhere).
-            all_scores, all_kl, all_rlhf_reward = distributed.gather(
-                torch.stack([scores, kl_per_response, rl_scores - kl_coef * kl_per_response], dim=1)
+            all_scores, all_kl, all_rlhf_reward, all_reported_kl = distributed.gather(
+                torch.stack([scores, kl_per_response, rl_scores - kl_coef * kl_per_response, reported_kl], dim=1)
             ).unbind(dim=1)
             mean_kl = all_kl.mean().item()
             _check_finite("KL", mean_kl, step, config)
@@ -173,7 +175,7 @@ def train_ppo(
                 "step": step,
                 "objective/scores": all_scores.mean().item(),
                 "objective/scores_std": all_scores.std(correction=0).item(),
-                "objective/kl": mean_kl,
+                "objective/kl": all_reported_kl.mean().item(),
                 "objective/kl_coef": kl_coef,
                 "objective/rlhf_reward": all_rlhf_reward.mean().item(),
                 **update_stats,
@@ -185,8 +187,8 @@ def train_ppo(
             }
             history.append(stats)
             log.info(
-                "ppo step %d/%d reward=%.4f kl=%.4f loss=%.4f tokens/s=%.1f",
-                step, config.max_steps, stats["objective/scores"], mean_kl, stats["loss/total"], stats["tokens_per_s"],
+                "ppo step %d/%d reward=%.4f kl=%.4f loss=%.4f tokens/s=%.1f", step, config.max_steps,
+                stats["objective/scores"], stats["objective/kl"], stats["loss/total"], stats["tokens_per_s"],
             )
             progress = Progress(phase="policy", step=step, total=config.max_steps, metrics=stats)
             # Rank 0's callback decides for every process (a cancel must not leave the others in a collective).
@@ -333,6 +335,18 @@ def compute_rewards(
     last = mask.sum(dim=1) - 1  # [B] the EOS, or the last token of a response cut at max_new_tokens
     rewards[torch.arange(len(scores), device=scores.device), last] += scores
     return rewards, kl
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(policy || reference) [B, R] by Schulman's k3 estimator, exp(r) - 1 - r with r = ref_logp - logp,
+    0 on masked tokens: unbiased like k1 (logp - ref_logp) and, unlike it, never negative, so the reported KL
+    (objective/kl, as TRL reports it) cannot be below 0 on a sample.
+
+    Only reported: the penalty in the reward and the adaptive controller keep k1, as TRL's PPO does by default
+    (kl_estimator="k1"); switching them would change what training optimises.
+    """
+    r = (ref_logprobs - logprobs) * mask
+    return (torch.expm1(r) - r) * mask
 
 
 def compute_advantages(
