@@ -162,8 +162,9 @@ class FeedbackRecordView(APIView):
         parameters=[AGENT, RUN_ID],
         description=(
             "Sets `score` and/or `notes` of the agent's record with this `runId`. A score is recorded with the "
-            "request's user as reviewer and the time (`reviewedAt`); `score: null` puts the record back in the "
-            "review queue. Other fields cannot be changed (400)."
+            "request's user as reviewer and the time (`reviewedAt`); it is final whatever the record's reviews say "
+            "(a lead's decision, kept as that user's review). `score: null` puts the record back in the review "
+            "queue and deletes its reviews. Other fields cannot be changed (400)."
         ),
         request=FeedbackUpdateSerializer,
         responses={200: FeedbackSerializer, **_errors(400, 401, 403, 404, 413, 415)},
