@@ -1,5 +1,6 @@
 """django-q2 tasks: a version's training job (started, supervised and recorded here), and the other model work the
-web queues (a dry run's timing measurement, a version's samples), each in a child process (training.processes).
+web queues (a dry run's timing measurement, a version's samples, a blind comparison's responses), each in a child
+process (training.processes).
 
 The job starts ``manage.py train_policy --version-id N`` (through N3_TRAINING_LAUNCHER so ``accelerate launch`` can
 replace the plain launch), watches it (heartbeat, cancel, timeout, progress, its directory), and records what
