@@ -608,3 +608,12 @@ def test_my_reviews_page_lists_and_edits_reviews(agent, alice):
     refused = client.post(reverse("review:edit", args=[mine.pk]), {"score": "7"}, follow=True)
     assert f"Review #{mine.pk} not changed: Score must be between 0 and 1" in refused.content.decode()
     assert client.get(reverse("review:queue")).content.decode().count(reverse("review:mine")) == 1
+
+
+def test_queue_page_shows_the_going_back_keys_and_what_undo_does(agent, alice):
+    html = client_for(alice).get(reverse("review:queue")).content.decode()
+    for button in ("Previous item <kbd>p</kbd>", "Undo last save <kbd>u</kbd>", "My recent reviews <kbd>m</kbd>"):
+        assert button in html
+    assert "<strong>Undo</strong> removes the score you saved last" in html
+    for route in ("previous", "edit", "undo"):
+        assert f'data-{route}-url="/review/' in html
