@@ -148,18 +148,25 @@ def agent_agreement(*, agent: Agent) -> AgentAgreement:
     return AgentAgreement(overall=overall, pairs=sorted(pairs, key=lambda p: (p.first, p.second)))
 
 
-def reviewer_agreement(by_item: dict[int, dict], reviewer_id: int) -> Agreement:
-    """One reviewer against the others: alpha over every (their score, another reviewer's score) pair on the
-    same item, each pair a unit. ``items`` counts the items they share with someone."""
-    units, items = [], 0
+def reviewer_agreements(by_item: dict[int, dict]) -> dict[int, Agreement]:
+    """Each reviewer against the others: alpha over every (their score, another reviewer's score) pair on the
+    same item, each pair a unit; ``items`` counts the items they share with someone. One pass over the items."""
+    units: dict[int, list[list[float]]] = defaultdict(list)
+    items: dict[int, int] = defaultdict(int)
     for scores in by_item.values():
-        if reviewer_id not in scores:
-            continue
-        others = [score for who, score in scores.items() if who != reviewer_id]
-        items += bool(others)
-        units += [[scores[reviewer_id], other] for other in others]
-    alpha = interval_alpha(units) if items >= MIN_ITEMS else None
-    return Agreement(alpha=alpha, items=items, scores=2 * len(units))
+        for who, score in scores.items():
+            if not isinstance(who, int):
+                continue  # a deleted user's review counts for the others, not as a reviewer of its own
+            items[who] += 1
+            units[who] += [[score, other] for other_who, other in scores.items() if other_who != who]
+    return {
+        who: Agreement(alpha=interval_alpha(units[who]) if items[who] >= MIN_ITEMS else None, items=items[who],
+                       scores=2 * len(units[who]))
+        for who in units
+    }
+
+
+NO_AGREEMENT = Agreement(alpha=None, items=0, scores=0)
 
 
 # --- disagreements and settling them ----------------------------------------------------------
@@ -280,7 +287,7 @@ def reviewers() -> QuerySet:
 
 def reviewer_progress(*, now: Optional[datetime] = None) -> Progress:
     """Per reviewer and per agent: reviews today, reviews in all, items still awaiting them, and their alpha
-    against the other reviewers (``reviewer_agreement``). Reviewers: who may score, and anyone who reviewed."""
+    against the other reviewers (``reviewer_agreements``). Reviewers: who may score, and anyone who reviewed."""
     since = timezone.localtime(now or timezone.now()).replace(hour=0, minute=0, second=0, microsecond=0)
     users = {pk: name for pk, name in reviewers().values_list("pk", get_user_model().USERNAME_FIELD)}
     counts = Review.objects.filter(reviewer__isnull=False).values("reviewer_id", "feedback__agent_id").annotate(
@@ -297,17 +304,19 @@ def reviewer_progress(*, now: Optional[datetime] = None) -> Progress:
     for agent in agents:
         by_item = _scores_by_item(Review.objects.filter(feedback__agent=agent))
         all_items.update(by_item)
+        agreements = reviewer_agreements(by_item)
         rows = []
         for pk, name in sorted(users.items(), key=lambda kv: kv[1]):
             c = by_pair.get((pk, agent.pk), {"total": 0, "today": 0, "pending": 0})
             rows.append(ReviewerRow(name, pk, c["today"], c["total"], agent.awaiting - c["pending"],
-                                    reviewer_agreement(by_item, pk)))
+                                    agreements.get(pk, NO_AGREEMENT)))
         per_agent.append(AgentProgress(agent=agent, awaiting=agent.awaiting, rows=rows))
+    overall = reviewer_agreements(all_items)
     everyone = [
         ReviewerRow(name, pk, sum(r.today for a in per_agent for r in a.rows if r.user_id == pk),
                     sum(r.total for a in per_agent for r in a.rows if r.user_id == pk),
                     sum(r.remaining for a in per_agent for r in a.rows if r.user_id == pk),
-                    reviewer_agreement(all_items, pk))
+                    overall.get(pk, NO_AGREEMENT))
         for pk, name in sorted(users.items(), key=lambda kv: kv[1])
     ]
     return Progress(everyone=everyone, agents=per_agent, since=since)

@@ -151,7 +151,7 @@ def test_a_reviewer_against_the_others(seeded):
     agent, _ = seeded
     by_item = agreement._scores_by_item(Review.objects.filter(feedback__agent=agent))
     alice = User.objects.get(username="alice")
-    result = agreement.reviewer_agreement(by_item, alice.pk)
+    result = agreement.reviewer_agreements(by_item)[alice.pk]
     units = [[Fraction(s[0]), Fraction(other)] for s in SEEDED.values() if s[0] for other in s[1:] if other]
     assert len(units) == 8 and result.items == 5
     assert result.alpha == pytest.approx(float(_alpha_exact(units)))
