@@ -1,6 +1,8 @@
 """Feedback in the admin: the reviewers' list (filters, inline scoring, bulk actions) and import/export."""
 from __future__ import annotations
 
+import re
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
@@ -12,6 +14,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from n3site.exceptions import ServiceError
@@ -111,11 +114,21 @@ class ImportForm(forms.Form):
     )
 
 
+TOOLTIP_CHARS = 1000  # a list's hover text: the whole of most prompts and responses, not a whole document
+
+
+def _preview(text: str, chars: int) -> str:
+    """A list cell: ``text`` cut to ``chars`` characters, the whole (up to TOOLTIP_CHARS) on hover."""
+    return format_html('<span title="{}">{}</span>', Truncator(text).chars(TOOLTIP_CHARS), Truncator(text).chars(chars))
+
+
 @admin.register(Feedback)
 class FeedbackAdmin(admin.ModelAdmin):
+    # Fits 1280 px beside the filters (tests/test_defects_browser.py): texts cut short with the whole in a tooltip,
+    # the version as "v3" (the agent is its own column), a short date; n3.css narrows the notes box.
     list_display = [
-        "prompt_preview", "response_preview", "score", "notes", "agent", "reviewer", "source", "policy_version",
-        "created_at",
+        "prompt_preview", "response_preview", "score", "notes", "agent_name", "reviewer", "source", "version",
+        "created",
     ]
     form = FeedbackForm
     list_display_links = ["prompt_preview"]
@@ -164,11 +177,26 @@ class FeedbackAdmin(admin.ModelAdmin):
     # -- list ------------------------------------------------------------------------------
     @admin.display(description="prompt")
     def prompt_preview(self, obj: Feedback) -> str:
-        return Truncator(obj.prompt).chars(80)
+        return _preview(obj.prompt, 70)
 
     @admin.display(description="response")
     def response_preview(self, obj: Feedback) -> str:
-        return Truncator(obj.response).chars(100)
+        return _preview(obj.response, 90)
+
+    @admin.display(description="agent", ordering="agent__name")
+    def agent_name(self, obj: Feedback) -> str:
+        """The name, breakable after its underscores and hyphens (customer_/support_/agent) in a narrow column."""
+        parts = re.split(r"(?<=[_-])", obj.agent.name)
+        return format_html_join(mark_safe("<wbr>"), "{}", ((part,) for part in parts))
+
+    @admin.display(description="version", ordering="policy_version__number")
+    def version(self, obj: Feedback) -> str:
+        return obj.policy_version.version if obj.policy_version else "—"
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj: Feedback) -> str:
+        return format_html('<span title="{}">{}</span>', obj.created_at.isoformat(timespec="seconds"),
+                           f"{timezone.localtime(obj.created_at):%Y-%m-%d %H:%M}")
 
     def get_changelist_form(self, request, **kwargs):
         return FeedbackListForm

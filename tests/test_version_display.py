@@ -21,14 +21,15 @@ from training.status import eta_seconds
 # --- axes ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("low, high, kwargs, expected", [
     # steps: whole numbers only, never 1.2 / 2.5
-    (1, 3, {"count": 5, "integer": True}, (1, 3, [1, 2, 3])),
-    (1, 7, {"count": 5, "integer": True}, (0, 8, [0, 2, 4, 6, 8])),
-    (1, 40, {"count": 5, "integer": True}, (0, 40, [0, 10, 20, 30, 40])),
-    (1, 1, {"count": 5, "integer": True}, (1, 2, [1, 2])),
-    (1, 5000, {"count": 5, "integer": True}, (0, 5000, [0, 1000, 2000, 3000, 4000, 5000])),
+    (1, 3, {"integer": True}, (1, 3, [1, 2, 3])),
+    (1, 7, {"integer": True}, (0, 8, [0, 2, 4, 6, 8])),
+    (1, 40, {"integer": True}, (0, 40, [0, 10, 20, 30, 40])),
+    (1, 1, {"integer": True}, (1, 2, [1, 2])),
+    (1, 5000, {"integer": True}, (0, 5000, [0, 1000, 2000, 3000, 4000, 5000])),
     # rewards in 0..1: round bounds from the data, never past 1 (nor below 0)
     (0.3, 0.9, {"domain": (0, 1)}, (0.2, 1.0, [0.2, 0.4, 0.6, 0.8, 1.0])),
-    (0.05, 0.98, {"domain": (0, 1)}, (0.0, 1.0, [0.0, 0.25, 0.5, 0.75, 1.0])),
+    (0.05, 0.98, {"domain": (0, 1)}, (0.0, 1.0, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])),
+    (0.5, 0.6, {"count": 4, "domain": (0, 1)}, (0.5, 0.6, [0.5, 0.55, 0.6])),  # 1, 2, 5 apart: no 0.525
     (0.5, 0.5, {"domain": (0, 1)}, (0.4, 0.6, [0.4, 0.45, 0.5, 0.55, 0.6])),
     (0.01, 0.2, {"domain": (0, None)}, (0.0, 0.2, [0.0, 0.05, 0.1, 0.15, 0.2])),
     # data outside the domain are not hidden (RLOO's k1 KL can dip below 0)
@@ -107,14 +108,14 @@ def test_the_reward_model_phase_shows_its_batches_and_epoch(engineer, monkeypatc
     job(Progress(phase="reward_model", step=1, total=30, metrics={"loss": 0.3, "epoch": 1}))
     data = get_json(engineer, version)
     assert (data["statusLabel"], data["done"], data["total"], data["unit"], data["phaseDetail"]) == (
-        "Running", 1, 30, "reward-model batches", "reward model · epoch 1")
+        "Running", 1, 30, "reward-model batches", "epoch 1")
     assert data["eta"] == "estimating…" and data["etaSeconds"] is None
 
     for step in (12, 13, 14):
         job(Progress(phase="reward_model", step=step, total=30, metrics={"loss": 0.2, "epoch": 2}))
     data = get_json(engineer, version)
-    assert (data["done"], data["percent"], data["phaseDetail"]) == (14, 46.7, "reward model · epoch 2")
-    assert data["etaLabel"] == "remaining in the reward model phase (estimate)"
+    assert (data["done"], data["percent"], data["phaseDetail"]) == (14, 46.7, "epoch 2")
+    assert data["etaLabel"] == "remaining (reward model, estimate)"
     # 6 s for 13 batches: 0.462 s each; 16 left, the one in progress long over (its report's clock is in the past)
     assert (data["etaSeconds"], data["eta"]) == (7, "0m 07s")
 

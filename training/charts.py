@@ -50,14 +50,14 @@ def curve_points(steps: Sequence[tuple[int, dict]], key: str) -> list[tuple[floa
     return points
 
 
-def nice_axis(low: float, high: float, *, count: int = 4, integer: bool = False,
+def nice_axis(low: float, high: float, *, count: int = 5, integer: bool = False,
               domain: tuple[Optional[float], Optional[float]] = (None, None)) -> tuple[float, float, list[float]]:
     """Round bounds and ticks for data in [low, high]: (bottom, top, ticks).
 
-    Ticks are 1, 2, 2.5 or 5 times a power of ten apart, the smallest such spacing giving at most ``count``
-    intervals; bottom and top are the ticks at or just beyond the data (an axis ends on a round number, one tick at
-    most past the data). ``integer``: whole-number ticks only (steps). ``domain``: where the quantity can lie (a score
-    in 0..1): the axis never extends past it where the data do not.
+    Ticks are 1, 2 or 5 times a power of ten apart (0.05, 0.1, 0.2, ...), the smallest such spacing giving at most
+    ``count`` intervals; bottom and top are the ticks at or just beyond the data (an axis ends on a round number,
+    one tick at most past the data). ``integer``: whole-number ticks only (steps). ``domain``: where the quantity can
+    lie (a score in 0..1): the axis never extends past it where the data do not.
     """
     if high < low:
         low, high = high, low
@@ -66,7 +66,7 @@ def nice_axis(low: float, high: float, *, count: int = 4, integer: bool = False,
         low, high = (low, low + pad) if integer else (low - pad, high + pad)
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    spacings = [m * magnitude for m in (1, 2, 2.5, 5, 10)]
+    spacings = [m * magnitude for m in (1, 2, 5, 10)]
     if integer:
         spacings = [s for s in spacings if s >= 1 and s % 1 == 0] or [float(math.ceil(raw))]
     spacing = next((s for s in spacings if s >= raw * (1 - 1e-9)), spacings[-1])
@@ -109,7 +109,7 @@ def line_chart(series: list[dict], *, refs: Sequence[tuple[float, str]] = (), wi
     y_low = min([y_low] + [v for v, _ in shown_refs])
     y_high = max([y_high] + [v for v, _ in shown_refs])
     y_low, y_high, y_ticks = nice_axis(y_low, y_high, domain=domain)
-    x_low, x_high, x_ticks = nice_axis(min(xs), max(xs), count=5, integer=True)
+    x_low, x_high, x_ticks = nice_axis(min(xs), max(xs), integer=True)
     left, right, top, bottom = 48, 12, 10, 26
     plot_w, plot_h = width - left - right, height - top - bottom
 

@@ -86,7 +86,7 @@ def progress(version: PolicyVersion) -> dict:
     if phase and phase != "policy" and phase_progress and version.is_active:
         done, total = phase_progress.get("step") or 0, phase_progress.get("total") or 0
         epoch = phase_progress.get("epoch")
-        detail = f"{phase_name} · epoch {epoch}" if epoch else phase_name
+        detail = f"epoch {epoch}" if epoch else phase_name
     else:  # the policy phase, before any, or over: the version's own steps
         done, total, unit = version.step, version.max_steps, "steps"
         detail = f"{phase_name} phase" if phase else ""
@@ -116,8 +116,7 @@ def progress(version: PolicyVersion) -> dict:
         "etaSeconds": round(eta) if eta is not None else None,
         "elapsed": duration(elapsed),
         "eta": eta_text,
-        "etaLabel": f"remaining in the {phase_name} phase (estimate)" if phase and version.is_active
-        else "remaining (estimate)",
+        "etaLabel": f"remaining ({phase_name}, estimate)" if phase and version.is_active else "remaining (estimate)",
         "rewardMean": version.reward_mean,
         "kl": version.kl,
         "loss": version.loss,
