@@ -27,6 +27,7 @@ from .feedback_serializers import (
     FeedbackInputSerializer,
     FeedbackSerializer,
     FeedbackUpdateSerializer,
+    feedback_data,
     validated_feedback,
     validated_update,
 )
@@ -143,12 +144,12 @@ class FeedbackView(APIView):
                 agent_name=agent, records=validated, source=Feedback.Source.API, user=request.user
             )
             created = any(was_created for _, was_created in results)
-            body = FeedbackSerializer([feedback for feedback, _ in results], many=True).data
+            body = [feedback_data(feedback) for feedback, _ in results]
         else:
             feedback, created = record_feedback(
                 agent_name=agent, **validated, source=Feedback.Source.API, user=request.user
             )
-            body = FeedbackSerializer(feedback).data
+            body = feedback_data(feedback)  # FeedbackSerializer's data, without building one
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (label, "module:qualname"): each wrapped; nested labels are parts of the one above (indented in the table).
 PARTS = [
-    ("token authentication (1 query)", "rest_framework.authentication:TokenAuthentication.authenticate"),
+    ("token authentication (cached)", "rest_framework.authentication:TokenAuthentication.authenticate"),
     ("permission check (cached)", "api.permissions:N3ModelPermissions.has_permission"),
     ("JSON body parsing", "rest_framework.parsers:JSONParser.parse"),
     ("input validation (records rules)", "api.feedback_serializers:validated_feedback"),

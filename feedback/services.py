@@ -26,7 +26,7 @@ from policies.selectors import get_agent
 from policies.services import get_or_create_agent
 from training.rlhf import records as rules
 
-from . import review
+from . import inserts, review
 from .models import Feedback
 
 # Rows per SELECT when looking up a batch's run ids (SQLite allows 999 parameters in old builds).
@@ -118,8 +118,7 @@ def _store_one(agent: Agent, record: dict[str, Any], *, source: str, user, polic
     """record_feedback's INSERT; IntegrityError when it fails for another reason than a repeated run_id."""
     feedback = _new_feedback(agent, record, source=source, user=user, policy_version=policy_version)
     try:
-        with transaction.atomic():  # a savepoint, so a duplicate run_id leaves an outer transaction usable
-            feedback.save(force_insert=True)
+        inserts.insert(feedback)  # save(force_insert=True), cheaper; its own savepoint inside a transaction
         return feedback, True
     except IntegrityError:
         # Insert first, look second: a retry is rare, so the usual path is a single INSERT.
@@ -277,11 +276,13 @@ def _agent_for(name: str) -> tuple[Agent, bool]:
     if not timeout or not agent_name_validator.regex.fullmatch(name):
         return get_or_create_agent(name=name), False
     key = _agent_key(name)
-    agent = cache.get(key)
-    if agent is not None:
-        return agent, True
+    cached = cache.get(key)
+    if cached is not None:
+        # Only (id, name) is kept: unpickling a whole model instance from the cache cost as much as the rest of the
+        # lookup. The other fields are deferred: read from the database if anything asks for them.
+        return Agent.from_db("default", ["id", "name"], cached), True
     agent = get_or_create_agent(name=name)
-    cache.set(key, agent, timeout)
+    cache.set(key, (agent.pk, agent.name), timeout)
     return agent, False
 
 
