@@ -72,6 +72,7 @@ def test_a_preset_keeps_the_operators_base_model(live_server, browser, engineer,
         page.click("input[name=preview]")
     page.locator("#n3-preview").wait_for()
     shot(page, "preset-preview")
+    assert page.inner_text("#n3-preview-base-model") == "n3-tiny-random"
     text = page.inner_text("#content")
     assert "unavailable" not in text and "gpt2" not in text
     config = json.loads(page.eval_on_selector("#n3-preview pre.n3-config", "e => e.textContent"))
