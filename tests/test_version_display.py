@@ -2,6 +2,7 @@
 smoothed ETA that says "estimating…" until it means something, the reward model's own progress during its phase,
 one status label for the page and progress.json, and a KL that cannot be negative."""
 import math
+import time
 from datetime import timedelta
 
 import pytest
@@ -152,3 +153,32 @@ def test_the_reported_kl_is_never_negative_where_k1_is():
     assert k1[0, 1].item() == pytest.approx(-math.log(2))  # k1 can be negative per token
     assert k3[0].tolist() == pytest.approx([0.5 - 1 + math.log(2), 2 - 1 - math.log(2), 0.0])
     assert (k3 >= 0).all()
+
+
+@pytest.mark.slow
+def test_a_real_run_reports_each_phase_and_a_pace(tmp_path):
+    """A version trained by its job, as a worker runs it, read the way the page reads it: the reward model's batches
+    and epoch while it fits, then policy steps with a measured pace, and no phase progress left to a trained version's
+    API body."""
+    from tests.sites import LEAN_CONFIG, make_site  # noqa: PLC0415  (only the slow test starts a site)
+
+    site = make_site(tmp_path, N3_METRICS_INTERVAL="0")
+    config = {**LEAN_CONFIG, "reward_model_config": {"num_epochs": 2, "batch_size": 2}}
+    pk = site.queue_version(max_steps=6, config=config)
+    job = site.start_job(pk)
+    seen: dict[str, dict] = {}
+    try:
+        while job.poll() is None:
+            metrics = site.version(pk)["metrics"]
+            if isinstance(metrics.get("phase_progress"), dict):
+                seen[metrics["phase"]] = metrics["phase_progress"]  # the latest of each phase
+            time.sleep(0.01)
+    finally:
+        output = job.communicate()[0]
+    row = site.version(pk)
+    assert row["status"] == "trained", output
+    reward_model, policy = seen["reward_model"], seen["policy"]
+    assert reward_model["total"] > 0 and reward_model["epoch"] in (1, 2)
+    assert policy["total"] == 6 and policy["step"] >= 4 and policy["timed"] >= 3 and policy["pace"] > 0
+    assert eta_seconds(policy, now=policy["at"]) == pytest.approx(policy["pace"] * (6 - policy["step"]))
+    assert "phase_progress" not in row["metrics"]  # a finished version keeps its results only
