@@ -26,8 +26,11 @@ import time
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models.signals import post_delete, post_save
+from django.utils.translation import gettext_lazy as _
+from rest_framework import HTTP_HEADER_ENCODING
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import AuthenticationFailed
 
 # token key -> (monotonic expiry, user, token)
 _entries: dict[str, tuple[float, object, Token]] = {}
@@ -37,6 +40,26 @@ _lock = threading.Lock()
 class CachedTokenAuthentication(TokenAuthentication):
     """``Authorization: Token <key>`` as DRF's TokenAuthentication (same 401 bodies, same WWW-Authenticate), with
     the key's user reused for N3_TOKEN_CACHE_SECONDS (module docstring)."""
+
+    def authenticate(self, request):
+        """DRF's TokenAuthentication.authenticate, reading the header from META: DRF's get_authorization_header
+        builds ``request.headers`` (a dict of every header of the request) to read this one."""
+        auth = request._request.META.get("HTTP_AUTHORIZATION", b"")
+        if isinstance(auth, str):
+            auth = auth.encode(HTTP_HEADER_ENCODING)
+        auth = auth.split()
+        if not auth or auth[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(auth) == 1:
+            raise AuthenticationFailed(_("Invalid token header. No credentials provided."))
+        if len(auth) > 2:
+            raise AuthenticationFailed(_("Invalid token header. Token string should not contain spaces."))
+        try:
+            token = auth[1].decode()
+        except UnicodeError:
+            raise AuthenticationFailed(
+                _("Invalid token header. Token string should not contain invalid characters.")) from None
+        return self.authenticate_credentials(token)
 
     def authenticate_credentials(self, key: str):
         seconds = settings.N3_TOKEN_CACHE_SECONDS

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (label, "module:qualname"): each wrapped; nested labels are parts of the one above (indented in the table).
 PARTS = [
-    ("token authentication (cached)", "rest_framework.authentication:TokenAuthentication.authenticate"),
+    ("token authentication (cached)", "api.authentication:CachedTokenAuthentication.authenticate"),
     ("permission check (cached)", "api.permissions:N3ModelPermissions.has_permission"),
     ("JSON body parsing", "rest_framework.parsers:JSONParser.parse"),
     ("input validation (records rules)", "api.feedback_serializers:validated_feedback"),
@@ -32,9 +32,9 @@ PARTS = [
     ("service: record_feedback_batch", "feedback.services:record_feedback_batch"),
     ("  records.record_problems (both)", "training.rlhf.records:record_problems"),
     ("  agent lookup (1 query)", "policies.services:get_or_create_agent"),
-    ("  INSERT (Model.save)", "django.db.models.base:Model.save"),
+    ("  INSERT (feedback/inserts.py)", "feedback.inserts:insert"),
     ("  INSERT (bulk_create)", "django.db.models.query:QuerySet.bulk_create"),
-    ("output: FeedbackSerializer", "api.feedback_serializers:FeedbackSerializer.to_representation"),
+    ("output: feedback_data", "api.feedback_serializers:feedback_data"),
     ("output: JSON rendering", "rest_framework.renderers:JSONRenderer.render"),
 ]
 

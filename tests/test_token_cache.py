@@ -143,3 +143,30 @@ def test_another_process_refuses_a_deleted_token_within_the_cache_time(tmp_path)
         assert http_post(server, other, 100) == 201
         site.shell(f"from rest_framework.authtoken.models import Token; Token.objects.filter(key={other!r}).delete()")
         assert http_post(server, other, 101) == 401
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("header", [None, "", "Token", "Token a b", "Token caf\u00e9", "Bearer x", "token {key}",
+                                    "Token {key}", "Token nope"])
+def test_the_authorization_header_is_read_as_drf_reads_it(bot, header):
+    """CachedTokenAuthentication.authenticate reads META instead of request.headers: same answers as DRF's."""
+    from rest_framework.authentication import TokenAuthentication
+    from rest_framework.exceptions import AuthenticationFailed
+    from rest_framework.request import Request
+    from rest_framework.test import APIRequestFactory
+
+    from api.authentication import CachedTokenAuthentication
+
+    user, _ = bot
+    key = Token.objects.get(user=user).key
+    extra = {} if header is None else {"HTTP_AUTHORIZATION": header.format(key=key)}
+    request = Request(APIRequestFactory().post("/api/policies/feedback/bot", **extra))
+
+    def outcome(auth):
+        try:
+            result = auth.authenticate(request)
+        except AuthenticationFailed as exc:
+            return "refused", str(exc.detail)
+        return "none" if result is None else ("user", result[0].pk, result[1].key)
+
+    assert outcome(CachedTokenAuthentication()) == outcome(TokenAuthentication())
