@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import random
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -84,6 +85,15 @@ class Site:
             [sys.executable, str(ROOT / "manage.py"), *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, **kwargs,
         )
+
+    def qcluster(self, name: str = "qcluster") -> subprocess.Popen:
+        """``manage.py qcluster`` in a session of its own, as on a machine of its own: ``kill_tree(process.pid)``
+        ends it whole. Its output goes to ``root/<name>.log`` (a pipe nobody reads would fill and stall it)."""
+        with open(self.root / f"{name}.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "qcluster"], cwd=ROOT, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def shell(self, code: str) -> str:
         return self.manage("shell", "-v", "0", "-c", code).stdout
@@ -254,6 +264,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
+    """Send ``sig`` to ``pid``, its process group and every descendant (a training process runs in a session of its
+    own), as a machine losing power would; returns the process ids signalled."""
+    doomed = [pid, *descendants(pid)]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    for each in doomed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, sig)
+    return doomed
+
+
 # --- a real web server and concurrent HTTP clients -------------------------------------------------------------
 
 
@@ -358,9 +380,9 @@ def load_records(client: int, count: int, rng: random.Random) -> list[dict]:
 
 
 def feedback_load(
-    base_url: str, token: str, *, agent: str, records: int, clients: int = 16, bulk_share: float = 0.5,
-    bulk_size: tuple[int, int] = (10, 100), retry_clients: int = 4, retry_every: int = 10, seed: int = 0,
-    timeout: float = 60, max_seconds: Optional[float] = None, agent_prefix: str = "c",
+    base_url: str | list[str], token: str, *, agent: str | list[str], records: int, clients: int = 16,
+    bulk_share: float = 0.5, bulk_size: tuple[int, int] = (10, 100), retry_clients: int = 4, retry_every: int = 10,
+    seed: int = 0, timeout: float = 60, max_seconds: Optional[float] = None, agent_prefix: str = "c",
 ) -> LoadResult:
     """``clients`` threads, each on its own keep-alive connection, POST ``records`` feedback records in all.
 
@@ -371,19 +393,23 @@ def feedback_load(
     answer 200 or 201 with the same records and store nothing twice. Request bodies are built before the clock
     starts; the clock covers sending and reading every response. ``max_seconds``: clients stop starting requests
     after that long (``records`` then lists only what was sent). ``agent_prefix`` starts every runId, so that
-    several loads on one agent do not collide.
+    several loads on one agent do not collide. Several ``base_url``s (servers) and ``agent``s: client ``i`` posts to
+    server ``i % len(base_url)`` for agent ``i % len(agent)``; each record sent carries its ``agent``.
     """
-    host, port = base_url.removeprefix("http://").split(":")
+    base_urls = [base_url] if isinstance(base_url, str) else base_url
+    agents = [agent] if isinstance(agent, str) else agent
     result = LoadResult()
     plans = []
     for client in range(clients):
         rng = random.Random(seed * 1000 + client)
         share = records // clients + (1 if client < records % clients else 0)
         mine = load_records(client, share, rng)
+        client_agent = agents[client % len(agents)]
         for record in mine:
             record["runId"] = agent_prefix + record["runId"]
         result.records.update(
-            {record["runId"]: {"prompt": record["prompt"], "score": record["score"]} for record in mine}
+            {record["runId"]: {"prompt": record["prompt"], "score": record["score"], "agent": client_agent}
+             for record in mine}
         )
         mean_bulk = sum(bulk_size) / 2
         p_bulk = bulk_share / (mean_bulk * (1 - bulk_share) + bulk_share) if bulk_share < 1 else 1.0
@@ -401,11 +427,12 @@ def feedback_load(
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
     headers = {"Content-Type": "application/json", "Authorization": f"Token {token}"}
-    path = f"/api/policies/feedback/{agent}"
 
     def run(client: int, plan: list) -> None:
         rng = random.Random(seed * 1000 + client + 500)
         retrying = client < retry_clients
+        host, port = base_urls[client % len(base_urls)].removeprefix("http://").split(":")
+        path = f"/api/policies/feedback/{agents[client % len(agents)]}"
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
         statuses, retry_statuses, errors = Counter(), Counter(), []
         single, bulk, reconnects, retries, bulk_records = [], [], 0, 0, 0
