@@ -11,17 +11,21 @@ fourth record of a list) to its messages::
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Optional
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, serializers, status
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from training.rlhf.errors import RLHFError
+
+logger = logging.getLogger(__name__)
 
 # At most this many field errors are spelled out in "detail"; "errors" always has them all.
 DETAIL_MAX_ERRORS = 5
@@ -73,6 +77,14 @@ def _translate(exc: Exception) -> Exception:
             "send large feedback sets in several requests.",
             status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is away (PostgreSQL restarting, SQLite busy past its timeout): the client may retry. The
+        # request's connection is closed at its end, and the next request opens a new one.
+        logger.warning("Database unavailable: %s", str(exc).strip())
+        unavailable = _Status("The database is unavailable right now (restarting or overloaded); retry in a few "
+                              "seconds.", status.HTTP_503_SERVICE_UNAVAILABLE)
+        unavailable.wait = 5  # DRF's handler sends it as Retry-After
+        return unavailable
     if isinstance(exc, RecursionError):
         # Python's JSON parser recurses once per nesting level; no n3 request nests deeper than 3.
         return _Status("JSON parse error - the body is nested too deeply.", status.HTTP_400_BAD_REQUEST)

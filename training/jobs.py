@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from policies.models import PolicyVersion
@@ -18,6 +18,7 @@ from policies.models import PolicyVersion
 logger = logging.getLogger(__name__)
 
 Status = PolicyVersion.Status
+T = TypeVar("T")
 # How a version interrupted by a shutdown (SIGTERM to its training process, nobody cancelled it) is failed.
 INTERRUPTED_BY_SHUTDOWN = "Interrupted by shutdown"
 
@@ -33,20 +34,45 @@ def claim_version(*, version_id: int) -> bool:
 
 
 def end_version(version_id: int, status: str, *, from_status: str = Status.RUNNING, **fields: Any) -> bool:
-    """from_status -> status (a final one), only if the version is still in from_status."""
+    """from_status -> status (a final one), only if the version is still in from_status. Written on a new
+    connection if the database dropped this process's one (``reconnecting``)."""
     if "error" in fields:
         # Errors quote exceptions and a dead process's output, which may hold NUL: PostgreSQL refuses it in text
         # (the UPDATE would raise and leave the version running until the sweep), so it is written escaped.
         fields["error"] = str(fields["error"]).replace("\x00", "\\x00")
-    return bool(
-        PolicyVersion.objects.filter(pk=version_id, status=from_status)
+    return bool(reconnecting(
+        lambda: PolicyVersion.objects.filter(pk=version_id, status=from_status)
         .update(status=status, finished_at=timezone.now(), **fields)
-    )
+    ))
 
 
 def heartbeat(*, version_id: int) -> bool:
     """Mark a running version alive now; False when it is no longer running."""
-    return bool(PolicyVersion.objects.filter(pk=version_id, status=Status.RUNNING).update(heartbeat_at=timezone.now()))
+    return bool(reconnecting(
+        lambda: PolicyVersion.objects.filter(pk=version_id, status=Status.RUNNING).update(heartbeat_at=timezone.now())
+    ))
+
+
+def reconnecting(query: Callable[[], T]) -> T:
+    """``query()``, run once more on a new connection if the first try failed because the database connection broke.
+
+    Django reconnects at each request, never inside a long-lived process: after a database restart (PostgreSQL
+    restarted or failed over) the job that supervises a training and the training process would otherwise fail
+    every later query on the dead connection ("the connection is closed"; the sweep thread closes it itself). Any
+    other error is raised: one on a connection that still works (SQLite busy past its timeout, a statement timeout),
+    one inside a transaction (the transaction is lost; its owner decides), and a second failure (the database is
+    still away). For idempotent statements only (a conditional UPDATE, a read): a first try that committed but whose
+    answer was lost must be harmless to repeat.
+    """
+    had_connection = connection.connection is not None  # (without one, the first try was already a new one)
+    try:
+        return query()
+    except (OperationalError, InterfaceError) as exc:
+        if connection.in_atomic_block or not had_connection or connection.is_usable():
+            raise
+        logger.warning("Database connection lost (%s); trying once more on a new one", str(exc).strip())
+        connection.close()
+        return query()
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as transformers_logging
 
 from policies.models import PolicyVersion, TrainingStep
+from training.jobs import reconnecting
 from training.rlhf import Progress
 from training.rlhf.metrics import SPEC_NAMES
 
@@ -122,7 +123,8 @@ class JobProgress:
         """Step, latest metrics and heartbeat in one short UPDATE and, if it updated the version, the steps logged
         since the last write as rows, committed together; True when the version must stop."""
         self._last_write = time.monotonic()
-        try:
+
+        def write_once() -> int:
             with transaction.atomic():
                 updated = PolicyVersion.objects.filter(
                     pk=self.version_id, status=Status.RUNNING, cancel_requested=False,
@@ -131,7 +133,11 @@ class JobProgress:
                 )
                 if updated:
                     self._insert(self.pending)
-        except DatabaseError as exc:  # e.g. SQLite busy past its timeout: a training is not lost for that
+            return updated
+
+        try:
+            updated = reconnecting(write_once)  # a database restart since the last write: on a new connection
+        except DatabaseError as exc:  # SQLite busy past its timeout, the database away: a training is not lost for that
             logger.warning("Progress of version %s not written (next step will retry): %s", self.version_id, exc)
             return False
         if updated:
@@ -150,7 +156,7 @@ class JobProgress:
         if not steps:
             return
         try:
-            self._insert(list(steps.items()))
+            reconnecting(lambda: self._insert(list(steps.items())))
         except DatabaseError as exc:
             logger.warning("Steps of version %s not stored: %s", self.version_id, exc)
             return

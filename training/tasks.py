@@ -11,6 +11,7 @@ Nothing here imports the training core (torch): the worker stays small.
 from __future__ import annotations
 
 import logging
+import math
 import shlex
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from training.rlhf import estimate as timing
 
 from . import comparisons, samples, services, worker
 from .files import deleted_during_training, remove_unfinished_outputs, remove_version_files, version_dir
-from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version, heartbeat
+from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version, heartbeat, reconnecting
 from .processes import (
     KILL_AFTER_SECONDS,
     OutputTail,
@@ -115,7 +116,7 @@ def _record_outcome(version: PolicyVersion, child: subprocess.Popen, stopped_bec
                     output: OutputTail) -> str:
     version_id = version.pk
     try:
-        version.refresh_from_db()
+        reconnecting(version.refresh_from_db)
     except PolicyVersion.DoesNotExist:
         # Deleted while it trained: its files go too (what the child wrote after the delete removed them).
         remove_version_files(agent_name=version.agent.name, number=version.number)
@@ -171,7 +172,8 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
     N3_STALL_TIMEOUT s: a hung process); "directory" (its version directory was deleted); "shutdown" (this
     worker got SIGTERM). A cancel is first left to the child (its progress callback sees the flag between steps
     and records the version cancelled); only a child still running N3_CANCEL_GRACE seconds later is terminated.
-    A terminated child that has not exited KILL_AFTER_SECONDS later is killed.
+    A terminated child that has not exited KILL_AFTER_SECONDS later is killed. While the database does not answer,
+    the child's progress cannot be written either: its silence is counted from the database's return.
     """
     started = time.monotonic()
     beat_every = max(1.0, settings.N3_HEARTBEAT_TIMEOUT / 4)
@@ -180,9 +182,12 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
     stopped_because: Optional[str] = None
     terminated: Optional[float] = None
     directory = None  # the version's directory, once the training has made it
+    database_away_at = -math.inf  # when a read of the version last failed
     while child.poll() is None:
         now = time.monotonic()
         state = _read_state(version_id) if stopped_because is None else None
+        if state is None and stopped_because is None:
+            database_away_at = now
         if worker.state.sigterm and stopped_because is None:
             # The child records "interrupted by shutdown" (it may have had the same SIGTERM already).
             stopped_because = "shutdown"
@@ -202,7 +207,7 @@ def supervise(version_id: int, child: subprocess.Popen) -> Optional[str]:
                     version_id, "timeout",
                     f"Training ran longer than N3_TRAINING_TIMEOUT={settings.N3_TRAINING_TIMEOUT} s and was stopped.",
                 )
-            elif (silent := _seconds_since(progress_at)) >= settings.N3_STALL_TIMEOUT:
+            elif (silent := min(_seconds_since(progress_at), now - database_away_at)) >= settings.N3_STALL_TIMEOUT:
                 stopped_because = _fail_running(
                     version_id, "stalled",
                     f"The training process made no progress for {int(silent)} s (limit N3_STALL_TIMEOUT="
@@ -238,12 +243,12 @@ def _fail_running(version_id: int, because: str, error: str) -> str:
 
 def _read_state(version_id: int) -> Optional[tuple]:
     """(status, cancel_requested, progress_at, number, agent name); status "deleted" if the row is gone; None if
-    the database did not answer (SQLite busy past its timeout, say): a training is not stopped for that, the next
-    poll looks again."""
+    the database did not answer (SQLite busy past its timeout, PostgreSQL restarting): a training is not stopped for
+    that, the next poll looks again (on a new connection if the old one broke)."""
     try:
-        state = PolicyVersion.objects.filter(pk=version_id).values_list(
+        state = reconnecting(lambda: PolicyVersion.objects.filter(pk=version_id).values_list(
             "status", "cancel_requested", "progress_at", "number", "agent__name",
-        ).first()
+        ).first())
     except DatabaseError as exc:
         logger.warning("Could not read version %s (will retry): %s", version_id, exc)
         return None
