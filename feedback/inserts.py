@@ -84,7 +84,10 @@ def _statement(connection) -> tuple[str, list, bool]:
     fields = [field for field in meta.concrete_fields if field is not meta.pk and not field.generated]
     sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
            f"VALUES ({', '.join(['%s'] * len(fields))})")
-    returning = connection.features.can_return_columns_from_insert
+    # SQLite: lastrowid, not RETURNING. A RETURNING statement holds the database's write lock until its row is
+    # fetched, in Python, where another thread may hold the GIL for milliseconds meanwhile while the other writers
+    # sleep in SQLite's busy handler; without it the INSERT and its commit end inside one C call.
+    returning = connection.features.can_return_columns_from_insert and connection.vendor != "sqlite"
     if returning:
         sql += f" RETURNING {quote(meta.pk.column)}"
     return sql, [(field, _kind(field)) for field in fields], returning
