@@ -50,7 +50,8 @@ def sweep_stale_versions(*, heartbeats: bool = True) -> int:
     - queued without a task id for longer than the heartbeat timeout: never handed to a worker (the process
       that queued it stopped between the commit and the enqueue).
 
-    With the Redis broker it also enqueues again the jobs that Redis lost (enqueue_lost_redis_jobs).
+    With the Redis broker it also enqueues again the jobs that Redis lost (enqueue_lost_redis_jobs); with the ORM
+    broker it releases the jobs that a killed cluster had fetched (release_held_jobs).
     """
     now = timezone.now()
     limit = settings.N3_HEARTBEAT_TIMEOUT
@@ -78,6 +79,7 @@ def sweep_stale_versions(*, heartbeats: bool = True) -> int:
     if swept:
         logger.warning("Marked %d training job(s) failed: their process or task is gone", swept)
     enqueue_lost_redis_jobs(cutoff)
+    release_held_jobs(cutoff)
     return swept
 
 
@@ -106,13 +108,15 @@ def enqueue_lost_redis_jobs(cutoff: datetime) -> int:
     Redis nor finished; returns how many.
 
     Redis keeps the queue in memory: one restarted without persistence (or flushed, or failed over) has lost the
-    jobs waiting in it, and django-q2's Redis broker never delivers a job again. Such a version would stay queued for
-    ever. Enqueued again, it trains once: a job claims its version with a conditional UPDATE (training.jobs), so a
-    second delivery of the same version (the lost job was in fact held by a cluster whose only worker is busy: its
-    pusher takes one or two jobs out of Redis ahead) finds it claimed and returns "not run". That can happen at most
-    as often as busy clusters hold jobs outside Redis, not at every sweep: a job enqueued again waits in Redis where
-    the next sweep sees it. (The ORM broker's queue is in the database and loses nothing: nothing is enqueued again
-    there; _lost_queued_versions fails a version whose job row was deleted.)
+    jobs waiting in it, and django-q2's Redis broker never delivers a job again; so has a cluster killed while its
+    pusher held jobs it had taken out of Redis ahead of its busy worker (tests/test_scale_out.py). Such a version
+    would stay queued for ever. Enqueued again, it trains once: a job claims its version with a conditional UPDATE
+    (training.jobs), so a second delivery of the same version (the lost job was in fact held by a cluster whose only
+    worker is busy: its pusher takes one or two jobs out of Redis ahead) finds it claimed and returns "not run".
+    That can happen at most as often as busy clusters hold jobs outside Redis, not at every sweep: a job enqueued
+    again waits in Redis where the next sweep sees it. (The ORM broker's queue is in the database and loses nothing:
+    nothing is enqueued again there; release_held_jobs unlocks the rows a killed cluster held, and
+    _lost_queued_versions fails a version whose job row was deleted.)
     """
     if settings.Q_CLUSTER.get("sync") or not settings.Q_CLUSTER.get("redis"):
         return 0
@@ -157,6 +161,36 @@ def _tasks_waiting_in_redis() -> Optional[set[str]]:
         return ids
     finally:
         broker.connection.close()
+
+
+def release_held_jobs(cutoff: datetime) -> int:
+    """ORM broker: hand back the fetched, unstarted training jobs of versions queued before ``cutoff``; returns how
+    many.
+
+    A busy cluster's pusher fetches one or two jobs ahead of its worker, and django-q2 locks each fetched row for
+    `retry` (hours). A cluster killed outright (SIGKILL, a machine lost) takes them with it: their versions would wait
+    those hours (tests/test_scale_out.py). Released, the next free worker anywhere fetches them. A job that a live,
+    busy cluster still holds is then delivered twice: the later delivery finds its version claimed and returns
+    "not run" (as with enqueue_lost_redis_jobs). A released row waits unlocked until a pusher fetches it: the next
+    sweep leaves it be.
+    """
+    if not broker_is_this_database():
+        return 0
+    waiting = set(
+        PolicyVersion.objects.filter(status=Status.QUEUED, queued_at__lt=cutoff).exclude(task_id="")
+        .values_list("task_id", flat=True)
+    )
+    if not waiting:
+        return 0
+    now = timezone.now()
+    released = 0
+    for row in OrmQ.objects.filter(lock__gt=now):
+        if row.task_id() in waiting:
+            released += OrmQ.objects.filter(pk=row.pk, lock=row.lock).update(lock=now)
+    if released:
+        logger.warning("Released %d training job(s) that a cluster fetched but has not started while their versions "
+                       "wait (was it killed?)", released)
+    return released
 
 
 def release_stranded_jobs(*, locked_before: datetime) -> int:
