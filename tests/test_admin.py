@@ -4,7 +4,7 @@ from datetime import timedelta
 from html import unescape
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -12,25 +12,13 @@ from django.utils import timezone
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
 from tests.sites import add_steps
+from tests.users import login, staff
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "admin:feedback_feedback_changelist"
 
 
-def staff(username: str, *perms: str) -> User:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    app_perms = [p.split(".") for p in perms]
-    user.user_permissions.set(
-        [Permission.objects.get(content_type__app_label=app, codename=codename) for app, codename in app_perms]
-    )
-    return User.objects.get(pk=user.pk)
-
-
-def login(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture

@@ -5,14 +5,13 @@ import random
 import re
 
 import pytest
-from django.contrib.auth.models import Permission, User
-from django.test import Client
 from django.urls import reverse
 
 from feedback import comparisons
 from feedback.models import Comparison, ComparisonItem, Feedback
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
+from tests.users import login, staff
 from training.comparisons import comparison_prompts, start_comparison
 from training.rlhf import TrainingConfig
 from training.rlhf.data import heldout_split
@@ -22,18 +21,6 @@ pytestmark = pytest.mark.django_db
 TINY = "n3-tiny-random"
 
 
-def staff(username: str, *perms: str) -> User:
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    user.user_permissions.set([
-        Permission.objects.get(content_type__app_label=p.split(".")[0], codename=p.split(".")[1]) for p in perms
-    ])
-    return User.objects.get(pk=user.pk)
-
-
-def login(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
