@@ -27,7 +27,7 @@ from policies.services import get_or_create_agent
 from training.rlhf import records as rules
 
 from . import inserts, review
-from .models import Feedback
+from .models import Feedback, Review
 
 # Rows per SELECT when looking up a batch's run ids (SQLite allows 999 parameters in old builds).
 _LOOKUP_CHUNK = 500
@@ -118,7 +118,12 @@ def _store_one(agent: Agent, record: dict[str, Any], *, source: str, user, polic
     """record_feedback's INSERT; IntegrityError when it fails for another reason than a repeated run_id."""
     feedback = _new_feedback(agent, record, source=source, user=user, policy_version=policy_version)
     try:
-        inserts.insert(feedback)  # save(force_insert=True), cheaper; its own savepoint inside a transaction
+        if feedback.reviewer_id is None:
+            inserts.insert(feedback)  # save(force_insert=True), cheaper; its own savepoint inside a transaction
+        else:
+            with transaction.atomic():  # the row and its reviewer's review, together
+                inserts.insert(feedback)
+                _keep_reviews([feedback])
         return feedback, True
     except IntegrityError:
         # Insert first, look second: a retry is rare, so the usual path is a single INSERT.
@@ -204,7 +209,18 @@ def _store_batch(
     if conflicts:
         raise BatchConflict(conflicts)
     Feedback.objects.bulk_create(new)
+    _keep_reviews(new)
     return results
+
+
+def _keep_reviews(new: list[Feedback]) -> None:
+    """A score stored with its reviewer (entered in the admin, imported from a file) is that reviewer's review, as
+    the queue's are: agreement, "my recent reviews" and the item's mean see it (migration feedback/0002 did the same
+    for scores given before reviews were kept). An agent's API posts have no reviewer: nothing to do."""
+    reviews = [Review(feedback=feedback, reviewer_id=feedback.reviewer_id, score=feedback.score, notes=feedback.notes)
+               for feedback in new if feedback.reviewer_id is not None and feedback.score is not None]
+    if reviews:
+        Review.objects.bulk_create(reviews)
 
 
 def update_feedback(

@@ -370,3 +370,22 @@ def test_admin_import_needs_the_add_permission():
     client.force_login(user)
     assert client.get(reverse("admin:feedback_feedback_import")).status_code == 403
     assert client.get(reverse("admin:feedback_feedback_export")).status_code == 200
+
+
+def test_an_imported_score_with_its_reviewer_is_that_reviewers_review(django_user_model):
+    """Agreement and "my recent reviews" read Review rows: a file's reviewed scores become them, as queue scores do."""
+    from feedback.models import Review
+    from feedback.services import record_feedback_batch
+
+    rita = django_user_model.objects.create_user("rita")
+    records = [
+        {"prompt": "Q1?", "response": "A1.", "score": 0.8, "run_id": "r1", "notes": "fine", "reviewer": "rita",
+         "reviewed_at": "2026-11-30T10:00:00+00:00"},
+        {"prompt": "Q2?", "response": "A2.", "score": 0.3, "run_id": "r2", "notes": "", "reviewer": "nobody-here",
+         "reviewed_at": "2026-11-30T10:00:00+00:00"},
+        {"prompt": "Q3?", "response": "A3.", "score": None, "run_id": "r3", "notes": ""},
+    ]
+    record_feedback_batch(agent_name="imp", records=records, source="import", user=rita, stored=True)
+    assert list(Review.objects.values_list("feedback__run_id", "reviewer__username", "score", "notes")) == [
+        ("r1", "rita", 0.8, "fine")
+    ]
