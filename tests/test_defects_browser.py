@@ -185,6 +185,10 @@ def test_the_version_page_while_training(live_server, browser, engineer, setting
     page.locator("svg.n3-chart").first.wait_for()
     assert page.inner_text("#n3-eta") == "estimating…"  # two steps timed: not yet
     assert page.inner_text("#n3-phase") == "· PPO phase" and page.inner_text("#n3-status-badge") == "Running"
+    summary = dict(page.eval_on_selector_all("tr[data-summary]", "rows => rows.map(r => [r.dataset.summary, "
+                                                                 "r.querySelector('td').textContent])"))
+    assert (summary["status"], summary["steps"], summary["reward-mean"], summary["kl"]) == (
+        "Running", "3 / 40", "0.6", "0.06"), summary  # the summary says what the status box says
     ticks = page.eval_on_selector_all("svg.n3-chart text[text-anchor=middle]", "t => t.map(e => e.textContent)")
     assert ticks == ["1", "2", "3"] * 3
     reward_ticks = page.eval_on_selector_all("[data-chart='objective/scores'] svg text[text-anchor=end]",

@@ -14,6 +14,8 @@
     if (root.dataset.active !== "1") return;
     let historyLength = parseInt(root.dataset.historyLength, 10) || 0;
     const fixed = (value) => (typeof value === "number" ? value.toFixed(3) : "—");
+    // The summary table's format (training/admin_views.py _format: 4 significant digits).
+    const short = (value) => (typeof value === "number" ? String(Number(value.toPrecision(4))) : "—");
 
     async function refreshCharts() {
       const response = await fetch(root.dataset.chartsUrl, { credentials: "same-origin" });
@@ -52,6 +54,15 @@
       $("n3-kl").textContent = fixed(data.kl);
       $("n3-loss").textContent = fixed(data.loss);
       $("n3-cancel-note").hidden = !data.cancelRequested;
+      // The summary table's live rows say what the status box says (it was rendered when the page loaded).
+      const summary = {
+        status: data.statusLabel, "reward-mean": short(data.rewardMean), kl: short(data.kl), loss: short(data.loss),
+        steps: data.step + " / " + data.maxSteps,
+      };
+      for (const [row, value] of Object.entries(summary)) {
+        const cell = document.querySelector('tr[data-summary="' + row + '"] td');
+        if (cell) cell.textContent = value;
+      }
       if (data.logTail !== null) {
         const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
         log.textContent = data.logTail;
