@@ -51,6 +51,12 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class Unavailable(ServiceError):
+    """Something the request needs is away for now (the job queue's broker): the client may retry shortly."""
+
+    status_code = 503
+
+
 class _Status(exceptions.APIException):
     """An APIException with a status and detail chosen per instance."""
 
@@ -63,7 +69,10 @@ class _Status(exceptions.APIException):
 def _translate(exc: Exception) -> Exception:
     """Our own and Django's exceptions as DRF APIExceptions; anything else unchanged (a 500)."""
     if isinstance(exc, ServiceError):
-        return _Status(str(exc), exc.status_code, exc.error_fields())
+        translated = _Status(str(exc), exc.status_code, exc.error_fields())
+        if exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            translated.wait = 5  # DRF's handler sends it as Retry-After
+        return translated
     if isinstance(exc, DjangoValidationError):
         return exceptions.ValidationError(serializers.as_serializer_error(exc))
     if isinstance(exc, RLHFError):

@@ -244,3 +244,33 @@ def test_a_training_outlives_a_postgresql_restart(tmp_path, postgres, redis, dow
     assert "the connection is closed" not in log  # what the supervisor said for ever before it reconnected
     assert during[0] == 503 and "database is unavailable" in during[1]["detail"], during
     assert after[0] == 201, after
+
+
+@pytest.mark.slow
+def test_a_train_request_while_redis_is_down_is_a_503_and_leaves_no_version_queued(tmp_path, redis):
+    """Redis away when a version is queued: the API answers 503 with what happened (not a 500), and the version,
+    committed before its job could be sent, is failed with the reason instead of waiting for ever."""
+    redis.stop()
+    try:
+        site = make_site(tmp_path, REDIS_URL=redis.url)
+        token = site.api_token(perms=("feedback.add_feedback", "policies.add_policyversion"))
+        code = f"""
+import json
+from rest_framework.test import APIClient
+from feedback.services import record_feedback_batch
+record_feedback_batch(agent_name="bot", records={feedback_records()!r})
+client = APIClient(SERVER_NAME="127.0.0.1")
+client.credentials(HTTP_AUTHORIZATION="Token {token}")
+response = client.post("/api/policies/train_policy/bot", {{"baseModel": "n3-tiny-random", "maxSteps": 2}},
+                       format="json")
+print(json.dumps([response.status_code, response.get("Retry-After"), response.json()]))
+"""
+        status, retry_after, body = json.loads(site.shell(code).strip().splitlines()[-1])
+    finally:
+        redis.start()
+    assert (status, retry_after) == (503, "5"), body
+    assert body["detail"].startswith("Could not queue the training job (ConnectionError: "), body
+    assert body["detail"].endswith("the job queue is unavailable right now. bot v1 was marked failed; send the "
+                                   "request again in a moment."), body
+    (row,) = site.query("SELECT status, error FROM policies_policyversion")
+    assert row[0] == "failed" and row[1].startswith("Could not enqueue the training job: "), row

@@ -24,7 +24,7 @@ from django.db.models import Avg, Count, Max, StdDev
 from django_q.tasks import async_task
 
 from feedback.models import Feedback
-from n3site.exceptions import Conflict, ServiceError
+from n3site.exceptions import Conflict, ServiceError, Unavailable
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_agent, get_policy_version
 from training.rlhf import (
@@ -220,12 +220,17 @@ def _enqueue(version: PolicyVersion) -> None:
             task_name=f"train {version.agent.name} {version.version} ({version.policy_id})", group="training",
         )
     except Exception as exc:
-        # Not left queued forever: the reason is on the version, the traceback in the log.
         logger.exception("Could not enqueue the training job of %s", version)
+        if broker_is_this_database():
+            raise  # in the version's transaction: no version without its job (a database error answers 503)
+        # Redis away: the version was committed already; not left queued forever, the reason is on it.
         end_version(
             version.pk, Status.FAILED, from_status=Status.QUEUED, error=f"Could not enqueue the training job: {exc}"
         )
-        raise
+        raise Unavailable(
+            f"Could not queue the training job ({type(exc).__name__}: {exc}): the job queue is unavailable right now. "
+            f"{version.agent.name} {version.version} was marked failed; send the request again in a moment."
+        ) from exc
     PolicyVersion.objects.filter(pk=version.pk).update(task_id=task_id)
     version.task_id = task_id
 
