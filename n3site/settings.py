@@ -56,7 +56,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "n3site.middleware.LazyMessageMiddleware",  # Django's, with the storage made on first use (API: never)
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
