@@ -27,6 +27,8 @@ from training.rlhf.errors import RLHFError
 
 logger = logging.getLogger(__name__)
 
+DATABASE_UNAVAILABLE = "The database is unavailable right now (restarting or overloaded); retry in a few seconds."
+
 # At most this many field errors are spelled out in "detail"; "errors" always has them all.
 DETAIL_MAX_ERRORS = 5
 
@@ -90,8 +92,7 @@ def _translate(exc: Exception) -> Exception:
         # The database is away (PostgreSQL restarting, SQLite busy past its timeout): the client may retry. The
         # request's connection is closed at its end, and the next request opens a new one.
         logger.warning("Database unavailable: %s", str(exc).strip())
-        unavailable = _Status("The database is unavailable right now (restarting or overloaded); retry in a few "
-                              "seconds.", status.HTTP_503_SERVICE_UNAVAILABLE)
+        unavailable = _Status(DATABASE_UNAVAILABLE, status.HTTP_503_SERVICE_UNAVAILABLE)
         unavailable.wait = 5  # DRF's handler sends it as Retry-After
         return unavailable
     if isinstance(exc, RecursionError):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from django.db import OperationalError
+from django.urls import path
 from django.utils import timezone
 from django_q.models import OrmQ
 
@@ -274,3 +275,18 @@ print(json.dumps([response.status_code, response.get("Retry-After"), response.js
                                    "request again in a moment."), body
     (row,) = site.query("SELECT status, error FROM policies_policyversion")
     assert row[0] == "failed" and row[1].startswith("Could not enqueue the training job: "), row
+
+
+def _page_whose_database_is_away(request):
+    raise OperationalError('connection to server at "127.0.0.1", port 5432 failed: Connection refused')
+
+
+urlpatterns = [path("page", _page_whose_database_is_away)]
+
+
+@pytest.mark.urls(__name__)
+def test_a_page_answers_503_while_the_database_is_away(client):
+    """The admin's and the reviewers' pages (Django views, not the API): 503 with Retry-After and a sentence."""
+    response = client.get("/page")
+    assert (response.status_code, response["Retry-After"], response.content.decode()) == (
+        503, "5", "The database is unavailable right now (restarting or overloaded); retry in a few seconds.")
