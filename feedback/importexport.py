@@ -5,6 +5,10 @@ Export writes every stored field; import reads what export writes (a round trip 
 policyVersion must be a version of the agent imported into; its source is kept (none: "import"); its reviewer is
 kept when a user of that name exists here, else left empty (the summary names them), with its reviewedAt. A file
 without reviewer/reviewedAt (written by hand) has the importing user as the reviewer of its scored rows.
+An item's reviews travel as ``reviews`` (JSONL: a list of {reviewer, score, notes, reviewedAt}; CSV: that list as
+JSON in one cell, empty when none); import makes them the item's reviews (those by a user missing here are left
+out, the summary names them), its score kept as the file says. Without them, an item's scored reviewer is its one
+review, as before.
 Import is all or nothing: every line is parsed and checked first (by the REST API's rules,
 ``training.rlhf.records``), each problem is reported with its line number, and only a file without problems
 is stored, in one transaction, through ``record_feedback_batch``.
@@ -15,8 +19,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import PurePath
 from typing import IO, Any, Optional
 
@@ -29,7 +35,7 @@ from n3site.exceptions import ServiceError
 from training.rlhf import records as rules
 
 from . import services
-from .models import Feedback
+from .models import Feedback, Review
 
 # The API's field names, then the stored facts: a file's columns, in order.
 FIELDS = tuple(rules.JSON_NAMES.values())
@@ -44,6 +50,8 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": 
 MAX_ERRORS = 1000
 # Records per record_feedback_batch call (all inside one transaction).
 BATCH_SIZE = 2000
+# Items per query for their reviews on export (SQLite allows 999 parameters in old builds).
+_REVIEWS_CHUNK = 500
 
 
 class ImportFailed(ServiceError):
@@ -62,15 +70,21 @@ class ImportResult:
     created: int
     existing: int  # rows whose runId was already stored for this agent (idempotent re-import)
     unknown_reviewers: tuple[str, ...] = ()  # reviewers of the file with no user here: stored without a reviewer
+    skipped_reviewers: tuple[str, ...] = ()  # reviewers in ``reviews`` with no user here: their reviews left out
 
     def summary(self) -> str:
         text = f"Imported {self.created} feedback for {self.agent_name}"
         if self.existing:
             text += f"; {self.existing} were already there (same runId) and were left as they were"
         if self.unknown_reviewers:
-            names = ", ".join(self.unknown_reviewers[:5]) + (" ..." if len(self.unknown_reviewers) > 5 else "")
-            text += f"; reviewers without a user here were left empty ({names})"
+            text += f"; reviewers without a user here were left empty ({_names(self.unknown_reviewers)})"
+        if self.skipped_reviewers:
+            text += f"; reviews by reviewers without a user here were left out ({_names(self.skipped_reviewers)})"
         return text + "."
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
 
 
 def format_for(filename: str) -> str:
@@ -113,7 +127,7 @@ def import_feedback(
         raise ImportFailed(errors)
     if not records:
         raise ImportFailed([(1, "the file has no feedback rows")])
-    created, unknown_reviewers = 0, set()
+    created, unknown_reviewers, review_names = 0, set(), set()
     try:
         with transaction.atomic():
             for start in range(0, len(records), BATCH_SIZE):
@@ -126,13 +140,18 @@ def import_feedback(
                     record["reviewer"] for record, (feedback, was_created) in zip(batch, results)
                     if was_created and record.get("reviewer") and feedback.reviewer_id is None
                 )
+                review_names.update(
+                    review["reviewer"] for record, (_, was_created) in zip(batch, results) if was_created
+                    for review in record.get("reviews") or () if review.get("reviewer")
+                )
     except services.BatchValidationError as exc:
         # E.g. a runId already stored with other content: translate the batch's indexes to file lines.
         raise ImportFailed([(lines[start + index], message) for index, message in exc.errors]) from None
     except ValidationError as exc:  # the agent name
         raise ServiceError(" ".join(exc.messages)) from None
+    skipped = review_names - set(services.users_named(review_names))
     return ImportResult(agent_name=agent_name, created=created, existing=len(records) - created,
-                        unknown_reviewers=tuple(sorted(unknown_reviewers)))
+                        unknown_reviewers=tuple(sorted(unknown_reviewers)), skipped_reviewers=tuple(sorted(skipped)))
 
 
 def _text(stream: IO) -> io.TextIOBase:
@@ -192,6 +211,8 @@ def _parse_csv(text: Iterable[str]) -> Parsed:
                 for name in _NULLABLE:
                     if name in row and not row[name].strip():
                         row[name] = None
+                if row.get("reviews") is not None:
+                    row["reviews"] = _csv_json(row["reviews"])
                 yield _record(start, row)
             start = reader.line_num + 1
     except UnicodeDecodeError:
@@ -212,6 +233,14 @@ def _csv_score(text: str):
         return text
 
 
+def _csv_json(text: str):
+    """A cell holding JSON (``reviews``) as its value; text that is not JSON is passed on for the rules to refuse."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _record(number: int, row: dict) -> tuple[int, dict, str]:
     """One row in the API's names -> a record in model names (the rules check the content)."""
     unknown = [key for key in row if key not in rules.FILE_PYTHON_NAMES]
@@ -228,39 +257,57 @@ def _unknown(key: str) -> str:
 # --- export ----------------------------------------------------------------------------------
 
 
-# What export reads of a row, in COLUMNS' order: the related rows' names instead of their ids.
+# What export reads of a row, in COLUMNS' order but reviews (read per chunk of rows): the related rows' names
+# instead of their ids.
+_READ = tuple(name for name in rules.FILE_JSON_NAMES if name != "reviews")
 _EXPORTED = tuple({"policy_version": "policy_version__number", "reviewer": "reviewer__username"}.get(name, name)
-                  for name in rules.FILE_JSON_NAMES)
+                  for name in _READ)
+_READ_COLUMNS = tuple(rules.FILE_JSON_NAMES[name] for name in _READ)
 
 
 def export_lines(*, queryset: QuerySet[Feedback], fmt: str, chunk_rows: int = 1000) -> Iterator[str]:
     """The rows of ``queryset``, oldest first, as JSONL or CSV text in chunks (for streaming)."""
     if fmt not in FORMATS:
         raise ServiceError(f"Unknown format {fmt!r}: choose jsonl or csv")
-    rows = queryset.order_by("created_at", "id").values_list(*_EXPORTED).iterator(chunk_size=chunk_rows)
+    rows = queryset.order_by("created_at", "id").values_list("id", *_EXPORTED).iterator(chunk_size=chunk_rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     if fmt == "csv":
         writer.writerow(COLUMNS)
-    count = 0
-    for row in rows:
-        values = dict(zip(COLUMNS, row))
-        if values["policyVersion"] is not None:
-            values["policyVersion"] = f"v{values['policyVersion']}"
-        if values["reviewedAt"] is not None:
-            values["reviewedAt"] = values["reviewedAt"].isoformat()
-        if fmt == "jsonl":
-            buffer.write(json.dumps(values, ensure_ascii=False))
-            buffer.write("\n")
-        else:
-            writer.writerow(["" if value is None else value for value in values.values()])
-        count += 1
-        if count % chunk_rows == 0:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    if buffer.tell():
+    while chunk := list(islice(rows, chunk_rows)):
+        reviews = _reviews_of([row[0] for row in chunk])
+        for feedback_id, *row in chunk:
+            values = dict(zip(_READ_COLUMNS, row))
+            if values["policyVersion"] is not None:
+                values["policyVersion"] = f"v{values['policyVersion']}"
+            if values["reviewedAt"] is not None:
+                values["reviewedAt"] = values["reviewedAt"].isoformat()
+            values["reviews"] = reviews.get(feedback_id, [])
+            values = {column: values[column] for column in COLUMNS}
+            if fmt == "jsonl":
+                buffer.write(json.dumps(values, ensure_ascii=False))
+                buffer.write("\n")
+            else:
+                values["reviews"] = json.dumps(values["reviews"], ensure_ascii=False) if values["reviews"] else None
+                writer.writerow(["" if value is None else value for value in values.values()])
         yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():  # the CSV header of an empty export
+        yield buffer.getvalue()
+
+
+def _reviews_of(feedback_ids: list[int]) -> dict[int, list[dict]]:
+    """The items' reviews as export writes them, in the order they were given; reviewedAt is when a review was
+    last changed (an item's own reviewedAt is its latest review's)."""
+    reviews: dict[int, list[dict]] = defaultdict(list)
+    for start in range(0, len(feedback_ids), _REVIEWS_CHUNK):
+        found = (Review.objects.filter(feedback_id__in=feedback_ids[start:start + _REVIEWS_CHUNK]).order_by("id")
+                 .values_list("feedback_id", "reviewer__username", "score", "notes", "updated_at"))
+        for feedback_id, reviewer, score, notes, updated_at in found:
+            reviews[feedback_id].append(dict(zip(rules.REVIEW_FIELDS, (reviewer, score, notes,
+                                                                        updated_at.isoformat()))))
+    return reviews
 
 
 def export_feedback(*, agent_name: str, fmt: str, out: IO[str], scored_only: bool = False) -> int:

@@ -149,7 +149,9 @@ def record_feedback_batch(
     ``stored`` (file imports): records may carry what an export writes besides the record: ``source`` (kept;
     default ``source``), ``reviewer`` (a username: kept when that user exists here, else left empty) and
     ``reviewed_at`` (ISO 8601). A record with either of the last two keys is stored as they say; one without them
-    and with a score has ``user`` as its reviewer, now (as any record from a person: not through the API).
+    and with a score has ``user`` as its reviewer, now (as any record from a person: not through the API). A
+    non-empty ``reviews`` list (an export's) becomes the item's reviews instead of that reviewer's single one
+    (``_keep_reviews``); its score is stored as the record says (not recomputed from them).
     Raises BatchValidationError listing (index, message) for every bad record (or run_id repeated with other
     content, or version the agent does not have), BatchConflict for run_ids stored with other content,
     ValidationError for a bad agent name.
@@ -165,7 +167,7 @@ def record_feedback_batch(
                for index, label in enumerate(labels) if label and label not in versions]
     if unknown:
         raise BatchValidationError(unknown)
-    reviewers = _users_named({record["reviewer"] for record in records if record.get("reviewer")}) if stored else None
+    reviewers = users_named(reviewer_names(records)) if stored else None
     kwargs = {"source": source, "user": user, "versions": versions, "reviewers": reviewers}
     try:
         with transaction.atomic():
@@ -190,7 +192,7 @@ def _store_batch(
         for stored in _stored(agent).filter(run_id__in=run_ids[start:start + _LOOKUP_CHUNK]):
             stored.agent = agent
             known[stored.run_id] = stored
-    results, new, conflicts = [], [], []
+    results, new, listed, conflicts = [], [], [], []
     for index, record in enumerate(records):
         run_id = record.get("run_id") or ""
         if run_id in known:  # stored before, or earlier in this batch (the same record: batch_problems checked)
@@ -203,24 +205,54 @@ def _store_batch(
                                  policy_version=versions.get(record.get("policy_version") or ""),
                                  reviewers=reviewers)
         new.append(feedback)
+        listed.append(record.get("reviews") if reviewers is not None else None)
         results.append((feedback, True))
         if run_id:
             known[run_id] = feedback
     if conflicts:
         raise BatchConflict(conflicts)
     Feedback.objects.bulk_create(new)
-    _keep_reviews(new)
+    _keep_reviews(new, listed=listed, reviewers=reviewers)
     return results
 
 
-def _keep_reviews(new: list[Feedback]) -> None:
+def _keep_reviews(
+    new: list[Feedback], *, listed: Optional[list[Optional[list[dict]]]] = None,
+    reviewers: Optional[dict[str, AbstractBaseUser]] = None,
+) -> None:
     """A score stored with its reviewer (entered in the admin, imported from a file) is that reviewer's review, as
     the queue's are: agreement, "my recent reviews" and the item's mean see it (migration feedback/0002 did the same
-    for scores given before reviews were kept). An agent's API posts have no reviewer: nothing to do."""
-    reviews = [Review(feedback=feedback, reviewer_id=feedback.reviewer_id, score=feedback.score, notes=feedback.notes)
-               for feedback in new if feedback.reviewer_id is not None and feedback.score is not None]
+    for scores given before reviews were kept). An agent's API posts have no reviewer: nothing to do.
+
+    ``listed`` (file imports, one entry per item of ``new``): an item's non-empty ``reviews`` list replaces that
+    single review: one Review per entry whose reviewer is a user here (``reviewers``; an unknown one is skipped) or
+    null (a deleted user's review: kept without a reviewer, as agreement counts it), given and last changed at its
+    reviewedAt (else now). The times are set by a second UPDATE: bulk_create always writes now into auto_now fields,
+    bulk_update writes what the rows say."""
+    reviews, timed = [], []
+    for feedback, entries in zip(new, listed or [None] * len(new)):
+        if not entries:
+            if feedback.reviewer_id is not None and feedback.score is not None:
+                reviews.append(Review(feedback=feedback, reviewer_id=feedback.reviewer_id, score=feedback.score,
+                                      notes=feedback.notes))
+            continue
+        for entry in entries:
+            name = entry.get("reviewer")
+            reviewer = (reviewers or {}).get(name) if name else None
+            if name and reviewer is None:
+                continue
+            review = Review(feedback=feedback, reviewer=reviewer, score=rules.clean_score(entry["score"]),
+                            notes=entry.get("notes") or "")
+            reviews.append(review)
+            reviewed_at = rules.parse_timestamp(entry["reviewedAt"]) if entry.get("reviewedAt") else None
+            if reviewed_at is not None:
+                timed.append((review, reviewed_at))
     if reviews:
         Review.objects.bulk_create(reviews)
+    for review, reviewed_at in timed:
+        review.created_at = review.updated_at = reviewed_at
+    if timed:
+        Review.objects.bulk_update([review for review, _ in timed], ["created_at", "updated_at"])
 
 
 def update_feedback(
@@ -272,7 +304,15 @@ def _unknown_version(agent_name: str, label: str) -> str:
     return f"'{label}' is not a version of agent '{agent_name}'"
 
 
-def _users_named(names: set[str]) -> dict[str, AbstractBaseUser]:
+def reviewer_names(records: list[Mapping[str, Any]]) -> set[str]:
+    """The usernames stored records name: their reviewers and their reviews' (a file's ``reviews``)."""
+    names = {record["reviewer"] for record in records if record.get("reviewer")}
+    return names | {review["reviewer"] for record in records for review in record.get("reviews") or ()
+                    if review.get("reviewer")}
+
+
+def users_named(names: set[str]) -> dict[str, AbstractBaseUser]:
+    """The users among ``names`` (usernames), by name, in one query."""
     if not names:
         return {}
     model = get_user_model()

@@ -10,8 +10,9 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
-from feedback import importexport
-from feedback.models import Feedback
+from feedback import importexport, review
+from feedback.agreement import agent_agreement
+from feedback.models import Feedback, Review
 from policies.models import Agent, PolicyVersion
 
 pytestmark = pytest.mark.django_db
@@ -134,7 +135,8 @@ def test_csv_header_and_row_shape_problems():
         do_import(b"prompt,answer,score\nq,a,0.5\n", "csv")
     assert failed.value.errors == [
         (1, "unknown column(s) 'answer'; missing column(s) response "
-            "(columns are prompt, response, score, runId, notes, policyVersion, reviewer, reviewedAt, source)"),
+            "(columns are prompt, response, score, runId, notes, policyVersion, reviewer, reviewedAt, source, "
+            "reviews)"),
     ]
     with pytest.raises(importexport.ImportFailed) as failed:
         do_import(b'prompt,response,score\n"multi\nline",a,0.5\nq,a\nq,a,zero\n', "csv")
@@ -278,22 +280,28 @@ def test_export_jsonl_to_stdout_has_exactly_the_api_fields_and_the_stored_facts(
     v2 = PolicyVersion.objects.create(agent=agent, number=2, status="trained")
     rita = User.objects.create_user("rita")
     reviewed = datetime(2026, 12, 1, 7, 30, 0, 123456, tzinfo=UTC)
-    Feedback.objects.create(agent=agent, prompt="q", response="a", score=0.25, run_id="r", notes="n",
-                            policy_version=v2, reviewer=rita, reviewed_at=reviewed, source="admin")
+    item = Feedback.objects.create(agent=agent, prompt="q", response="a", score=0.25, run_id="r", notes="n",
+                                   policy_version=v2, reviewer=rita, reviewed_at=reviewed, source="admin")
+    Review.objects.create(feedback=item, reviewer=rita, score=0.25, notes="n")
+    Review.objects.filter(feedback=item).update(updated_at=reviewed)
     Feedback.objects.create(agent=agent, prompt="q2", response="a2")
     out = io.StringIO()
     call_command("export_feedback", "--agent", "support", stdout=out)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert rows == [
         {"prompt": "q", "response": "a", "score": 0.25, "runId": "r", "notes": "n", "policyVersion": "v2",
-         "reviewer": "rita", "reviewedAt": "2026-12-01T07:30:00.123456+00:00", "source": "admin"},
+         "reviewer": "rita", "reviewedAt": "2026-12-01T07:30:00.123456+00:00", "source": "admin",
+         "reviews": [{"reviewer": "rita", "score": 0.25, "notes": "n",
+                      "reviewedAt": "2026-12-01T07:30:00.123456+00:00"}]},
         {"prompt": "q2", "response": "a2", "score": None, "runId": "", "notes": "", "policyVersion": None,
-         "reviewer": None, "reviewedAt": None, "source": "api"},
+         "reviewer": None, "reviewedAt": None, "source": "api", "reviews": []},
     ]
     out = io.StringIO()
     call_command("export_feedback", "--agent", "support", "--format", "csv", "--scored-only", stdout=out)
-    assert out.getvalue() == ("prompt,response,score,runId,notes,policyVersion,reviewer,reviewedAt,source\n"
-                              "q,a,0.25,r,n,v2,rita,2026-12-01T07:30:00.123456+00:00,admin\n")
+    assert out.getvalue() == (
+        "prompt,response,score,runId,notes,policyVersion,reviewer,reviewedAt,source,reviews\n"
+        'q,a,0.25,r,n,v2,rita,2026-12-01T07:30:00.123456+00:00,admin,"[{""reviewer"": ""rita"", ""score"": 0.25, '
+        '""notes"": ""n"", ""reviewedAt"": ""2026-12-01T07:30:00.123456+00:00""}]"\n')
 
 
 def test_import_command_reports_file_and_line(tmp_path):
@@ -358,7 +366,8 @@ def test_admin_export_downloads_what_the_list_shows(importer):
     assert response.status_code == 200
     assert response["Content-Disposition"].startswith('attachment; filename="feedback-support-')
     body = b"".join(response.streaming_content).decode()
-    assert body == "prompt,response,score,runId,notes,policyVersion,reviewer,reviewedAt,source\npending,a,,,,,,,api\n"
+    assert body == ("prompt,response,score,runId,notes,policyVersion,reviewer,reviewedAt,source,reviews\n"
+                    "pending,a,,,,,,,api,\n")
 
 
 def test_admin_import_needs_the_add_permission():
@@ -374,7 +383,6 @@ def test_admin_import_needs_the_add_permission():
 
 def test_an_imported_score_with_its_reviewer_is_that_reviewers_review(django_user_model):
     """Agreement and "my recent reviews" read Review rows: a file's reviewed scores become them, as queue scores do."""
-    from feedback.models import Review
     from feedback.services import record_feedback_batch
 
     rita = django_user_model.objects.create_user("rita")
@@ -389,3 +397,108 @@ def test_an_imported_score_with_its_reviewer_is_that_reviewers_review(django_use
     assert list(Review.objects.values_list("feedback__run_id", "reviewer__username", "score", "notes")) == [
         ("r1", "rita", 0.8, "fine")
     ]
+
+
+# --- an item's reviews -------------------------------------------------------------------------
+
+
+def reviews_of(agent_name: str) -> list[tuple]:
+    """Each item's reviews (reviewer, score, notes, last changed), items and reviews in the order they were given."""
+    return list(Review.objects.filter(feedback__agent__name=agent_name).order_by("feedback__created_at", "feedback_id",
+                                                                                    "id")
+                .values_list("feedback__prompt", "reviewer__username", "score", "notes", "updated_at"))
+
+
+def overlap_two_agent() -> Agent:
+    """Two reviewers score each item (the queue's own path): some agree, some do not, one item still waits for its
+    second review, one was edited later, and one review's reviewer was deleted since (alpha still counts it)."""
+    agent = Agent.objects.create(name="source", review_overlap=2)
+    rita, olga, gone = (User.objects.create_user(name) for name in ("rita", "olga", "gone"))
+    scores = [("agree", 0.9, 0.8), ("disagree", 0.2, 0.9), ("both low", 0.1, 0.3), ("waiting", 0.6, None),
+              ("gone's", 0.7, 0.5)]
+    for prompt, first, second in scores:
+        item = Feedback.objects.create(agent=agent, prompt=prompt, response="a", run_id=prompt)
+        review.score_feedback(feedback_id=item.pk, user=rita, score=first, notes=f"rita on {prompt}")
+        if second is not None:
+            review.score_feedback(feedback_id=item.pk, user=gone if prompt == "gone's" else olga, score=second,
+                                  notes="" if prompt == "agree" else f"second on {prompt}")
+    edited = Review.objects.get(feedback__prompt="both low", reviewer=olga)
+    review.edit_review(review_id=edited.pk, user=olga, score=0.4, notes="on second thought")
+    gone.delete()
+    return agent
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_round_trip_keeps_every_review_and_the_agreement(tmp_path, fmt):
+    source = overlap_two_agent()
+    before = agent_agreement(agent=source)
+    assert before.overall.items == 4 and before.overall.alpha is not None
+    path = tmp_path / f"out.{fmt}"
+    call_command("export_feedback", "--agent", "source", "-o", str(path), stderr=io.StringIO())
+
+    result = importexport.import_feedback(agent_name="copy", stream=path.open("rb"), fmt=fmt)
+
+    assert (result.created, result.skipped_reviewers) == (5, ())
+    assert reviews_of("copy") == reviews_of("source")  # reviewer (None: deleted), score, notes and time
+    assert [row[1:4] for row in reviews_of("copy")][:4] == [
+        ("rita", 0.9, "rita on agree"), ("olga", 0.8, ""), ("rita", 0.2, "rita on disagree"),
+        ("olga", 0.9, "second on disagree")]
+    assert every_field("copy") == every_field("source")  # each item's score as exported, not recomputed
+    after = agent_agreement(agent=Agent.objects.get(name="copy"))
+    assert after.overall.alpha == pytest.approx(before.overall.alpha)
+    assert (after.overall.items, after.overall.scores) == (before.overall.items, before.overall.scores) == (4, 8)
+    assert [(p.first, p.second, p.agreement.items) for p in after.pairs] == [
+        (p.first, p.second, p.agreement.items) for p in before.pairs] == [("olga", "rita", 3)]
+    assert after.pairs[0].agreement.alpha == pytest.approx(before.pairs[0].agreement.alpha)
+
+
+def test_reviews_by_users_missing_here_are_left_out_and_named_and_an_empty_list_is_as_before():
+    User.objects.create_user("rita")
+    at = "2026-11-30T10:00:00+00:00"
+    result = do_import(jsonl(
+        {"prompt": "q1", "response": "a", "score": 0.5, "reviewer": "rita", "reviewedAt": at,
+         "reviews": [{"reviewer": "rita", "score": 0.4, "notes": "meh", "reviewedAt": at},
+                     {"reviewer": "olga", "score": 0.6, "notes": "", "reviewedAt": at}]},
+        {"prompt": "q2", "response": "a", "score": 0.7, "reviewer": "rita", "reviewedAt": at, "reviews": []},
+    ), "jsonl")
+    assert result.skipped_reviewers == ("olga",)
+    assert "reviews by reviewers without a user here were left out (olga)" in result.summary()
+    assert every_field("support")[0][2] == 0.5  # the item's score as the file says, not its one review's
+    assert reviews_of("support") == [
+        ("q1", "rita", 0.4, "meh", datetime(2026, 11, 30, 10, tzinfo=UTC)),
+        ("q2", "rita", 0.7, "", reviews_of("support")[1][4]),  # no list: the item's reviewer's score, as before
+    ]
+
+
+@pytest.mark.parametrize("reviews, message", [
+    ("great", 'reviews must be a list of reviews such as [{"reviewer": "rita", "score": 0.8, "notes": "", '
+              '"reviewedAt": "2026-12-01T07:30:00+00:00"}] (or empty), got \'great\''),
+    ([0.5], "reviews[0] must be an object with reviewer, score, notes, reviewedAt, got 0.5"),
+    ([{"reviewer": "rita", "score": 1.5}], "reviews[0].score must be a number between 0 and 1, got 1.5"),
+    ([{"reviewer": "rita"}], "reviews[0].score must be a number between 0 and 1, got None"),
+    ([{"reviewer": "rita", "score": 0.5, "stars": 3}],
+     "reviews[0].stars is not a field of a review (reviewer, score, notes, reviewedAt)"),
+    ([{"reviewer": "rita", "score": 0.5}, {"reviewer": "rita", "score": 0.6}],
+     "reviews[1].reviewer repeats 'rita': an item has one review per reviewer"),
+    ([{"reviewer": 7, "score": 0.5}],
+     "reviews[0].reviewer must be a username of at most 150 characters (or null: a deleted user)"),
+    ([{"reviewer": "rita", "score": 0.5, "reviewedAt": "soon"}],
+     "reviews[0].reviewedAt must be a date and time in ISO 8601 such as 2026-12-01T07:30:00+00:00 (or empty), "
+     "got 'soon'"),
+])
+def test_a_bad_reviews_value_is_refused_naming_it(reviews, message):
+    User.objects.create_user("rita")
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(jsonl({"prompt": "ok", "response": "a", "score": 0.5},
+                        {"prompt": "q", "response": "a", "score": 0.5, "reviews": reviews}), "jsonl")
+    assert failed.value.errors == [(2, message)]
+    assert not Feedback.objects.exists() and not Review.objects.exists()
+
+
+def test_a_csv_reviews_cell_that_is_not_json_is_refused_on_its_line():
+    data = b'prompt,response,score,reviews\nq,a,0.5,\nq2,a,0.5,"[{""reviewer"": ""rita"", ""score"": 0.5"\n'
+    with pytest.raises(importexport.ImportFailed) as failed:
+        do_import(data, "csv")
+    ((line, message),) = failed.value.errors
+    assert line == 3 and message.startswith("reviews must be a list of reviews") and message.endswith(
+        "got '[{\"reviewer\": \"rita\", \"score\": 0.5'")

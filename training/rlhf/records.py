@@ -22,8 +22,10 @@ JSON_NAMES = {
 PYTHON_NAMES = {json_name: name for name, json_name in JSON_NAMES.items()}
 FIELDS = tuple(JSON_NAMES)
 # What is stored with a record besides what its agent sends: exported to files and imported back from them (the API
-# answers reviewedAt and source but does not take them).
-STORED_JSON_NAMES = {"reviewer": "reviewer", "reviewed_at": "reviewedAt", "source": "source"}
+# answers reviewedAt and source but does not take them). ``reviews``: the item's reviews, a list of objects with
+# REVIEW_FIELDS, kept in the file's spelling (a nested object has no Python spelling of its own).
+STORED_JSON_NAMES = {"reviewer": "reviewer", "reviewed_at": "reviewedAt", "source": "source", "reviews": "reviews"}
+REVIEW_FIELDS = ("reviewer", "score", "notes", "reviewedAt")
 FILE_JSON_NAMES = {**JSON_NAMES, **STORED_JSON_NAMES}
 FILE_PYTHON_NAMES = {json_name: name for name, json_name in FILE_JSON_NAMES.items()}
 # A later change to a stored record (PATCH): an end user's score arriving after the response, a note.
@@ -42,6 +44,9 @@ INVISIBLE_TEXT = "must contain visible text, not only whitespace or invisible ch
 SCORE_RANGE = "must be a number between 0 and 1 (or null: awaiting review)"
 VERSION_TEXT = 'must be a version of the agent such as "v3" (or null: not known)'
 TIMESTAMP_TEXT = "must be a date and time in ISO 8601 such as 2026-12-01T07:30:00+00:00 (or empty)"
+REVIEWS_TEXT = ('must be a list of reviews such as [{"reviewer": "rita", "score": 0.8, "notes": "", '
+                '"reviewedAt": "2026-12-01T07:30:00+00:00"}] (or empty)')
+REVIEWER_TEXT = f"must be a username of at most {REVIEWER_MAX_LENGTH} characters"
 # PostgreSQL cannot store NUL in text (SQLite can): refused everywhere, so a file that imports here imports there.
 NUL_TEXT = "must not contain NUL (\\u0000): Null characters cannot be stored"
 SURROGATE_TEXT = "must not contain lone surrogates (\\ud800-\\udfff): they are not Unicode text"
@@ -118,7 +123,8 @@ def check_score(value: Any) -> float:
 def record_problems(record: Any, *, stored: bool = False) -> list[Problem]:
     """What is wrong with one record in Python names, as (field, message); empty when it can be stored.
 
-    ``stored``: the record may also carry STORED_JSON_NAMES' facts (a file's reviewer, reviewed_at, source).
+    ``stored``: the record may also carry STORED_JSON_NAMES' facts (a file's reviewer, reviewed_at, source,
+    reviews).
     """
     if not isinstance(record, Mapping):
         return [("", "must be an object with prompt, response and score")]
@@ -177,14 +183,58 @@ def _stored_problems(record: Mapping[str, Any]) -> list[Problem]:
     source = record.get("source")
     if source is not None and source not in SOURCES:
         problems.append(("source", f"must be one of {', '.join(SOURCES)} (or empty: import), got {source!r}"))
-    reviewer = record.get("reviewer")
-    if reviewer is not None and not (isinstance(reviewer, str) and len(reviewer) <= REVIEWER_MAX_LENGTH
-                                     and not _UNSTORABLE.search(reviewer)):
-        problems.append(("reviewer", f"must be a username of at most {REVIEWER_MAX_LENGTH} characters"))
+    if not _is_username(record.get("reviewer")):
+        problems.append(("reviewer", REVIEWER_TEXT))
     reviewed_at = record.get("reviewed_at")
     if reviewed_at is not None and parse_timestamp(reviewed_at) is None:
         problems.append(("reviewed_at", f"{TIMESTAMP_TEXT}, got {reviewed_at!r}"))
+    return problems + reviews_problems(record.get("reviews"))
+
+
+def reviews_problems(reviews: Any) -> list[Problem]:
+    """What is wrong with a record's ``reviews`` (None or a list of objects with REVIEW_FIELDS: reviewer a username
+    or null, score 0..1, notes text, reviewedAt ISO 8601 or null), each field named as ``reviews[0].score``."""
+    if reviews is None:
+        return []
+    if not isinstance(reviews, list):
+        return [("reviews", f"{REVIEWS_TEXT}, got {_shortened(reviews)}")]
+    problems, seen = [], set()
+    for index, review in enumerate(reviews):
+        at = f"reviews[{index}]"
+        if not isinstance(review, Mapping):
+            problems.append((at, f"must be an object with {', '.join(REVIEW_FIELDS)}, got {_shortened(review)}"))
+            continue
+        problems += [(f"{at}.{key}", f"is not a field of a review ({', '.join(REVIEW_FIELDS)})")
+                     for key in review if key not in REVIEW_FIELDS]
+        score = review.get("score")
+        if score is None or score_problem(score):
+            problems.append((f"{at}.score", f"must be a number between 0 and 1, got {score!r}"))
+        reviewer = review.get("reviewer")
+        if not _is_username(reviewer):
+            problems.append((f"{at}.reviewer", f"{REVIEWER_TEXT} (or null: a deleted user)"))
+        elif reviewer is not None and reviewer in seen:  # feedback.models.Review: one per reviewer and item
+            problems.append((f"{at}.reviewer", f"repeats {reviewer!r}: an item has one review per reviewer"))
+        seen.add(reviewer)
+        notes = review.get("notes", "")
+        if not isinstance(notes, str):
+            problems.append((f"{at}.notes", "must be text"))
+        elif _UNSTORABLE.search(notes):
+            problems.append((f"{at}.notes", NUL_TEXT if "\x00" in notes else SURROGATE_TEXT))
+        reviewed_at = review.get("reviewedAt")
+        if reviewed_at is not None and parse_timestamp(reviewed_at) is None:
+            problems.append((f"{at}.reviewedAt", f"{TIMESTAMP_TEXT}, got {reviewed_at!r}"))
     return problems
+
+
+def _is_username(value: Any) -> bool:
+    """None (no reviewer) or text that can be a username."""
+    return value is None or (isinstance(value, str) and len(value) <= REVIEWER_MAX_LENGTH
+                             and not _UNSTORABLE.search(value))
+
+
+def _shortened(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def parse_timestamp(value: Any) -> Optional[datetime]:
