@@ -106,8 +106,9 @@ def reviewable_by(*, user: AbstractBaseUser, agent_name: str = "") -> QuerySet[F
     return unscored_feedback(agent_name=agent_name).exclude(reviews__reviewer=user)
 
 
-def _free_for(user: AbstractBaseUser, now) -> Q:
-    """Rows ``user`` may claim: unclaimed, lease run out, or already theirs."""
+def free_for(user: AbstractBaseUser, now) -> Q:
+    """Rows ``user`` may claim: unclaimed, lease run out, or already theirs (any model with claimed_by and
+    claimed_until: the review queue's items, the blind comparison's pairs)."""
     return Q(claimed_until__isnull=True) | Q(claimed_until__lte=now) | Q(claimed_by=user)
 
 
@@ -132,7 +133,7 @@ def claim_next(
         held.claimed_until = now + LEASE
         return held
     while True:
-        candidates = list(queue.filter(_free_for(user, now)).values_list("id", flat=True)[:_CLAIM_BATCH])
+        candidates = list(queue.filter(free_for(user, now)).values_list("id", flat=True)[:_CLAIM_BATCH])
         if not candidates:
             return None
         for pk in candidates:
@@ -154,7 +155,7 @@ def try_claim(*, feedback_id: int, user: AbstractBaseUser, now=None) -> bool:
     now = now or timezone.now()
     return bool(
         Feedback.objects.filter(pk=feedback_id, score__isnull=True)
-        .filter(_free_for(user, now), _not_reviewed_by(user))
+        .filter(free_for(user, now), _not_reviewed_by(user))
         .update(claimed_by=user, claimed_until=now + LEASE)
     )
 
