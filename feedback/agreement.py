@@ -31,11 +31,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Permission
 from django.db import transaction
 from django.db.models import Count, Exists, F, Max, Min, OuterRef, Q, QuerySet
+from django.db.models.functions import Length, Substr
 from django.utils import timezone
 
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import Agent
 
+from . import rendering
 from .models import Feedback, Review
 from .review import validate_score
 
@@ -206,7 +208,9 @@ def disagreements(
 ) -> list[Disagreement]:
     """Items with two or more reviews whose scores spread (max - min) more than ``spread``, the most recently
     reviewed first, each with all its reviews. Settled items only with ``include_settled``."""
-    qs = Feedback.objects.annotate(
+    # Grouped by the primary key alone: grouping by every column (as annotating whole rows does on SQLite) sorts
+    # the texts themselves, seconds for a multi-megabyte record.
+    qs = Feedback.objects.values("pk").annotate(
         n_reviews=Count("reviews"), low=Min("reviews__score"), high=Max("reviews__score"),
         last_review=Max("reviews__updated_at"),
     ).filter(n_reviews__gte=2).annotate(spread=F("high") - F("low")).filter(spread__gt=spread + _EPS)
@@ -215,7 +219,16 @@ def disagreements(
     if not include_settled:
         # Settled (see is_settled) needs both the notes' mark and no review saved after the settlement.
         qs = qs.exclude(Q(notes__startswith=SETTLED_PREFIX) & Q(reviewed_at__gte=F("last_review")))
-    items = list(qs.select_related("agent", "reviewer", "policy_version").order_by("-last_review", "-id")[:limit])
+    spreads = dict(qs.order_by("-last_review", "-pk").values_list("pk", "spread")[:limit])
+    # The page shows the start of each text (rendering.LIST_CHARS): a record of any size is not read whole.
+    head = rendering.LIST_CHARS + 1
+    found = Feedback.objects.filter(pk__in=spreads).defer("prompt", "response").annotate(
+        prompt_head=Substr("prompt", 1, head), prompt_chars=Length("prompt"),
+        response_head=Substr("response", 1, head), response_chars=Length("response"),
+    ).select_related("agent", "reviewer", "policy_version").in_bulk()
+    items = [found[pk] for pk in spreads if pk in found]
+    for item in items:
+        item.spread = spreads[item.pk]
     reviews: dict[int, list[Review]] = defaultdict(list)
     for review in Review.objects.filter(feedback__in=items).select_related("reviewer").order_by("score", "id"):
         reviews[review.feedback_id].append(review)

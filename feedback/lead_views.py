@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from n3site.exceptions import ServiceError
 from policies.models import Agent
 
-from . import agreement
+from . import agreement, rendering
 from .views import reviewer_required
 
 
@@ -31,6 +31,14 @@ def _filters(source) -> dict:
 
 def _disagreements_page(request: HttpRequest, filters: dict, *, error: str = "", error_item=None, status=200):
     items = agreement.disagreements(**filters) if filters else []
+    # Up to 100 items, each with a prompt and a response of any size: rendered within one page's budget.
+    texts = []
+    for d in items:
+        url = reverse("admin:feedback_feedback_change", args=[d.item.pk])
+        texts += [(d.item.prompt_head, d.item.prompt_chars, url), (d.item.response_head, d.item.response_chars, url)]
+    html = rendering.render_list(texts)
+    for i, d in enumerate(items):
+        d.item.prompt_html, d.item.response_html = html[2 * i], html[2 * i + 1]
     agent_name = (filters or {}).get("agent_name", request.GET.get("agent", ""))
     context = {
         **admin.site.each_context(request),
