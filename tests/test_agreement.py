@@ -68,6 +68,95 @@ def test_verdicts_use_krippendorffs_thresholds():
         "reliable", "tentative", "tentative", "unreliable")
 
 
+# --- numerically stable, and the same as the krippendorff package (issue 20 item 5) ---------------------
+
+def _package_alpha(units) -> float | None:
+    """The ``krippendorff`` package's interval alpha (a test-only dependency) for the same units; None for its nan."""
+    import math
+
+    import krippendorff
+    import numpy as np
+
+    width = max(len(u) for u in units)
+    data = np.array([[*u, *[np.nan] * (width - len(u))] for u in units], dtype=float).T  # reviewers x items
+    try:
+        value = krippendorff.alpha(reliability_data=data, level_of_measurement="interval")
+    except ValueError:  # "There has to be more than one value in the domain."
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+@pytest.mark.parametrize("units", [
+    [[0.95] * 3] * 10,  # gave 0.676
+    [[0.8, 0.8]] * 3,  # gave 1.0
+    [[0.6] * 3] * 5,  # the Agent page showed -0.094, /review/progress/ 1.000
+    [[0.1, 0.1]] * 7, [[1.0, 1.0, 1.0]] * 4, [[1e-9, 1e-9]] * 3,
+    [[0.6, 0.6000000000000001], [0.6000000000000001, 0.6]],  # a mean of reviews next to a score: the same score
+])
+def test_no_variation_has_no_alpha_however_the_floats_round(units):
+    assert interval_alpha(units) is None
+    assert agreement.agreement_of(units).display == "—"
+
+
+def test_barely_varying_scores_give_the_packages_alpha():
+    units = [[0.95, 0.95, 0.95]] * 9 + [[0.95, 0.95, 0.96]]
+    assert interval_alpha(units) == pytest.approx(_package_alpha(units), abs=1e-9)
+    units = [[0.7 + 1e-6, 0.7], [0.7, 0.7 + 1e-6], [0.7, 0.7]]
+    assert interval_alpha(units) == pytest.approx(_package_alpha(units), abs=1e-6)
+
+
+def test_alpha_matches_the_package_on_random_and_degenerate_data():
+    """Property test: random numbers of items and reviewers, scores on the queue's grid (0.1 steps), continuous, or
+    all nearly equal; alpha agrees with the package's, is None exactly where the package has none, and is within
+    [-1, 1]."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    grid = st.sampled_from([i / 10 for i in range(11)])
+    continuous = st.floats(0, 1, allow_nan=False)
+    nearly = st.sampled_from([0.95, 0.95, 0.95, 0.95 + 1e-7])
+    score = st.one_of(grid, continuous)
+
+    @st.composite
+    def units(draw):
+        values = draw(st.sampled_from([grid, continuous, nearly, score]))
+        return draw(st.lists(st.lists(values, min_size=2, max_size=5), min_size=2, max_size=12))
+
+    @settings(max_examples=400, deadline=None, derandomize=True)
+    @given(units())
+    def check(data):
+        ours, theirs = interval_alpha(data), _package_alpha(data)
+        if theirs is None or ours is None:
+            # The package has no figure without variation; ours neither (and neither where it varies by rounding).
+            assert ours is None or abs(ours) <= 1
+            return
+        assert ours == pytest.approx(theirs, abs=1e-6)
+        assert -1 <= ours <= 1
+
+    check()
+
+
+def test_every_page_agrees_when_nobody_varies(reviewers, client):
+    """Three reviewers score five items 0.6 each: the Agent page showed "-0.094 (unreliable)", its pair rows "—"
+    and /review/progress/ "1.000 reliable". Now every page says "—"."""
+    agent = Agent.objects.create(name="flat", review_overlap=3)
+    for i in range(5):
+        item = Feedback.objects.create(agent=agent, prompt=f"q{i}", response="a", score=0.6)
+        for name in NAMES:
+            Review.objects.create(feedback=item, reviewer=reviewers[name], score=0.6)
+    result = agreement.agent_agreement(agent=agent)
+    assert result.overall.display == "—" and result.overall.verdict == "no variation in the scores"
+    assert [p.agreement.display for p in result.pairs] == ["—"] * 3
+    progress = agreement.reviewer_progress()
+    assert {r.username: r.agreement.display for r in progress.agents[0].rows if r.agreement.items} == {
+        "alice": "—", "bob": "—", "carol": "—"}
+    client.force_login(User.objects.create_superuser("boss", password="pw"))
+    html = client.get(reverse("admin:policies_agent_change", args=[agent.pk])).content.decode()
+    assert '<strong id="n3-alpha">—</strong>' in html
+    html = client.get(reverse("review:progress")).content.decode()
+    assert "1.000" not in html and html.count('title="no variation in the scores">—</td>') >= 3
+
+
 # --- the seeded example: three reviewers, six items ---------------------------------------------
 
 # (alice, bob, carol); None: that reviewer did not review the item.
