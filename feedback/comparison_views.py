@@ -36,10 +36,16 @@ def _set_skipped(request: HttpRequest, comparison_id: int, ids: list[int]) -> No
 @require_GET
 @reviewer_required
 def compare_queue(request: HttpRequest, pk: int):
-    comparison = get_object_or_404(Comparison.objects.select_related("agent"), pk=pk)
     if request.GET.get("skipped") == "again":
+        get_object_or_404(Comparison, pk=pk)
         _set_skipped(request, pk, [])
         return redirect("review:compare", pk)
+    return _queue_page(request, pk)
+
+
+def _queue_page(request: HttpRequest, pk: int, *, status: int = 200):
+    """The pair this reviewer holds (or the next one), the tally so far."""
+    comparison = get_object_or_404(Comparison.objects.select_related("agent"), pk=pk)
     skipped = _skipped(request, pk)
     item = comparisons.claim_next_item(comparison=comparison, user=request.user, exclude_ids=skipped)
     tally = comparisons.tally(comparison=comparison)
@@ -59,17 +65,19 @@ def compare_queue(request: HttpRequest, pk: int):
         "skipped": len(skipped),
         "lease_minutes": int(LEASE.total_seconds() // 60),
     }
-    return render(request, "feedback/compare_queue.html", context)
+    return render(request, "feedback/compare_queue.html", context, status=status)
 
 
 @require_POST
 @reviewer_required
 def vote_item(request: HttpRequest, pk: int, item_pk: int):
-    """``choice``: left, right or tie; then the next pair."""
+    """``choice``: left, right or tie; then the next pair. A vote that does not count (no responses yet, a pair
+    this reviewer does not hold, judged already) answers its 4xx with the queue and the reason."""
     try:
         comparisons.vote(item_id=item_pk, user=request.user, side=request.POST.get("choice", ""), comparison_id=pk)
     except ServiceError as exc:
         messages.error(request, str(exc))
+        return _queue_page(request, pk, status=exc.status_code)
     return redirect("review:compare", pk)
 
 

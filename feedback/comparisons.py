@@ -129,22 +129,29 @@ def claim_next_item(
 
 def vote(*, item_id: int, user: AbstractBaseUser, side: str, comparison_id: Optional[int] = None) -> ComparisonItem:
     """Record ``user``'s choice for an item: "left", "right" or "tie" (which version a side showed is the item's
-    secret). Conflict when another reviewer holds it or it was decided already."""
+    secret). The vote counts only for an item whose responses exist (its comparison is ready) and that ``user``
+    holds (claim_next_item leased it to them, the lease still running): Conflict otherwise, saying which."""
     if side not in SIDES:
         raise ServiceError(f"Choose left, right or tie, not {side!r}")
-    item = ComparisonItem.objects.filter(pk=item_id).first()
+    item = ComparisonItem.objects.filter(pk=item_id).select_related("comparison").first()
     if item is None or (comparison_id is not None and item.comparison_id != comparison_id):
         raise NotFound(f"Comparison item {item_id} does not exist")
     choice = Choice.TIE if side == "tie" else Choice.A if (side == "left") == item.a_on_left else Choice.B
     now = timezone.now()
-    updated = ComparisonItem.objects.filter(pk=item_id, choice="").filter(free_for(user, now)).update(
-        choice=choice, reviewer=user, decided_at=now, claimed_by=None, claimed_until=None,
-    )
+    # One conditional UPDATE: ready, undecided and held by this reviewer at this moment, or nothing changes.
+    updated = ComparisonItem.objects.filter(
+        pk=item_id, choice="", comparison__status=Comparison.Status.READY, claimed_by=user, claimed_until__gt=now,
+    ).update(choice=choice, reviewer=user, decided_at=now, claimed_by=None, claimed_until=None)
     if not updated:
         item.refresh_from_db()
+        if item.comparison.status != Comparison.Status.READY:
+            raise Conflict("This comparison's responses are not there yet: there is nothing to judge")
         if item.choice:
             raise Conflict("This pair was already judged by another reviewer")
-        raise Conflict("Another reviewer is judging this pair")
+        if item.claimed_by_id not in (None, user.pk) and item.claimed_until and item.claimed_until > now:
+            raise Conflict("Another reviewer is judging this pair")
+        raise Conflict("You do not hold this pair (it was not given to you, or its lease ran out): "
+                       "open the queue for the next one")
     item.refresh_from_db()
     return item
 

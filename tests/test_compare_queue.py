@@ -3,9 +3,11 @@ random and balanced and never in the page, one leased vote per pair, the win rat
 compare page's panel, and (slow) the worker really generating both versions' responses."""
 import random
 import re
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from feedback import comparisons
 from feedback.models import Comparison, ComparisonItem, Feedback
@@ -145,6 +147,40 @@ def test_a_generating_comparison_has_nothing_to_judge_yet(pair, reviewers):
     assert page.context["item"] is None and "still writing their responses" in page.content.decode()
 
 
+def test_a_vote_counts_only_for_a_generated_pair_this_reviewer_holds(pair, reviewers):
+    """Issue 20 item 7: while the comparison was still generating, a POSTed vote answered 302 and counted (a win
+    rate from votes on nothing); so did a vote on a pair never given to the voter. Now each is a 409 that says why
+    and nothing is counted."""
+    rita, sam = reviewers
+    client = login(rita)
+    generating = make_comparison(pair, ["q1", "q2"])
+    first = generating.items.order_by("position").first()
+    response = client.post(reverse("review:compare_vote", args=[generating.pk, first.pk]), {"choice": "left"})
+    assert response.status_code == 409
+    assert "responses are not there yet" in response.content.decode()
+    assert comparisons.tally(comparison=generating).n == 0
+
+    comparison = ready(generating)
+    first, second = comparison.items.order_by("position")
+    url = lambda item: reverse("review:compare_vote", args=[comparison.pk, item.pk])  # noqa: E731
+    # Nobody holds it: not given to rita.
+    response = client.post(url(second), {"choice": "right"})
+    assert response.status_code == 409 and "You do not hold this pair" in response.content.decode()
+    # sam holds it.
+    held = comparisons.claim_next_item(comparison=comparison, user=sam)
+    response = client.post(url(held), {"choice": "right"})
+    assert response.status_code == 409 and "Another reviewer is judging this pair" in response.content.decode()
+    # rita's lease ran out.
+    mine = comparisons.claim_next_item(comparison=comparison, user=rita)
+    ComparisonItem.objects.filter(pk=mine.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
+    assert client.post(url(mine), {"choice": "tie"}).status_code == 409
+    assert comparisons.tally(comparison=comparison).n == 0
+    # Held and generated: counted, then the next pair.
+    mine = comparisons.claim_next_item(comparison=comparison, user=rita)
+    assert client.post(url(mine), {"choice": "tie"}).status_code == 302
+    assert comparisons.tally(comparison=comparison).ties == 1
+
+
 def test_the_queue_needs_the_reviewer_permission(pair):
     comparison = ready(make_comparison(pair, ["q1"]))
     viewer = staff("viewer", "feedback.view_feedback")
@@ -242,7 +278,8 @@ def test_compare_page_starts_a_comparison_shows_generating_then_the_tally(agent,
 
     ready(comparison)
     assert client.get(url, {"other": v1.pk, "blind": "status"}).json() == {"status": "ready"}
-    for item, side in zip(comparison.items.order_by("position"), ["b", "b", "tie"]):
+    for side in ["b", "b", "tie"]:
+        item = comparisons.claim_next_item(comparison=comparison, user=reviewers[0])  # a vote needs the pair held
         choice = "tie" if side == "tie" else "left" if item.a_on_left == (side == "a") else "right"
         comparisons.vote(item_id=item.pk, user=reviewers[0], side=choice)
     # The page of v1 compared with v2 shows the same comparison, B (v2) over A (v1).
