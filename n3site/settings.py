@@ -52,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files (admin, review queue, API docs): n3site/storage.py
     "n3site.middleware.DatabaseUnavailableMiddleware",  # a page whose database is away: 503, not 500
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -119,6 +120,15 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+# Served by the web process itself (WhiteNoise). Without DEBUG, from what `collectstatic` wrote: compressed, under
+# hashed names cached for a year (the Procfile's web line collects before gunicorn starts); a file not collected
+# is still served from the apps' static directories, under its plain name (n3site/storage.py).
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage" if DEBUG
+                    else "n3site.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
 LOGIN_URL = "admin:login"
 
 # Bodies above this are refused (the API answers 413) before they are parsed (bulk feedback included).
