@@ -6,6 +6,11 @@ os.environ.setdefault("SECRET_KEY", "test-secret-key")
 os.environ.setdefault("MODELS_DIR", os.path.join(tempfile.gettempdir(), "n3-test-models"))
 
 from n3site.settings import *  # noqa: E402,F401,F403
+from n3site.threads import torch_threads  # noqa: E402
+
+# The suite's own torch (models trained in this process) takes its share of the cores, not all of them: its training
+# and inference child processes take theirs (N3_TRAINING_THREADS, N3_INFERENCE_THREADS). Read when torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads("tests")))
 
 # Django's testing advice: a fast password hasher. The default (PBKDF2, 1,000,000 iterations) costs about 0.3 s per
 # user made or logged in, most of the fast loop's set-up time. Test sites in their own processes (tests/sites.py)

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from gunicorn.app.base import BaseApplication
 
 from inference.server import make_application
+from n3site.threads import use_torch_threads
 
 
 class Command(BaseCommand):
@@ -38,4 +39,5 @@ class _Gunicorn(BaseApplication):
                 self.cfg.set(name, value)
 
     def load(self) -> Any:
+        use_torch_threads("inference")  # in the worker, before it loads a model: N3_INFERENCE_THREADS
         return make_application()

@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from n3site.threads import use_torch_threads
 from training.rlhf import RLHFTrainer, TrainingConfig
 from training.rlhf import estimate as timing
 from training.rlhf.data import prepare_feedback
@@ -22,6 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("digest", help="The timing key's digest: MODELS_DIR/_calibration/<digest>.pending.json")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        use_torch_threads("training")  # measured as trainings run: N3_TRAINING_THREADS
         models_dir, digest = settings.MODELS_DIR, options["digest"]
         request = timing.read_pending(models_dir, digest)
         if request is None or timing.load_calibration(models_dir, request["key"]) is not None:

@@ -14,6 +14,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from n3site.exceptions import ServiceError
+from n3site.threads import use_torch_threads
 from policies.models import Agent, PolicyVersion
 from training import files, jobs, run, services
 from training.rlhf import RLHFError
@@ -48,6 +49,8 @@ class Command(BaseCommand):
         parser.add_argument("--version-id", type=int, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not options["run_async"]:  # this process trains (or measures): N3_TRAINING_THREADS
+            use_torch_threads("training")
         if options["version_id"] is not None:
             return self.run_claimed_version(options["version_id"])
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would start a version of its own
