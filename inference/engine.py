@@ -1,15 +1,21 @@
 """The model work of the inference process: loaded versions (a bounded LRU) and a batcher per version.
 
     request coroutine -- submit() --> its version's asyncio queue; a process holds at most N3_SERVE_MAX_QUEUE
-        requests waiting for a generate (loading their version included): one more raises Overloaded (503)
+        requests waiting for a generate (loading their version and preparing included): one more raises Overloaded
+    the preparation thread (one per process, beside the generation thread): the request's prompt tokenised alone,
+        after a bound on its characters (no token is longer than the vocabulary's longest, so a prompt of more
+        than context x longest characters is refused untokenised); a prompt that does not fit the model's context
+        with its max_tokens raises ContextLengthExceeded (400). What fails here fails its request alone.
     the version's drain task: the first waiting request, then every other one waiting (at most N3_SERVE_MAX_BATCH),
-        grouped by sampling settings (greedy, or temperature and top_p). After a batch of k requests the next one
-        waits up to N3_SERVE_BATCH_WAIT_MS for k before it starts: the k clients that were just answered ask again
-        a moment later, and would otherwise split into a batch of the first and a batch of the rest. A lone client
-        (k = 1) never waits.
+        grouped by sampling settings (greedy, or temperature and top_p; a seeded sampling request alone), each
+        group cut where its longest prompt and largest max_tokens would overflow the context. After a batch of k
+        requests the next one waits up to N3_SERVE_BATCH_WAIT_MS for k before it starts: the k clients that were
+        just answered ask again a moment later, and would otherwise split into a batch of the first and a batch of
+        the rest. A lone client (k = 1) never waits.
     the generation thread (one per process: generates never compete for the cores or the device): one left-padded
         generate() per group, up to the group's largest max_tokens; each row stops by itself (its own max_tokens,
-        EOS, a stop string) and the generate ends when every row has
+        EOS, a stop string) and the generate ends when every row has. A generate of several requests that raises is
+        run again request by request (those that had sent nothing yet), so one bad row fails alone
     each row's text goes back to its request as events on the event loop: text deltas (streaming), then Finished
 
 Only this module of the inference process imports torch.
@@ -17,17 +23,25 @@ Only this module of the inference process imports torch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+)
 
 from training.rlhf.base_models import load_causal_lm, load_tokenizer
 
@@ -36,6 +50,22 @@ logger = logging.getLogger(__name__)
 
 class Overloaded(Exception):
     """Too many requests wait for a generate in this process: answered 503 with Retry-After."""
+
+
+class ContextLengthExceeded(Exception):
+    """The prompt and its max_tokens do not fit the model's context (400 context_length_exceeded).
+
+    ``prompt_tokens`` is None when the prompt was refused by its characters alone (never tokenised)."""
+
+    def __init__(self, *, context: int, prompt_tokens: Optional[int], prompt_chars: int, max_tokens: int):
+        super().__init__(f"context {context}, prompt {prompt_tokens} tokens ({prompt_chars} characters), "
+                         f"max_tokens {max_tokens}")
+        self.context, self.prompt_tokens, self.prompt_chars, self.max_tokens = (
+            context, prompt_tokens, prompt_chars, max_tokens)
+
+
+class TokenNotInVocabulary(Exception):
+    """A logit_bias names a token id the version's vocabulary does not have (400)."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +79,21 @@ class Generation:
     stop: tuple[str, ...] = ()
     stream: bool = False
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
+    # max_tokens is the server's default, not the client's: cut to what the context leaves instead of refused
+    max_tokens_default: bool = False
+    seed: Optional[int] = None  # sampling: the same request with the same seed gives the same text
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    presence_penalty: float = 0.0  # subtracted from a token's logit once it is in the completion
+    frequency_penalty: float = 0.0  # ... times the number of times it is
 
     @property
     def sampling(self) -> tuple:
-        """Requests with equal sampling settings share a generate (greedy ignores top_p)."""
+        """Requests with equal sampling settings share a generate (greedy ignores top_p and seed)."""
         return ("greedy" if self.temperature == 0 else ("sample", self.temperature, self.top_p), self.ignore_eos)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.logit_bias) or self.presence_penalty != 0 or self.frequency_penalty != 0
 
 
 @dataclass(frozen=True)
@@ -67,10 +107,21 @@ class Finished:
 class Pending:
     """A submitted request: its events (str deltas when streaming, then Finished, or an exception) on the loop."""
 
-    def __init__(self, generation: Generation):
+    def __init__(self, generation: Generation, ids: Optional[list[int]] = None, max_new: int = 0):
         self.generation = generation
+        self.ids = ids or []  # the prompt's tokens (prepared)
+        self.max_new = max_new or generation.max_tokens  # max_tokens, cut to the context when it was the default
         self.events: asyncio.Queue = asyncio.Queue()  # bounded by max_tokens deltas and one end
         self.cancelled = False  # its client left: the row ends at its next token ("cancelled")
+        self.emitted = False  # an event went out (set in the generation thread): a failed generate is not rerun
+
+    @property
+    def group_key(self) -> tuple:
+        """Which requests may share a generate: equal sampling settings; a seeded sampling request goes alone."""
+        sampling = self.generation.sampling
+        if self.generation.seed is not None and sampling[0] != "greedy":
+            return ("seeded", id(self))
+        return sampling
 
     async def stream(self) -> AsyncIterator[Union[str, Finished]]:
         while True:
@@ -94,6 +145,7 @@ class _Loaded:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     context: int  # the model's positions: prompt + completion must fit
+    longest_token: int  # characters of the vocabulary's longest token: a bound on a prompt's characters
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # Pending, or None: evicted, stop draining
     last_batch: int = 1  # how many clients the previous batch served: the next one waits for as many
     evicted: bool = False
@@ -126,6 +178,7 @@ class Engine:
         self._loading: dict[str, asyncio.Future] = {}
         self._waiting = 0  # admitted requests not yet taken into a generate
         self._generator = ThreadPoolExecutor(1, thread_name_prefix="n3-generate")
+        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="n3-prepare")  # tokenises beside the generates
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="n3-load")  # loads beside running generates
         self.generates = 0
         self.running = 0  # requests in the generate running now
@@ -141,14 +194,36 @@ class Engine:
         self._waiting += 1
         try:
             loaded = await self._get(key, model_path)
-            while loaded.evicted:  # evicted while this request waited for its load: its drain task may be gone
+            ids, max_new = await asyncio.get_running_loop().run_in_executor(
+                self._preparer, self._prepare, loaded, generation)
+            while loaded.evicted:  # evicted while this request waited: its drain task may be gone
                 loaded = await self._get(key, model_path)
         except BaseException:
             self._waiting -= 1
             raise
-        pending = Pending(generation)
+        pending = Pending(generation, ids, max_new)
         loaded.queue.put_nowait(pending)
         return pending
+
+    @staticmethod
+    def _prepare(loaded: _Loaded, generation: Generation) -> tuple[list[int], int]:
+        """In the preparation thread: the prompt's tokens and the row's max new tokens; ContextLengthExceeded when
+        they do not fit (by the characters alone first: each token covers at most ``longest_token`` of them)."""
+        context, max_tokens, chars = loaded.context, generation.max_tokens, len(generation.prompt)
+        if chars > context * loaded.longest_token:
+            raise ContextLengthExceeded(context=context, prompt_tokens=None, prompt_chars=chars, max_tokens=max_tokens)
+        # A list: the batch encoder releases the GIL while it works (the event loop and the generates go on)
+        ids = loaded.tokenizer([generation.prompt], verbose=False)["input_ids"][0]
+        too_long = len(ids) >= context if generation.max_tokens_default else len(ids) + max_tokens > context
+        if too_long:
+            raise ContextLengthExceeded(context=context, prompt_tokens=len(ids), prompt_chars=chars,
+                                        max_tokens=max_tokens)
+        vocabulary = loaded.model.get_output_embeddings().weight.shape[0]
+        for token, _ in generation.logit_bias:
+            if not 0 <= token < vocabulary:
+                raise TokenNotInVocabulary(f"token id {token} is not in this model's vocabulary (0 to "
+                                           f"{vocabulary - 1})")
+        return ids, min(max_tokens, context - len(ids))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -159,6 +234,7 @@ class Engine:
         }
 
     def close(self) -> None:
+        self._preparer.shutdown(wait=True)
         self._generator.shutdown(wait=True)
         self._loader.shutdown(wait=True)
 
@@ -181,7 +257,8 @@ class Engine:
         started = time.monotonic()
         model, tokenizer = await loop.run_in_executor(self._loader, self._read, model_path)
         loaded = _Loaded(key=key, model=model, tokenizer=tokenizer,
-                         context=int(getattr(model.config, "max_position_embeddings", 0) or 1024))
+                         context=int(getattr(model.config, "max_position_embeddings", 0) or 1024),
+                         longest_token=max(map(len, tokenizer.get_vocab()), default=1) or 1)
         loaded.task = asyncio.ensure_future(self._drain(loaded))
         self._models[key] = loaded
         while len(self._models) > self.max_models:
@@ -201,7 +278,9 @@ class Engine:
         # generation_config.json (its sampling defaults, max_length, EOS) is merged into it.
         model.generation_config = GenerationConfig()
         tokenizer = load_tokenizer(str(model_path), padding_side="left")
-        tokenizer.truncation_side = "left"  # a long prompt keeps its end: the question the policy answers
+        # Encoded once here: a tokenizer whose files set truncation or padding has them cleared by its first call
+        # (a change that would race a decode in the generation thread), never by a later one.
+        tokenizer(["warm-up"], verbose=False)
         return model, tokenizer
 
     # -- batching --------------------------------------------------------------------------------------------------
@@ -233,40 +312,100 @@ class Engine:
             loaded.last_batch = len(batch)
             groups: dict[tuple, list[Pending]] = {}
             for pending in batch:
-                groups.setdefault(pending.generation.sampling, []).append(pending)
+                groups.setdefault(pending.group_key, []).append(pending)
             for group in groups.values():
-                try:
-                    await loop.run_in_executor(self._generator, self._generate, loaded, group, loop)
-                except Exception as exc:  # noqa: BLE001  (every request of the batch hears of it, not the log alone)
-                    logger.exception("Generation failed on %s", loaded.key)
-                    for pending in group:
-                        pending.events.put_nowait(exc)
+                for part in _fitting(group, loaded.context):
+                    await self._run(loaded, part, loop)
+
+    async def _run(self, loaded: _Loaded, group: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
+        """One generate for ``group``; if it raises, each request that heard nothing yet is run again alone, so
+        a request that fails makes only itself fail."""
+        try:
+            await loop.run_in_executor(self._generator, self._generate, loaded, group, loop)
+        except Exception as exc:  # noqa: BLE001  (every request of the group hears of it, not the log alone)
+            logger.exception("Generation failed on %s (%d request(s))", loaded.key, len(group))
+            again = [pending for pending in group if not pending.emitted] if len(group) > 1 else []
+            for pending in group:
+                if pending not in again:
+                    pending.events.put_nowait(exc)
+            for pending in again:
+                await self._run(loaded, [pending], loop)
 
     def _generate(self, loaded: _Loaded, group: list[Pending], loop: asyncio.AbstractEventLoop) -> None:
-        """In the generation thread: one generate() for ``group`` (equal sampling settings)."""
+        """In the generation thread: one generate() for ``group`` (equal sampling settings; prompts prepared and
+        fitting the context together with the largest max_tokens)."""
         tokenizer, model = loaded.tokenizer, loaded.model
-        # A row asking for more than the model's positions leave is cut there ("length")
-        max_new = min(max(pending.generation.max_tokens for pending in group), loaded.context - 1)
-        encoded = tokenizer([pending.generation.prompt for pending in group], return_tensors="pt", padding=True,
-                            truncation=True, max_length=max(1, loaded.context - max_new)).to(model.device)
-        prompt_tokens = encoded["attention_mask"].sum(dim=1).tolist()
-        rows = _Rows([_Row(pending, tokenizer, loop, int(n)) for pending, n in zip(group, prompt_tokens)],
+        max_new = max(pending.max_new for pending in group)
+        width = max(len(pending.ids) for pending in group)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p.ids)) + p.ids for p in group], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in group], device=model.device)
+        rows = _Rows([_Row(pending, tokenizer, loop, len(pending.ids)) for pending in group],
                      eos_id=tokenizer.eos_token_id)
         first = group[0].generation
         config = GenerationConfig(
-            max_new_tokens=max_new, do_sample=first.temperature > 0, pad_token_id=tokenizer.pad_token_id,
+            max_new_tokens=max_new, do_sample=first.temperature > 0, pad_token_id=pad,
             eos_token_id=None if first.ignore_eos else tokenizer.eos_token_id,
             **({"temperature": first.temperature, "top_p": first.top_p, "top_k": 0} if first.temperature > 0 else {}),
         )
+        processors = LogitsProcessorList([_Adjust(group, width)] if any(
+            pending.generation.adjusts_logits for pending in group) else [])
         self.running = len(group)
         try:
-            with torch.inference_mode():
-                model.generate(**encoded, generation_config=config, stopping_criteria=[rows])
+            with torch.inference_mode(), _seeded(first.seed if first.temperature > 0 else None, model.device):
+                model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                               stopping_criteria=[rows], logits_processor=processors)
         finally:
             self.running = 0
         rows.finish_all()
         self.generates += 1
         self.batch_sizes.append(len(group))
+
+
+def _fitting(group: list[Pending], context: int) -> list[list[Pending]]:
+    """``group`` in arrival order, cut so that each part's longest prompt plus its largest max_new fits the context
+    (each request fits alone: submit() checked it)."""
+    parts: list[list[Pending]] = []
+    width = new = 0
+    for pending in group:
+        if parts and max(width, len(pending.ids)) + max(new, pending.max_new) <= context:
+            parts[-1].append(pending)
+            width, new = max(width, len(pending.ids)), max(new, pending.max_new)
+        else:
+            parts.append([pending])
+            width, new = len(pending.ids), pending.max_new
+    return parts
+
+
+@contextlib.contextmanager
+def _seeded(seed: Optional[int], device: torch.device) -> Iterator[None]:
+    """A seeded generate draws from its seed alone; the process's random state is as it was after it."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Adjust(LogitsProcessor):
+    """OpenAI's logit_bias, presence_penalty and frequency_penalty, per row, on the completion's tokens so far."""
+
+    def __init__(self, group: list[Pending], prompt_width: int):
+        self.group, self.prompt_width = group, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        completion = input_ids[:, self.prompt_width:]  # (rows, tokens generated so far)
+        for index, pending in enumerate(self.group):
+            generation = pending.generation
+            for token, bias in generation.logit_bias:
+                scores[index, token] += bias
+            if completion.shape[1] and (generation.presence_penalty or generation.frequency_penalty):
+                counts = torch.bincount(completion[index], minlength=scores.shape[1])[:scores.shape[1]]
+                scores[index] -= (generation.frequency_penalty * counts
+                                  + generation.presence_penalty * (counts > 0)).to(scores.dtype)
+        return scores
 
 
 class _Row:
@@ -293,7 +432,7 @@ class _Row:
                 self.finish("stop", text[:cut])
                 return
             self._send(text[:len(text) - _held_back(text, self.pending.generation.stop)])
-        if len(self.ids) >= self.pending.generation.max_tokens:
+        if len(self.ids) >= self.pending.max_new:
             self.finish("length")
 
     def finish(self, reason: str, text: Optional[str] = None) -> None:
@@ -319,6 +458,7 @@ class _Row:
             self.sent = len(text)
 
     def _emit(self, event: Any) -> None:
+        self.pending.emitted = True
         self.loop.call_soon_threadsafe(self.pending.events.put_nowait, event)
 
 

@@ -1,6 +1,7 @@
 """The inference process's ASGI application (``manage.py serve_policies`` serves it with gunicorn's asgi worker).
 
     GET  /v1/models              the agents and versions a client may name
+    GET  /v1/models/<id>         one of them (404 model_not_found otherwise)
     POST /v1/chat/completions    model "agent" (traffic split, sticky by ``user``) or "agent:vN" (pinned)
     POST /v1/completions
     GET  /n3/stats               loaded versions, generates and their batch sizes, resident memory
@@ -25,7 +26,7 @@ from django.db import close_old_connections
 from n3site.exceptions import NotFound
 
 from . import protocol, services
-from .engine import Engine, Overloaded, Pending
+from .engine import ContextLengthExceeded, Engine, Overloaded, Pending, TokenNotInVocabulary
 from .protocol import OpenAIError
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class InferenceApp:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
         routes = {"/v1/chat/completions": ("POST", "chat"), "/v1/completions": ("POST", "completion"),
                   "/v1/models": ("GET", "models"), "/n3/stats": ("GET", "stats"), "/health": ("GET", "health")}
+        model_id = path[len("/v1/models/"):] if path.startswith("/v1/models/") else None
+        if model_id:
+            routes[path] = ("GET", "model")
         if path not in routes:
             raise OpenAIError(404, f"No route {method} {path}", code="not_found")
         allowed, name = routes[path]
@@ -78,6 +82,11 @@ class InferenceApp:
             created = protocol.now()
             await respond(send, 200, {"object": "list", "data": [
                 {"id": model, "object": "model", "created": created, "owned_by": "n3"} for model in names]})
+        elif name == "model":
+            if model_id not in await self._in_db(services.served_models):
+                raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found",
+                                  param="model")
+            await respond(send, 200, {"id": model_id, "object": "model", "created": protocol.now(), "owned_by": "n3"})
         elif name == "stats":
             await respond(send, 200, self.engine.stats())
         else:
@@ -113,16 +122,27 @@ class InferenceApp:
             raise OpenAIError(503, f"The server is overloaded ({exc}); retry after {RETRY_AFTER_S} s",
                               type="server_error", code="overloaded",
                               headers={"retry-after": str(RETRY_AFTER_S)}) from exc
+        except ContextLengthExceeded as exc:
+            raise protocol.context_error(request, exc) from exc
+        except TokenNotInVocabulary as exc:
+            raise protocol.invalid(f"'logit_bias': {exc}", "logit_bias") from exc
         completion_id, created = protocol.new_id(request.kind), protocol.now()
         ids = {"id": completion_id, "model": served.key, "created": created}
+        watcher = asyncio.ensure_future(watch_disconnect(receive, pending))
         if not request.generation.stream:
-            finished = await pending.result()
+            try:
+                finished = await pending.result()
+            finally:
+                watcher.cancel()
+            if pending.cancelled:  # nobody to answer, nothing to record
+                logger.info("The client of %s left before its answer: its generation stopped after %d tokens",
+                            completion_id, finished.completion_tokens)
+                return
             await self._record(served, request, finished.text, completion_id, user)
             await respond(send, 200, protocol.completion_body(request, finished=finished, **ids))
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]})
-        watcher = asyncio.ensure_future(watch_disconnect(receive, pending))
         try:
             if request.kind == "chat":
                 await send_event(send, protocol.chunk_body(request, first=True, **ids))
@@ -163,7 +183,7 @@ class InferenceApp:
 
 
 async def watch_disconnect(receive: Callable, pending: Pending) -> None:
-    """While a stream is sent: the request's body is read, so the next message is the client leaving."""
+    """While a request generates (streaming or not): its body is read, so the next message is the client leaving."""
     while (await receive())["type"] != "http.disconnect":
         pass
     pending.cancelled = True
@@ -182,7 +202,9 @@ async def read_json(receive: Callable, limit: int) -> Any:
             break
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError as exc:
+        raise OpenAIError(400, "The body's JSON is nested too deeply") from exc
+    except ValueError as exc:  # not JSON, not UTF-8, an integer of more than 4,300 digits
         raise OpenAIError(400, f"The body is not JSON: {exc}") from exc
 
 

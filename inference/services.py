@@ -13,6 +13,7 @@ from typing import Any, Optional
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from rest_framework.authtoken.models import Token
 
 from feedback.models import Feedback
@@ -52,6 +53,12 @@ class _Cache:
             if len(self._entries) >= self.size:
                 self._entries.clear()
             self._entries[key] = (time.monotonic() + self.seconds(), value)
+
+    def forget(self, stale: Callable[[Any], bool]) -> None:
+        """Drop the entries whose value is ``stale``."""
+        with self._lock:
+            for key in [key for key, (_, value) in self._entries.items() if stale(value)]:
+                del self._entries[key]
 
 
 _users = _Cache(lambda: settings.N3_PERMISSION_CACHE_SECONDS)
@@ -97,8 +104,19 @@ class Served:
 
 
 def cached_model(*, model: str, user: str = "") -> Optional[Served]:
-    """resolve_model's answer from the cache alone (None: ask resolve_model)."""
-    return _models.get((model, user))[1]
+    """resolve_model's answer from the cache alone (None: ask resolve_model). A version whose policy directory is
+    gone (deleting a version removes its files) is forgotten at once: resolve_model answers NotFound or another
+    version before anything generates."""
+    served = _models.get((model, user))[1]
+    if served is not None and not served.policy_dir.is_dir():
+        forget_agent(served.version.agent.name)
+        return None
+    return served
+
+
+def forget_agent(name: str) -> None:
+    """Forget the cached deployment of agent ``name`` (a version of it was deleted)."""
+    _models.forget(lambda served: served is not None and served.version.agent.name == name)
 
 
 def resolve_model(*, model: str, user: str = "") -> Served:
@@ -131,16 +149,19 @@ def resolve_model(*, model: str, user: str = "") -> Served:
 
 
 def served_models() -> list[str]:
-    """Every model a client may name: each deployed agent, and each trained version with policy files."""
-    names = []
-    deployed = set(Agent.objects.filter(active_version__isnull=False).values_list("name", flat=True))
-    deployed |= set(Agent.objects.exclude(traffic={}).values_list("name", flat=True))
+    """Every model a client may name: each trained version whose policy files are there, and each deployed agent
+    whose active version or a version of its split is one of them."""
+    files: dict[Agent, list[PolicyVersion]] = {}
     versions = (PolicyVersion.objects.filter(status=PolicyVersion.Status.TRAINED).exclude(model_path="")
                 .select_related("agent").order_by("agent__name", "number"))
     for version in versions:
-        if version.agent.name in deployed and version.agent.name not in names:
-            names.append(version.agent.name)
-        names.append(f"{version.agent.name}:{version.version}")
+        if absolute_path(version.model_path).is_dir():
+            files.setdefault(version.agent, []).append(version)
+    names = []
+    for agent, served in files.items():
+        if any(version.pk == agent.active_version_id or version.version in agent.traffic for version in served):
+            names.append(agent.name)
+        names += [f"{agent.name}:{version.version}" for version in served]
     return names
 
 
@@ -148,13 +169,24 @@ def record_served(*, served: Served, prompt: str, response: str, completion_id: 
                   user: Optional[AbstractBaseUser]) -> Optional[Feedback]:
     """The served response as unscored feedback tied to its version, ``completion_id`` as its run id (a client
     scores it later through PATCH /api/policies/feedback/<agent>/<runId>). None when it cannot be stored (an empty
-    response is no feedback record); the response is served all the same."""
-    try:
-        feedback, _ = record_feedback(
-            agent_name=served.version.agent.name, prompt=prompt, response=response, score=None, run_id=completion_id,
-            source=Feedback.Source.API, user=user, policy_version=served.version,
-        )
-    except (ValidationError, Conflict) as exc:
-        logger.warning("Served response %s of %s not recorded: %s", completion_id, served.key, exc)
-        return None
-    return feedback
+    response is no feedback record); the response is served all the same. A version deleted while it served (its
+    row gone: the foreign key fails) is forgotten, and the response stored without a version."""
+    version: Optional[PolicyVersion] = served.version
+    for _ in range(2):
+        try:
+            feedback, _ = record_feedback(
+                agent_name=served.version.agent.name, prompt=prompt, response=response, score=None,
+                run_id=completion_id, source=Feedback.Source.API, user=user, policy_version=version,
+            )
+            return feedback
+        except (ValidationError, Conflict) as exc:
+            logger.warning("Served response %s of %s not recorded: %s", completion_id, served.key, exc)
+            return None
+        except IntegrityError:
+            if version is None:
+                raise
+            logger.warning("Version %s was deleted while it served %s: recorded without its version", served.key,
+                           completion_id)
+            forget_agent(served.version.agent.name)
+            version = None
+    return None
