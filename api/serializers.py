@@ -25,6 +25,7 @@ from policies.models import PolicyVersion
 from training.deployment import HumanScore, human_scores
 from training.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
 from training.rlhf.metrics import SPEC_NAMES
+from training.selectors import QueueState, queue_state
 
 
 def to_camel(name: str) -> str:
@@ -460,6 +461,26 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
     startedAt = serializers.DateTimeField(source="started_at", read_only=True, allow_null=True)
     finishedAt = serializers.DateTimeField(source="finished_at", read_only=True, allow_null=True)
     heartbeatAt = serializers.DateTimeField(source="heartbeat_at", read_only=True, allow_null=True)
+    queuePosition = serializers.SerializerMethodField()
+    waitingFor = serializers.SerializerMethodField()
+
+    def _queue_state(self, version: PolicyVersion) -> Optional[QueueState]:
+        cached = getattr(self, "_queue", None)
+        if cached is None or cached[0] != version.pk:
+            self._queue = cached = (version.pk, queue_state(version=version))
+        return cached[1]
+
+    @extend_schema_field({"type": "integer", "nullable": True, "description": "Queued: 1 when it is the next training "
+                          "to start (of every agent's queued versions); null once it has started"})
+    def get_queuePosition(self, version: PolicyVersion) -> Optional[int]:
+        state = self._queue_state(version)
+        return state.position if state else None
+
+    @extend_schema_field({"type": "string", "nullable": True, "description": "Queued: what it waits for, naming the "
+                          "trainings (and other model jobs) ahead of it; null once it has started"})
+    def get_waitingFor(self, version: PolicyVersion) -> Optional[str]:
+        state = self._queue_state(version)
+        return state.waiting_for if state else None
 
     @extend_schema_field(_NUMBER_OR_NULL)
     def get_rewardMean(self, version: PolicyVersion):

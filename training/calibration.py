@@ -5,6 +5,11 @@ default answer and the measurement queued in the worker, once per key.
     worker:  tasks.calibrate_timing(digest) -> child `manage.py calibrate_timing <digest>` (measures, stores)
     next:    estimate() -> hit
 
+A measurement never delays a training (the issue of a version that sat queued behind one): it is queued by dry
+runs only (a training request measures itself: record_run_timings() files a trained version's own timings under its
+key), it returns without work when its key was measured meanwhile or a training is queued (why_not_measure), and the
+worker stops it as soon as a training is queued while it runs (training_waiting).
+
 A measurement that fails (the config cannot train on this model: a LoRA target it lacks, say) is stored under
 its key too, and dry runs with that key answer 400 with the reason for estimate.FAILURE_TTL_S.
 """
@@ -18,9 +23,15 @@ from django.conf import settings
 from django_q.tasks import async_task
 
 from n3site.exceptions import ServiceError
+from policies.models import PolicyVersion
 from training.rlhf import TrainingConfig, TrainingEstimate
 from training.rlhf import estimate as timing
 from training.rlhf.data import FeedbackRecord, prepare_feedback
+from training.rlhf.layout import RESULTS_FILE
+from training.rlhf.results import TrainingResult
+
+from . import selectors
+from .files import version_dir
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +44,11 @@ DEFAULT_WARNING = (
 
 def estimate(
     *, config: TrainingConfig, records: list[dict], measure_here: bool = False, total_records: Optional[int] = None,
+    queue: bool = True,
 ) -> TrainingEstimate:
     """The dry run's answer for `records` (the agent's scored feedback, or a sample of its `total_records`). Raises
     ServiceError when this key's measurement failed. `measure_here`: measure a missing calibration in this process
-    (imports torch)."""
+    (imports torch). `queue=False` (a training request: the run records its own timings) queues no measurement."""
     data = prepare_feedback(records)
     models_dir = settings.MODELS_DIR
     key = timing.timing_key(config, data.records, models_dir=models_dir)
@@ -51,7 +63,8 @@ def estimate(
         from training.rlhf import RLHFTrainer  # noqa: PLC0415
 
         return RLHFTrainer(config, models_dir=models_dir).estimate(records)
-    queue_measurement(config=config, records=data.records, key=key)
+    if queue:
+        queue_measurement(config=config, records=data.records, key=key)
     default = timing.default_calibration(config, key, models_dir=models_dir)
     return timing.make_estimate(
         config, data, default, source="default", warnings=[DEFAULT_WARNING], total_records=total_records,
@@ -79,3 +92,43 @@ def queue_measurement(*, config: TrainingConfig, records: list[FeedbackRecord], 
         timing.release_pending(settings.MODELS_DIR, digest)
         return False
     return True
+
+
+# --- a measurement yields to trainings ---------------------------------------------------------------------------
+def training_waiting() -> Optional[str]:
+    """Why a measurement must not run now: a training is queued (it would wait behind the measurement); None if
+    none is. Trainings running on other workers do not stop it."""
+    waiting = PolicyVersion.objects.filter(status=PolicyVersion.Status.QUEUED).select_related("agent").order_by(
+        "queued_at", "pk").first()
+    return f"{waiting.agent.name} {waiting.version} is queued, and a training never waits behind a measurement" \
+        if waiting else None
+
+
+def why_not_measure(digest: str) -> Optional[str]:
+    """Why the queued measurement `digest` should return without work (its request is gone, its key was measured
+    meanwhile, by a training of that configuration say, or a training is queued); None: measure it."""
+    request = timing.read_pending(settings.MODELS_DIR, digest)
+    if request is None:
+        return "its request is gone"
+    if timing.load_calibration(settings.MODELS_DIR, request["key"]) is not None:
+        return "its configuration has been measured meanwhile"
+    return training_waiting()
+
+
+def record_run_timings(*, version: PolicyVersion) -> Optional[str]:
+    """File a trained version's own timings (its training_results.json) as the calibration of its timing key, unless
+    that key is measured already: a dry run of the same configuration afterwards answers "measured", and no separate
+    measurement is needed for it. Returns the key's digest when it filed one. The key is computed as the dry run
+    computes it (the same even sample of the feedback, here the version's snapshot)."""
+    path = version_dir(version.agent.name, version.number) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    config = TrainingConfig.from_dict(version.config)
+    feedback = selectors.snapshot_feedback(version=version)
+    sample = selectors.spread_sample(feedback, count=feedback.count(), limit=settings.N3_ESTIMATE_SAMPLE)
+    records = prepare_feedback(selectors.feedback_records(sample)).records
+    key = timing.timing_key(config, records, models_dir=settings.MODELS_DIR)
+    if timing.load_calibration(settings.MODELS_DIR, key) is not None:
+        return None
+    timing.store_calibration(settings.MODELS_DIR, key, timing.calibration_from_result(TrainingResult.load(path)))
+    return timing.key_digest(key)

@@ -14,10 +14,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
 from django.conf import settings
+from django.db import DatabaseError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,8 @@ KILL_AFTER_SECONDS = 15.0
 # Lines of the child's output kept for the error message of a child that died.
 TAIL_LINES = 20
 TAIL_CHARS = 3000
+# How often run_manage_child asks its stop_when whether to stop the child.
+STOP_POLL_SECONDS = 1.0
 
 
 def training_command(version_id: int) -> list[str]:
@@ -47,6 +52,14 @@ def child_environment() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"  # its log lines reach the worker's log as they happen
     env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no download/loading bars in a log file
     return env
+
+
+def _asks_to_stop(stop_when: Callable[[], bool], label: str) -> bool:
+    try:
+        return stop_when()
+    except DatabaseError as exc:  # the database is away: let the child go on, ask again next time
+        logger.warning("Could not decide whether to stop %s (will ask again): %s", label, exc)
+        return False
 
 
 def stop(child: subprocess.Popen) -> None:
@@ -105,19 +118,33 @@ class OutputTail:
         return "\n".join(self.lines)[-TAIL_CHARS:]
 
 
-def run_manage_child(args: list[str], *, label: str, timeout: float) -> int:
-    """``python manage.py <args>`` in its own process group; its output goes to the worker's log. Its exit code."""
+def run_manage_child(
+    args: list[str], *, label: str, timeout: float, stop_when: Optional[Callable[[], bool]] = None,
+) -> int:
+    """``python manage.py <args>`` in its own process group; its output goes to the worker's log. Its exit code.
+    ``stop_when``, asked every STOP_POLL_SECONDS, stops the child when it answers True (a database error in it is
+    logged and taken for False)."""
     command = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args]
     child = subprocess.Popen(
         command, cwd=settings.BASE_DIR, env=child_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1, start_new_session=True,
     )
     output = OutputTail(child.stdout, prefix=f"[{label}] ")
+    deadline = time.monotonic() + timeout
     try:
-        child.wait(timeout)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s ran longer than %s s; stopping it", label, timeout)
-        stop(child)
+        while child.poll() is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.warning("%s ran longer than %s s; stopping it", label, timeout)
+                stop(child)
+            elif stop_when is not None and _asks_to_stop(stop_when, label):
+                logger.info("Stopping %s", label)
+                stop(child)
+            else:
+                try:
+                    child.wait(min(STOP_POLL_SECONDS, left) if stop_when is not None else left)
+                except subprocess.TimeoutExpired:
+                    pass
     except BaseException:
         stop(child)
         raise

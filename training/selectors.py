@@ -1,8 +1,14 @@
-"""Reads for training jobs: the feedback a version trains on, in the training core's record format."""
+"""Reads for training jobs: the feedback a version trains on, in the training core's record format, and where a
+queued version stands in the job queue."""
 from __future__ import annotations
 
-from django.db.models import F, QuerySet
+from dataclasses import dataclass
+from typing import Optional
+
+from django.conf import settings
+from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Mod
+from django_q.models import OrmQ
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
@@ -38,3 +44,61 @@ def snapshot_feedback(*, version: PolicyVersion) -> QuerySet[Feedback]:
 def snapshot_records(*, version: PolicyVersion) -> list[dict]:
     """snapshot_feedback as records; read in chunks, so millions of rows need no more than one query's memory."""
     return list(snapshot_feedback(version=version).values(*RECORD_FIELDS).iterator(chunk_size=10_000))
+
+
+# --- the job queue -------------------------------------------------------------------------------------------------
+# Other model work a training may wait behind (a worker runs one job at a time); timing measurements are not listed:
+# they yield to a queued training (training.calibration).
+OTHER_JOBS = {
+    "training.tasks.generate_version_samples": "a version's samples",
+    "training.tasks.generate_comparison": "a blind comparison's responses",
+}
+NAMED_AHEAD = 5  # trainings named in waiting_for; the rest are counted
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """Where a queued version stands: ``position`` 1 is the next training to start (of the queued ones, every
+    agent's: the workers share one queue); ``waiting_for`` says in one sentence what it waits for."""
+
+    position: int
+    ahead: list[str]  # what runs or waits before it, "bot v1 (running, step 3 of 30)"
+    waiting_for: str
+
+
+def queue_state(*, version: PolicyVersion) -> Optional[QueueState]:
+    """Why a queued version has not started: the trainings running and queued before it, and (ORM broker) other
+    model jobs ahead of its job in the queue. None unless it is queued."""
+    if version.status != PolicyVersion.Status.QUEUED:
+        return None
+    Status = PolicyVersion.Status
+    running = list(PolicyVersion.objects.filter(status=Status.RUNNING).select_related("agent").order_by("started_at"))
+    before = PolicyVersion.objects.filter(status=Status.QUEUED).filter(
+        Q(queued_at__lt=version.queued_at) | Q(queued_at=version.queued_at, pk__lt=version.pk)
+    )
+    queued_ahead = before.count()
+    named = list(before.select_related("agent").order_by("queued_at", "pk")[:NAMED_AHEAD])
+    ahead = [f"{v.agent.name} {v.version} (running, step {v.step} of {v.max_steps})" for v in running]
+    ahead += [f"{v.agent.name} {v.version} (queued)" for v in named]
+    if queued_ahead > len(named):
+        ahead.append(f"{queued_ahead - len(named)} more queued")
+    ahead += _other_jobs_ahead(version)
+    if ahead:
+        waiting_for = (f"A free worker (N3_Q_WORKERS={settings.Q_CLUSTER['workers']} per cluster); ahead of it: "
+                       + ", ".join(ahead) + ".")
+    else:
+        waiting_for = ("A worker to pick it up: nothing runs or waits ahead of it (is a worker running? "
+                       "`manage.py qcluster`).")
+    return QueueState(position=queued_ahead + 1, ahead=ahead, waiting_for=waiting_for)
+
+
+def _other_jobs_ahead(version: PolicyVersion) -> list[str]:
+    """ORM broker: the non-training model jobs queued before this version's job (Redis: not read, none listed)."""
+    q_cluster = settings.Q_CLUSTER
+    if not q_cluster.get("orm") or q_cluster.get("sync") or not version.task_id:
+        return []
+    rows = list(OrmQ.objects.order_by("pk"))
+    mine = next((row.pk for row in rows if row.task_id() == version.task_id), None)
+    if mine is None:
+        return []
+    return [OTHER_JOBS[row.func()] for row in rows if row.pk < mine and row.func() in OTHER_JOBS]

@@ -130,13 +130,16 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def estimate_training(*, agent: Agent, config: TrainingConfig, measure_here: bool = False) -> TrainingEstimate:
+def estimate_training(
+    *, agent: Agent, config: TrainingConfig, measure_here: bool = False, queue_measurement: bool = True,
+) -> TrainingEstimate:
     """The dry run on the agent's scored feedback. Raises InsufficientFeedbackError below the minimum, ConfigError
     when KTO/DPO cannot train on it (as queue_training), ServiceError when this configuration's measurement failed.
 
     Never waits on training: the time comes from the timings measured for this configuration's timing key, or, with
     none yet, from a rough default (``estimate_source`` "default") while the worker measures it (training.calibration).
-    ``measure_here`` (manage.py train_policy --dry-run) measures a missing key in this process instead.
+    ``measure_here`` (manage.py train_policy --dry-run) measures a missing key in this process instead;
+    ``queue_measurement=False`` (a training request, which measures itself) queues no measurement.
     """
     scored = selectors.scored_feedback(agent=agent)
     stats = scored.aggregate(count=Count("id"), mean=Avg("score"), std=StdDev("score"))
@@ -152,6 +155,7 @@ def estimate_training(*, agent: Agent, config: TrainingConfig, measure_here: boo
         check_preference_feedback(records=records, config=config)
     estimate = calibration.estimate(
         config=config, records=records, measure_here=measure_here, total_records=stats["count"] if sampled else None,
+        queue=queue_measurement,
     )
     if sampled:
         estimate.score_mean, estimate.score_std = stats["mean"], stats["std"]
@@ -348,7 +352,8 @@ def queue_policy_training(
     ConfigError naming max_steps when the run's estimate exceeds N3_TRAINING_TIMEOUT (check_time_limit)."""
     agent = get_agent(name=agent_name)
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
-    check_time_limit(estimate_training(agent=agent, config=config))
+    # No measurement queued: it would run ahead of this training, which records its own timings under the key.
+    check_time_limit(estimate_training(agent=agent, config=config, queue_measurement=False))
     return queue_training(agent=agent, config=config, user=user)
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from policies.models import PolicyVersion
 from training.rlhf.layout import LOG_FILE
 
-from . import files
+from . import files, selectors
 
 LOG_TAIL_LINES = 80
 
@@ -126,6 +126,7 @@ def progress(version: PolicyVersion) -> dict:
         "error": version.error,
         "logTail": log_tail(version),
         "active": version.is_active,
+        "waitingFor": state.waiting_for if (state := selectors.queue_state(version=version)) else "",
     }
 
 

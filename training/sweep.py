@@ -164,15 +164,19 @@ def _tasks_waiting_in_redis() -> Optional[set[str]]:
 
 
 def release_held_jobs(cutoff: datetime) -> int:
-    """ORM broker: hand back the fetched, unstarted training jobs of versions queued before ``cutoff``; returns how
-    many.
+    """ORM broker: hand back the fetched, unstarted training jobs of versions queued before ``cutoff`` that no live
+    cluster holds; returns how many.
 
     A busy cluster's pusher fetches one or two jobs ahead of its worker, and django-q2 locks each fetched row for
     `retry` (hours). A cluster killed outright (SIGKILL, a machine lost) takes them with it: their versions would wait
-    those hours (tests/test_scale_out.py). Released, the next free worker anywhere fetches them. A job that a live,
-    busy cluster still holds is then delivered twice: the later delivery finds its version claimed and returns
-    "not run" (as with enqueue_lost_redis_jobs). A released row waits unlocked until a pusher fetches it: the next
-    sweep leaves it be.
+    those hours (tests/test_scale_out.py). Released, the next free worker anywhere fetches them.
+
+    A job that merely waits behind a live training is left alone (no false alarm, no second delivery): django-q2
+    fetches rows one at a time in queue order, so a held row fetched no earlier than the row of a training still
+    running (its heartbeat fresh: the stale ones were failed just before) may be that cluster's next job. A row held
+    by a killed cluster is released once no live training was fetched before it. (A job that a live cluster still
+    holds may then be delivered twice: the later delivery finds its version claimed and returns "not run", as with
+    enqueue_lost_redis_jobs.) A released row waits unlocked until a pusher fetches it: the next sweep leaves it be.
     """
     if not broker_is_this_database():
         return 0
@@ -183,13 +187,18 @@ def release_held_jobs(cutoff: datetime) -> int:
     if not waiting:
         return 0
     now = timezone.now()
+    held = list(OrmQ.objects.filter(lock__gt=now))
+    running = set(PolicyVersion.objects.filter(status=Status.RUNNING).exclude(task_id="").values_list(
+        "task_id", flat=True))
+    # The earliest fetch among the rows of trainings running now: the rows fetched after it may be waiting behind it.
+    live_since = min((row.lock for row in held if row.task_id() in running), default=None)
     released = 0
-    for row in OrmQ.objects.filter(lock__gt=now):
-        if row.task_id() in waiting:
+    for row in held:
+        if row.task_id() in waiting and (live_since is None or row.lock < live_since):
             released += OrmQ.objects.filter(pk=row.pk, lock=row.lock).update(lock=now)
     if released:
         logger.warning("Released %d training job(s) that a cluster fetched but has not started while their versions "
-                       "wait (was it killed?)", released)
+                       "wait, and no running training was fetched before them (was that cluster killed?)", released)
     return released
 
 

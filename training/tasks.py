@@ -27,7 +27,7 @@ from django.utils import timezone
 from policies.models import PolicyVersion
 from training.rlhf import estimate as timing
 
-from . import comparisons, samples, services, worker
+from . import calibration, comparisons, samples, services, worker
 from .files import deleted_during_training, remove_unfinished_outputs, remove_version_files, version_dir
 from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version, heartbeat, reconnecting
 from .processes import (
@@ -142,8 +142,20 @@ def _record_outcome(version: PolicyVersion, child: subprocess.Popen, stopped_bec
     if version.status != Status.TRAINED:
         # A killed child leaves its half-written model directories behind (one that exited cleanly removed them).
         remove_unfinished_outputs(agent_name=version.agent.name, number=version.number)
+    else:
+        _record_timings(version)
     logger.info("Training %s ended %s (exit code %s)", version, version.status, child.returncode)
     return f"{version.agent.name} {version.version}: {version.status}"
+
+
+def _record_timings(version: PolicyVersion) -> None:
+    """A trained version's timings become its configuration's calibration (training.calibration): the dry runs of
+    that configuration answer "measured" without a measurement of their own. Never fails the job."""
+    try:
+        if digest := calibration.record_run_timings(version=version):
+            logger.info("Timings of %s filed as the calibration %s", version, digest)
+    except Exception:
+        logger.exception("Could not file the timings of %s as a calibration", version)
 
 
 def sweep_stale_versions() -> int:
@@ -271,10 +283,33 @@ MODEL_WORK_TIMEOUT = 1800.0
 
 
 def calibrate_timing(digest: str) -> str:
-    """Measure a dry run's timing key (queued once per key by training.calibration) in a child process."""
-    returncode = run_manage_child(["calibrate_timing", digest], label=f"calibrate {digest}", timeout=MODEL_WORK_TIMEOUT)
-    # A child that was killed could not release the key itself: the next dry run may queue it again.
-    timing.release_pending(settings.MODELS_DIR, digest)
+    """Measure a dry run's timing key (queued once per key by training.calibration) in a child process.
+
+    It yields to trainings: it returns without work when a training is queued (or its key was measured meanwhile),
+    and its child is stopped as soon as a training is queued while it measures (the worker then starts that
+    training). The key is released either way: the next dry run queues it again."""
+    try:
+        if reason := calibration.why_not_measure(digest):
+            logger.info("Timing measurement %s not run: %s", digest, reason)
+            return f"calibrate {digest}: not run: {reason}"
+        stopped: list[str] = []
+
+        def yield_to_training() -> bool:
+            reason = calibration.training_waiting()
+            if reason:
+                stopped.append(reason)
+            return bool(reason)
+
+        returncode = run_manage_child(
+            ["calibrate_timing", digest], label=f"calibrate {digest}", timeout=MODEL_WORK_TIMEOUT,
+            stop_when=yield_to_training,
+        )
+    finally:
+        # A child that was killed could not release the key itself: the next dry run may queue it again.
+        timing.release_pending(settings.MODELS_DIR, digest)
+    if stopped:
+        logger.info("Timing measurement %s stopped: %s", digest, stopped[0])
+        return f"calibrate {digest}: stopped: {stopped[0]}"
     return f"calibrate {digest}: exit code {returncode}"
 
 

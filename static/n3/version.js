@@ -54,6 +54,8 @@
       $("n3-kl").textContent = fixed(data.kl);
       $("n3-loss").textContent = fixed(data.loss);
       $("n3-cancel-note").hidden = !data.cancelRequested;
+      $("n3-waiting").hidden = !data.waitingFor;
+      $("n3-waiting-for").textContent = data.waitingFor || "";
       // The summary table's live rows say what the status box says (it was rendered when the page loaded).
       const summary = {
         status: data.statusLabel, "reward-mean": short(data.rewardMean), kl: short(data.kl), loss: short(data.loss),

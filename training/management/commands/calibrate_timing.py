@@ -5,6 +5,7 @@ file holds the config and the records to train on: no database.
 """
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from django.conf import settings
@@ -25,6 +26,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         use_torch_threads("training")  # measured as trainings run: N3_TRAINING_THREADS
         models_dir, digest = settings.MODELS_DIR, options["digest"]
+        # The worker stops a measurement when a training is queued (training.tasks.calibrate_timing): SIGTERM becomes
+        # KeyboardInterrupt, so the miniature run's scratch directory is removed and the key released on the way out.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         request = timing.read_pending(models_dir, digest)
         if request is None or timing.load_calibration(models_dir, request["key"]) is not None:
             # Measured already (a request re-queued after PENDING_TTL_S while the first one waited): nothing to do.
