@@ -52,7 +52,7 @@ class ErrorSerializer(serializers.Serializer):
 
 
 AGENT = OpenApiParameter(
-    "agent", str, OpenApiParameter.PATH, pattern=agent_name_validator.regex.pattern,
+    "agent", str, OpenApiParameter.PATH, pattern=agent_name_validator.regex.pattern.replace(r"\Z", "$"),  # ECMA
     description="Agent name: 1-100 letters, digits, '_' or '-' (other names are refused with 400 or 404)",
 )
 VERSION = OpenApiParameter("version", str, OpenApiParameter.PATH, pattern=r"^v[0-9]+$", description='"v1", "v2", ...')

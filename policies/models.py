@@ -5,9 +5,10 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
-# Agent names appear in URLs and in MODELS_DIR paths: a slug keeps both safe.
+# Agent names appear in URLs and in MODELS_DIR paths: a slug keeps both safe. \Z, not $: "$" also matches before
+# a final newline, and "alpha\n" was a second agent beside "alpha".
 agent_name_validator = RegexValidator(
-    r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
+    r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}\Z",
     "Agent names are 1-100 letters, digits, '_' or '-', starting with a letter or digit.",
 )
 

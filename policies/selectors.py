@@ -29,13 +29,13 @@ def policy_versions_for(*, agent_name: str) -> QuerySet[PolicyVersion]:
 
 def get_policy_version(*, agent_name: str, version: str) -> PolicyVersion:
     """``version`` as the API writes it: "v3"."""
-    match = _VERSION.match(version)
+    match = _VERSION.fullmatch(version)  # fullmatch: "$" alone lets "v1\n" through
     found = match and PolicyVersion.objects.filter(
         agent__name=agent_name, number=int(match.group(1))
     ).select_related("agent").first()
     if not found:
         get_agent(name=agent_name)  # an unknown agent is reported as such
-        padded = _PADDED.match(version)
+        padded = _PADDED.fullmatch(version)
         hint = f"write it 'v{padded.group(1)}'" if padded else "versions are named v1, v2, ..."
         raise NotFound(f"Version '{version}' of agent '{agent_name}' not found ({hint})")
     return found

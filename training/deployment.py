@@ -94,7 +94,7 @@ def _checked_split(agent: Agent, traffic: Mapping[str, Any]) -> dict[str, float]
     errors = {}
     numbers = {}
     for name, share in traffic.items():
-        match = _VERSION.match(str(name))
+        match = _VERSION.fullmatch(str(name))
         if not match:
             errors[name] = "Not a version name (v1, v2, ...)"
         elif isinstance(share, bool) or not isinstance(share, (int, float)) or not math.isfinite(share) \

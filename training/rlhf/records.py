@@ -34,7 +34,7 @@ RUN_ID_MAX_LENGTH = 200  # feedback.models.Feedback.run_id's max_length (a test 
 SOURCES = ("api", "admin", "import")  # feedback.models.Feedback.Source (a test keeps them equal)
 REVIEWER_MAX_LENGTH = 150  # a Django username's max_length
 # A version as the API writes it: "v3" (never "v03"); the service looks it up among the agent's versions.
-VERSION_PATTERN = r"^v[1-9][0-9]{0,8}$"
+VERSION_PATTERN = r"^v[1-9][0-9]{0,8}\Z"  # \Z: "$" matches before a final newline too
 _VERSION = re.compile(VERSION_PATTERN)
 
 Problem = tuple[str, str]  # (field, message)
