@@ -9,6 +9,11 @@ An item's reviews travel as ``reviews`` (JSONL: a list of {reviewer, score, note
 JSON in one cell, empty when none); import makes them the item's reviews (those by a user missing here are left
 out, the summary names them), its score kept as the file says. Without them, an item's scored reviewer is its one
 review, as before.
+Re-importing an export is a no-op. A row with a runId is the agent's record with that runId (the API's idempotency
+key); a row without one (exported as ``"runId": ""``) is identified by its content: its prompt, response and
+policyVersion. A file's runId-less rows that a stored runId-less record of the agent already has are left out (as
+many as are stored: two identical rows stored twice stay two), and counted as already there.
+CSV cells may be as long as a request body (``N3_MAX_BODY_BYTES``), not the csv module's 131,072 characters.
 Import is all or nothing: every line is parsed and checked first (by the REST API's rules,
 ``training.rlhf.records``), each problem is reported with its line number, and only a file without problems
 is stored, in one transaction, through ``record_feedback_batch``.
@@ -19,13 +24,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import PurePath
 from typing import IO, Any, Optional
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -75,7 +81,8 @@ class ImportResult:
     def summary(self) -> str:
         text = f"Imported {self.created} feedback for {self.agent_name}"
         if self.existing:
-            text += f"; {self.existing} were already there (same runId) and were left as they were"
+            text += (f"; {self.existing} were already there (same runId, or without one the same prompt, response "
+                     "and policyVersion) and were left as they were")
         if self.unknown_reviewers:
             text += f"; reviewers without a user here were left empty ({_names(self.unknown_reviewers)})"
         if self.skipped_reviewers:
@@ -127,6 +134,8 @@ def import_feedback(
         raise ImportFailed(errors)
     if not records:
         raise ImportFailed([(1, "the file has no feedback rows")])
+    total = len(records)
+    records, lines = _without_stored_copies(agent_name, records, lines)
     created, unknown_reviewers, review_names = 0, set(), set()
     try:
         with transaction.atomic():
@@ -150,8 +159,42 @@ def import_feedback(
     except ValidationError as exc:  # the agent name
         raise ServiceError(" ".join(exc.messages)) from None
     skipped = review_names - set(services.users_named(review_names))
-    return ImportResult(agent_name=agent_name, created=created, existing=len(records) - created,
+    return ImportResult(agent_name=agent_name, created=created, existing=total - created,
                         unknown_reviewers=tuple(sorted(unknown_reviewers)), skipped_reviewers=tuple(sorted(skipped)))
+
+
+def _content_key(prompt: str, response: str, version: Any) -> tuple[str, str, str]:
+    """What identifies a record without a runId: its prompt, response and policyVersion ("v3", or "")."""
+    if isinstance(version, int):
+        version = f"v{version}"
+    return prompt, response, version or ""
+
+
+def _without_stored_copies(agent_name: str, records: list[dict], lines: list[int]) -> tuple[list[dict], list[int]]:
+    """``records`` (and their line numbers) less the runId-less rows that the agent already stores: as many of each
+    content (``_content_key``) as stored runId-less records have it. Reads only the stored records whose prompt
+    is one of the file's, in chunks."""
+    unkeyed = [i for i, record in enumerate(records) if not record.get("run_id")]
+    if not unkeyed:
+        return records, lines
+    prompts = sorted({records[i]["prompt"] for i in unkeyed})
+    stored: Counter = Counter()
+    for start in range(0, len(prompts), _REVIEWS_CHUNK):
+        stored.update(
+            _content_key(*row) for row in Feedback.objects.filter(
+                agent__name=agent_name, run_id="", prompt__in=prompts[start:start + _REVIEWS_CHUNK],
+            ).values_list("prompt", "response", "policy_version__number")
+        )
+    if not stored:
+        return records, lines
+    dropped = set()
+    for i in unkeyed:
+        key = _content_key(records[i]["prompt"], records[i]["response"], records[i].get("policy_version"))
+        if stored[key] > 0:
+            stored[key] -= 1
+            dropped.add(i)
+    kept = [i for i in range(len(records)) if i not in dropped]
+    return [records[i] for i in kept], [lines[i] for i in kept]
 
 
 def _text(stream: IO) -> io.TextIOBase:
@@ -184,6 +227,9 @@ def _parse_jsonl(text: Iterable[str]) -> Parsed:
 
 
 def _parse_csv(text: Iterable[str]) -> Parsed:
+    # A cell may hold any text a request could (export writes what the API stored): the csv module's default
+    # limit, 131,072 characters, made such an export impossible to import.
+    csv.field_size_limit(max(csv.field_size_limit(), settings.DATA_UPLOAD_MAX_MEMORY_SIZE))
     reader = csv.reader(text)
     try:
         header = next(reader, None)

@@ -218,8 +218,55 @@ def test_a_round_trip_into_a_fresh_agent_keeps_every_stored_field(tmp_path, fmt)
 
     assert every_field("copy") == every_field("source")
     assert every_field("copy")[0][5:] == (1, "rita", at, "admin")
-    again = importexport.import_feedback(agent_name="copy", stream=path.open("rb"), fmt=fmt)  # the runIds: a retry
-    assert (again.created, again.existing) == (2, 2) and Feedback.objects.filter(agent__name="copy").count() == 6
+    # A retry: the rows with a runId by their runId, those without by their content (issue 20 item 11).
+    again = importexport.import_feedback(agent_name="copy", stream=path.open("rb"), fmt=fmt)
+    assert (again.created, again.existing) == (0, 4) and Feedback.objects.filter(agent__name="copy").count() == 4
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_reimporting_an_export_is_a_no_op_for_records_without_a_run_id(tmp_path, fmt):
+    """Issue 20 item 11: records without a runId (exported as "runId": "") were stored again on every re-import,
+    2 -> 4 -> 6 rows. Without a runId, a row is identified by its prompt, response and policyVersion; identical
+    records stay as many as they were, and a new row in the file is still imported."""
+    agent = agent_with_versions("support", 1)
+    agent_with_versions("copy", 1)
+    v1 = agent.versions.get()
+    for prompt, response, version in [("Hi", "Hello", None), ("Hi", "Hello", None), ("Hi", "Hello", v1),
+                                      ("Bye", "Goodbye", None)]:
+        Feedback.objects.create(agent=agent, prompt=prompt, response=response, policy_version=version, score=0.5)
+    path = tmp_path / f"out.{fmt}"
+    call_command("export_feedback", "--agent", "support", "-o", str(path), stderr=io.StringIO())
+    before = every_field("support")
+    for _ in range(2):
+        result = importexport.import_feedback(agent_name="support", stream=path.open("rb"), fmt=fmt)
+        assert (result.created, result.existing) == (0, 4)
+        assert every_field("support") == before
+    assert "4 were already there (same runId, or without one the same prompt, response" in result.summary()
+    # The same file into another agent stores all four, the duplicates included; one more row is one more record.
+    assert importexport.import_feedback(agent_name="copy", stream=path.open("rb"), fmt=fmt).created == 4
+    with path.open("a") as out:
+        out.write(json.dumps({"prompt": "Hi", "response": "Hello", "score": 0.5, "runId": "", "notes": "",
+                              "policyVersion": None, "reviewer": None, "reviewedAt": None, "source": "api",
+                              "reviews": []}) + "\n" if fmt == "jsonl" else "Hi,Hello,0.5,,,,,,api,\n")
+    result = importexport.import_feedback(agent_name="support", stream=path.open("rb"), fmt=fmt)
+    assert (result.created, result.existing) == (1, 4)
+    assert Feedback.objects.filter(agent=agent, prompt="Hi", policy_version=None).count() == 3
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_200000_character_prompt_round_trips(tmp_path, fmt):
+    """Issue 20 item 10: a CSV cell over 131,072 characters (the csv module's default limit) could not be
+    re-imported ("field larger than field limit"), though the API had stored it."""
+    source = Agent.objects.create(name="source")
+    long_prompt = 'Long, "quoted"\nline ' * 10_000  # 200,000 characters with commas, quotes and newlines
+    assert len(long_prompt) == 200_000
+    Feedback.objects.create(agent=source, prompt=long_prompt, response="r" * 150_000, score=0.5, run_id="long")
+    Feedback.objects.create(agent=source, prompt="short", response="a", score=0.1)
+    path = tmp_path / f"out.{fmt}"
+    call_command("export_feedback", "--agent", "source", "-o", str(path), stderr=io.StringIO())
+    result = importexport.import_feedback(agent_name="copy", stream=path.open("rb"), fmt=fmt)
+    assert result.created == 2
+    assert [row[:4] for row in stored("copy")] == [(long_prompt, "r" * 150_000, 0.5, "long"), ("short", "a", 0.1, "")]
 
 
 def test_a_version_the_agent_does_not_have_is_named_on_its_line_and_nothing_is_stored():
