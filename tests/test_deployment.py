@@ -118,6 +118,27 @@ def test_promote_through_the_api(api, agent):
     assert [listed[f"v{n}"]["active"] for n in (1, 2, 3)] == [False, True, False]
 
 
+def test_a_promotes_answer_is_the_state_it_wrote_not_a_put_that_came_after(api, agent, monkeypatch):
+    """Issue 20 item 15: the promote re-read the agent after its commit, so a traffic PUT landing in between showed
+    up in the promote's answer as if the promote had set it. A PUT is made to land right after the promote's
+    transaction commits: the answer is the promote's own state, and the PUT's split is what GET shows after."""
+    from contextlib import contextmanager
+
+    real_atomic = deployment.transaction.atomic
+
+    @contextmanager
+    def atomic_then_a_put(*args, **kwargs):
+        with real_atomic(*args, **kwargs):
+            yield
+        monkeypatch.setattr(deployment.transaction, "atomic", real_atomic)
+        deployment.set_traffic(agent_name="bot", shares={"v1": 0.5, "v2": 0.5})  # another request's PUT
+
+    monkeypatch.setattr(deployment.transaction, "atomic", atomic_then_a_put)
+    answer = api.post("/api/policies/bot/v2/promote")
+    assert answer.json() == {"agent": "bot", "activeVersion": "v2", "traffic": {}, "recordServed": False}
+    assert api.get("/api/policies/bot/traffic").json()["traffic"] == {"v1": 0.5, "v2": 0.5}
+
+
 def test_promoting_a_version_not_trained_is_409_and_an_unknown_one_404(api, agent):
     answer = api.post("/api/policies/bot/v3/promote")
     assert answer.status_code == 409 and "queued" in answer.json()["detail"]

@@ -65,7 +65,9 @@ def promote_version(*, agent_name: str, version: str, note: str = "") -> Agent:
         agent.save(update_fields=["active_version", "traffic"])
         if note:
             PolicyVersion.objects.filter(pk=found.pk).update(promotion_note=note)
-    return Agent.objects.select_related("active_version").get(pk=agent.pk)
+            found.promotion_note = note
+    # The state this promotion wrote, not a re-read: a traffic split PUT just after the commit is not ours to show.
+    return agent
 
 
 def set_traffic(
