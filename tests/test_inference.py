@@ -11,10 +11,12 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +72,16 @@ class Served:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def post(self, path: str, body: bytes, token: str) -> tuple[int, dict]:
+        """POST raw ``body`` (what the openai client cannot send, such as a lone surrogate): (status, JSON)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method="POST", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
 
 
 @contextlib.contextmanager
@@ -344,3 +356,166 @@ def test_served_responses_are_recorded_as_unscored_feedback_of_their_version(sit
         (streamed[0].id, "And 4+4?", text, None, 1, "api"),
     ]
     assert f"Served response {blank.id} of bot:v2 not recorded" in server.log()
+
+
+def chat_body(content: str, **fields) -> bytes:
+    """A chat request as JSON text; ensure_ascii writes a lone surrogate as the escape \\ud800 (valid JSON)."""
+    return json.dumps({"model": "bot:v1", "messages": [{"role": "user", "content": content}], "max_tokens": 24,
+                       "temperature": 0, **fields}).encode()
+
+
+def test_one_bad_request_fails_alone_among_concurrent_ones(site: Site):
+    """Issue 20 item 1: a lone surrogate in the last message made the shared generate raise: all 9 answered 500."""
+    deploy(site)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        server.post("/v1/chat/completions", chat_body("warm up", max_tokens=1), token)
+        bodies = [chat_body("What is 1 plus 1?")] * 8 + [chat_body("What is 1 plus 1?\ud800")]
+        with ThreadPoolExecutor(9) as pool:
+            answers = list(pool.map(lambda body: server.post("/v1/chat/completions", body, token), bodies))
+        assert [status for status, _ in answers] == [200] * 8 + [400], answers
+        error = answers[-1][1]["error"]
+        assert error["param"] == "messages" and error["type"] == "invalid_request_error"
+        assert "lone surrogates" in error["message"]
+        assert len({body["choices"][0]["message"]["content"] for _, body in answers[:8]}) == 1
+        for content in ("nul\x00byte", "\u200b"):  # NUL, and nothing visible: the feedback rules
+            assert server.post("/v1/chat/completions", chat_body(content), token)[0] == 400
+
+
+def test_a_huge_prompt_is_refused_and_stalls_nobody(site: Site):
+    """Issue 20 item 2: a 9 MB prompt was tokenised on the generation thread (15 s for a concurrent 4-token
+    request) and stored as a 9,000,005-character feedback row."""
+    deploy(site, record=True)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        client.completions.create(model="bot", prompt="warm up", max_tokens=1)
+        huge = json.dumps({"model": "bot", "prompt": "x" * 9_000_000, "max_tokens": 4}).encode()
+        seconds: list[float] = []
+        with ThreadPoolExecutor(2) as pool:
+            refusals = [pool.submit(server.post, "/v1/completions", huge, token) for _ in range(3)]
+            while not all(future.done() for future in refusals) or len(seconds) < 5:
+                started = time.monotonic()
+                client.completions.create(model="bot", prompt="Hi", max_tokens=4, temperature=0)
+                seconds.append(time.monotonic() - started)
+        for future in refusals:
+            status, body = future.result()
+            assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+            assert "9,000,001 characters" in body["error"]["message"] and body["error"]["param"] == "prompt"
+        assert max(seconds) < 3, seconds  # was 15.1 s
+        # Under the character bound but beyond the context in tokens: refused with the counts, as vLLM says it
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "word " * 600}])
+        assert caught.value.body["code"] == "context_length_exceeded"
+        assert re.search(r"maximum context length is 512 tokens. However, you requested \d+ tokens in the messages",
+                         caught.value.body["message"]), caught.value.body
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="bot", prompt="word " * 400, max_tokens=200)
+        assert re.search(r"you requested \d+ tokens \(\d+ in the prompt, 200 in the completion\)",
+                         caught.value.body["message"]), caught.value.body
+        # Without max_tokens, what the context leaves is generated
+        fitted = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "word " * 400}],
+                                                temperature=0, extra_body={"ignore_eos": True})
+        assert fitted.usage.prompt_tokens + fitted.usage.completion_tokens == 512
+    assert site.query("SELECT COUNT(*) FROM feedback_feedback WHERE LENGTH(prompt) > 10000") == [(0,)]
+
+
+def test_deleting_a_deployed_version_while_served_responses_are_recorded(site: Site):
+    """Issue 20 item 6: for N3_AGENT_CACHE_SECONDS every request generated and then failed with IntegrityError."""
+    deploy(site, versions=(1, 2), active=1, record=True)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site, N3_AGENT_CACHE_SECONDS="300") as server:
+        client = server.client(token)
+        assert client.completions.create(model="bot", prompt="Hi", max_tokens=2).model == "bot:v1"
+        # The row goes while its files stay (a delete racing the request): the answer is served and recorded
+        # without its version
+        site.shell("from django.db import connection\n"
+                   "from feedback.models import Feedback\n"
+                   "from policies.models import Agent\n"
+                   "Agent.objects.filter(name='bot').update(active_version=None)\n"
+                   "Feedback.objects.update(policy_version=None)\n"
+                   "connection.cursor().execute(\"DELETE FROM policies_policyversion WHERE number = 1\")")
+        served = client.completions.create(model="bot", prompt="Again", max_tokens=12, temperature=0,
+                                           frequency_penalty=2, extra_body={"ignore_eos": True})  # visible text
+        assert served.model == "bot:v1"
+        assert site.query("SELECT policy_version_id FROM feedback_feedback WHERE run_id = ?", (served.id,)) == [(None,)]
+        assert "Version bot:v1 was deleted while it served" in server.log()
+        with pytest.raises(openai.NotFoundError):  # the cache learnt of the delete: the agent has no deployment now
+            client.completions.create(model="bot", prompt="Hi", max_tokens=2)
+        # A version deleted the usual way (its files go with it): a clean 404 before anything generates
+        assert client.completions.create(model="bot:v2", prompt="Hi", max_tokens=2).model == "bot:v2"
+        site.shell("from policies.models import Agent, PolicyVersion\n"
+                   "PolicyVersion.objects.filter(number=2).delete()")
+        assert not (site.models_dir / "bot" / "v2").exists()
+        generates = server.get("/n3/stats", token)["generates"]
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="bot:v2", prompt="Hi", max_tokens=2)
+        assert server.get("/n3/stats", token)["generates"] == generates
+        assert client.models.list().data == []
+    assert "Traceback" not in server.log().split("Version bot:v1 was deleted")[1]
+
+
+def test_a_non_streaming_client_that_leaves_stops_its_generation(site: Site):
+    """Issue 20 item 13: about 6 s more of running=1 for a 250-token request whose client had left."""
+    deploy(site, record=True)
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site, N3_SERVE_MAX_TOKENS="500") as server:
+        server.client(token).completions.create(model="bot", prompt="warm up", max_tokens=1)
+        body = json.dumps({"model": "bot", "prompt": "Long", "max_tokens": 500, "ignore_eos": True}).encode()
+        with socket.create_connection(("127.0.0.1", server.port)) as connection:
+            connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                               b"Authorization: Bearer " + token.encode() + b"\r\n"
+                               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            while server.get("/n3/stats", token)["running"] != 1:
+                time.sleep(0.01)
+        deadline = time.monotonic() + 30
+        while "left before its answer" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        tokens = int(re.search(r"left before its answer: its generation stopped after (\d+) tokens",
+                               server.log()).group(1))
+        assert tokens < 500
+        assert server.get("/n3/stats", token)["running"] == 0
+    assert site.query("SELECT COUNT(*) FROM feedback_feedback WHERE prompt = 'Long'") == [(0,)]
+
+
+def test_openai_fields_work_or_are_refused_by_name(site: Site):
+    """Issue 20 item 14, through the official client."""
+    deploy(site, versions=(1, 2, 3), active=1)
+    shutil.rmtree(site.models_dir / "bot" / "v3" / "policy")  # its files are gone: not listed
+    token = site.api_token("client", SERVE_PERMS)
+    with serve(site) as server:
+        client = server.client(token)
+        assert [model.id for model in client.models.list()] == ["bot", "bot:v1", "bot:v2"]
+        retrieved = client.models.retrieve("bot:v2")
+        assert (retrieved.id, retrieved.object, retrieved.owned_by) == ("bot:v2", "model", "n3")
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("bot:v3")
+
+        def ask(**fields):
+            return client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "Tell me"}],
+                                                  max_tokens=12, **fields)
+
+        seeded = {ask(seed=7, temperature=1).choices[0].message.content for _ in range(3)}
+        assert len(seeded) == 1  # were three answers
+        assert {ask(temperature=1).choices[0].message.content for _ in range(3)} != seeded
+        assert ask(temperature=1e-39).choices[0].message.content == ask(temperature=0).choices[0].message.content
+        for fields, param, says in [
+            ({"n": 0}, "n", "at least 1"), ({"extra_body": {"n": "1"}}, "n", "must be an integer"),
+            ({"extra_body": {"n": True}}, "n", "must be an integer"), ({"extra_body": {"user": 0}}, "user", "string"),
+            ({"stream_options": {"include_usage": True}}, "stream_options", "only allowed when 'stream'"),
+            ({"top_logprobs": 2}, "top_logprobs", "not supported"),
+            ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+            ({"logit_bias": {"999999": 5}}, "logit_bias", "not in this model's vocabulary"),
+            ({"presence_penalty": 3}, "presence_penalty", "from -2 to 2"),
+        ]:
+            with pytest.raises(openai.BadRequestError) as caught:
+                ask(**fields)
+            assert caught.value.body["param"] == param and says in caught.value.body["message"], caught.value.body
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model="bot", prompt="Hi", suffix="!")
+        assert caught.value.body["param"] == "suffix"
+        plain = ask(temperature=0).choices[0].message.content
+        assert ask(temperature=0, frequency_penalty=2, extra_body={"ignore_eos": True}).choices[0].message.content \
+            != plain
+        assert ask(temperature=0, response_format={"type": "text"}).choices[0].message.content == plain
