@@ -4,6 +4,7 @@ compare page's panel, and (slow) the worker really generating both versions' res
 import random
 import re
 from datetime import timedelta
+from html import unescape
 
 import pytest
 from django.urls import reverse
@@ -289,6 +290,26 @@ def test_compare_page_starts_a_comparison_shows_generating_then_the_tally(agent,
             in page)
     assert reverse("review:compare", args=[comparison.pk]) in page
     assert "Start a new blind comparison (3 prompts)" in page
+
+
+@pytest.mark.parametrize("count, reason", [
+    ("-5", "must be a whole number, got '-5'"), ("abc", "must be a whole number, got 'abc'"),
+    ("2.5", "must be a whole number"), ("0", "must be between 1 and"), ("100000", "must be between 1 and"),
+])
+def test_a_bad_number_of_prompts_is_a_400_that_says_why(agent, pair, engineer, count, reason):
+    """Issue 20 item 15: "-5" or "abc" silently became 20 prompts."""
+    v1, v2 = pair
+    for n in range(3):
+        Feedback.objects.create(agent=agent, prompt=f"prompt {n}", response="r")
+    url = reverse("admin:policies_policyversion_compare", args=[v2.pk]) + f"?other={v1.pk}"
+    client = login(engineer)
+    response = client.post(url, {"blind": "1", "count": count})
+    assert response.status_code == 400
+    page = unescape(response.content.decode())
+    assert reason in page and "No blind comparison started" in page
+    assert not Comparison.objects.exists()
+    assert client.post(url, {"blind": "1", "count": "2"}).status_code == 302
+    assert Comparison.objects.get().items.count() == 2
 
 
 def test_starting_a_comparison_needs_the_change_permission(pair):

@@ -146,13 +146,17 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
         return redirect("admin:policies_policyversion_change", version.pk)
     other = get_object_or_404(PolicyVersion.objects.select_related("agent"), pk=int(other_id))
     pair = [version, other]
+    status = 200
     if request.method == "POST" and "blind" in request.POST:  # "Start blind comparison": queued for the worker
-        return start_blind_comparison(request, version, other)
+        started = start_blind_comparison(request, version, other)
+        if started is not None:
+            return started
+        status = 400  # the page again, with the reason (messages)
     if request.GET.get("blind") == "status":
         comparison = blind_comparison_panel(version=version, other=other)["comparison"]
         return JsonResponse({"status": comparison.status if comparison else "none"})
     prompts = sample_prompts(agent=version.agent)
-    if request.method == "POST":  # "Generate samples": queued for the worker; the page then polls
+    if request.method == "POST" and status == 200:  # "Generate samples": queued for the worker; the page then polls
         for v in pair:
             state = request_samples(version=v, prompts=prompts)
             if state["status"] == "error":
@@ -182,24 +186,26 @@ def compare_versions(request: HttpRequest, pk: int, model_admin: admin.ModelAdmi
         "blind": blind_comparison_panel(version=version, other=other),
         "blind_status_url": f"{request.path}?other={other.pk}&blind=status",
     }
-    return TemplateResponse(request, "admin/policies/policyversion/compare.html", context)
+    return TemplateResponse(request, "admin/policies/policyversion/compare.html", context, status=status)
 
 
 def start_blind_comparison(request: HttpRequest, version: PolicyVersion, other: PolicyVersion):
-    """The compare page's "Start blind comparison": prompts chosen and responses queued (training.comparisons)."""
+    """The compare page's "Start blind comparison": prompts chosen and responses queued (training.comparisons).
+    A redirect once started; None when it was not (the reason in messages): a count that is not a whole number in
+    range ("-5", "abc" became 20 prompts before), or nothing to compare on."""
     if not request.user.has_perm("policies.change_policyversion"):
         raise PermissionDenied
-    count = request.POST.get("count", "")
+    count = request.POST.get("count", "").strip()
     try:
-        comparison = start_comparison(
-            version=version, other=other, user=request.user,
-            count=int(count) if count.strip().isdigit() else DEFAULT_COMPARISON_PROMPTS,
-        )
+        if count and not count.isdecimal():
+            raise ServiceError(f"Number of prompts must be a whole number, got {count!r}")
+        comparison = start_comparison(version=version, other=other, user=request.user,
+                                      count=int(count) if count else DEFAULT_COMPARISON_PROMPTS)
     except ServiceError as exc:
         messages.error(request, f"No blind comparison started: {exc}")
-    else:
-        messages.success(request, f"Blind comparison {comparison.pk} started on {comparison.items.count()} prompts "
-                                  f"({comparison.prompt_source}); a worker is generating the responses.")
+        return None
+    messages.success(request, f"Blind comparison {comparison.pk} started on {comparison.items.count()} prompts "
+                              f"({comparison.prompt_source}); a worker is generating the responses.")
     return redirect(f"{request.path}?other={other.pk}#n3-blind-comparison")
 
 
