@@ -21,6 +21,8 @@ Every value can be changed by an environment variable here, or on gunicorn's com
 - ``N3_WEB_TIMEOUT`` (60 s): a body that stops arriving for this long is answered 408 and its connection closed; a
   worker whose event loop is silent for this long is killed and replaced (a long request in a thread does not).
 - ``N3_ACCESS_LOG`` (unset: no access log; ``-``: stdout): one line per request costs a little time per request.
+- No control socket (``gunicornc``): its default path is shared by every gunicorn of the user. Signals manage the
+  server (HUP reloads, TERM stops gracefully).
 - ``DB_CONN_MAX_AGE`` (here 300 s; settings.py's default, for other processes, is 0): each of a worker's threads
   keeps its database connection between requests. Opening one per request costs more CPU than the rest of a
   feedback POST's database work (on SQLite: the connection, its PRAGMAs and Django's SQL functions; about 40 % of
@@ -49,3 +51,7 @@ preload_app = True
 accesslog = os.environ.get("N3_ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# No control socket: gunicorn's default path (~/.gunicorn/gunicorn.ctl or $XDG_RUNTIME_DIR/gunicorn.ctl) is one for
+# every gunicorn of the user, so two sites would take it from each other. Reload and stop by signals (HUP, TERM),
+# as the Procfile runner and the tests do; manage.py serve_policies turns it off too.
+control_socket_disable = True
