@@ -7,8 +7,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, StreamingHttpResponse
-from django.shortcuts import redirect
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.defaultfilters import linebreaksbr
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -21,7 +22,7 @@ from n3site.exceptions import ServiceError
 from policies.models import Agent
 from training.rlhf import records as rules
 
-from . import importexport, review
+from . import importexport, rendering, review
 from .models import Feedback
 
 
@@ -205,7 +206,43 @@ class FeedbackAdmin(admin.ModelAdmin):
         if obj is None:
             return self.readonly_fields
         # What the agent sent stays as sent; reviewers change score and notes.
-        return [*self.readonly_fields, "agent", "prompt", "response", "run_id", "policy_version"]
+        return [*self.readonly_fields, "agent", "prompt_text", "response_text", "run_id", "policy_version"]
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        # A stored record's texts are shown by prompt_text/response_text: bounded, as on every reviewer page.
+        first = (None, {"fields": ["agent", "prompt_text", "response_text"]})
+        return [first, *self.fieldsets[1:]]
+
+    def _text(self, obj: Feedback, field: str):
+        """A stored text as the readonly field shows it (line breaks kept); beyond rendering.LIST_CHARS characters,
+        its start and a link to all of it as plain text (a 9 MB record made this page take seconds)."""
+        text = getattr(obj, field)
+        if len(text) <= rendering.LIST_CHARS:
+            return text
+        url = reverse("admin:feedback_feedback_text", args=[obj.pk, field])
+        return format_html(
+            '<p class="n3-render-note">The first {} of {} characters. <a href="{}">Show all</a> (plain text).</p>{}',
+            f"{rendering.LIST_CHARS:,}", f"{len(text):,}", url, linebreaksbr(text[:rendering.LIST_CHARS], True),
+        )
+
+    @admin.display(description="prompt")
+    def prompt_text(self, obj: Feedback):
+        return self._text(obj, "prompt")
+
+    @admin.display(description="response")
+    def response_text(self, obj: Feedback):
+        return self._text(obj, "response")
+
+    def text_view(self, request: HttpRequest, pk: int, field: str):
+        """The whole prompt or response of a record as plain text: the "Show all" of the pages that show its start."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if field not in ("prompt", "response"):
+            raise Http404(f"No field {field!r}: prompt or response")
+        feedback = get_object_or_404(Feedback.objects.only(field), pk=pk)
+        return HttpResponse(getattr(feedback, field), content_type="text/plain; charset=utf-8")
 
     def save_model(self, request, obj, form, change):
         """A score typed here (form or list) is a lead's decision, as the "Set score" action: see review.set_scores;
@@ -259,6 +296,7 @@ class FeedbackAdmin(admin.ModelAdmin):
         return [
             path("import/", wrap(self.import_view), name="feedback_feedback_import"),
             path("export/", wrap(self.export_view), name="feedback_feedback_export"),
+            path("<int:pk>/text/<str:field>/", wrap(self.text_view), name="feedback_feedback_text"),
             *super().get_urls(),
         ]
 

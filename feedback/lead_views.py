@@ -34,8 +34,10 @@ def _disagreements_page(request: HttpRequest, filters: dict, *, error: str = "",
     # Up to 100 items, each with a prompt and a response of any size: rendered within one page's budget.
     texts = []
     for d in items:
-        url = reverse("admin:feedback_feedback_change", args=[d.item.pk])
-        texts += [(d.item.prompt_head, d.item.prompt_chars, url), (d.item.response_head, d.item.response_chars, url)]
+        prompt_url, response_url = (reverse("admin:feedback_feedback_text", args=[d.item.pk, field])
+                                    for field in ("prompt", "response"))
+        texts += [(d.item.prompt_head, d.item.prompt_chars, prompt_url),
+                  (d.item.response_head, d.item.response_chars, response_url)]
     html = rendering.render_list(texts)
     for i, d in enumerate(items):
         d.item.prompt_html, d.item.response_html = html[2 * i], html[2 * i + 1]

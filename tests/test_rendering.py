@@ -248,6 +248,20 @@ def test_reviewer_pages_with_a_nine_megabyte_record_answer_within_a_second():
     assert response.status_code == 200 and seconds < PAGE_SECONDS, seconds
     page = response.content.decode()
     assert page.count("n3-disagreement\"") == 3
-    # Each text shows its start and links to the whole record, whose admin page has all of it.
+    # Each text shows its start and links to all of it, as plain text.
     assert page.count("The first 20,000 characters of ") == 6
     assert page.count("Show all") == 6
+    item = Feedback.objects.get(prompt=BIG["brackets"])
+    whole = reverse("admin:feedback_feedback_text", args=[item.pk, "prompt"])
+    assert f'href="{whole}"' in page
+    response, seconds = _timed(lambda: client.get(whole))
+    assert response.status_code == 200 and seconds < PAGE_SECONDS, seconds
+    assert response["Content-Type"] == "text/plain; charset=utf-8" and response.content.decode() == BIG["brackets"]
+    # The record's admin page (the queue links to it) shows the start of each text and the same link.
+    reader = login(staff("reader", "feedback.view_feedback"))
+    reader.get(reverse("review:progress"))
+    response, seconds = _timed(lambda: reader.get(reverse("admin:feedback_feedback_change", args=[item.pk])))
+    assert response.status_code == 200 and seconds < PAGE_SECONDS, seconds
+    assert response.content.decode().count("Show all") == 2 and f'href="{whole}"' in response.content.decode()
+    assert reader.get(reverse("admin:feedback_feedback_text", args=[item.pk, "notes"])).status_code == 404
+    assert login(staff("nobody")).get(whole).status_code == 403
