@@ -106,3 +106,14 @@ def test_forms_refuse_a_name_or_version_ending_in_a_newline(alpha):
     client.post(deploy, {"promote": "v1"})
     alpha.refresh_from_db()
     assert alpha.active_version.number == 1
+
+
+def test_a_base_model_hub_id_ending_in_a_newline_is_refused():
+    from n3site.exceptions import ServiceError
+    from training.services import check_base_model
+
+    check_base_model("gpt2")
+    check_base_model("org/model-name")
+    for name in ("gpt2\n", "org/model-name\n"):
+        with pytest.raises(ServiceError):
+            check_base_model(name)

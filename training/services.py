@@ -268,7 +268,7 @@ def check_base_model(name: str) -> None:
         return
     try:
         # A hub id that is also a directory here would be loaded from the directory: check it as a path.
-        if _HUB_ID.match(name) and ".." not in name and not Path(name).exists():
+        if _HUB_ID.fullmatch(name) and ".." not in name and not Path(name).exists():  # fullmatch: no "gpt2\n"
             return
         path = Path(name).expanduser().resolve()
         allowed = [Path(settings.MODELS_DIR), *settings.N3_ALLOWED_MODEL_DIRS]
