@@ -63,7 +63,11 @@ def test_view_only_staff_start_no_job_and_touch_no_file(world, settings):
     client = login(viewer)
     # They can see the pages these forms are on.
     compare = reverse("admin:policies_policyversion_compare", args=[versions[1].pk])
-    assert client.get(compare, {"other": versions[0].pk}).status_code == 200
+    page = client.get(compare, {"other": versions[0].pk})
+    assert page.status_code == 200
+    # ... without the buttons that would answer 403.
+    assert 'name="generate"' not in page.content.decode() and 'id="n3-blind-start"' not in page.content.decode()
+    assert "Starting a blind comparison needs the permission to change versions" in page.content.decode()
     before = files_under(settings.MODELS_DIR)
     rows_before = (Feedback.objects.count(), PolicyVersion.objects.count(), Agent.objects.count())
     for what, url, data in forms(agent, versions, running):
@@ -92,5 +96,7 @@ def test_the_same_forms_work_with_the_change_permission(world, settings):
                      "feedback.view_feedback")
     v1, v2 = versions
     url = reverse("admin:policies_policyversion_compare", args=[v2.pk]) + f"?other={v1.pk}"
+    page = login(engineer).get(url).content.decode()
+    assert 'name="generate"' in page and 'id="n3-blind-start"' in page
     assert login(engineer).post(url, {"generate": "1"}).status_code == 302
     assert {t.func() for t in OrmQ.objects.all()} == {"training.tasks.generate_version_samples"}
