@@ -134,8 +134,8 @@ def test_a_promotes_answer_is_the_state_it_wrote_not_a_put_that_came_after(api, 
         deployment.set_traffic(agent_name="bot", shares={"v1": 0.5, "v2": 0.5})  # another request's PUT
 
     monkeypatch.setattr(deployment.transaction, "atomic", atomic_then_a_put)
-    answer = api.post("/api/policies/bot/v2/promote")
-    assert answer.json() == {"agent": "bot", "activeVersion": "v2", "traffic": {}, "recordServed": False}
+    answer = api.post("/api/policies/bot/v2/promote").json()
+    assert (answer["activeVersion"], answer["traffic"]) == ("v2", {})
     assert api.get("/api/policies/bot/traffic").json()["traffic"] == {"v1": 0.5, "v2": 0.5}
 
 

@@ -97,13 +97,13 @@ def test_forms_refuse_a_name_or_version_ending_in_a_newline(alpha):
     assert Feedback.objects.filter(agent=alpha).count() == 13
     # Deploy form: promote "v1\\n", a traffic share for "v1\\n".
     deploy = reverse("admin:policies_agent_deploy", args=[alpha.pk])
-    client.post(deploy, {"promote": "v1\n"})
+    client.post(deploy, {"promote": "v1\n", "confirmed": "1"})
     client.post(deploy, {"share_v1\n": "100"})
     alpha.refresh_from_db()
     assert alpha.active_version is None and not alpha.traffic
     assert list(Agent.objects.values_list("name", flat=True)) == ["alpha"]
     # A form's plain name works: the refusals above are about the newline.
-    client.post(deploy, {"promote": "v1"})
+    client.post(deploy, {"promote": "v1", "confirmed": "1"})  # (confirmed: v1 was not evaluated)
     alpha.refresh_from_db()
     assert alpha.active_version.number == 1
 
