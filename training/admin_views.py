@@ -18,21 +18,13 @@ from django.views.decorators.http import require_POST
 from feedback.review import score_summary
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
-from policies.selectors import get_policy_version
 from training.rlhf import PRESETS, RLHFError, TrainingConfig
 
 from .charts import histogram, number, version_charts
 from .comparisons import DEFAULT_PROMPTS as DEFAULT_COMPARISON_PROMPTS
 from .comparisons import comparison_panel as blind_comparison_panel
 from .comparisons import start_comparison
-from .deployment import (
-    HumanScore,
-    human_scores,
-    promote_version,
-    promotion_warning,
-    score_difference,
-    set_traffic,
-)
+from .deployment import HumanScore, human_scores, promote_version, score_difference, set_traffic
 from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
 from .services import (
@@ -436,15 +428,6 @@ def deploy_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
     try:
         if request.POST.get("promote"):
             version = request.POST["promote"]
-            found = get_policy_version(agent_name=agent.name, version=version)
-            warning = promotion_warning(found)
-            if warning and request.POST.get("confirmed") != "1":  # a second thought first, stating the evaluation
-                return TemplateResponse(request, "admin/policies/agent/promote_confirm.html", {
-                    **model_admin.admin_site.each_context(request), "agent": agent, "warning": warning,
-                    "version": found,
-                    "active": agent.active_version.version if agent.active_version else None,
-                    "title": f"Promote {version}?",
-                })
             promote_version(agent_name=agent.name, version=version)
             messages.success(request, f"Promoted {version}: it now answers every request for {agent.name}.")
         else:
