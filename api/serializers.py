@@ -561,9 +561,11 @@ class DryRunSerializer(serializers.Serializer):
         "rough default when this configuration has not been measured yet (see estimateSource)",
     )
     estimateSource = serializers.ChoiceField(
-        source="estimate_source", choices=["measured", "default"],
-        help_text='"measured": from this configuration\'s measured timings; "default": a rough figure from the config '
-        "alone, while the worker measures it (the next dry run after that answers \"measured\")",
+        source="estimate_source", choices=["measured", "rough", "default"],
+        help_text='"measured": from this configuration\'s measured timings; "rough": not measured yet, a figure from '
+        "the model's size, the lengths and the machine's speed (scaled by a measured configuration where there is "
+        'one), while the worker measures it (the next dry run after that answers "measured"); "default": what '
+        'releases before "rough" said instead (no longer answered)',
     )
     scoreMean = RoundedFloatField(source="score_mean")
     scoreStd = RoundedFloatField(source="score_std")

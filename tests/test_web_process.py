@@ -118,6 +118,6 @@ def test_the_web_process_serves_every_page_and_endpoint_without_torch(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert not report["errors"], "\n".join(report["errors"])
-    assert report["sources"] == ["measured", "default"]  # a hit and a miss, both answered
+    assert report["sources"] == ["measured", "rough"]  # a hit and a miss, both answered
     assert len(report["answers"]) > 40
     assert report["loaded"] == [], f"the web process loaded {report['loaded']}"

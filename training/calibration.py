@@ -1,7 +1,7 @@
 """The dry run's timings without torch: a calibration looked up by its timing key (plain JSON reads), or a rough
-default answer and the measurement queued in the worker, once per key.
+answer and the measurement queued in the worker, once per key.
 
-    web:     estimate() -> hit: "measured" at once | miss: "default" at once + queue_measurement()
+    web:     estimate() -> hit: "measured" at once | miss: "rough" at once + queue_measurement()
     worker:  tasks.calibrate_timing(digest) -> child `manage.py calibrate_timing <digest>` (measures, stores)
     next:    estimate() -> hit
 
@@ -35,11 +35,14 @@ from .files import version_dir
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WARNING = (
-    "estimatedTimeMinutes is a rough default (estimateSource \"default\"): this configuration has not been measured "
-    "on the workers' machine yet. A measurement is queued; a dry run after it (usually a minute) answers with "
-    "measured timings."
+ROUGH_WARNING = (
+    "estimatedTimeMinutes is rough (estimateSource \"rough\"): this configuration has not been measured on the "
+    "workers' machine yet; the figure comes from the model's size, the lengths and {basis}. {next}"
 )
+MEASUREMENT_QUEUED = (
+    "A measurement is queued (it runs when no training waits); a dry run after it answers with measured timings."
+)
+MEASURED_BY_RUN = "The training measures it: dry runs after it answer with its measured timings."
 
 
 def estimate(
@@ -65,9 +68,10 @@ def estimate(
         return RLHFTrainer(config, models_dir=models_dir).estimate(records)
     if queue:
         queue_measurement(config=config, records=data.records, key=key)
-    default = timing.default_calibration(config, key, models_dir=models_dir)
+    rough = timing.rough_calibration(key, models_dir=models_dir)
+    warning = ROUGH_WARNING.format(basis=rough.basis, next=MEASUREMENT_QUEUED if queue else MEASURED_BY_RUN)
     return timing.make_estimate(
-        config, data, default, source="default", warnings=[DEFAULT_WARNING], total_records=total_records,
+        config, data, rough.calibration, source="rough", warnings=[warning], total_records=total_records,
     )
 
 

@@ -137,7 +137,7 @@ def estimate_training(
     when KTO/DPO cannot train on it (as queue_training), ServiceError when this configuration's measurement failed.
 
     Never waits on training: the time comes from the timings measured for this configuration's timing key, or, with
-    none yet, from a rough default (``estimate_source`` "default") while the worker measures it (training.calibration).
+    none yet, from a rough figure (``estimate_source`` "rough") while the worker measures it (training.calibration).
     ``measure_here`` (manage.py train_policy --dry-run) measures a missing key in this process instead;
     ``queue_measurement=False`` (a training request, which measures itself) queues no measurement.
     """
@@ -291,7 +291,7 @@ def _training_config(*, agent: Agent, overrides: dict[str, Any], preset: Optiona
     return config
 
 
-# A rough estimate (estimate_source "default": nothing measured yet, a CPU figure) can be this many times too long
+# A rough estimate (estimate_source "rough", "default" before: nothing measured yet) can be this many times too long
 # on the workers' GPUs: it refuses a run only beyond this multiple of the limit, and the dry run warns below it.
 ROUGH_ESTIMATE_MARGIN = 100
 
@@ -303,7 +303,7 @@ def time_limit_problem(estimate: TrainingEstimate, *, margin: float = 1) -> Opti
     seconds = estimate.estimated_time_minutes * 60
     if seconds <= limit * margin:
         return None
-    rough = " (rough: nothing measured for this configuration yet)" if estimate.estimate_source == "default" else ""
+    rough = " (rough: nothing measured for this configuration yet)" if estimate.estimate_source != "measured" else ""
     return (
         f"the estimate is {_duration(seconds)}{rough} for {estimate.estimated_steps} steps, over the training time "
         f"limit of {_duration(limit)} (N3_TRAINING_TIMEOUT, where the job is stopped): lower max_steps, or ask the "
@@ -314,7 +314,7 @@ def time_limit_problem(estimate: TrainingEstimate, *, margin: float = 1) -> Opti
 def check_time_limit(estimate: TrainingEstimate) -> None:
     """Refuse (ConfigError naming max_steps) a run estimated longer than N3_TRAINING_TIMEOUT: measured, or
     ROUGH_ESTIMATE_MARGIN times longer by the rough default."""
-    margin = ROUGH_ESTIMATE_MARGIN if estimate.estimate_source == "default" else 1
+    margin = ROUGH_ESTIMATE_MARGIN if estimate.estimate_source != "measured" else 1
     if problem := time_limit_problem(estimate, margin=margin):
         raise ConfigError(f"max_steps: {problem}", errors={"max_steps": [problem]})
 

@@ -17,8 +17,9 @@ split) or that change no cost (learning rates, KL and clipping coefficients, see
 check) are left out, so changing them reuses the measurement. Workers that share a MODELS_DIR share calibrations:
 they are assumed to be alike (give unlike machines their own MODELS_DIR).
 
-Without a calibration, default_calibration() gives a rough figure from the config alone (see DEFAULT_COSTS), and
-the service queues a measurement in the worker (training.calibration).
+Without a calibration, rough_calibration() gives a rough figure (estimateSource "rough") from the models' sizes,
+the lengths and this machine's matmul speed, scaled by the measured keys on this MODELS_DIR where there are any
+(see ROUGH_COSTS), and the service queues a measurement in the worker (training.calibration).
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -63,14 +66,25 @@ TIMING_FIELDS = (
 REWARD_MODEL_TIMING_FIELDS = ("base_model", "batch_size", "lora_r", "lora_dropout", "max_length")
 CHARS_PER_TOKEN = 4  # GPT-2-like tokenizers on English: only to cap the length buckets where truncation caps tokens
 
-# default_calibration(): seconds per token through the model, per pass (forward, or forward + backward counted as
-# three), for a model of `m` million parameters: PER_TOKEN_S + PER_TOKEN_PER_MPARAM_S * m. Fitted to n3-tiny-random
-# and n3-tiny on 2 CPU cores; a model whose config.json cannot be read here is taken to be gpt2-sized. A GPU is
-# much faster and a busy CPU slower: this figure is rough, and marked so (estimateSource "default").
-DEFAULT_COSTS = {
-    "per_token_s": 1e-4, "per_token_per_mparam_s": 3e-5, "fixed_s": 2.0, "fixed_per_mparam_s": 0.05,
-    "unknown_model_mparams": 124.0,
+# rough_calibration(): a run's phases counted as floating-point work and sequential model calls (_rough_work), timed
+# as  FLOPs / (machine_flops at the model's width x efficiency) + calls x (per_call_s + per_layer_call_s x layers),
+# plus start-up, loading and saving. Call costs (Python, the framework's dispatch, sampling) dominate small models on
+# a CPU, FLOPs large ones. Fitted to n3-tiny on 2 shared CPU cores (measured 1.5-8.5 min for the 30-step run this
+# says 3.2 min for; README "Dry runs"); efficiency: torch's forward + backward of a GPT-2-sized model on 2 threads
+# against the one-core matmul, 0.3 on that busy machine, about 1 on a quiet one. A GPU is not known here: until a
+# key is measured, it is taken to be this machine's CPU. Any measured key on this MODELS_DIR then scales the figure
+# (rough_calibration).
+ROUGH_COSTS = {
+    "per_call_s": 0.01, "per_layer_call_s": 0.01, "efficiency": 0.5, "start_s": 2.0, "load_s_per_mparam": 0.02,
+    "decode_call_share": 0.5,  # a decoding step (no gradients, cached keys) against a training forward call
+    "step_calls": 2,  # a policy step's bookkeeping (KL controller, whitening, statistics, progress), in calls
+    "first_step_factor": 1.4,  # the first policy step's warm-up
 }
+UNKNOWN_MODEL = {"n_layer": 12, "n_embd": 768, "vocab_size": 50257}  # gpt2's shape, for a model not readable here
+BUCKET_MEAN = 0.7  # a length bucket holds (b/2, b] characters: take ~0.7 b
+MATMUL_ROWS = 64  # the matmul timed for this machine's speed: [64, d] x [d, 4d], float32
+CONSERVATIVE_FLOPS = 2e9  # FLOP/s when numpy is not installed here: a slow core's
+EVAL_CHUNK = 32  # prompts per generate() call in the evaluation (evaluation.CHUNK)
 
 
 @dataclass
@@ -234,29 +248,207 @@ def calibration_from_result(result: TrainingResult) -> Calibration:
     )
 
 
-def default_calibration(config: TrainingConfig, key: dict[str, Any], *, models_dir: Union[str, Path]) -> Calibration:
-    """A rough Calibration from the config alone (DEFAULT_COSTS), for a key nobody has measured yet.
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    width: int
+    vocab: int
 
-    A PPO step: `batch_size` rollouts of prompt + max_new_tokens tokens, generated once, scored and passed through
-    the reference once, then ppo_epochs forward+backward passes (3 passes each). A reward-model batch: forward +
-    backward over its texts; a validation batch: forward only.
+    @property
+    def params(self) -> float:
+        """Weights a token passes through (12 L d^2 + V d; the LM head's matmul is the embedding's size)."""
+        return 12 * self.layers * self.width * self.width + self.vocab * self.width
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a phase costs: floating-point operations, and model calls made one after the other."""
+
+    flops: float = 0.0
+    calls: float = 0.0
+
+    def __add__(self, other: Work) -> Work:
+        return Work(self.flops + other.flops, self.calls + other.calls)
+
+    def __mul__(self, times: float) -> Work:
+        return Work(self.flops * times, self.calls * times)
+
+
+@dataclass(frozen=True)
+class RoughCalibration:
+    """rough_calibration()'s answer: the Calibration and, in words, what paced it (for the dry run's warning)."""
+
+    calibration: Calibration
+    basis: str
+
+
+def rough_calibration(key: dict[str, Any], *, models_dir: Union[str, Path]) -> RoughCalibration:
+    """A Calibration for a key nobody has measured yet: the run's work counted from the models' sizes and the
+    lengths (_rough_work), timed with this machine's matmul speed at the model's width (machine_flops) and
+    ROUGH_COSTS, then scaled phase by phase by measured/rough of the calibrations on this MODELS_DIR with the same
+    device and torch (those of the same base model if there are any): a CPU's call costs and a GPU's speed are
+    learnt from the first measured key. It reads the key only, so that the stored keys are figured the same way."""
+    rough = _rough_from_key(key, models_dir)
+    ratios, measured = _measured_ratios(key, models_dir)
+    if not ratios:
+        device = "" if key.get("device") == "cpu" else " (a CPU's speed: a GPU is much faster)"
+        return RoughCalibration(rough, f"this machine's matmul speed{device}")
+    scaled = Calibration(**{name: value * ratios.get(name, 1.0) for name, value in asdict(rough).items()})
+    return RoughCalibration(scaled, f"the pace of the {measured} measured on this machine")
+
+
+def machine_flops(width: int) -> float:
+    """Float32 FLOP/s of one of this machine's CPU cores at a matmul of a model of this width ([64, d] x [d, 4d],
+    the MLP's shape): torch's where this process has loaded it, else numpy's; cached per process (milliseconds per
+    width, and numpy's import once). Without numpy (a web-only install), CONSERVATIVE_FLOPS."""
+    return _machine_flops(max(16, int(width)))
+
+
+@lru_cache(maxsize=16)
+def _machine_flops(width: int) -> float:
+    torch = sys.modules.get("torch")  # a training, CLI or test process has it loaded: time it (never imported here)
+    if torch is not None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _time_matmul(torch.randn(MATMUL_ROWS, width), torch.randn(width, 4 * width))
+        finally:
+            torch.set_num_threads(threads)
+    # numpy with one BLAS thread, set before it loads (the web process: nothing else there loads it): a thread pool
+    # on cores that other processes keep busy would measure its own spinning, not the machine.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    try:
+        import numpy as np  # noqa: PLC0415  (only a dry-run miss needs it: the web's other paths never load BLAS)
+    except ImportError:
+        return CONSERVATIVE_FLOPS
+    rng = np.random.default_rng(0)
+    return _time_matmul(rng.standard_normal((MATMUL_ROWS, width), dtype=np.float32),
+                        rng.standard_normal((width, 4 * width), dtype=np.float32))
+
+
+def _time_matmul(a: Any, b: Any) -> float:
+    """FLOP/s of a @ b: the median of 5 timings of about 4 MFLOP each (milliseconds in all)."""
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    repeats = max(1, int(4e6 // flops))
+    seconds = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        seconds.append((time.perf_counter() - started) / repeats)
+    # The median: the machine as the run will find it (other processes included), not its best moment.
+    return flops / max(statistics.median(seconds), 1e-9)
+
+
+def model_shape(name: Optional[str], models_dir: Union[str, Path]) -> ModelShape:
+    """A GPT-like model's layers, width and vocabulary from its config.json; gpt2's when it cannot be read here."""
+    directory = model_directory(name, models_dir) if name else None
+    try:
+        config = json.loads((directory / "config.json").read_text())  # type: ignore[operator]
+    except (TypeError, OSError, ValueError):
+        config = {}
+    layers = config.get("n_layer") or config.get("num_hidden_layers")
+    width = config.get("n_embd") or config.get("hidden_size")
+    if not (isinstance(layers, int) and isinstance(width, int)):
+        config = UNKNOWN_MODEL
+        layers, width = config["n_layer"], config["n_embd"]
+    return ModelShape(layers=layers, width=width, vocab=int(config.get("vocab_size") or 0))
+
+
+def _rough_work(key: dict[str, Any], policy: ModelShape, reward: ModelShape) -> dict[str, Work]:
+    """Each phase's work, from the timing key. A forward pass costs 2 x params FLOPs a token, forward + backward 6.
+
+    PPO step: `batch_size` rollouts of prompt + max_new_tokens tokens generated one token a call; scored by the
+    reward model and passed through the reference and the policy (with its value head) once; then ppo_epochs
+    passes over the batch in mini-batches, forward + backward. Reward model: forward + backward over a batch of
+    feedback texts; a validation batch forward only. Evaluation (part of the fixed costs): the version and its
+    start each generate eval_samples_per_prompt responses to the held-out prompts (of the calibration's sample),
+    scored by the reward model.
     """
-    costs = DEFAULT_COSTS
-    rm = config.reward_model_config
-    policy_m = _mparams(model_directory(config.base_model, models_dir))
-    reward_m = _mparams(model_directory(rm.base_model or config.base_model, models_dir))
-    per_token = lambda m: costs["per_token_s"] + costs["per_token_per_mparam_s"] * m  # noqa: E731
-    prompt_tokens = key["prompt_chars"] / CHARS_PER_TOKEN
-    text_tokens = key["text_chars"] / CHARS_PER_TOKEN
-    passes = 3 + 3 * config.ppo_epochs  # generate + score + reference, then forward + backward per epoch
-    step_s = config.batch_size * (prompt_tokens + config.max_new_tokens) * passes * per_token(policy_m)
+    prompt = key["prompt_chars"] * BUCKET_MEAN / CHARS_PER_TOKEN
+    text = key["text_chars"] * BUCKET_MEAN / CHARS_PER_TOKEN
+    new = key["max_new_tokens"]
+    sequence = prompt + new
+    batch, mini, epochs = key["batch_size"], max(1, key["mini_batch_size"]), key["ppo_epochs"]
+    rm = key["reward_model"]
+    rm_batch = rm["batch_size"]
+    costs = ROUGH_COSTS
+    # decoding calls (the prompt's included; every response taken to run to max_new_tokens), each counted as a share
+    # of a training call
+    steps = (new + 1) * costs["decode_call_share"]
+    generate = Work(2 * policy.params * batch * sequence, steps + costs["step_calls"])
+    score = Work(2 * (2 * policy.params + reward.params) * batch * sequence, 3 * math.ceil(batch / (2 * mini)))
+    update = Work(6 * policy.params * batch * sequence, 3 * math.ceil(batch / mini) + 1) * epochs
+    # The evaluation's held-out prompts, of the calibration's sample (calibration_records): as the measurement does.
+    sample = max(MIN_FEEDBACK, math.ceil(2 * rm_batch / 0.8) + 2)
+    prompts = min(key["eval_max_prompts"], max(1, round(key["eval_fraction"] * sample)))
+    responses = 2 * key["eval_samples_per_prompt"] * prompts  # the version's and its start's
+    evaluation = Work(
+        responses * sequence * 2 * (policy.params + reward.params),
+        2 * key["eval_samples_per_prompt"] * math.ceil(prompts / EVAL_CHUNK) * steps + responses / 8,
+    ) if key["eval_fraction"] > 0 else Work()
+    return {
+        "ppo_step": generate + score + update,
+        # forward, backward, optimizer, and each fold's set-up spread over its steps
+        "rm_step": Work(6 * reward.params * rm_batch * text, 6),
+        "rm_eval_batch": Work(2 * reward.params * rm_batch * text, 2),
+        "evaluation": evaluation,
+    }
+
+
+def _rough_from_key(key: dict[str, Any], models_dir: Union[str, Path]) -> Calibration:
+    costs = ROUGH_COSTS
+    policy = model_shape(key["base_model"], models_dir)
+    reward = model_shape(key["reward_model"]["base_model"], models_dir)
+    work = _rough_work(key, policy, reward)
+
+    def seconds(phase: Work, shape: ModelShape) -> float:
+        flops = machine_flops(shape.width) * costs["efficiency"]
+        return phase.flops / flops + phase.calls * (costs["per_call_s"] + costs["per_layer_call_s"] * shape.layers)
+
+    step_s = seconds(work["ppo_step"], policy)
+    loading = costs["load_s_per_mparam"] * 2 * (2 * policy.params + reward.params) / 1e6  # load and save
     return Calibration(
-        fixed_s=costs["fixed_s"] + costs["fixed_per_mparam_s"] * (policy_m + reward_m),
-        rm_step_s=rm.batch_size * text_tokens * 3 * per_token(reward_m),
-        rm_eval_batch_s=rm.batch_size * text_tokens * per_token(reward_m),
-        ppo_first_step_s=step_s,
+        fixed_s=costs["start_s"] + loading + seconds(work["evaluation"], policy),
+        rm_step_s=seconds(work["rm_step"], reward),
+        rm_eval_batch_s=seconds(work["rm_eval_batch"], reward),
+        ppo_first_step_s=step_s * costs["first_step_factor"],
         ppo_step_s=step_s,
     )
+
+
+def _measured_ratios(key: dict[str, Any], models_dir: Union[str, Path]) -> tuple[dict[str, float], str]:
+    """measured / rough per Calibration field (geometric means) over the calibrations on this MODELS_DIR with the
+    same device and torch as `key`, those of its base model if any; and what they are, in words."""
+    alike = []
+    for path in sorted((Path(models_dir) / CALIBRATION_DIR).glob("*.json"), key=_mtime, reverse=True)[:64]:
+        if path.name.endswith(".pending.json"):
+            continue
+        try:
+            saved = json.loads(path.read_text())
+            other, measured = saved["key"], Calibration(**saved["calibration"])
+            if all(other.get(name) == key.get(name) for name in ("version", "torch", "device", "dtype")):
+                alike.append((other, measured, _rough_from_key(other, models_dir)))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    same_model = [entry for entry in alike if entry[0]["base_model"] == key["base_model"]]
+    chosen = same_model or alike
+    ratios = {}
+    for name in Calibration.__dataclass_fields__:
+        logs = [math.log(getattr(m, name) / getattr(r, name)) for _, m, r in chosen
+                if getattr(m, name) > 0 and getattr(r, name) > 0]
+        if logs:
+            ratios[name] = math.exp(sum(logs) / len(logs))
+    models = sorted({other["base_model"] for other, _, _ in chosen})
+    words = f"{len(chosen)} configuration{'s' if len(chosen) != 1 else ''} of {', '.join(models)}"
+    return ratios, words
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 # --- the estimate ------------------------------------------------------------------------------------------------
@@ -290,7 +482,7 @@ def make_estimate(
     config: TrainingConfig, data: FeedbackData, calibration: Calibration, *, source: str, warnings: list[str] = (),
     total_records: Optional[int] = None,
 ) -> TrainingEstimate:
-    """The dry run's answer: `source` is "measured" (a calibration) or "default" (default_calibration).
+    """The dry run's answer: `source` is "measured" (a calibration) or "rough" (rough_calibration).
 
     `total_records`: `data` is a sample of that many records; the held-out share measured on it is scaled up."""
     heldout, _ = heldout_split([r.prompt for r in data.records], config)
@@ -345,17 +537,6 @@ def _fingerprint(directory: Optional[Path]) -> Optional[str]:
     if config_file is None or not config_file.is_file():
         return None
     return hashlib.sha256(config_file.read_bytes() + str(config_file.stat().st_mtime_ns).encode()).hexdigest()[:16]
-
-
-def _mparams(directory: Optional[Path]) -> float:
-    """Millions of parameters of a GPT-like model, from its config.json (12 L d^2 + V d); gpt2's when unknown."""
-    try:
-        config = json.loads((directory / "config.json").read_text())  # type: ignore[operator]
-        layers = config.get("n_layer") or config["num_hidden_layers"]
-        width = config.get("n_embd") or config["hidden_size"]
-        return (12 * layers * width * width + config.get("vocab_size", 0) * width) / 1e6
-    except (TypeError, OSError, ValueError, KeyError):
-        return DEFAULT_COSTS["unknown_model_mparams"]
 
 
 def _bucket(value: float) -> int:

@@ -67,4 +67,4 @@ class TrainingEstimate:
     model_config: dict[str, Any]  # {"base_model", "use_lora", "learning_rate"} as in the spec's dry run
     warnings: list[str] = field(default_factory=list)
     seconds_per_step: float = 0.0
-    estimate_source: str = "measured"  # or "default": no calibration yet (estimate.default_calibration)
+    estimate_source: str = "measured"  # or "rough": no calibration yet (estimate.rough_calibration)
