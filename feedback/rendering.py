@@ -167,6 +167,24 @@ PAGE_MARKDOWN_CHARS = 3 * MARKDOWN_LIMIT
 LIST_CHARS = 20_000
 
 
+def render_excerpt(text: str, *, length: int, url: str = "") -> SafeString:
+    """The first LIST_CHARS characters of a text ``length`` characters long, as plain text, under a note that
+    links to all of it (``url``)."""
+    more = format_html(' <a href="{}">Show all</a>.', url) if url else ""
+    return format_html(
+        '<p class="n3-quiet n3-render-note">The first {} of {}, as plain text.{}</p><div class="n3-plain">{}</div>',
+        _chars(LIST_CHARS), _chars(length), more, text[:LIST_CHARS],
+    )
+
+
+def render_bounded(text: str, *, url: str = "") -> SafeString:
+    """``render_message`` for a text up to LIST_CHARS characters, else its excerpt (the review queue: one item,
+    whose text a page need not carry whole twice, raw and as HTML)."""
+    if text is not None and len(text) > LIST_CHARS:
+        return render_excerpt(text, length=len(text), url=url)
+    return render_message(text)
+
+
 def render_list(texts: list[tuple[str, int, str]]) -> list[SafeString]:
     """HTML for each (text or its first LIST_CHARS + 1 characters, the text's length, url of the whole record) of
     a list page, within the page's budget: Markdown for the first texts up to PAGE_MARKDOWN_CHARS in all, plain
@@ -176,11 +194,7 @@ def render_list(texts: list[tuple[str, int, str]]) -> list[SafeString]:
     for text, length, url in texts:
         text = text or ""
         if length > LIST_CHARS:
-            more = format_html(' <a href="{}">Show all</a>.', url) if url else ""
-            out.append(format_html(
-                '<p class="n3-quiet n3-render-note">The first {} of {}, as plain text.{}</p>'
-                '<div class="n3-plain">{}</div>', _chars(LIST_CHARS), _chars(length), more, text[:LIST_CHARS],
-            ))
+            out.append(render_excerpt(text, length=length, url=url))
             continue
         limit = MARKDOWN_LIMIT if length <= budget else 0
         if length <= limit:

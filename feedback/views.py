@@ -26,7 +26,7 @@ from policies.models import Agent
 
 from . import review
 from .models import Feedback, Review
-from .rendering import render_message
+from .rendering import render_bounded
 
 # Items this reviewer skipped, per browser session: they stay in the queue for everyone else.
 SKIPPED_KEY = "n3_review_skipped"
@@ -72,6 +72,10 @@ def _body(request: HttpRequest) -> dict:
     return request.POST.dict()
 
 
+def _whole(feedback: Feedback, field: str) -> str:
+    return reverse("admin:feedback_feedback_text", args=[feedback.pk, field])
+
+
 def _item(feedback: Feedback, *, mine: Optional[Review] = None) -> dict:
     """An item as the queue's script shows it. ``mine``: the reviewer's own review of it (going back), whose score
     and notes the page puts in the fields; otherwise the notes field starts with the item's notes only while it has
@@ -83,8 +87,9 @@ def _item(feedback: Feedback, *, mine: Optional[Review] = None) -> dict:
         "prompt": feedback.prompt,
         "response": feedback.response,
         # As reviewers expect to read them (Markdown, chat, plain text), rendered safe by feedback/rendering.py.
-        "promptHtml": render_message(feedback.prompt),
-        "responseHtml": render_message(feedback.response),
+        # A text over rendering.LIST_CHARS characters: its start and a link to all of it (raw, it is above).
+        "promptHtml": render_bounded(feedback.prompt, url=_whole(feedback, "prompt")),
+        "responseHtml": render_bounded(feedback.response, url=_whole(feedback, "response")),
         "notes": feedback.notes if mine is None and not reviews else "",
         "runId": feedback.run_id,
         "source": feedback.source,
