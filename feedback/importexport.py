@@ -74,7 +74,7 @@ class ImportFailed(ServiceError):
 class ImportResult:
     agent_name: str
     created: int
-    existing: int  # rows whose runId was already stored for this agent (idempotent re-import)
+    existing: int  # rows the agent already stores (same runId; without one, same content): left as they are
     unknown_reviewers: tuple[str, ...] = ()  # reviewers of the file with no user here: stored without a reviewer
     skipped_reviewers: tuple[str, ...] = ()  # reviewers in ``reviews`` with no user here: their reviews left out
 
