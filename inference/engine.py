@@ -146,6 +146,7 @@ class _Loaded:
     tokenizer: PreTrainedTokenizerBase
     context: int  # the model's positions: prompt + completion must fit
     longest_token: int  # characters of the vocabulary's longest token: a bound on a prompt's characters
+    identity: Any = None  # the version's row id: weights of a deleted version are not served under its name
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # Pending, or None: evicted, stop draining
     last_batch: int = 1  # how many clients the previous batch served: the next one waits for as many
     evicted: bool = False
@@ -186,18 +187,19 @@ class Engine:
         self.evicted: list[str] = []
 
     # -- requests ------------------------------------------------------------------------------------------------
-    async def submit(self, key: str, model_path: Path, generation: Generation) -> Pending:
+    async def submit(self, key: str, model_path: Path, generation: Generation, *, identity: Any = None) -> Pending:
         """Queue ``generation`` on version ``key`` (loaded from ``model_path`` if it is not); Overloaded when this
-        process already holds max_queue waiting requests."""
+        process already holds max_queue waiting requests. ``identity`` (the version's row id) tells a version
+        deleted and a new one of the same name apart: loaded weights of another identity are evicted, not served."""
         if self._waiting >= self.max_queue:
             raise Overloaded(f"{self._waiting} requests are waiting for a generate in this process")
         self._waiting += 1
         try:
-            loaded = await self._get(key, model_path)
+            loaded = await self._get(key, model_path, identity)
             ids, max_new = await asyncio.get_running_loop().run_in_executor(
                 self._preparer, self._prepare, loaded, generation)
             while loaded.evicted:  # evicted while this request waited: its drain task may be gone
-                loaded = await self._get(key, model_path)
+                loaded = await self._get(key, model_path, identity)
         except BaseException:
             self._waiting -= 1
             raise
@@ -239,36 +241,43 @@ class Engine:
         self._loader.shutdown(wait=True)
 
     # -- loading and the LRU --------------------------------------------------------------------------------------
-    async def _get(self, key: str, model_path: Path) -> _Loaded:
+    async def _get(self, key: str, model_path: Path, identity: Any = None) -> _Loaded:
         loaded = self._models.get(key)
-        if loaded is not None:
+        if loaded is not None and loaded.identity != identity:
+            self._evict(key, "another version now has its name")
+        elif loaded is not None:
             self._models.move_to_end(key)
             return loaded
         if key not in self._loading:  # the first request loads; the others wait on the same future
             loop = asyncio.get_running_loop()
-            self._loading[key] = asyncio.ensure_future(self._load(key, model_path, loop))
+            self._loading[key] = asyncio.ensure_future(self._load(key, model_path, loop, identity))
         try:
             return await asyncio.shield(self._loading[key])
         finally:
             if self._loading.get(key) is not None and self._loading[key].done():
                 self._loading.pop(key, None)
 
-    async def _load(self, key: str, model_path: Path, loop: asyncio.AbstractEventLoop) -> _Loaded:
+    async def _load(self, key: str, model_path: Path, loop: asyncio.AbstractEventLoop, identity: Any) -> _Loaded:
         started = time.monotonic()
         model, tokenizer = await loop.run_in_executor(self._loader, self._read, model_path)
         loaded = _Loaded(key=key, model=model, tokenizer=tokenizer,
                          context=int(getattr(model.config, "max_position_embeddings", 0) or 1024),
-                         longest_token=max(map(len, tokenizer.get_vocab()), default=1) or 1)
+                         longest_token=max(map(len, tokenizer.get_vocab()), default=1) or 1, identity=identity)
         loaded.task = asyncio.ensure_future(self._drain(loaded))
+        if key in self._models:
+            self._evict(key, "another version now has its name")
         self._models[key] = loaded
         while len(self._models) > self.max_models:
-            old_key, old = self._models.popitem(last=False)
-            old.evicted = True
-            old.queue.put_nowait(None)  # its drain task serves what is queued, then ends; the weights go with it
-            self.evicted.append(old_key)
-            logger.info("Evicted %s (N3_SERVE_MAX_MODELS=%d)", old_key, self.max_models)
+            self._evict(next(iter(self._models)), f"N3_SERVE_MAX_MODELS={self.max_models}")
         logger.info("Loaded %s from %s in %.2f s", key, model_path, time.monotonic() - started)
         return loaded
+
+    def _evict(self, key: str, why: str) -> None:
+        old = self._models.pop(key)
+        old.evicted = True
+        old.queue.put_nowait(None)  # its drain task serves what is queued, then ends; the weights go with it
+        self.evicted.append(key)
+        logger.info("Evicted %s (%s)", key, why)
 
     def _read(self, model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """In the load thread: the policy (a plain HF directory) under the core's LOAD_LOCK, in eval mode."""

@@ -117,7 +117,8 @@ class InferenceApp:
             raise OpenAIError(404, f"The model '{request.model}' does not exist: {exc}", code="model_not_found",
                               param="model") from exc
         try:
-            pending = await self.engine.submit(served.key, served.policy_dir, request.generation)
+            pending = await self.engine.submit(served.key, served.policy_dir, request.generation,
+                                               identity=served.version.pk if served.version is not None else None)
         except Overloaded as exc:
             raise OpenAIError(503, f"The server is overloaded ({exc}); retry after {RETRY_AFTER_S} s",
                               type="server_error", code="overloaded",

@@ -183,3 +183,18 @@ def test_a_tiny_temperature_is_greedy(run, policy: Path):
 
     tiny, zero = run(scenario)
     assert tiny == zero
+
+
+def test_a_version_deleted_and_another_of_the_same_name_is_not_served_from_the_old_weights(run, policy: Path):
+    """An agent deleted and made again trains a new v1 at the same path: its key "bot:v1" names other weights."""
+    async def scenario(engine: Engine):
+        await (await engine.submit(KEY, policy, greedy(), identity=1)).result()
+        first = engine._models[KEY]
+        await (await engine.submit(KEY, policy, greedy(), identity=1)).result()
+        kept = engine._models[KEY]
+        await (await engine.submit(KEY, policy, greedy(), identity=2)).result()
+        return first, kept, engine._models[KEY], engine.stats()
+
+    first, kept, new, stats = run(scenario)
+    assert kept is first and new is not first and first.evicted
+    assert stats["loaded"] == [KEY] and stats["evicted"] == [KEY]
