@@ -2,7 +2,7 @@
 
     request coroutine -- submit() --> its version's asyncio queue; a process holds at most N3_SERVE_MAX_QUEUE
         requests waiting for a generate (loading their version and preparing included): one more raises Overloaded
-    the preparation thread (one per process, beside the generation thread): the request's prompt tokenised alone,
+    the preparation threads (two per process, beside the generation thread): the request's prompt tokenised alone,
         after a bound on its characters (no token is longer than the vocabulary's longest, so a prompt of more
         than context x longest characters is refused untokenised); a prompt that does not fit the model's context
         with its max_tokens raises ContextLengthExceeded (400). What fails here fails its request alone.
@@ -179,7 +179,9 @@ class Engine:
         self._loading: dict[str, asyncio.Future] = {}
         self._waiting = 0  # admitted requests not yet taken into a generate
         self._generator = ThreadPoolExecutor(1, thread_name_prefix="n3-generate")
-        self._preparer = ThreadPoolExecutor(1, thread_name_prefix="n3-prepare")  # tokenises beside the generates
+        # Tokenises beside the generates; two, so that a long prompt (bounded: see _prepare) does not hold a short
+        # one back. Encoding releases the GIL and only reads the tokenizer (its settings never change after _read).
+        self._preparer = ThreadPoolExecutor(2, thread_name_prefix="n3-prepare")
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="n3-load")  # loads beside running generates
         self.generates = 0
         self.running = 0  # requests in the generate running now
