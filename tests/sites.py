@@ -228,6 +228,7 @@ def make_site(tmp_path: Path, **env: str) -> Site:
         "SECRET_KEY": "test-site-secret-key",
         "N3_VAR_DIR": str(tmp_path / "var"),
         "MODELS_DIR": str(tmp_path / "models"),
+        "STATIC_ROOT": str(tmp_path / "static"),  # collectstatic (the Procfile web line) writes here, not in the repo
         "HF_HUB_OFFLINE": "1",
         "N3_METRICS_INTERVAL": "0.2",
         "N3_Q_POLL": "0.2",

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from gunicorn.app.base import BaseApplication
 
 from inference.server import make_application
-from n3site.threads import use_torch_threads
+from training.rlhf.threads import use_torch_threads
 
 
 class Command(BaseCommand):

@@ -14,10 +14,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from n3site.exceptions import ServiceError
-from n3site.threads import use_torch_threads
 from policies.models import Agent, PolicyVersion
 from training import files, jobs, run, services
 from training.rlhf import RLHFError
+from training.rlhf.threads import use_torch_threads
 
 
 class Command(BaseCommand):
