@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -168,5 +169,24 @@ def test_demo_keeps_serving_until_ctrl_c_then_stops_everything_and_no_serve_exit
         for port in (web, inference):
             with pytest.raises(OSError):
                 get(port, "/")
+    finally:
+        demo.kill()
+
+    # Ctrl-C while a version trains: the training process (a grandchild, in a session of its own) stops too.
+    demo = Demo(tmp_path, "--no-serve", env=env)
+    try:
+        demo.wait_for_line(r"^\s+\d+s  running  step", DEMO_TIMEOUT_S)
+        os.killpg(demo.process.pid, signal.SIGINT)
+        stopped_at = time.monotonic()
+        assert demo.process.wait(60) == 130, demo.log[-3000:]
+        left = demo.left_running(STOP_TIMEOUT_S)
+        assert not left, f"still running after bin/demo stopped mid-training: {left}\n{demo.log[-3000:]}"
+        assert re.search(r"^  cancelling demo_agent v\d+$", demo.log, re.MULTILINE), demo.log[-3000:]
+        assert any("train_policy" in command for command in demo.seen.values()), demo.seen
+        with sqlite3.connect(tmp_path / "var" / "n3.sqlite3") as db:
+            status, error = db.execute("SELECT status, error FROM policies_policyversion ORDER BY id DESC").fetchone()
+        assert status not in ("queued", "running"), status  # decided, not left for the sweep to find dead
+        print(f"bin/demo mid-training: everything stopped {time.monotonic() - stopped_at:.1f} s after Ctrl-C; "
+              f"the version is {status} ({error})")
     finally:
         demo.kill()
