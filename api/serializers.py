@@ -232,8 +232,12 @@ EVALUATION_KEYS = {
     "win_rate_ci": "winRateCi", "reward_mean": "rewardMean", "baseline_reward_mean": "baselineRewardMean",
     "reward_diff": "rewardDiff", "reward_diff_ci": "rewardDiffCi", "kl": "kl", "response_length": "responseLength",
     "baseline_response_length": "baselineResponseLength", "split_seed": "splitSeed",
-    "heldout_prompts": "heldoutPrompts",
+    "heldout_prompts": "heldoutPrompts", "verdict": "verdict", "kept_start": "keptStart",
+    "reward_model_ok": "rewardModelOk", "judge_win_rates": "judgeWinRates", "judge_agreement": "judgeAgreement",
+    "policy_reward_model": "policyRewardModel",
 }
+# metrics.evaluation.policy_reward_model: what the reward model the policy trained against says (optimistic)
+POLICY_REWARD_MODEL_KEYS = {"win_rate": "winRate", "win_rate_ci": "winRateCi", "reward_diff": "rewardDiff"}
 EVALUATION_SAMPLE_KEYS = {
     "prompt": "prompt", "response": "response", "baseline_response": "baselineResponse", "score": "score",
     "baseline_score": "baselineScore",
@@ -259,6 +263,10 @@ def api_evaluation(evaluation: Mapping, *, samples: bool) -> dict[str, Any]:
     if "skipped" in evaluation:
         return {"skipped": evaluation["skipped"]}
     block = {name: evaluation.get(key) for key, name in EVALUATION_KEYS.items()}
+    if isinstance(block["policyRewardModel"], Mapping):
+        block["policyRewardModel"] = {
+            name: block["policyRewardModel"].get(key) for key, name in POLICY_REWARD_MODEL_KEYS.items()
+        }
     if samples:
         block["samples"] = [
             {name: sample.get(key) for key, name in EVALUATION_SAMPLE_KEYS.items()}
@@ -284,9 +292,11 @@ _WARNINGS = {"type": "array", "items": {"type": "string"},
 # metrics.evaluation as the API shows it (api_evaluation): the version against the model it started from, on prompts
 # held out of its training. Every figure is scored by this version's own reward model.
 _EVALUATION_FIGURES = {
-    "better": {"type": "boolean", "nullable": True, "description": "winRateCi's lower bound is above 0.5"},
+    "better": {"type": "boolean", "nullable": True,
+               "description": "The reward model passed its quality check and winRateCi's lower bound, judged by "
+                              "reward models the policy was not trained against, is above 0.5"},
     "baseline": {"type": "string", "nullable": True, "description": "What the version started from, in words"},
-    "scoredBy": {"type": "string", "nullable": True, "description": "Which reward model scored both sides"},
+    "scoredBy": {"type": "string", "nullable": True, "description": "Which reward model(s) scored both sides"},
     "n": {"type": "integer", "nullable": True, "description": "(held-out prompt, sample) pairs compared"},
     "heldoutPrompts": {"type": "integer", "nullable": True,
                        "description": "How many prompts a seeded split held out of training"},
@@ -301,6 +311,22 @@ _EVALUATION_FIGURES = {
     "kl": {**_NUMBER_OR_NULL, "description": "KL(version || baseline) on the held-out prompts, nats per response"},
     "responseLength": {**_NUMBER_OR_NULL, "description": "Mean response length, tokens"},
     "baselineResponseLength": _NUMBER_OR_NULL,
+    "verdict": {"type": "string", "nullable": True,
+                "description": "Why the version is, or is not, better than its start, in one sentence"},
+    "keptStart": {"type": "boolean", "nullable": True,
+                  "description": "True when the trained policy was not credibly better and the version keeps its "
+                                 "starting model's weights instead (TrainingConfig.fall_back_to_start)"},
+    "rewardModelOk": {"type": "boolean", "nullable": True,
+                      "description": "The reward model passed its quality check (no reward-model warning)"},
+    "judgeWinRates": {"type": "array", "items": {"type": "number"}, "nullable": True,
+                      "description": "The win rate by each judge (cross-validation fold reward model)"},
+    "judgeAgreement": {**_NUMBER_OR_NULL, "description": "Share of the judges that see a win rate above 0.5"},
+    "policyRewardModel": {
+        "type": "object", "nullable": True,
+        "description": "The win rate by the reward model the policy trained against: optimistic by construction; "
+                       "far above winRate, it says the policy learned that model's quirks",
+        "properties": {"winRate": _NUMBER_OR_NULL, "winRateCi": _INTERVAL, "rewardDiff": _NUMBER_OR_NULL},
+    },
 }
 _EVALUATION_SAMPLES = {
     "type": "array", "description": "Up to 8 held-out prompts with both responses and their scores",
@@ -517,6 +543,16 @@ class DeploymentSerializer(serializers.Serializer):
     recordServed = serializers.BooleanField(
         source="record_served", read_only=True,
         help_text="Each served response is stored as unscored feedback tied to its version (review queue)",
+    )
+
+
+class PromotionSerializer(DeploymentSerializer):
+    """The deployment state after a promotion, with why a second thought was due."""
+
+    warning = serializers.CharField(
+        read_only=True, allow_null=True,
+        help_text="Set when the promoted version's evaluation does not say it is better than its start (the version "
+                  "is promoted all the same): the evaluation's verdict in one sentence",
     )
 
 

@@ -3,6 +3,8 @@
 Each view validates its input with a serializer, calls one service or selector, and serializes the
 result. Errors are raised, never caught here: n3site.exceptions.exception_handler answers them.
 """
+import dataclasses
+
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.serializers import PolymorphicProxySerializerExtension
 from drf_spectacular.utils import (
@@ -38,6 +40,7 @@ from .serializers import (
     DryRunSerializer,
     PolicyVersionSerializer,
     PolicyVersionSummarySerializer,
+    PromotionSerializer,
     TrainPolicyRequestSerializer,
     traffic_request,
 )
@@ -280,13 +283,16 @@ class PromoteView(APIView):
         summary="Make a trained version the agent's active one (it takes all traffic)",
         parameters=[AGENT, VERSION],
         description="Clears a traffic split: the promoted version answers every request for the agent. "
-                    "409 for a version that is not trained.",
+                    "409 for a version that is not trained. `warning` says so when the version's evaluation does "
+                    "not find it better than its start.",
         request=None,
-        responses={200: DeploymentSerializer, **_errors(401, 403, 404, 409)},
+        responses={200: PromotionSerializer, **_errors(401, 403, 404, 409)},
     )
     def post(self, request: Request, agent: str, version: str) -> Response:
         promoted = deployment.promote_version(agent_name=agent, version=version)
-        return Response(DeploymentSerializer(deployment.deployment_state(promoted)).data)
+        state = dataclasses.asdict(deployment.deployment_state(promoted))
+        state["warning"] = deployment.promotion_warning(promoted.active_version)
+        return Response(PromotionSerializer(state).data)
 
 
 class TrafficView(APIView):

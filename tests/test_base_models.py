@@ -128,7 +128,7 @@ def test_lora_targets_the_gpt2_attention_and_projection_layers(random_models_dir
     config = lora_config_for(model, r=4, alpha=8, dropout=0.0)
     peft_model = get_peft_model(model, config)
     adapted = {name.split(".")[-1] for name, module in peft_model.named_modules() if hasattr(module, "lora_A")}
-    assert adapted == {"c_attn", "c_proj"} and config.fan_in_fan_out
+    assert adapted == {"c_attn", "c_proj", "c_fc"} and config.fan_in_fan_out
 
 
 def test_rebuilding_n3_tiny_random_gives_the_same_tokenizer_and_weights(random_models_dir, tmp_path):

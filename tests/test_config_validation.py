@@ -102,7 +102,7 @@ def _reads(module: str, field: str) -> bool:
 def test_the_table_says_what_the_code_reads():
     """A field listed for some algorithms only is read by their modules and by no module every run goes through."""
     modules = {"ppo": "ppo.py", "rloo": "trl_algorithms.py", "grpo": "trl_algorithms.py", "kto": "trl_preference.py",
-               "dpo": "trl_preference.py"}
+               "dpo": "trl_preference.py", "best_of_n": "best_of_n.py"}
     every_run = ("trainer.py", "evaluation.py", "data.py", "reward_model.py")
     for field, readers in FIELD_ALGORITHMS.items():
         for module in every_run:
@@ -172,7 +172,8 @@ def test_the_trainer_refuses_before_any_model_work(tmp_path):
 
 
 @pytest.mark.parametrize("fields, hint", [
-    ({}, "Try a lower learning_rate (now 1e-05)."),
+    ({}, "Try a lower learning_rate (now the automatic one)."),
+    ({"learning_rate": 1e-5}, "Try a lower learning_rate (now 1e-05)."),
     ({"learning_rate": 1e30}, "Try a lower learning_rate (now 1e+30)."),
     ({"init_kl_coef": 90.0}, "Likely cause: init_kl_coef is far above its usual range (at most 10). "
                              "Try a lower init_kl_coef (now 90)."),

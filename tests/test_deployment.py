@@ -111,11 +111,27 @@ def test_an_empty_split_clears_it_and_record_served_alone_leaves_it(agent):
 
 
 def test_promote_through_the_api(api, agent):
+    PolicyVersion.objects.filter(agent=agent, number=2).update(metrics={"evaluation": {"better": True}})
     answer = api.post("/api/policies/bot/v2/promote")
     assert answer.status_code == 200
-    assert answer.json() == {"agent": "bot", "activeVersion": "v2", "traffic": {}, "recordServed": False}
+    assert answer.json() == {"agent": "bot", "activeVersion": "v2", "traffic": {}, "recordServed": False,
+                             "warning": None}
     listed = {v["version"]: v for v in api.get("/api/policies/bot").json()}
     assert [listed[f"v{n}"]["active"] for n in (1, 2, 3)] == [False, True, False]
+
+
+def test_promoting_a_version_not_known_to_be_better_works_and_says_why_it_needs_a_second_thought(api, agent):
+    verdict = ("kept the starting model (base model n3-tiny): the trained policy is not credibly better, win rate "
+               "0.52 [0.44, 0.60] on 12 held-out prompts: the interval is not above 0.5")
+    PolicyVersion.objects.filter(agent=agent, number=2).update(
+        metrics={"evaluation": {"better": False, "verdict": verdict}}
+    )
+    answer = api.post("/api/policies/bot/v2/promote").json()
+    assert answer["activeVersion"] == "v2"
+    assert answer["warning"] == f"v2 is not known to be better than the model it started from: {verdict}"
+    assert api.post("/api/policies/bot/v1/promote").json()["warning"] == (
+        "v1 is not known to be better than the model it started from: it was not evaluated against its start"
+    )
 
 
 def test_a_promotes_answer_is_the_state_it_wrote_not_a_put_that_came_after(api, agent, monkeypatch):
@@ -269,7 +285,13 @@ def test_the_agent_page_shows_and_edits_the_deployment(agent):
     client = engineer(*ENGINEER)
     scored(agent, 1, [0.9, 0.7, 0.8])
     url = reverse("admin:policies_agent_deploy", args=[agent.pk])
-    page = client.post(url, {"promote": "v1"}, follow=True).content.decode()
+    # v1 was never evaluated: the first POST asks for a confirmation that says so, and promotes nothing
+    page = client.post(url, {"promote": "v1"}).content.decode()
+    assert "Promote v1 anyway?" in page and "it was not evaluated against its start" in page
+    assert 'name="confirmed" value="1"' in page
+    agent.refresh_from_db()
+    assert agent.active_version is None
+    page = client.post(url, {"promote": "v1", "confirmed": "1"}, follow=True).content.decode()
     assert "Promoted v1" in page and 'id="n3-active-version"' in page
     assert "0.80 [" in page and "3 scored of 3" in page  # human score of v1
     client.post(url, {"share_v1": "0.75", "share_v2": "0.25", "record_served": "on"})

@@ -102,6 +102,7 @@ NOT_TIMING = {
     "gamma": "a discount", "lam": "a coefficient", "whiten_rewards": "arithmetic", "missing_eos_penalty": "a number",
     "seed": "which samples, not how many", "reward_model_config": "its own fields, below",
     "init_from": "the same model family's weights", "promote": "after training", "promote_max_kl": "after training",
+    "fall_back_to_start": "after training",
 }
 REWARD_MODEL_NOT_TIMING = {
     "num_epochs": "extrapolated", "learning_rate": "a step size", "lora_alpha": "a scale",
@@ -113,7 +114,7 @@ CHANGED = {
     "lora_target_modules": ["c_attn"], "batch_size": 4, "mini_batch_size": 1, "gradient_accumulation_steps": 2,
     "ppo_epochs": 2, "max_new_tokens": 9, "max_prompt_length": 64, "temperature": 0.7, "normalize_reward": False,
     "kto_desirable_threshold": 0.7, "kto_undesirable_threshold": 0.3, "dpo_pair_margin": 0.3, "device": "cpu",
-    "dtype": "float32", "eval_fraction": 0.1, "eval_max_prompts": 8, "eval_samples_per_prompt": 1,
+    "dtype": "float32", "eval_fraction": 0.1, "eval_max_prompts": 8, "eval_samples_per_prompt": 1, "best_of_n": 8,
 }
 
 

@@ -1,33 +1,56 @@
-"""Training makes the policy better, measured by something other than the model it was trained against.
+"""Training helps where the feedback allows and does no harm where it does not, judged by something other than the
+model the policy was trained against.
 
-The gold-reward set-up (tests/reviewers.py; bench/effect_bench.py runs every reviewer and algorithm): a simulated
-reviewer who likes short answers scores n3-tiny's own sampled answers to 120 questions, with noise; the product's
-whole chain trains on those 240 scores (reward model, then PPO, the default algorithm); on 64 other questions, in no
-feedback, the trained policy's answers beat the base model's by the reviewer's own gold score: the win rate's 95 %
-interval lies above 0.5. About 2 minutes on 2 cores. Seeds 0 and 1 both pass (win rate 0.59 [0.54, 0.63] and
-0.63 [0.59, 0.67] when this was written); at the spec's quick_test size nothing moves (see bench/effect_bench.py).
+The gold-reward set-up (tests/reviewers.py; bench/effect_bench.py runs the whole matrix): a simulated reviewer
+scores n3-tiny's own sampled answers with noise, the product's whole chain trains on those scores with the default
+configuration (no overrides), and the trained policy is judged by the reviewer's own gold score on 64 questions that
+were in no feedback. A brevity preference is learnable from 180 scores: the version must say it is better, and gold
+must agree. Scores that are pure noise teach nothing: the version must say it is not better, keep the model it
+started from, and `if_better` must not promote it. About 5 minutes on 2 cores.
 """
+import random
+
 import pytest
+import torch
 
 from tests.reviewers import feedback_for, gold_evaluation, prompt_sets
 from training.rlhf import RLHFTrainer, TrainingConfig
+from training.rlhf.base_models import load_causal_lm
+from training.run import promotion
 
 pytestmark = pytest.mark.slow
 
 
-def test_ppo_policy_beats_its_base_on_heldout_prompts_by_the_reviewers_gold_score(tmp_path):
-    config = TrainingConfig(
-        base_model="n3-tiny", device="cpu", seed=0, batch_size=8, max_steps=300, learning_rate=1e-3,
-        eval_samples_per_prompt=4,
-    )
-    feedback_prompts, heldout = prompt_sets(120, 64)
-    records = feedback_for("concise", prompts=feedback_prompts, samples=2, config=config, seed=0)
+def test_the_default_configuration_learns_a_learnable_preference_and_says_so(tmp_path):
+    config = TrainingConfig(base_model="n3-tiny", device="cpu", seed=0)  # the defaults, on the built-in model
+    feedback_prompts, heldout = prompt_sets(60, 64)
+    records = feedback_for("concise", prompts=feedback_prompts, samples=3, config=config, seed=0)
 
     result = RLHFTrainer(config).train(records, tmp_path / "v1")
 
+    verdict = result.evaluation
+    assert verdict["better"] and not verdict.get("kept_start"), verdict["verdict"]
+    assert verdict["scored_by"].startswith("5 cross-validation fold reward models")
+    assert promotion(config.replace(promote="if_better"), verdict)[0]
     gold = gold_evaluation("concise", result.model_path, heldout, config)
-    assert gold["n"] == 256
-    assert gold["win_rate_ci"][0] > 0.5, gold
-    assert gold["reward_mean"] > gold["baseline_reward_mean"] + 0.03, gold
-    assert result.reward_model_metrics["val_pearson"] > 0.5 and not result.warnings, result.reward_model_metrics
-    assert result.evaluation["n"] == 4 * len(result.evaluation["heldout_prompts"])  # it judged itself too
+    assert gold["win_rate_ci"][0] > 0.5, gold  # the reviewer's own judgement agrees, on prompts in no feedback
+    assert gold["reward_mean"] > gold["baseline_reward_mean"], gold
+
+
+def test_scores_that_are_noise_leave_the_starting_model_in_place_and_are_not_promoted(tmp_path):
+    config = TrainingConfig(base_model="n3-tiny", device="cpu", seed=0, max_steps=30)
+    feedback_prompts, _ = prompt_sets(60, 0)
+    rng = random.Random(0)
+    records = [{**r, "score": round(rng.random(), 3)}
+               for r in feedback_for("concise", prompts=feedback_prompts, samples=3, config=config, seed=0)]
+
+    result = RLHFTrainer(config).train(records, tmp_path / "v1")
+
+    verdict = result.evaluation
+    assert not verdict["better"] and verdict["kept_start"] and not verdict["reward_model_ok"]
+    assert verdict["verdict"].startswith("kept the starting model (base model n3-tiny)"), verdict["verdict"]
+    promoted, note = promotion(config.replace(promote="if_better"), verdict)
+    assert not promoted and note.startswith("not promoted: kept the starting model")
+    kept = load_causal_lm(str(result.model_path)).state_dict()
+    base = load_causal_lm("n3-tiny").state_dict()
+    assert all(torch.equal(kept[name], base[name]) for name in base)  # policy/ is the starting model, unchanged

@@ -587,7 +587,8 @@ API_EVALUATION = {
     "better": True, "baseline": "base model n3-tiny", "scoredBy": "this version's reward model", "n": 64,
     "heldoutPrompts": 12, "splitSeed": 42, "winRate": 0.66, "winRateCi": [0.55, 0.76], "rewardMean": 0.71,
     "baselineRewardMean": 0.52, "rewardDiff": 0.19, "rewardDiffCi": [0.10, None], "kl": 3.1, "responseLength": 9.2,
-    "baselineResponseLength": 11.0,
+    "baselineResponseLength": 11.0, "verdict": None, "keptStart": None, "rewardModelOk": None,
+    "judgeWinRates": None, "judgeAgreement": None, "policyRewardModel": None,
     "samples": [
         {"prompt": f"Held-out {i}?", "response": f"Answer {i}.", "baselineResponse": "Hmm.", "score": 0.8,
          "baselineScore": None if i == 1 else 0.4}
@@ -647,11 +648,13 @@ _REWARD_MODEL_BODY = (
     '"trainSize": 12, "valSize": 3, "epochs": 3, "fitSeconds": 1.25, "validation": "5-fold cross-validation", '
     '"bestEpoch": 2}'
 )
+VERDICT_KEYS = ("verdict", "keptStart", "rewardModelOk", "judgeWinRates", "judgeAgreement", "policyRewardModel")
 _EVALUATION_BODY = (
     '"evaluation": {"better": false, "baseline": "base model n3-tiny", "scoredBy": "this version\'s reward model", '
     '"n": 4, "winRate": 0.75, "winRateCi": [0.5, null], "rewardMean": 0.6, "baselineRewardMean": 0.4, '
     '"rewardDiff": 0.2, "rewardDiffCi": [0.0, 0.4], "kl": 1.5, "responseLength": 5.0, "baselineResponseLength": 6.0, '
-    '"splitSeed": 42, "heldoutPrompts": 2'
+    '"splitSeed": 42, "heldoutPrompts": 2, "verdict": null, "keptStart": null, "rewardModelOk": null, '
+    '"judgeWinRates": null, "judgeAgreement": null, "policyRewardModel": null'
 )
 _HISTORY_BODY = (
     '"history": [{"step": 1, "rewardMean": 0.5, "rewardStd": 0.2, "kl": 0.0, "loss": 0.9, "objective/scores": 0.5, '
@@ -702,14 +705,16 @@ def test_migration_0003_renames_stored_metrics_to_the_core_names_and_back():
     from api.serializers import api_metrics
 
     convert = importlib.import_module("policies.migrations.0003_metrics_core_names").convert
-    before = {k: v for k, v in json.loads(TRAINED_DETAIL_BODY).items() if k != "history"}  # stored as shown
+    shown = {k: v for k, v in json.loads(TRAINED_DETAIL_BODY).items() if k != "history"}
+    # stored as shown then, before the verdict's keys existed (the API shows them as null for such a version)
+    before = {**shown, "evaluation": {k: v for k, v in shown["evaluation"].items() if k not in VERDICT_KEYS}}
     after = convert(before, forwards=True)
 
     now = result_metrics(training_result(final_kl=2.5, final_loss=0.31, reward_model_metrics=RUN_REWARD_MODEL,
                                          evaluation=RUN_EVALUATION))
     assert list(after) == list(now) and set(after["evaluation"]) == set(now["evaluation"])
     assert set(after["reward_model"]) <= set(now["reward_model"])
-    assert json.dumps(api_metrics(after, samples=True)) == json.dumps(before)
+    assert json.dumps(api_metrics(after, samples=True)) == json.dumps(shown)
     assert json.dumps(convert(after, forwards=False)) == json.dumps(before)
     running = {"rewardMean": 0.5, "rewardStd": None, "kl": 0.1, "loss": 0.2, "phase": "policy", "rewardModelLoss": 0.4}
     assert convert(running, forwards=True) == {**JobProgress(0, interval=0).metrics(), "objective/scores": 0.5,

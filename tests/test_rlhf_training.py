@@ -322,13 +322,17 @@ class TestRLHFTrainer:
     def test_version_evaluates_itself_against_its_base_on_heldout_prompts(self, trained):
         result, output_dir, events, _ = trained
         evaluation = result.evaluation
-        # 20 distinct prompts, eval_fraction 0.2: 4 held out of every step of training, 2 samples each
-        assert len(evaluation["heldout_prompts"]) == 4 and evaluation["n"] == 8
+        # 20 distinct prompts, eval_fraction 0.2: 4 held out of every step of training, 4 samples each
+        assert len(evaluation["heldout_prompts"]) == 4 and evaluation["n"] == 16
         assert result.reward_model_metrics["train_size"] == 2 * (len(TOPICS) - 4)  # their records never trained
         assert evaluation["baseline"] == f"base model {MODEL}"
         low, high = evaluation["win_rate_ci"]
         assert 0 <= low <= evaluation["win_rate"] <= high <= 1
-        assert evaluation["better"] == (low > 0.5)
+        # better: a sound reward model and the judges' interval above 0.5; the verdict says which, in words
+        assert evaluation["better"] == (low > 0.5 and evaluation["reward_model_ok"])
+        assert evaluation["scored_by"].startswith("5 cross-validation fold reward models")
+        assert len(evaluation["judge_win_rates"]) == 5 and evaluation["verdict"]
+        assert set(evaluation["policy_reward_model"]) == {"win_rate", "win_rate_ci", "reward_diff"}
         assert evaluation["reward_diff"] == pytest.approx(
             evaluation["reward_mean"] - evaluation["baseline_reward_mean"]
         )

@@ -67,7 +67,7 @@ def test_async_queues_the_job_for_a_worker(agent):
     version = PolicyVersion.objects.get()
     assert (version.status, version.config["lora_r"], version.config["batch_size"]) == ("queued", 4, 4)
     assert [q.task_id() for q in OrmQ.objects.all()] == [version.task_id]
-    assert f"Queued bot v1 (policy id {version.policy_id}, 12 feedback samples, 1000 steps)" in out
+    assert f"Queued bot v1 (policy id {version.policy_id}, 12 feedback samples, 300 steps)" in out
     assert "manage.py qcluster" in out
 
 

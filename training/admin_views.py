@@ -18,13 +18,21 @@ from django.views.decorators.http import require_POST
 from feedback.review import score_summary
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
+from policies.selectors import get_policy_version
 from training.rlhf import PRESETS, RLHFError, TrainingConfig
 
 from .charts import histogram, number, version_charts
 from .comparisons import DEFAULT_PROMPTS as DEFAULT_COMPARISON_PROMPTS
 from .comparisons import comparison_panel as blind_comparison_panel
 from .comparisons import start_comparison
-from .deployment import HumanScore, human_scores, promote_version, score_difference, set_traffic
+from .deployment import (
+    HumanScore,
+    human_scores,
+    promote_version,
+    promotion_warning,
+    score_difference,
+    set_traffic,
+)
 from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
 from .services import (
@@ -257,6 +265,8 @@ def evaluation_view(version: PolicyVersion) -> Optional[dict]:
         f"reward {reward}, KL {_short(e.get('kl'))}"
     )
     diff = number(e.get("reward_diff"))
+    if e.get("verdict"):  # versions trained since verdicts exist: the trainer's sentence says why
+        sentence = f"{str(e['verdict'])[:1].upper()}{str(e['verdict'])[1:]}"
     rows = [
         ("Started from", e.get("baseline") or "—"),
         ("Scored by", e.get("scored_by") or "—"),
@@ -270,6 +280,12 @@ def evaluation_view(version: PolicyVersion) -> Optional[dict]:
         ("Held-out prompts", f"{_format(e.get('heldout_prompts'))} (split seed {_format(e.get('split_seed'))})"),
         ("Samples compared", _format(n)),
     ]
+    if isinstance(e.get("policy_reward_model"), dict):  # what the model the policy trained against says
+        own = e["policy_reward_model"]
+        rows.insert(3, ("Win rate by the reward model it trained against",
+                        f"{_percent(own.get('win_rate'))} (95 % interval {_percent_interval(own.get('win_rate_ci'))})"))
+    if e.get("kept_start"):
+        rows.insert(0, ("Weights", "the starting model's, kept: the trained policy was not credibly better"))
     samples = [
         {**s, "score": _fixed(s.get("score")), "baseline_score": _fixed(s.get("baseline_score"))}
         for s in e.get("samples") or [] if isinstance(s, dict)
@@ -428,6 +444,15 @@ def deploy_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
     try:
         if request.POST.get("promote"):
             version = request.POST["promote"]
+            found = get_policy_version(agent_name=agent.name, version=version)
+            warning = promotion_warning(found)
+            if warning and request.POST.get("confirmed") != "1":  # a second thought first, stating the evaluation
+                return TemplateResponse(request, "admin/policies/agent/promote_confirm.html", {
+                    **model_admin.admin_site.each_context(request), "agent": agent, "warning": warning,
+                    "version": found,
+                    "active": agent.active_version.version if agent.active_version else None,
+                    "title": f"Promote {version}?",
+                })
             promote_version(agent_name=agent.name, version=version)
             messages.success(request, f"Promoted {version}: it now answers every request for {agent.name}.")
         else:

@@ -45,6 +45,21 @@ def deployment_state(agent: Agent) -> DeploymentState:
     )
 
 
+def promotion_warning(version: PolicyVersion) -> Optional[str]:
+    """Why promoting ``version`` by hand needs a second thought, in one sentence; None when its evaluation says it is
+    better than its start. (A version trained with promote "if_better" is promoted only when it is.)"""
+    evaluation = version.evaluation
+    if evaluation and evaluation.get("better"):
+        return None
+    if not evaluation:
+        why = "it was not evaluated against its start"
+    elif "skipped" in evaluation:
+        why = f"it was not evaluated against its start ({evaluation['skipped']})"
+    else:
+        why = evaluation.get("verdict") or "its evaluation does not find it better than its start"
+    return f"{version.version} is not known to be better than the model it started from: {why}"
+
+
 # --- writes -----------------------------------------------------------------------------------------------------------
 
 

@@ -148,7 +148,10 @@ def promotion(config: TrainingConfig, evaluation: Optional[dict[str, Any]]) -> t
     low, high = evaluation["win_rate_ci"]
     rate = f"win rate {evaluation['win_rate']:.2f} [{low:.2f}, {high:.2f}]"
     if not evaluation["better"]:
-        return False, f"not promoted: {rate} does not beat {evaluation['baseline']} (its interval is not above 0.5)"
+        # The trainer's verdict says why in words (older versions have none: the interval alone decided then)
+        verdict = evaluation.get("verdict") or f"{rate} does not beat {evaluation['baseline']} (its interval is not " \
+                                                "above 0.5)"
+        return False, f"not promoted: {verdict}"
     if evaluation["kl"] > config.promote_max_kl:
         return False, f"not promoted: KL {evaluation['kl']:.2f} above the budget {config.promote_max_kl:g}"
     return True, (f"promoted: {rate} beats {evaluation['baseline']}, "

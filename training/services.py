@@ -36,7 +36,7 @@ from training.rlhf import (
     TrainingEstimate,
 )
 from training.rlhf.config import check_fields_used
-from training.rlhf.context import check_fits_context
+from training.rlhf.context import check_fits_context, slow_rate_warning, with_learning_rate
 from training.rlhf.data import awaiting_review_warning, prepare_feedback
 from training.rlhf.layout import BUILTIN_MODELS
 from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
@@ -153,6 +153,7 @@ def estimate_training(
     )
     if not sampled:  # KTO/DPO's classes and pairs need every record; queue_training checks them on all of them
         check_preference_feedback(records=records, config=config)
+    config = with_learning_rate(config)  # the dry run shows the rate the run would train at
     estimate = calibration.estimate(
         config=config, records=records, measure_here=measure_here, total_records=stats["count"] if sampled else None,
         queue=queue_measurement,
@@ -162,6 +163,8 @@ def estimate_training(
     awaiting = Feedback.objects.filter(agent=agent, score__isnull=True).count()  # trains on scored feedback only
     if awaiting:
         estimate.warnings.append(awaiting_review_warning(awaiting))
+    if slow := slow_rate_warning(config):
+        estimate.warnings.append(slow)
     return estimate
 
 
@@ -198,7 +201,8 @@ def queue_training(
         number = max(counter, PolicyVersion.objects.filter(agent=agent).aggregate(n=Max("number"))["n"] or 0) + 1
         Agent.objects.filter(pk=agent.pk).update(version_counter=number)
         version = PolicyVersion.objects.create(
-            agent=agent, number=number, status=Status.QUEUED, config=config.to_dict(),
+            # the version records the rate it trains at, automatic or not
+            agent=agent, number=number, status=Status.QUEUED, config=with_learning_rate(config).to_dict(),
             feedback_count=snapshot["count"], feedback_through_id=snapshot["through"], max_steps=config.max_steps,
             created_by=user if user is not None and user.is_authenticated else None,
         )

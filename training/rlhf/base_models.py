@@ -50,7 +50,7 @@ from transformers import (
 
 from .corpus import corpus_examples
 from .errors import BaseModelUnavailable, TrainingCancelled
-from .layout import BASE_SUBDIR, BUILTIN_MODELS, N3_TINY, N3_TINY_RANDOM
+from .layout import BASE_SUBDIR, BUILTIN_MODELS, BUILTIN_WIDTHS, N3_TINY, N3_TINY_RANDOM
 from .progress import Progress, ProgressCallback
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ class Recipe:
 
 
 RECIPES = {
-    N3_TINY: Recipe(n_layer=4, n_embd=128, n_head=4, steps=800),
-    N3_TINY_RANDOM: Recipe(n_layer=2, n_embd=64, n_head=2),
+    N3_TINY: Recipe(n_layer=4, n_embd=BUILTIN_WIDTHS[N3_TINY], n_head=4, steps=800),
+    N3_TINY_RANDOM: Recipe(n_layer=2, n_embd=BUILTIN_WIDTHS[N3_TINY_RANDOM], n_head=2),
 }
 
 

@@ -61,7 +61,7 @@ TIMING_FIELDS = (
     "base_model", "algorithm", "use_lora", "lora_r", "lora_dropout", "lora_target_modules", "batch_size",
     "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "max_new_tokens", "max_prompt_length",
     "temperature", "normalize_reward", "kto_desirable_threshold", "kto_undesirable_threshold", "dpo_pair_margin",
-    "device", "dtype", "eval_fraction", "eval_max_prompts", "eval_samples_per_prompt",
+    "device", "dtype", "eval_fraction", "eval_max_prompts", "eval_samples_per_prompt", "best_of_n",
 )
 REWARD_MODEL_TIMING_FIELDS = ("base_model", "batch_size", "lora_r", "lora_dropout", "max_length")
 CHARS_PER_TOKEN = 4  # GPT-2-like tokenizers on English: only to cap the length buckets where truncation caps tokens

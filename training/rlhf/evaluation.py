@@ -5,14 +5,19 @@
 
 For each held-out prompt (prompts no training step saw: data.heldout_split), `eval_samples_per_prompt` responses are
 sampled from the version and as many from its baseline, with the run's own sampling settings (temperature, top_k=0,
-max_new_tokens). `score_fn` scores both (the trainer passes the version's reward model; bench/effect_bench.py passes
+max_new_tokens). `score_fn` scores both (the trainer passes its judge, reward_model.Judge; bench/effect_bench.py passes
 a simulated reviewer's gold score), and pair k of the version is compared with pair k of the baseline:
 
     win_rate      P(version's score > baseline's), ties counting half, with its 95 % bootstrap interval
     reward_diff   mean(version's score - baseline's), with its interval
     kl            KL(version || baseline) on the version's samples, nats per response: the k3 estimator
                   (r - 1 - log r per token, r = p_baseline / p_version), which is unbiased and never negative
-    better        the win rate's interval lies above 0.5
+    better        the win rate's interval lies above 0.5 (the trainer adds its conditions: see trainer._verdict)
+
+The intervals are bootstraps over prompts (several samples of one prompt are not independent). `score_fn` may be
+several judges (the reward model's cross-validation folds: reward_model.Judge): their mean scores each response,
+and judge_win_rates / judge_agreement say how far they agree; `also_scored_by` adds other scorers' win rates (the
+trainer adds the reward model the policy was trained against, whose view is optimistic by construction).
 
 The block is plain JSON (TrainingResult.evaluation). With LoRA the baseline is the same model with its adapter
 disabled; otherwise `reference` is a separately loaded copy of the starting model.
@@ -115,8 +120,11 @@ def kl_per_response(
 def evaluate_policy(
     *, policy: PreTrainedModel, reference: Optional[PreTrainedModel], tokenizer, prompts: Sequence[str],
     score_fn: ScoreFn, config: TrainingConfig, device: torch.device, baseline: str, scored_by: str,
+    also_scored_by: Optional[dict[str, ScoreFn]] = None,
 ) -> dict[str, Any]:
-    """The evaluation block (see the module docstring). `reference` None: `policy` with its LoRA adapter disabled."""
+    """The evaluation block (see the module docstring). `reference` None: `policy` with its LoRA adapter disabled.
+    `score_fn` may return one score per response or a [judges, N] tensor (several judges: their mean scores);
+    `also_scored_by` adds each named scorer's win rate as a block of its own."""
     if reference is None and not isinstance(policy, PeftModel):
         raise ValueError("evaluate_policy needs a reference model unless the policy is a LoRA PeftModel")
     reference_ctx = _reference(policy, reference)
@@ -126,13 +134,15 @@ def evaluate_policy(
     version = sample(policy, tokenizer, repeated, config=config, device=device, seed=seed)
     with reference_ctx() as ref_model:
         base = sample(ref_model, tokenizer, repeated, config=config, device=device, seed=seed, merge_lora=False)
-    scores = _floats(score_fn(repeated, version.responses))
-    base_scores = _floats(score_fn(repeated, base.responses))
+    judged = _by_judge(score_fn(repeated, version.responses))
+    base_judged = _by_judge(score_fn(repeated, base.responses))
+    scores, base_scores = _mean_over_judges(judged), _mean_over_judges(base_judged)
     kl = kl_per_response(policy, reference_ctx, version, config)
-    rate, rate_low, rate_high = stats.win_rate(scores, base_scores, seed=config.seed)
-    diff, diff_low, diff_high = stats.mean_difference(scores, base_scores, seed=config.seed)
+    # Intervals resample prompts, not pairs: the samples of one prompt are not independent evidence (stats.py).
+    rate, rate_low, rate_high = stats.win_rate(scores, base_scores, seed=config.seed, groups=repeated)
+    diff, diff_low, diff_high = stats.mean_difference(scores, base_scores, seed=config.seed, groups=repeated)
     shown = random.Random(config.seed).sample(range(len(repeated)), min(SAMPLES_SHOWN, len(repeated)))
-    return {
+    block = {
         "baseline": baseline,
         "scored_by": scored_by,
         "n": len(repeated),
@@ -156,6 +166,16 @@ def evaluate_policy(
             for i in sorted(shown)
         ],
     }
+    if len(judged) > 1:  # several judges: how far they agree that the version wins
+        rates = [_mean(stats.outcomes(a, b)) for a, b in zip(judged, base_judged)]
+        block["judge_win_rates"] = rates
+        block["judge_agreement"] = sum(r > 0.5 for r in rates) / len(rates)
+    for name, other_fn in (also_scored_by or {}).items():  # e.g. the reward model the policy trained against
+        other, base_other = _floats(other_fn(repeated, version.responses)), _floats(other_fn(repeated, base.responses))
+        other_rate, other_low, other_high = stats.win_rate(other, base_other, seed=config.seed, groups=repeated)
+        block[name] = {"win_rate": other_rate, "win_rate_ci": [other_low, other_high],
+                       "reward_diff": _mean([a - b for a, b in zip(other, base_other)])}
+    return block
 
 
 def _reference(
@@ -167,6 +187,17 @@ def _reference(
             yield policy
 
     return adapter_disabled if reference is None else lambda: contextlib.nullcontext(reference)
+
+
+def _by_judge(scores: Any) -> list[list[float]]:
+    """[judges][N] from one judge's [N] scores or several judges' [J, N] tensor."""
+    if isinstance(scores, torch.Tensor) and scores.dim() == 2:
+        return [_floats(row) for row in scores]
+    return [_floats(scores)]
+
+
+def _mean_over_judges(judged: list[list[float]]) -> list[float]:
+    return [sum(column) / len(column) for column in zip(*judged)]
 
 
 def _floats(scores: Any) -> list[float]:

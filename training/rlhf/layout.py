@@ -27,4 +27,5 @@ N3_TINY = "n3-tiny"
 N3_TINY_RANDOM = "n3-tiny-random"
 BUILTIN_MODELS = (N3_TINY, N3_TINY_RANDOM)
 BUILTIN_CONTEXT = 512  # their positions (n_positions); base_models.CONTEXT builds them with it
+BUILTIN_WIDTHS = {N3_TINY: 128, N3_TINY_RANDOM: 64}  # their hidden sizes (n_embd): base_models.RECIPES builds them
 BASE_SUBDIR = "_base"  # they are built into MODELS_DIR/_base/<name>/

@@ -5,9 +5,12 @@ import torch
 from peft import LoraConfig
 from transformers import PreTrainedModel
 
-# Conv1D-based architectures (GPT-2 family) store weights transposed: LoRA needs fan_in_fan_out.
-_CONV1D_TARGETS = {"gpt2": ["c_attn", "c_proj"]}
-_LINEAR_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+# Adapters on every linear layer, the MLP's included: "LoRA Without Regret" (Thinking Machines, 2025) found
+# attention-only LoRA clearly behind full fine-tuning and all-layer LoRA level with it, in RL too.
+# Conv1D-based architectures (GPT-2 family) store weights transposed: LoRA needs fan_in_fan_out. GPT-2's c_proj
+# names both the attention output and the MLP's down projection; c_fc is the MLP's up projection.
+_CONV1D_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"]}
+_LINEAR_TARGETS = "all-linear"  # peft: every nn.Linear but the output layer
 
 
 def resolve_device(device: str) -> torch.device:
@@ -31,7 +34,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def lora_config_for(
-    model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: list[str] | None = None,
+    model: PreTrainedModel, *, r: int, alpha: int, dropout: float, target_modules: list[str] | str | None = None,
     task_type: str | None = "CAUSAL_LM",
 ) -> LoraConfig:
     model_type = getattr(model.config, "model_type", "")

@@ -62,6 +62,7 @@ class RewardModel(nn.Module):
         # (mean, std) of this model's scores over the feedback's responses: PPO's reward normalisation
         self.score_stats: Optional[tuple[float, float]] = None
         self.warnings: list[str] = []  # the fit's quality check (quality_warnings)
+        self.judge: Optional[Judge] = None  # models the policy is not trained against (fit_reward_model)
 
     @property
     def device(self) -> torch.device:
@@ -211,31 +212,40 @@ def fit_reward_model(
         folds = cv_folds(records, config.cv_folds, seed)
         predictions = [[0.0] * len(records) for _ in range(config.num_epochs)]  # [epoch][record]
         baseline_sq = []
+        fold_states = []  # [fold][epoch]: each fold model's trainable weights after each epoch, for the judge
         for k, held_out in enumerate(folds, start=1):
             keep = set(held_out)
             train = [r for i, r in enumerate(records) if i not in keep]
             val = [records[i] for i in held_out]
             mean = sum(r.score for r in train) / len(train)
             baseline_sq += [(r.score - mean) ** 2 for r in val]
-            _, per_epoch = fit.run(train, val, epochs=config.num_epochs, what=f"fold {k}/{len(folds)}")
+            _, per_epoch, states = fit.run(train, val, epochs=config.num_epochs, what=f"fold {k}/{len(folds)}")
+            fold_states.append(states)
             for epoch, pred in enumerate(per_epoch):
                 for i, p in zip(held_out, pred.tolist()):
                     predictions[epoch][i] = p
         target = torch.tensor([r.score for r in records])
         history = [{"epoch": e + 1, **_compare(torch.tensor(p), target)} for e, p in enumerate(predictions)]
         best = min(history, key=lambda h: h["val_mse"])
-        model, _ = fit.run(records, [], epochs=best["epoch"], what="all records")
+        model, _, _ = fit.run(records, [], epochs=best["epoch"], what="all records")
         validation, val_size = f"{len(folds)}-fold cross-validation", len(records)
         baseline = sum(baseline_sq) / len(records)
+        judge = Judge([states[best["epoch"] - 1] for states in fold_states],
+                      f"{len(folds)} cross-validation fold reward models (not the one the policy trained against)")
     else:
         train, val = train_val_split(records, config.validation_split, seed)
         mean = sum(r.score for r in train) / len(train)
         baseline = float(sum((r.score - mean) ** 2 for r in val) / len(val)) if val else None
-        model, per_epoch = fit.run(train, val, epochs=config.num_epochs, what="", keep_best=bool(val))
+        model, per_epoch, _ = fit.run(train, val, epochs=config.num_epochs, what="", keep_best=bool(val))
         target = torch.tensor([r.score for r in val])
         history = [{"epoch": e + 1, **_compare(p, target)} for e, p in enumerate(per_epoch)]
         best = min(history, key=lambda h: h["val_mse"]) if history else {"epoch": config.num_epochs}
         validation, val_size = "holdout", len(val)
+        judge = None
+        if val:  # the judge: a model of the validation records alone, disjoint from what the policy's model saw
+            _, _, states = fit.run(val, [], epochs=best["epoch"], what="judge on the validation records")
+            judge = Judge(states[-1:], "a reward model fitted on the validation records only (disjoint from the one "
+                                       "the policy trained against)")
     # Several processes (a launcher): each one fitted this same model on the same data in the same order, which is
     # simpler than splitting the data and averaging gradients and costs no wall time (they run side by side; the
     # fit is small next to PPO). Same seed alone is not enough on GPUs, whose kernels are not bitwise
@@ -265,6 +275,7 @@ def fit_reward_model(
         validation, *(_fmt(model.metrics[k]) for k in ("val_mse", "val_mse_baseline", "val_pearson", "val_spearman")),
         best["epoch"], config.num_epochs,
     )
+    model.judge = judge
     model.warnings = quality_warnings(model.metrics, config)
     for warning in model.warnings:
         log.warning(warning)
@@ -312,14 +323,17 @@ class _Fit:
         self.seed, self.models_dir, self.callback, self.log = seed, models_dir, callback, log
         folds = min(config.cv_folds, n_records) if config.cross_validates(n_records) else 0
         per_epoch = math.ceil(n_records / config.batch_size)
-        # Progress: every fold's steps (each sees (k-1)/k of the records) plus the kept model's (at most num_epochs)
+        # Progress: every fold's steps (each sees (k-1)/k of the records) plus the kept model's (at most num_epochs);
+        # with a holdout split, the judge's fit on the validation records instead of the folds
         fold_steps = folds * math.ceil(n_records * (folds - 1) / folds / config.batch_size) if folds else 0
-        self.total = config.num_epochs * (per_epoch + fold_steps)
+        judge_steps = 0 if folds else math.ceil(n_records * config.validation_split / config.batch_size) + 1
+        self.total = config.num_epochs * (per_epoch + fold_steps + judge_steps)
         self.steps, self.eval_seconds, self.last_train_loss = 0, 0.0, None
 
     def run(self, train: list[FeedbackRecord], val: list[FeedbackRecord], *, epochs: int, what: str,
-            keep_best: bool = False) -> tuple[RewardModel, list[torch.Tensor]]:
-        """A fresh model fitted on `train`; its predictions on `val` after each epoch ([len(val)] each)."""
+            keep_best: bool = False) -> tuple[RewardModel, list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        """A fresh model fitted on `train`; its predictions on `val` after each epoch ([len(val)] each), and its
+        trainable weights after each epoch (adapter and head: small; the judge keeps the cross-validation folds')."""
         config = self.config
         train_mean = sum(r.score for r in train) / len(train)
         torch.manual_seed(self.seed)
@@ -336,7 +350,7 @@ class _Fit:
             "reward model%s: %s + LoRA r=%d, %d train / %d validation samples, %d epochs",
             f" ({what})" if what else "", self.base_model, config.lora_r, len(train), len(val), epochs,
         )
-        per_epoch, best_mse, best_state = [], math.inf, None
+        per_epoch, states, best_mse, best_state = [], [], math.inf, None
         val_y = torch.tensor([r.score for r in val])
         for epoch in range(1, epochs + 1):
             model.train()  # lora_dropout and the body's dropout act as regularisers while fitting
@@ -363,6 +377,7 @@ class _Fit:
                 )):
                     raise TrainingCancelled(f"Training cancelled during reward model step {self.steps} of {self.total}")
             self.last_train_loss = sum(losses) / len(losses)
+            states.append(trainable_state(model))
             if not val:
                 continue
             t0 = time.perf_counter()
@@ -375,13 +390,51 @@ class _Fit:
             )
             if keep_best and mse < best_mse:
                 best_mse = mse
-                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                best_state = states[-1]
         if best_state is not None:
-            with torch.no_grad():
-                for name, param in model.named_parameters():
-                    if name in best_state:
-                        param.copy_(best_state[name])
-        return model, per_epoch
+            load_trainable_state(model, best_state)
+        return model, per_epoch, states
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights that training changes (the LoRA adapter and the head)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        if name in state:
+            param.copy_(state[name])
+
+
+class Judge:
+    """Reward models the policy was NOT optimised against, for the verdict on a trained version.
+
+    A policy trained against one reward model learns that model's quirks as well as the reviewers' preference, so
+    the same model scoring its samples says "better" too readily (Gao et al. 2022). The judge is the fits n3 already
+    makes to measure the reward model: the cross-validation fold models (each saw (k-1)/k of the training records,
+    none the held-out prompts), or with a holdout split, a model of the validation records alone. They are kept as
+    weights and swapped into the policy's reward model to score, so they cost no extra model in memory.
+    """
+
+    def __init__(self, states: list[dict[str, torch.Tensor]], description: str):
+        self.states, self.description = states, description
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def scores(self, model: RewardModel, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """[judges, N]: each judge's scores in [0, 1]; `model` scores with its own weights again afterwards."""
+        own = trainable_state(model)
+        try:
+            out = []
+            for state in self.states:
+                load_trainable_state(model, state)
+                out.append(model.score(prompts, responses))
+            return torch.stack(out)
+        finally:
+            load_trainable_state(model, own)
 
 
 def _compare(pred: torch.Tensor, target: torch.Tensor) -> dict[str, Optional[float]]:

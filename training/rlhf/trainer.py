@@ -47,8 +47,9 @@ from transformers import AutoConfig, set_seed
 from . import distributed
 from . import estimate as calibration
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
+from .best_of_n import train_best_of_n
 from .config import TrainingConfig
-from .context import check_fits_context, model_positions, positions_in
+from .context import check_fits_context, model_positions, positions_in, slow_rate_warning, with_learning_rate
 from .data import FeedbackData, FeedbackRecord, heldout_split, prepare_feedback
 from .errors import ConfigError, TrainingCancelled
 from .evaluation import evaluate_policy
@@ -69,10 +70,11 @@ logger = logging.getLogger(__name__)
 # One function per algorithm, all with train_ppo's signature:
 #   (*, policy, tokenizer, prompts, reward_fn, config, device, callback, log, records) -> per-step metrics (dicts)
 # The policy is trained in place. RLOO and GRPO run TRL's own trainers (trl_algorithms.py); KTO and DPO too, on the
-# scored `records` themselves (trl_preference.py); the others ignore `records`.
+# scored `records` themselves (trl_preference.py); best-of-n is ours (best_of_n.py); the others ignore `records`.
 AlgorithmFn = Callable[..., list[dict]]
 ALGORITHMS: dict[str, AlgorithmFn] = {
     "ppo": train_ppo, "rloo": train_rloo, "grpo": train_grpo, "kto": train_kto, "dpo": train_dpo,
+    "best_of_n": train_best_of_n,
 }
 
 
@@ -86,7 +88,7 @@ class RLHFTrainer:
     def __init__(self, config: Optional[TrainingConfig] = None, *, models_dir: Union[str, Path, None] = None):
         """`models_dir` holds the built-in base models and the dry run's timing calibrations
         ($MODELS_DIR by default)."""
-        self.config = config or TrainingConfig()
+        self.config = with_learning_rate(config or TrainingConfig())  # the automatic rate made definite
         self.models_dir = Path(models_dir) if models_dir else None
 
     # -- dry run -------------------------------------------------------------------------------------------------
@@ -113,7 +115,8 @@ class RLHFTrainer:
             # Building a built-in base model on first use changes its fingerprint: file the key as it is now too.
             now = {**key, **calibration.fingerprints(config, models_dir=models_dir)}
             calibration.store_calibration(models_dir, now, measured)
-        return calibration.make_estimate(config, data, measured, source="measured")
+        slow = slow_rate_warning(config)
+        return calibration.make_estimate(config, data, measured, source="measured", warnings=[slow] if slow else [])
 
     def calibrate(self, records: list[FeedbackRecord]) -> calibration.Calibration:
         """Train a miniature run of this config on a sample of `records` (in a scratch directory) and return its
@@ -236,18 +239,24 @@ class RLHFTrainer:
             ))
             evaluation = self._evaluate(policy, tokenizer, sorted(heldout), reward_model, device)
             log.info(
-                "evaluation against %s on %d held-out samples: win rate %.3f [%.3f, %.3f], reward %.3f -> %.3f, "
-                "KL %.3f%s", evaluation["baseline"], evaluation["n"], evaluation["win_rate"],
-                *evaluation["win_rate_ci"], evaluation["baseline_reward_mean"], evaluation["reward_mean"],
-                evaluation["kl"], "" if evaluation["better"] else " (no evidence that it is better)",
+                "evaluation against %s on %d held-out samples, judged by %s: win rate %.3f [%.3f, %.3f], "
+                "reward %.3f -> %.3f, KL %.3f", evaluation["baseline"], evaluation["n"], evaluation["scored_by"],
+                evaluation["win_rate"], *evaluation["win_rate_ci"], evaluation["baseline_reward_mean"],
+                evaluation["reward_mean"], evaluation["kl"],
             )
+            log.info("verdict: %s", evaluation["verdict"])
             notify(Progress(phase="evaluation", step=1, total=1, message="evaluated"))
+        kept_start = bool(evaluation.get("kept_start"))
         timings["evaluation_s"] = time.perf_counter() - t0
 
         # 4. save: temporary names, renamed into place, results last
         t0 = time.perf_counter()
         if main:  # the other processes hold the same weights (distributed.py) and are done
             notify(Progress(phase="saving", step=0, total=1, message="merging and saving the policy"))
+            if kept_start:  # do no harm: policy/ holds the starting model's weights (a copy), not the trained ones
+                policy = policy.unload() if isinstance(policy, PeftModel) else load_causal_lm(
+                    config.base_model, models_dir=self.models_dir, dtype=torch.float32, device=device,
+                )
             _save_policy(policy, tokenizer, output_dir / _tmp(POLICY_DIR))
             os.replace(output_dir / _tmp(REWARD_MODEL_DIR), output_dir / REWARD_MODEL_DIR)
             os.replace(output_dir / _tmp(POLICY_DIR), output_dir / POLICY_DIR)
@@ -291,12 +300,17 @@ class RLHFTrainer:
         reference = None if isinstance(policy, PeftModel) else load_causal_lm(
             config.base_model, models_dir=self.models_dir, dtype=torch.float32, device=device,
         )
-        return evaluate_policy(
-            policy=policy, reference=reference, tokenizer=tokenizer, prompts=heldout, score_fn=reward_model.score,
+        judge = reward_model.judge
+        block = evaluate_policy(
+            policy=policy, reference=reference, tokenizer=tokenizer, prompts=heldout,
+            score_fn=(lambda p, r: judge.scores(reward_model, p, r)) if judge else reward_model.score,
+            also_scored_by={"policy_reward_model": reward_model.score} if judge else None,
             config=config, device=device,
             baseline=f"base model {config.base_model}" if config.init_from == "base" else config.init_from,
-            scored_by="this version's reward model",
+            scored_by=judge.description if judge else "this version's reward model",
         )
+        return _verdict(block, judged=judge is not None, reward_model_warnings=reward_model.warnings,
+                        fall_back=config.fall_back_to_start)
 
     def _load_policy(self, device: torch.device, notify: ProgressCallback) -> torch.nn.Module:
         """The base causal LM in float32 on `device`, wrapped in a fresh LoRA adapter when use_lora."""
@@ -324,6 +338,38 @@ class RLHFTrainer:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fall_back: bool) -> dict:
+    """The evaluation block with the verdict: `better` only when the reward model passed its quality check, a judge
+    other than the model the policy trained against scored it, and that judge's win-rate interval (over prompts)
+    lies above 0.5; `verdict` says why in one sentence; `kept_start` when the version falls back to its start."""
+    low, high = block["win_rate_ci"]
+    figures = (f"win rate {block['win_rate']:.2f} [{low:.2f}, {high:.2f}] on {len(block['heldout_prompts'])} "
+               f"held-out prompts")
+    if "judge_agreement" in block:
+        agree = round(block["judge_agreement"] * len(block["judge_win_rates"]))
+        figures += f" ({agree} of {len(block['judge_win_rates'])} judges see a win)"
+    block["reward_model_ok"] = not reward_model_warnings
+    if reward_model_warnings:
+        block["better"] = False
+        reason = f"the reward model failed its quality check, so nothing can vouch for it ({figures})"
+    elif not judged:
+        block["better"] = False
+        reason = f"no judge other than the reward model it trained against (validation_split is 0; {figures})"
+    elif block["better"]:
+        reason = None
+    else:
+        reason = f"{figures}: the interval is not above 0.5"
+    if reason is None:
+        block["verdict"] = f"better than {block['baseline']}: {figures}, judged by {block['scored_by']}"
+    elif fall_back:
+        block["kept_start"] = True
+        block["verdict"] = f"kept the starting model ({block['baseline']}): the trained policy is not credibly " \
+                           f"better, {reason}"
+    else:
+        block["verdict"] = f"not better than {block['baseline']}: {reason}"
+    return block
+
+
 def _positions(name: str) -> Optional[int]:
     """model_positions, and for a hub id not in the local cache its config.json through transformers (the hub when
     allowed); None when that fails too: loading the model then says why."""

@@ -119,6 +119,10 @@ class Command(BaseCommand):
                 f"reward {_num(evaluation['baseline_reward_mean'])} -> {_num(evaluation['reward_mean'])}, "
                 f"KL {_num(evaluation['kl'])}"
             )
+            if evaluation.get("verdict"):
+                self.stdout.write(f"Verdict: {evaluation['verdict']}")
+        if version.promotion_note:
+            self.stdout.write(f"Promotion: {version.promotion_note}")
         for warning in version.warnings:
             self.stdout.write(self.style.WARNING(f"Warning: {warning}"))
         self.stdout.write(f"Policy: {version.model_path}\nReward model: {version.reward_model_path}")
