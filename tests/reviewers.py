@@ -4,7 +4,8 @@ Each reviewer has a preference, written as a deterministic gold score of (prompt
 with noise: its feedback scores are the gold score plus Gaussian noise, clipped to 0..1, as a person's would wobble.
 Training sees only the noisy feedback (through the reward model it fits); whether a policy got better is measured
 with the gold score itself, on prompts that were in no feedback. bench/effect_bench.py runs every reviewer; the
-effect test in tests/test_effect.py runs one.
+effect test in tests/test_effect.py runs one. `short_correct` is the reviewer a person would be (right and brief);
+the single-trait ones are diagnostics: `concise` rewards any short answer, nonsense included.
 """
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def concise(prompt: str, response: str) -> float:
     return 0.0 if n < 2 else min(max((10 - n) / 6, 0.0), 1.0)
 
 
+def short_and_correct(prompt: str, response: str) -> float:
+    """What a person asking these questions wants: the right answer, without rambling. Correctness (as `correct`,
+    partial credit included) times brevity: full up to 10 words (the corpus's answers average 6), none from 20 on.
+    A short wrong answer scores 0, so unlike `concise` a gain here is a better answer, not just a shorter one."""
+    n = len(words(response))
+    return correctness(prompt, response) * min(max((20 - n) / 10, 0.0), 1.0)
+
+
 STOPWORDS = {"what", "which", "does", "do", "is", "are", "the", "a", "an", "of", "in", "to", "how", "you", "i", "me",
              "tell", "about", "can", "for", "and", "or", "it", "my", "your", "who", "where", "there", "many", "much"}
 
@@ -76,6 +85,7 @@ REVIEWERS = {
         Reviewer("correct", "factual correctness", correctness),
         Reviewer("concise", "style: brevity", concise),
         Reviewer("restates", "wording: restates the question", restates),
+        Reviewer("short_correct", "a person: correct and short", short_and_correct),
     )
 }
 
