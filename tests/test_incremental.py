@@ -267,3 +267,38 @@ def test_demo_refuses_a_busy_port_before_any_set_up(tmp_path):
 
     assert done.returncode == 1 and f"127.0.0.1:{server.server_port}" in done.stderr
     assert "==>" not in done.stdout and not (tmp_path / "var").exists()  # no step ran, nothing was made
+
+
+class Killed(BaseException):
+    """What a SIGKILL does to the process, as far as the database can tell: nothing after this point runs."""
+
+
+@pytest.mark.slow
+def test_a_process_killed_while_it_promotes_leaves_neither_trained_nor_promoted_but_running_for_the_sweep(
+    models_dir, monkeypatch, settings
+):
+    """Issue 20 item 4: "trained" and the promotion were separate transactions; a training process killed while
+    it waited for the write lock inside promote_version left the version trained, not active, with no note, and the
+    old version active for good. Now both commit together: killed there, the version is still running (no
+    promotion lost in silence), and the sweep fails it with its reason once its heartbeat is stale."""
+    from training import sweep
+
+    agent = agent_with_feedback()
+    v1 = train(agent, promote="always", fall_back_to_start=False)
+    agent.refresh_from_db()
+    assert agent.active_version == v1
+
+    def killed(**_):
+        raise Killed()
+
+    monkeypatch.setattr(run, "promote_version", killed)
+    with pytest.raises(Killed):
+        train(agent, promote="always", fall_back_to_start=False)
+    v2 = PolicyVersion.objects.get(agent=agent, number=2)
+    agent.refresh_from_db()
+    assert (v2.status, v2.promotion_note, agent.active_version) == ("running", "", v1)
+
+    settings.N3_HEARTBEAT_TIMEOUT = 0
+    assert sweep.sweep_stale_versions() == 1
+    v2.refresh_from_db()
+    assert v2.status == "failed" and "no heartbeat" in v2.error

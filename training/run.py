@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from django.conf import settings
+from django.db import transaction
 
 from n3site.exceptions import Conflict, NotFound
 from policies.models import PolicyVersion
@@ -103,12 +104,16 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
         end_version(version_id, Status.FAILED, error=error, step=job.step, metrics=job.metrics())
     else:
         job.store_steps(result.history)
-        end_version(
-            version_id, Status.TRAINED, error="", step=result.training_steps,
-            model_path=stored_path(result.model_path), reward_model_path=stored_path(result.reward_model_path),
-            metrics=result_metrics(result),
-        )
-        promote_if_asked(version_id=version_id, config=config, evaluation=result.evaluation)
+        # "trained" and the promotion decision commit together: a process killed in between (waiting for SQLite's
+        # write lock inside the promotion) leaves the version running, for the sweep to fail with its reason, never
+        # trained with its requested promotion silently lost
+        with transaction.atomic():
+            if end_version(
+                version_id, Status.TRAINED, error="", step=result.training_steps,
+                model_path=stored_path(result.model_path), reward_model_path=stored_path(result.reward_model_path),
+                metrics=result_metrics(result),
+            ):
+                promote_if_asked(version_id=version_id, config=config, evaluation=result.evaluation)
     _forget_if_deleted(version)
     return version
 
