@@ -71,7 +71,10 @@ from training import services
 for name in ("ok", "bad", "stop"):
     record_feedback_batch(agent_name=name, records={feedback_records()!r})
     agent = Agent.objects.get(name=name)
-    config = services.resolve_training_config(agent=agent, overrides={{**{LEAN_CONFIG!r}, "max_steps": 2}})
+    # fall_back_to_start off: these runs are too small to be judged better, and what is checked is the trained weights
+    config = services.resolve_training_config(
+        agent=agent, overrides={{**{LEAN_CONFIG!r}, "max_steps": 2, "fall_back_to_start": False}}
+    )
     print(name, services.queue_training(agent=agent, config=config).pk)
 """  # one shell for all three: each manage.py start loads torch
     site.pks = dict(line.split() for line in site.shell(code).strip().splitlines()[-3:])
