@@ -397,8 +397,9 @@ class _Fit:
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the weights that training changes (the LoRA adapter and the head)."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """A copy of the weights that training changes (the LoRA adapter and the head), in CPU memory: the judge keeps
+    one per fold and epoch until the best epoch is known, which must not cost GPU memory."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 @torch.no_grad()
