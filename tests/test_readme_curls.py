@@ -116,7 +116,7 @@ def test_the_readme_curls_work_against_a_running_server(server):
         assert json.loads(run(curls["GET my_agent | jq"], base, token)) == {"version": "v1", "reward": None}
         # Not trained yet, so not evaluated: jq prints nulls.
         assert json.loads(run(curls["GET my_agent | jq (evaluation)"], base, token)) == {
-            "version": "v1", "better": None, "winRate": None,
+            "version": "v1", "better": None, "verdict": None,
         }
     assert json.loads(run(curls["GET my_agent/v1"], base, token))["policyId"] == queued["policyId"]
     assert json.loads(run(curls["POST my_agent/v1/cancel"], base, token))["status"] == "cancelled"
@@ -125,7 +125,9 @@ def test_the_readme_curls_work_against_a_running_server(server):
     site.shell("from policies.models import Agent, PolicyVersion; agent = Agent.objects.get(name='my_agent'); "
                "[PolicyVersion.objects.create(agent=agent, number=n, status='trained') for n in (2, 3)]")
     promoted = json.loads(run(curls["POST my_agent/v2/promote"], base, token))
-    assert promoted == {"agent": "my_agent", "activeVersion": "v2", "traffic": {}, "recordServed": False}
+    assert promoted == {"agent": "my_agent", "activeVersion": "v2", "traffic": {}, "recordServed": False,
+                        "warning": "v2 is not known to be better than the model it started from: it was not "
+                                   "evaluated against its start"}
     split = {"agent": "my_agent", "activeVersion": "v2", "traffic": {"v2": 0.9, "v3": 0.1}, "recordServed": False}
     assert json.loads(run(curls["PUT my_agent/traffic"], base, token)) == split
     assert json.loads(run(curls["GET my_agent/traffic"], base, token)) == split
