@@ -254,9 +254,10 @@ class RLHFTrainer:
         if main:  # the other processes hold the same weights (distributed.py) and are done
             notify(Progress(phase="saving", step=0, total=1, message="merging and saving the policy"))
             if kept_start:  # do no harm: policy/ holds the starting model's weights (a copy), not the trained ones
-                policy = policy.unload() if isinstance(policy, PeftModel) else load_causal_lm(
-                    config.base_model, models_dir=self.models_dir, dtype=torch.float32, device=device,
-                )
+                # loaded afresh, not the adapter unloaded: generation merged and unmerged the adapter at every step,
+                # which gives the base weights back only to within float32 rounding
+                policy = load_causal_lm(config.base_model, models_dir=self.models_dir, dtype=torch.float32,
+                                        device=device)
             _save_policy(policy, tokenizer, output_dir / _tmp(POLICY_DIR))
             os.replace(output_dir / _tmp(REWARD_MODEL_DIR), output_dir / REWARD_MODEL_DIR)
             os.replace(output_dir / _tmp(POLICY_DIR), output_dir / POLICY_DIR)
