@@ -44,7 +44,7 @@ def block(**changes):
 
 
 def test_a_sound_reward_model_and_an_independent_judge_above_half_say_better():
-    verdict = _verdict(block(), judged=True, reward_model_warnings=[], fall_back=True)
+    verdict = _verdict(block(), judged=True, reward_model_warnings=[], fall_back=True, max_kl=10)
     assert verdict["better"] and verdict["reward_model_ok"] and "kept_start" not in verdict
     assert verdict["verdict"] == (
         "better than base model n3-tiny: win rate 0.66 [0.58, 0.74] on 16 held-out prompts (4 of 5 judges see a win),"
@@ -53,29 +53,38 @@ def test_a_sound_reward_model_and_an_independent_judge_above_half_say_better():
 
 
 def test_a_reward_model_that_fails_its_quality_check_vouches_for_nothing_and_the_start_is_kept():
-    verdict = _verdict(block(), judged=True, reward_model_warnings=["Reward model is no better ..."], fall_back=True)
+    verdict = _verdict(block(), judged=True, reward_model_warnings=["Reward model is no better ..."], fall_back=True,
+                       max_kl=10)
     assert not verdict["better"] and not verdict["reward_model_ok"] and verdict["kept_start"]
     assert verdict["verdict"].startswith("kept the starting model (base model n3-tiny): the trained policy is not "
                                          "credibly better, the reward model failed its quality check")
     # asked to keep the trained weights anyway, it still says it is not better
-    kept = _verdict(block(), judged=True, reward_model_warnings=["poor"], fall_back=False)
+    kept = _verdict(block(), judged=True, reward_model_warnings=["poor"], fall_back=False, max_kl=10)
     assert not kept["better"] and "kept_start" not in kept and kept["verdict"].startswith("not better than")
 
 
 def test_an_interval_reaching_half_or_no_independent_judge_is_not_better():
     low = _verdict(block(win_rate=0.55, win_rate_ci=[0.47, 0.63], better=False), judged=True,
-                   reward_model_warnings=[], fall_back=True)
+                   reward_model_warnings=[], fall_back=True, max_kl=10)
     assert not low["better"] and low["kept_start"] and low["verdict"].endswith("the interval is not above 0.5")
-    alone = _verdict(block(), judged=False, reward_model_warnings=[], fall_back=True)
+    alone = _verdict(block(), judged=False, reward_model_warnings=[], fall_back=True, max_kl=10)
     assert not alone["better"] and "no judge other than the reward model it trained against" in alone["verdict"]
+
+
+def test_a_version_far_from_its_start_is_not_better_whatever_the_judges_say():
+    """Best-of-n at KL 159 answered "dog dog dog ..." to everything: every fold model scored it 1.0, gold 0.0."""
+    far = _verdict(block(win_rate=1.0, win_rate_ci=[1.0, 1.0], kl=158.8), judged=True, reward_model_warnings=[],
+                   fall_back=True, max_kl=10)
+    assert not far["better"] and far["kept_start"]
+    assert "it moved KL 158.8 nats from its start, beyond promote_max_kl (10)" in far["verdict"]
 
 
 def test_if_better_promotes_on_the_verdict_and_says_why_not_in_its_words():
     config = TrainingConfig(base_model=MODEL, promote="if_better")
-    assert promotion(config, _verdict(block(), judged=True, reward_model_warnings=[], fall_back=True))[0]
+    assert promotion(config, _verdict(block(), judged=True, reward_model_warnings=[], fall_back=True, max_kl=10))[0]
     # a high win rate by the reward model the policy trained against, with a failed quality check: not promoted
     promoted, note = promotion(config, _verdict(block(win_rate_ci=[0.53, 0.78]), judged=True,
-                                                reward_model_warnings=["r 0.16"], fall_back=True))
+                                                reward_model_warnings=["r 0.16"], fall_back=True, max_kl=10))
     assert not promoted and note.startswith("not promoted: kept the starting model")
 
 

@@ -311,7 +311,7 @@ class RLHFTrainer:
             scored_by=judge.description if judge else "this version's reward model",
         )
         return _verdict(block, judged=judge is not None, reward_model_warnings=reward_model.warnings,
-                        fall_back=config.fall_back_to_start)
+                        fall_back=config.fall_back_to_start, max_kl=config.promote_max_kl)
 
     def _load_policy(self, device: torch.device, notify: ProgressCallback) -> torch.nn.Module:
         """The base causal LM in float32 on `device`, wrapped in a fresh LoRA adapter when use_lora."""
@@ -339,10 +339,14 @@ class RLHFTrainer:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
-def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fall_back: bool) -> dict:
+def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fall_back: bool,
+             max_kl: float) -> dict:
     """The evaluation block with the verdict: `better` only when the reward model passed its quality check, a judge
-    other than the model the policy trained against scored it, and that judge's win-rate interval (over prompts)
-    lies above 0.5; `verdict` says why in one sentence; `kept_start` when the version falls back to its start."""
+    other than the model the policy trained against scored it, the version stayed within `max_kl` of its start
+    (promote_max_kl: reward models, judges included, are fitted on text near the start and cannot vouch for text far
+    from it: best-of-n at KL 159 produced "dog dog dog ..." that every fold model scored 1.0 and gold 0.0), and that
+    judge's win-rate interval (over prompts) lies above 0.5; `verdict` says why in one sentence; `kept_start` when
+    the version falls back to its start."""
     low, high = block["win_rate_ci"]
     figures = (f"win rate {block['win_rate']:.2f} [{low:.2f}, {high:.2f}] on {len(block['heldout_prompts'])} "
                f"held-out prompts")
@@ -356,6 +360,10 @@ def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fal
     elif not judged:
         block["better"] = False
         reason = f"no judge other than the reward model it trained against (validation_split is 0; {figures})"
+    elif block["kl"] > max_kl:
+        block["better"] = False
+        reason = (f"it moved KL {block['kl']:.1f} nats from its start, beyond promote_max_kl ({max_kl:g}), where no "
+                  f"reward model can vouch for its text ({figures})")
     elif block["better"]:
         reason = None
     else:
