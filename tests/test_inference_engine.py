@@ -82,7 +82,8 @@ def test_a_request_whose_generate_raises_fails_alone_its_batch_mates_are_run_aga
                         "Q4": "Finished"}
     batched = [group for group in groups if len(group) == 5]
     assert batched, groups  # they did share a generate, which raised; then each ran alone
-    assert groups[-5:] == [[p + "\n"] for p in prompts]
+    # each alone, in whatever order the engine takes them again
+    assert sorted(groups[-5:]) == sorted([p + "\n"] for p in prompts)
 
 
 def test_a_request_that_fails_in_preparation_fails_alone(run, policy: Path, monkeypatch):
