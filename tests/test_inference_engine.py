@@ -80,10 +80,12 @@ def test_a_request_whose_generate_raises_fails_alone_its_batch_mates_are_run_aga
     outcomes = {p: type(r).__name__ for p, r in zip(prompts, results)}
     assert outcomes == {"Q1": "Finished", "Q2": "Finished", "poison": "TypeError", "Q3": "Finished",
                         "Q4": "Finished"}
-    batched = [group for group in groups if len(group) == 5]
-    assert batched, groups  # they did share a generate, which raised; then each ran alone
-    # each alone, in whatever order the engine takes them again
-    assert sorted(groups[-5:]) == sorted([p + "\n"] for p in prompts)
+    # The poison shared a generate with some of the others (how many arrived in time for it varies), which raised;
+    # then each of that generate's requests ran again alone, in whatever order the engine takes them
+    shared = next(i for i, group in enumerate(groups) if "poison\n" in group)
+    mates = groups[shared]
+    assert len(mates) > 1, groups
+    assert sorted(groups[shared + 1:shared + 1 + len(mates)]) == sorted([p] for p in mates), groups
 
 
 def test_a_request_that_fails_in_preparation_fails_alone(run, policy: Path, monkeypatch):
