@@ -337,6 +337,22 @@ def test_the_dry_run_warns_about_feedback_awaiting_review(api):
     assert "3 feedback records awaiting review (no score) skipped." in response.json()["warnings"]
 
 
+def test_the_dry_run_shows_the_automatic_rate_and_warns_once_about_a_rate_that_barely_moves_the_adapter(api):
+    seed_feedback("my_agent", scored=12)
+    body = {"dryRun": True, "baseModel": MODEL, "maxSteps": 40, "batchSize": 4, "miniBatchSize": 2}
+
+    automatic = api.post(train_url("my_agent"), body).json()
+    slow = api.post(train_url("my_agent"), {**body, "learningRate": 1e-5}).json()
+
+    assert automatic["modelConfig"]["learning_rate"] == 2e-3  # n3-tiny-random's width 64, capped
+    assert not any("barely move" in w for w in automatic["warnings"])
+    assert [w for w in slow["warnings"] if "barely move" in w] == [
+        "learning_rate 1e-05 is a tenth or less of the rate n3 would choose for this model's LoRA adapter (0.002): "
+        "expect the policy to barely move from its start (KL near 0, a version no better than its start). Leave "
+        "learning_rate out for the automatic rate."
+    ]
+
+
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_insufficient_feedback_is_400_with_the_spec_text(api, dry_run):
     seed_feedback("my_agent", scored=5, unscored=3)

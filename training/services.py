@@ -36,7 +36,7 @@ from training.rlhf import (
     TrainingEstimate,
 )
 from training.rlhf.config import check_fields_used
-from training.rlhf.context import check_fits_context, slow_rate_warning, with_learning_rate
+from training.rlhf.context import check_fits_context, with_learning_rate
 from training.rlhf.data import awaiting_review_warning, prepare_feedback
 from training.rlhf.layout import BUILTIN_MODELS
 from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
@@ -163,8 +163,6 @@ def estimate_training(
     awaiting = Feedback.objects.filter(agent=agent, score__isnull=True).count()  # trains on scored feedback only
     if awaiting:
         estimate.warnings.append(awaiting_review_warning(awaiting))
-    if slow := slow_rate_warning(config):
-        estimate.warnings.append(slow)
     return estimate
 
 

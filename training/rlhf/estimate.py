@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .config import TrainingConfig
+from .context import slow_rate_warning
 from .data import FeedbackData, FeedbackRecord, format_query, format_text, heldout_split
 from .errors import MIN_FEEDBACK
 from .layout import BASE_SUBDIR, BUILTIN_MODELS
@@ -499,7 +500,7 @@ def make_estimate(
         model_config={
             "base_model": config.base_model, "use_lora": config.use_lora, "learning_rate": config.learning_rate,
         },
-        warnings=[*data.warnings, *warnings],
+        warnings=[*data.warnings, *warnings, *filter(None, [slow_rate_warning(config)])],
         seconds_per_step=calibration.ppo_step_s,
         estimate_source=source,
     )

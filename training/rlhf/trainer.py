@@ -49,7 +49,7 @@ from . import estimate as calibration
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .best_of_n import train_best_of_n
 from .config import TrainingConfig
-from .context import check_fits_context, model_positions, positions_in, slow_rate_warning, with_learning_rate
+from .context import check_fits_context, model_positions, positions_in, with_learning_rate
 from .data import FeedbackData, FeedbackRecord, heldout_split, prepare_feedback
 from .errors import ConfigError, TrainingCancelled
 from .evaluation import evaluate_policy
@@ -115,8 +115,7 @@ class RLHFTrainer:
             # Building a built-in base model on first use changes its fingerprint: file the key as it is now too.
             now = {**key, **calibration.fingerprints(config, models_dir=models_dir)}
             calibration.store_calibration(models_dir, now, measured)
-        slow = slow_rate_warning(config)
-        return calibration.make_estimate(config, data, measured, source="measured", warnings=[slow] if slow else [])
+        return calibration.make_estimate(config, data, measured, source="measured")
 
     def calibrate(self, records: list[FeedbackRecord]) -> calibration.Calibration:
         """Train a miniature run of this config on a sample of `records` (in a scratch directory) and return its
