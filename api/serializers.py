@@ -234,7 +234,7 @@ EVALUATION_KEYS = {
     "baseline_response_length": "baselineResponseLength", "split_seed": "splitSeed",
     "heldout_prompts": "heldoutPrompts", "verdict": "verdict", "kept_start": "keptStart",
     "reward_model_ok": "rewardModelOk", "judge_win_rates": "judgeWinRates", "judge_agreement": "judgeAgreement",
-    "policy_reward_model": "policyRewardModel",
+    "policy_reward_model": "policyRewardModel", "advice": "advice",
 }
 # metrics.evaluation.policy_reward_model: what the reward model the policy trained against says (optimistic)
 POLICY_REWARD_MODEL_KEYS = {"win_rate": "winRate", "win_rate_ci": "winRateCi", "reward_diff": "rewardDiff"}
@@ -313,6 +313,9 @@ _EVALUATION_FIGURES = {
     "baselineResponseLength": _NUMBER_OR_NULL,
     "verdict": {"type": "string", "nullable": True,
                 "description": "Why the version is, or is not, better than its start, in one sentence"},
+    "advice": {"type": "string", "nullable": True,
+               "description": "When the version is not better: what to change for the next one, in one line "
+                              "(more feedback, more steps, or the reward model's warning)"},
     "keptStart": {"type": "boolean", "nullable": True,
                   "description": "True when the trained policy was not credibly better and the version keeps its "
                                  "starting model's weights instead (TrainingConfig.fall_back_to_start)"},

@@ -604,7 +604,7 @@ API_EVALUATION = {
     "heldoutPrompts": 12, "splitSeed": 42, "winRate": 0.66, "winRateCi": [0.55, 0.76], "rewardMean": 0.71,
     "baselineRewardMean": 0.52, "rewardDiff": 0.19, "rewardDiffCi": [0.10, None], "kl": 3.1, "responseLength": 9.2,
     "baselineResponseLength": 11.0, "verdict": None, "keptStart": None, "rewardModelOk": None,
-    "judgeWinRates": None, "judgeAgreement": None, "policyRewardModel": None,
+    "judgeWinRates": None, "judgeAgreement": None, "policyRewardModel": None, "advice": None,
     "samples": [
         {"prompt": f"Held-out {i}?", "response": f"Answer {i}.", "baselineResponse": "Hmm.", "score": 0.8,
          "baselineScore": None if i == 1 else 0.4}
@@ -664,13 +664,14 @@ _REWARD_MODEL_BODY = (
     '"trainSize": 12, "valSize": 3, "epochs": 3, "fitSeconds": 1.25, "validation": "5-fold cross-validation", '
     '"bestEpoch": 2}'
 )
-VERDICT_KEYS = ("verdict", "keptStart", "rewardModelOk", "judgeWinRates", "judgeAgreement", "policyRewardModel")
+VERDICT_KEYS = ("verdict", "keptStart", "rewardModelOk", "judgeWinRates", "judgeAgreement", "policyRewardModel",
+                "advice")
 _EVALUATION_BODY = (
     '"evaluation": {"better": false, "baseline": "base model n3-tiny", "scoredBy": "this version\'s reward model", '
     '"n": 4, "winRate": 0.75, "winRateCi": [0.5, null], "rewardMean": 0.6, "baselineRewardMean": 0.4, '
     '"rewardDiff": 0.2, "rewardDiffCi": [0.0, 0.4], "kl": 1.5, "responseLength": 5.0, "baselineResponseLength": 6.0, '
     '"splitSeed": 42, "heldoutPrompts": 2, "verdict": null, "keptStart": null, "rewardModelOk": null, '
-    '"judgeWinRates": null, "judgeAgreement": null, "policyRewardModel": null'
+    '"judgeWinRates": null, "judgeAgreement": null, "policyRewardModel": null, "advice": null'
 )
 _HISTORY_BODY = (
     '"history": [{"step": 1, "rewardMean": 0.5, "rewardStd": 0.2, "kl": 0.0, "loss": 0.9, "objective/scores": 0.5, '

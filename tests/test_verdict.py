@@ -79,6 +79,23 @@ def test_a_version_far_from_its_start_is_not_better_whatever_the_judges_say():
     assert "it moved KL 158.8 nats from its start, beyond promote_max_kl (10)" in far["verdict"]
 
 
+
+def test_a_version_that_is_not_better_says_in_one_line_what_to_change_for_the_next_one():
+    def advice(warnings=(), judged=True, **changes):
+        return _verdict(block(**changes), judged=judged, reward_model_warnings=list(warnings), fall_back=True,
+                        max_kl=10)["advice"]
+
+    assert "the reward model could not predict the scores" in advice(["r 0.16"])
+    assert "validationSplit above 0" in advice(judged=False)
+    assert "fewer steps (maxSteps), a lower learningRate" in advice(kl=158.8)
+    assert advice(kl=0.004, win_rate=0.51, win_rate_ci=[0.48, 0.53], better=False).startswith(
+        "it barely moved (KL 0.004): more steps (maxSteps) or a higher learningRate")
+    assert advice(win_rate=0.55, win_rate_ci=[0.47, 0.63], better=False).startswith(
+        "the interval spans 0.5 on 16 held-out prompts: more feedback on more distinct prompts")
+    assert "the judges prefer its start" in advice(win_rate=0.2, win_rate_ci=[0.12, 0.3], better=False)
+    # a better version needs none
+    assert "advice" not in _verdict(block(), judged=True, reward_model_warnings=[], fall_back=True, max_kl=10)
+
 def test_if_better_promotes_on_the_verdict_and_says_why_not_in_its_words():
     config = TrainingConfig(base_model=MODEL, promote="if_better")
     assert promotion(config, _verdict(block(), judged=True, reward_model_warnings=[], fall_back=True, max_kl=10))[0]

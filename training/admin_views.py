@@ -290,7 +290,8 @@ def evaluation_view(version: PolicyVersion) -> Optional[dict]:
         {**s, "score": _fixed(s.get("score")), "baseline_score": _fixed(s.get("baseline_score"))}
         for s in e.get("samples") or [] if isinstance(s, dict)
     ]
-    return {"sentence": sentence, "verdict": verdict, "better": better is True, "rows": rows, "samples": samples}
+    return {"sentence": sentence, "verdict": verdict, "better": better is True, "rows": rows, "samples": samples,
+            "advice": str(e["advice"]) if e.get("advice") else None}
 
 
 def _evaluation_rows(views: Sequence[Optional[dict]]) -> list[dict]:

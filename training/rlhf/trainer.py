@@ -345,7 +345,7 @@ def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fal
     (promote_max_kl: reward models, judges included, are fitted on text near the start and cannot vouch for text far
     from it: best-of-n at KL 159 produced "dog dog dog ..." that every fold model scored 1.0 and gold 0.0), and that
     judge's win-rate interval (over prompts) lies above 0.5; `verdict` says why in one sentence; `kept_start` when
-    the version falls back to its start."""
+    the version falls back to its start; `advice`, when it is not better, what to change for the next one."""
     low, high = block["win_rate_ci"]
     figures = (f"win rate {block['win_rate']:.2f} [{low:.2f}, {high:.2f}] on {len(block['heldout_prompts'])} "
                f"held-out prompts")
@@ -369,13 +369,39 @@ def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fal
         reason = f"{figures}: the interval is not above 0.5"
     if reason is None:
         block["verdict"] = f"better than {block['baseline']}: {figures}, judged by {block['scored_by']}"
-    elif fall_back:
+        return block
+    if fall_back:
         block["kept_start"] = True
         block["verdict"] = f"kept the starting model ({block['baseline']}): the trained policy is not credibly " \
                            f"better, {reason}"
     else:
         block["verdict"] = f"not better than {block['baseline']}: {reason}"
+    block["advice"] = _advice(block, judged=judged, max_kl=max_kl)
     return block
+
+
+# Below this KL (nats per response) a version has barely left its start: too little training, not a bad preference.
+BARELY_MOVED_KL = 0.1
+
+
+def _advice(block: dict, *, judged: bool, max_kl: float) -> str:
+    """What to change so that the next version can be better, in one line, from why this one was not."""
+    if not block["reward_model_ok"]:
+        return ("the reward model could not predict the scores (its warning says how): more feedback, more "
+                "consistent scores, or a preference the responses show")
+    if not judged:
+        return "set rewardModelConfig.validationSplit above 0 so that a judge other than the reward model can decide"
+    if block["kl"] > max_kl:
+        return "fewer steps (maxSteps), a lower learningRate or a lower targetKl keep the version near its start"
+    if block["kl"] < BARELY_MOVED_KL:
+        return (f"it barely moved (KL {block['kl']:.3f}): more steps (maxSteps) or a higher learningRate "
+                "(null: chosen from the model)")
+    low, high = block["win_rate_ci"]
+    if high < 0.5:
+        return ("the judges prefer its start: the reward model rewards something the held-out answers do not "
+                "show; more feedback, on more distinct prompts, before training further")
+    return (f"the interval spans 0.5 on {len(block['heldout_prompts'])} held-out prompts: more feedback on more "
+            "distinct prompts (a fifth of them are held out) or more steps (maxSteps)")
 
 
 def _positions(name: str) -> Optional[int]:

@@ -121,6 +121,8 @@ class Command(BaseCommand):
             )
             if evaluation.get("verdict"):
                 self.stdout.write(f"Verdict: {evaluation['verdict']}")
+            if evaluation.get("advice"):
+                self.stdout.write(f"Next time: {evaluation['advice']}")
         if version.promotion_note:
             self.stdout.write(f"Promotion: {version.promotion_note}")
         for warning in version.warnings:
