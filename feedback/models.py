@@ -11,7 +11,8 @@ class Feedback(models.Model):
         ADMIN = "admin"
         IMPORT = "import"
 
-    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="feedback")
+    # Indexed by feedback_agent_id (agent, id) below, not on its own: the API's list pages by id within an agent.
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="feedback", db_index=False)
     prompt = models.TextField()
     response = models.TextField()
     # 0..1; null means the response awaits a reviewer's score.
@@ -39,7 +40,10 @@ class Feedback(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "feedback"
-        indexes = [models.Index(fields=["agent", "created_at"], name="feedback_agent_created")]
+        indexes = [
+            models.Index(fields=["agent", "created_at"], name="feedback_agent_created"),
+            models.Index(fields=["agent", "id"], name="feedback_agent_id"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(score__isnull=True) | (Q(score__gte=0.0) & Q(score__lte=1.0)),
