@@ -6,6 +6,7 @@ a list body carries thousands of records), so the view calls ``validated_feedbac
 machinery, and FeedbackSerializer builds its dict directly (checked against DRF's generic result in
 tests/test_feedback_hot_path.py).
 """
+import re
 from typing import Any
 
 from django.core.validators import RegexValidator
@@ -217,3 +218,113 @@ def feedback_data(instance: Feedback) -> dict[str, Any]:
 
 
 _DATETIME = serializers.DateTimeField()
+
+
+# --- reads -------------------------------------------------------------------------------------------------------
+
+
+class ReviewSerializer(serializers.Serializer):
+    """One reviewer's score of a record, as export writes it (reviewedAt: when the review was last changed)."""
+
+    reviewer = serializers.CharField(read_only=True, allow_null=True, help_text="Username; null: a deleted user")
+    score = serializers.FloatField(read_only=True)
+    notes = serializers.CharField(read_only=True)
+    reviewedAt = serializers.DateTimeField(read_only=True)
+
+
+class StoredFeedbackSerializer(FeedbackSerializer):
+    """A stored record as the reads answer it: what a POST answers, plus its reviewer and its reviews."""
+
+    reviewer = serializers.CharField(
+        read_only=True, allow_null=True,
+        help_text="Username of whoever gave the score (the latest review's reviewer); null: none, or an agent's "
+        "score",
+    )
+    reviews = ReviewSerializer(many=True, read_only=True, help_text="Every reviewer's score, oldest first")
+
+    def to_representation(self, instance: Feedback) -> dict[str, Any]:
+        return stored_feedback_data(instance)
+
+
+def stored_feedback_data(instance: Feedback) -> dict[str, Any]:
+    """StoredFeedbackSerializer's representation; the reviews as ``feedback.selectors.with_details`` reads them."""
+    return {
+        **feedback_data(instance),
+        "reviewer": instance.reviewer.get_username() if instance.reviewer_id else None,
+        "reviews": [
+            {"reviewer": review.reviewer.get_username() if review.reviewer_id else None, "score": review.score,
+             "notes": review.notes, "reviewedAt": _DATETIME.to_representation(review.updated_at)}
+            for review in instance.reviews.all()
+        ],
+    }
+
+
+class FeedbackPageSerializer(serializers.Serializer):
+    """One page of a list: follow ``next`` until it is null (each link keeps the request's filters)."""
+
+    next = serializers.URLField(read_only=True, allow_null=True, help_text="The next page; null on the last")
+    previous = serializers.URLField(read_only=True, allow_null=True, help_text="The page before; null on the first")
+    results = StoredFeedbackSerializer(many=True, read_only=True)
+
+
+# An export's formats, which the list answers for ?format= (importexport.FORMATS: what import reads back).
+EXPORT_FORMATS = ("jsonl", "csv")
+MAX_PAGE_SIZE = 1000
+
+
+class SinceField(serializers.DateTimeField):
+    """An ISO 8601 time. A "+02:00" offset sent unencoded in a query string arrives as " 02:00" (a "+" is a space
+    there): read as the "+" it was."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str):
+            value = re.sub(r"(\d) (\d\d(?::?\d\d)?)$", r"\1+\2", value.strip())
+        return super().to_internal_value(value)
+
+
+class FeedbackQuerySerializer(serializers.Serializer):
+    """The query parameters of GET /api/policies/feedback/<agent>: filters, paging, format. A parameter it does not
+    know is refused (a misspelt filter must not silently list everything)."""
+
+    scored = serializers.ChoiceField(
+        choices=["true", "false"], required=False, help_text="true: records with a score; false: awaiting review",
+    )
+    reviewer = serializers.CharField(
+        required=False, max_length=150, help_text="A username: the records this user reviewed (one of their reviews "
+        "is theirs); 400 when no user has this name",
+    )
+    policyVersion = serializers.CharField(
+        source="policy_version", required=False,
+        validators=[RegexValidator(VERSION_PATTERN, message='Write a version as "v3".')],
+        help_text='The agent\'s version that produced the responses ("v3"); 400 when the agent has no such version',
+    )
+    source = serializers.ChoiceField(choices=Feedback.Source.choices, required=False, help_text="How records came in")
+    since = SinceField(
+        required=False, help_text="ISO 8601: records created at or after this time (no offset: TIME_ZONE, UTC unless "
+        "set). Encode a '+' offset as %2B, or write Z",
+    )
+    cursor = serializers.CharField(
+        required=False, help_text="Where a page starts: the opaque value in the `next` and `previous` links",
+    )
+    pageSize = serializers.IntegerField(
+        source="page_size", required=False, min_value=1, max_value=MAX_PAGE_SIZE,
+        help_text="Records per page (default 100)",
+    )
+    format = serializers.ChoiceField(
+        choices=["json", *EXPORT_FORMATS], required=False,
+        help_text="json (default): one page. jsonl or csv: every record of the filter, streamed as a file in the "
+        "export's format (manage.py import_feedback and the admin import read it back); cursor and pageSize do not "
+        "apply",
+    )
+
+    def to_internal_value(self, data):
+        """``data``: the request's QueryDict. An empty value is refused as any bad one (not read as "no filter")."""
+        errors = {key: [f"Unknown query parameter (known: {', '.join(self.fields)})"]
+                  for key in data if key not in self.fields}
+        errors.update({key: ["Give it once."] for key in data if key in self.fields and len(data.getlist(key)) > 1})
+        if errors:
+            raise serializers.ValidationError(errors)
+        values = super().to_internal_value(data.dict())
+        if "scored" in values:
+            values["scored"] = values["scored"] == "true"
+        return values

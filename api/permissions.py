@@ -12,7 +12,8 @@ class N3ModelPermissions(BasePermission):
 
         required_permissions = {"GET": "policies.view_policyversion", "POST": "policies.add_policyversion"}
 
-    Reads (GET, HEAD, OPTIONS) are open to everyone when ``settings.N3_PUBLIC_READ`` is on. Without
+    Reads (GET, HEAD, OPTIONS) are open to everyone when ``settings.N3_PUBLIC_READ`` is on, except the reads of a
+    view with ``public_read = False`` (feedback: what end users asked and were answered is not public). Without
     credentials DRF answers 401 (TokenAuthentication, listed first, supplies the WWW-Authenticate
     header); with credentials but without the permission, 403. A method the view does not list is
     refused when the view handles it, so a new method cannot be left open by mistake.
@@ -21,7 +22,9 @@ class N3ModelPermissions(BasePermission):
     """
 
     def has_permission(self, request, view) -> bool:
-        if request.method in SAFE_METHODS and settings.N3_PUBLIC_READ:
+        if request.method in SAFE_METHODS and settings.N3_PUBLIC_READ and (
+            getattr(view, "public_read", True) or request.method == "OPTIONS"
+        ):
             return True
         if not (request.user and request.user.is_authenticated):
             return False

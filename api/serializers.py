@@ -559,6 +559,18 @@ class PromotionSerializer(DeploymentSerializer):
     )
 
 
+class AgentSerializer(DeploymentSerializer):
+    """An agent in the list of agents: its deployment (what GET .../traffic answers) and its counts."""
+
+    feedbackCount = serializers.IntegerField(source="feedback_count", read_only=True, help_text="Feedback records")
+    scoredCount = serializers.IntegerField(
+        source="scored_count", read_only=True, help_text="Records with a score (what training reads)",
+    )
+    versionCount = serializers.IntegerField(
+        source="version_count", read_only=True, help_text="Policy versions, whatever their status",
+    )
+
+
 TRAFFIC_REQUEST = {
     "type": "object",
     "description": 'The new traffic split: version -> share ({"v3": 0.9, "v4": 0.1}); shares are numbers in (0, 1] '

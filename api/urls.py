@@ -27,14 +27,17 @@ def api_not_found(request, *args, **kwargs) -> JsonResponse:
 
 
 def without_trailing_slash_aliases(endpoints, **kwargs):
-    """drf-spectacular preprocessing hook: list each API URL once, in the spec's form (no trailing slash)."""
+    """drf-spectacular preprocessing hook: list each API URL once, in the spec's form (no trailing slash; the list of
+    agents is /api/policies/ itself)."""
     return [
         endpoint for endpoint in endpoints
         if not (endpoint[0].startswith("/api/policies/") and endpoint[0].endswith("/"))
+        or endpoint[0] == "/api/policies/"
     ]
 
 
 urlpatterns = [
+    re_path(r"^$", views.AgentListView.as_view(), name="agent-list"),  # /api/policies/: its one form
     *_route(rf"feedback/{AGENT}/{RUN_ID}", views.FeedbackRecordView.as_view(), "feedback-record"),
     *_route(rf"feedback/{ANY_AGENT}", views.FeedbackView.as_view(), "feedback"),
     *_route(rf"train_policy/{ANY_AGENT}", views.TrainPolicyView.as_view(), "train-policy"),

@@ -5,6 +5,8 @@ result. Errors are raised, never caught here: n3site.exceptions.exception_handle
 """
 import dataclasses
 
+from django.http import Http404, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.serializers import PolymorphicProxySerializerExtension
 from drf_spectacular.utils import (
@@ -15,10 +17,13 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import serializers, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from feedback import importexport
+from feedback import selectors as feedback_selectors
 from feedback.models import Feedback
 from feedback.services import record_feedback, record_feedback_batch, update_feedback
 from policies import selectors
@@ -26,16 +31,24 @@ from policies.models import agent_name_validator
 from training import deployment, services
 
 from .feedback_serializers import (
+    EXPORT_FORMATS,
     FeedbackInputSerializer,
+    FeedbackPageSerializer,
+    FeedbackQuerySerializer,
     FeedbackSerializer,
     FeedbackUpdateSerializer,
+    StoredFeedbackSerializer,
     feedback_data,
+    stored_feedback_data,
     validated_feedback,
     validated_update,
 )
+from .pagination import FeedbackCursorPagination
 from .permissions import shown_to
+from .renderers import EXPORT_RENDERERS
 from .serializers import (
     TRAFFIC_REQUEST,
+    AgentSerializer,
     DeploymentSerializer,
     DryRunSerializer,
     PolicyVersionSerializer,
@@ -65,13 +78,16 @@ RUN_ID = OpenApiParameter(
 )
 
 
-def _errors(*codes: int) -> dict[int, OpenApiResponse]:
+def _errors(*codes: int, media_type: str | None = None) -> dict:
+    """The error responses by status; with ``media_type``, documented under that type only (a view that also answers
+    files answers its errors in JSON)."""
     meaning = {
         400: "Invalid input", 401: "No or invalid credentials", 403: "Missing permission",
         404: "Unknown agent or version", 409: "Conflicts with the current state", 413: "Body too large",
         415: "Body is not JSON",
     }
-    return {code: OpenApiResponse(ErrorSerializer, description=meaning[code]) for code in codes}
+    return {(code, media_type) if media_type else code: OpenApiResponse(ErrorSerializer, description=meaning[code])
+            for code in codes}
 
 
 class NonEmptyListProxySerializer(PolymorphicProxySerializer):
@@ -114,8 +130,62 @@ class RequiredBodySchema(AutoSchema):
 
 
 class FeedbackView(APIView):
-    required_permissions = {"POST": "feedback.add_feedback"}
+    required_permissions = {"POST": "feedback.add_feedback", "GET": "feedback.view_feedback"}
+    public_read = False  # N3_PUBLIC_READ opens the versions, not what end users asked and were answered
     schema = RequiredBodySchema()
+
+    # The export is this list as a file, `?format=jsonl|csv` (DRF's format override; an Accept header works too), not
+    # a URL of its own: .../feedback/<agent>/export would be the record whose runId is "export".
+    def get_renderers(self):
+        renderers = super().get_renderers()
+        if self.request.method in ("GET", "HEAD"):
+            renderers += [renderer() for renderer in EXPORT_RENDERERS]
+        return renderers
+
+    def perform_content_negotiation(self, request, force=False):
+        try:
+            return super().perform_content_negotiation(request, force)
+        except Http404:  # DRF's answer to a ?format= no renderer has
+            raise serializers.ValidationError(
+                {"format": [f"Choose one of: json, {', '.join(EXPORT_FORMATS)}."]}) from None
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        if getattr(response, "exception", False):  # errors in JSON, whatever format was asked for
+            request.accepted_renderer, request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="list_feedback",
+        summary="The agent's feedback, filtered, a page at a time (or every record as a JSONL or CSV file)",
+        parameters=[AGENT, FeedbackQuerySerializer],
+        description=(
+            "Records oldest first (by id), each as a POST answers it plus its `reviewer` and `reviews`. Follow "
+            "`next` until it is null: the cursor in it is the last id seen, so a page is as fast at any depth and "
+            "records stored meanwhile are neither skipped nor repeated. Filters combine (AND). A bad value, an "
+            "unknown parameter, a reviewer or version that does not exist, or a cursor not from a link is a 400 "
+            "naming the parameter. `format=jsonl` (or csv) streams every record of the filter in the export's "
+            "format, which import reads back."
+        ),
+        responses={
+            (200, "application/json"): FeedbackPageSerializer,
+            **{(200, renderer.media_type): OpenApiResponse(
+                {"type": "string"}, description=f"format={renderer.format}: the export's file, streamed")
+               for renderer in EXPORT_RENDERERS},
+            **_errors(400, 401, 403, 404, media_type="application/json"),
+        },
+    )
+    def get(self, request: Request, agent: str) -> Response | StreamingHttpResponse:
+        query = FeedbackQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        filters = {key: value for key, value in query.validated_data.items()
+                   if key not in ("cursor", "page_size", "format")}
+        records = feedback_selectors.feedback_for(agent_name=agent, **filters)
+        fmt = request.accepted_renderer.format
+        if fmt in EXPORT_FORMATS:
+            return _download(records, fmt=fmt, label=agent)
+        paginator = FeedbackCursorPagination()
+        page = paginator.paginate_queryset(feedback_selectors.with_details(records), request, view=self)
+        return paginator.get_paginated_response([stored_feedback_data(feedback) for feedback in page])
 
     @extend_schema(
         operation_id="record_feedback",
@@ -156,9 +226,27 @@ class FeedbackView(APIView):
         return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
+def _download(records, *, fmt: str, label: str) -> StreamingHttpResponse:
+    """The records as the export's file, streamed: read in chunks of rows, never all in memory."""
+    response = StreamingHttpResponse(importexport.export_lines(queryset=records, fmt=fmt),
+                                     content_type=importexport.CONTENT_TYPES[fmt])
+    response["Content-Disposition"] = f'attachment; filename="feedback-{label}-{timezone.now():%Y%m%d-%H%M}.{fmt}"'
+    return response
+
+
 class FeedbackRecordView(APIView):
-    required_permissions = {"PATCH": "feedback.change_feedback"}
+    required_permissions = {"PATCH": "feedback.change_feedback", "GET": "feedback.view_feedback"}
+    public_read = False
     schema = RequiredBodySchema()
+
+    @extend_schema(
+        operation_id="get_feedback",
+        summary="One stored record by its runId, with its reviews",
+        parameters=[AGENT, RUN_ID],
+        responses={200: StoredFeedbackSerializer, **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str, run_id: str) -> Response:
+        return Response(stored_feedback_data(feedback_selectors.get_feedback(agent_name=agent, run_id=run_id)))
 
     @extend_schema(
         operation_id="update_feedback",
@@ -178,6 +266,23 @@ class FeedbackRecordView(APIView):
         changes = validated_update(request.data)
         feedback = update_feedback(agent_name=agent, run_id=run_id, changes=changes, user=request.user)
         return Response(FeedbackSerializer(feedback).data)
+
+
+class AgentListView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion"}
+
+    @extend_schema(
+        operation_id="list_agents",
+        summary="Every agent, by name: its deployment (as GET .../traffic answers it) and its counts",
+        responses={200: AgentSerializer(many=True), **_errors(401, 403)},
+    )
+    def get(self, request: Request) -> Response:
+        rows = [
+            {**dataclasses.asdict(deployment.deployment_state(counts.agent)), "feedback_count": counts.feedback_count,
+             "scored_count": counts.scored_count, "version_count": counts.version_count}
+            for counts in feedback_selectors.agents_with_counts()
+        ]
+        return Response(AgentSerializer(rows, many=True).data)
 
 
 class TrainPolicyView(APIView):

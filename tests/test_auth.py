@@ -20,7 +20,7 @@ WRITES = [
     ("post", "/api/policies/bot/v1/promote", None, "policies.change_policyversion"),
     ("put", "/api/policies/bot/traffic", {"v1": 1}, "policies.change_policyversion"),
 ]
-READS = ["/api/policies/bot", "/api/policies/bot/v1", "/api/policies/bot/traffic"]
+READS = ["/api/policies/", "/api/policies/bot", "/api/policies/bot/v1", "/api/policies/bot/traffic"]
 
 
 @pytest.fixture(autouse=True)

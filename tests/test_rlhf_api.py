@@ -298,7 +298,7 @@ def test_an_error_quoting_a_lone_surrogate_still_renders(api):
 
 def test_unknown_api_urls_and_methods_answer_json(api):
     assert_error(api.get("/api/policies/a/v1/cancel/extra"), 404, "No API endpoint")
-    assert_error(api.get(feedback_url("bot")), 405, "GET")
+    assert_error(api.put(feedback_url("bot"), {}), 405, "PUT")
 
 
 # --- training requests -----------------------------------------------------------------------------------------
@@ -873,8 +873,9 @@ def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
     schema = json.loads(response.content)
     validate_schema(schema)
     assert {
-        "/api/policies/feedback/{agent}": {"post"},
-        "/api/policies/feedback/{agent}/{run_id}": {"patch"},
+        "/api/policies/": {"get"},
+        "/api/policies/feedback/{agent}": {"post", "get"},
+        "/api/policies/feedback/{agent}/{run_id}": {"patch", "get"},
         "/api/policies/train_policy/{agent}": {"post"},
         "/api/policies/{agent}": {"get"},
         "/api/policies/{agent}/{version}": {"get"},

@@ -5,8 +5,9 @@ every API permission. Each answer must be no server error, carry a status and a 
 documents, match the documented body, and an invalid request must be refused. The WSGI app runs in this
 process on pytest-django's database; each generated request runs in a savepoint that is rolled back, so
 nothing accumulates between requests: a train_policy request never finds an agent with enough feedback to
-calibrate or queue anything. The success bodies of train_policy (200 dry run, 202 queued) and of the reads
-(queued, running, trained, failed versions) are checked against the schema on seeded data at the end.
+calibrate or queue anything. The success bodies of train_policy (200 dry run, 202 queued), of the reads
+(queued, running, trained, failed versions) and of the feedback reads (the agents, a page, the export, a record)
+are checked against the schema on seeded data at the end.
 """
 import json
 import os
@@ -63,7 +64,7 @@ negative.DECLINED = (*negative.DECLINED, InvalidRegexPattern)
 
 @pytest.fixture
 def token(make_user):
-    user = make_user("fuzzer", *API_PERMISSIONS, "feedback.change_feedback")
+    user = make_user("fuzzer", *API_PERMISSIONS, "feedback.change_feedback", "feedback.view_feedback")
     return Token.objects.create(user=user).key
 
 
@@ -163,3 +164,29 @@ def test_success_bodies_match_the_schema(api_schema, token, seeded):
         path_parameters={"agent": "bot", "run_id": "once"}, body={"score": 1.0}, media_type="application/json"
     ).call_and_validate(headers=auth)
     assert scored.status_code == 200 and scored.json()["reviewedAt"]
+
+
+def test_read_bodies_match_the_schema(api_schema, token, seeded):
+    """The reads' 200 bodies on seeded data (the fuzzer's agents have no records): the agents, a filtered page and
+    the next one, the export's file, one record with its review."""
+    auth = {"Authorization": f"Token {token}"}
+    agents = api_schema["/api/policies/"]["GET"].Case().call_and_validate(headers=auth)
+    assert [(a["agent"], a["feedbackCount"], a["versionCount"]) for a in agents.json()] == [("bot", 12, 3)]
+    listed = api_schema["/api/policies/feedback/{agent}"]["GET"]
+    page = listed.Case(path_parameters={"agent": "bot"}, query={"pageSize": 5, "scored": "true"}).call_and_validate(
+        headers=auth
+    )
+    assert len(page.json()["results"]) == 5 and page.json()["next"]
+    cursor = page.json()["next"].split("cursor=")[1].split("&")[0]
+    second = listed.Case(path_parameters={"agent": "bot"}, query={"pageSize": 5, "cursor": cursor})
+    assert second.call_and_validate(headers=auth).json()["previous"]
+    exported = listed.Case(path_parameters={"agent": "bot"}, query={"format": "jsonl"}).call_and_validate(headers=auth)
+    assert exported.headers["content-type"] == ["application/x-ndjson; charset=utf-8"]
+    assert len(exported.text.splitlines()) == 12
+    api_schema["/api/policies/feedback/{agent}/{run_id}"]["PATCH"].Case(
+        path_parameters={"agent": "bot", "run_id": "run-1"}, body={"score": 1.0}, media_type="application/json"
+    ).call_and_validate(headers=auth)
+    record = api_schema["/api/policies/feedback/{agent}/{run_id}"]["GET"].Case(
+        path_parameters={"agent": "bot", "run_id": "run-1"}
+    ).call_and_validate(headers=auth)
+    assert record.json()["reviews"][0]["reviewer"] == "fuzzer"
