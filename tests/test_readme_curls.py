@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def readme_curls() -> dict[str, str]:
-    """The README's curl commands, keyed by method and API path: 'POST feedback/my_agent', 'GET my_agent | jq', ...
+    """The README's curl commands, keyed by method and API path with its query: 'POST feedback/my_agent',
+    'GET my_agent | jq', 'GET ' (the list of agents), ...
     (the jq line of the evaluation section is 'GET my_agent | jq (evaluation)')."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     commands = {}
@@ -28,7 +29,7 @@ def readme_curls() -> dict[str, str]:
             if not command.startswith("curl "):
                 continue
             method = re.search(r"-X (\w+)", command)[1] if "-X " in command else "GET"
-            path = re.search(r"http://localhost:8000/api/policies/(\S+)", command).group(1)
+            path = re.search(r"http://localhost:8000/api/policies/([^\s\"]*)", command).group(1)
             key = f"{method} {path}"
             if '"dryRun": true' in command:
                 key += " (dry run)"
@@ -42,7 +43,7 @@ def readme_curls() -> dict[str, str]:
 def server(tmp_path):
     site = make_site(tmp_path)
     token = site.api_token("ops", perms=(
-        "feedback.add_feedback", "feedback.change_feedback", "policies.add_policyversion",
+        "feedback.add_feedback", "feedback.change_feedback", "feedback.view_feedback", "policies.add_policyversion",
         "policies.change_policyversion", "policies.view_policyversion",
     ))
     with site.gunicorn() as server:
@@ -65,6 +66,8 @@ def test_the_readme_commands_match_the_spec_quick_start():
         "POST train_policy/my_agent",
         "GET my_agent", "GET my_agent | jq", "GET my_agent | jq (evaluation)", "GET my_agent/v1",
         "POST my_agent/v1/cancel", "POST my_agent/v2/promote", "PUT my_agent/traffic", "GET my_agent/traffic",
+        "GET ", "GET feedback/my_agent?scored=true&pageSize=2", "GET feedback/my_agent/run_123",
+        "GET feedback/my_agent?format=jsonl",
     }
     assert all('-H "Authorization: Token $TOKEN"' in command for command in curls.values())
     assert '"dryRun": false' in curls["POST train_policy/my_agent"]
@@ -131,3 +134,13 @@ def test_the_readme_curls_work_against_a_running_server(server):
     split = {"agent": "my_agent", "activeVersion": "v2", "traffic": {"v2": 0.9, "v3": 0.1}, "recordServed": False}
     assert json.loads(run(curls["PUT my_agent/traffic"], base, token)) == split
     assert json.loads(run(curls["GET my_agent/traffic"], base, token)) == split
+
+    # Read it back: the agents, a page of scored feedback, one record, the export (written to the working directory).
+    assert json.loads(run(curls["GET "], base, token)) == [
+        {**split, "feedbackCount": 10, "scoredCount": 10, "versionCount": 3}]
+    page = json.loads(run(curls["GET feedback/my_agent?scored=true&pageSize=2"], base, token))
+    assert [record["runId"] for record in page["results"]] == ["run_123", "r0"] and page["next"]
+    assert json.loads(run(curls["GET feedback/my_agent/run_123"], base, token))["reviews"][0]["score"] == 1.0
+    run(f"cd {site.root} && " + curls["GET feedback/my_agent?format=jsonl"], base, token)
+    assert [json.loads(line)["runId"] for line in (site.root / "my_agent.jsonl").read_text().splitlines()] == [
+        "run_123", *(f"r{i}" for i in range(9))]
