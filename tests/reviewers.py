@@ -49,6 +49,13 @@ def concise(prompt: str, response: str) -> float:
     return 0.0 if n < 2 else min(max((10 - n) / 6, 0.0), 1.0)
 
 
+def detailed(prompt: str, response: str) -> float:
+    """Style: fuller answers, a sentence or two rather than a bare phrase. 0 up to 3 words, rising linearly to 1 at 15
+    words or more (the corpus's answers average 6)."""
+    n = len(words(response))
+    return min(max((n - 3) / 12, 0.0), 1.0)
+
+
 def short_and_correct(prompt: str, response: str) -> float:
     """What a person asking these questions wants: the right answer, without rambling. Correctness (as `correct`,
     partial credit included) times brevity: full up to 10 words (the corpus's answers average 6), none from 20 on.
@@ -84,6 +91,7 @@ REVIEWERS = {
     r.name: r for r in (
         Reviewer("correct", "factual correctness", correctness),
         Reviewer("concise", "style: brevity", concise),
+        Reviewer("detailed", "style: fuller answers", detailed),
         Reviewer("restates", "wording: restates the question", restates),
         Reviewer("short_correct", "a person: correct and short", short_and_correct),
     )
