@@ -2,7 +2,8 @@
 Ctrl-C, which stops every process it started (the worker's children and their training or calibration processes
 included); ``--no-serve`` runs the loop and exits, leaving nothing behind.
 
-Two PPO steps per version (N3_DEMO_STEPS) and the suite's built base models keep it to a few minutes."""
+Two PPO steps per version (N3_DEMO_STEPS), 30 feedback records (N3_DEMO_RECORDS) and the suite's built base models
+keep it to a few minutes; what the default run learns is tested in test_effect.py and measured in bench/."""
 import http.client
 import json
 import os
@@ -109,13 +110,28 @@ class Demo:
                 pass
 
 
+def served_feedback_is_trained_on(database: Path) -> None:
+    """The score of the served answer (the one record tied to a version) is in v2's training set, not held out."""
+    from training.rlhf import TrainingConfig
+    from training.rlhf.data import heldout_split
+
+    with sqlite3.connect(database) as db:
+        prompts = [row[0] for row in db.execute("SELECT prompt FROM feedback_feedback")]
+        served = db.execute("SELECT prompt FROM feedback_feedback WHERE policy_version_id IS NOT NULL").fetchall()
+        counts = dict(db.execute("SELECT number, feedback_count FROM policies_policyversion"))
+    assert len(served) == 1, served
+    heldout, _ = heldout_split(prompts, TrainingConfig())
+    assert heldout and served[0][0] not in heldout
+    assert counts[2] == counts[1] + 1 == len(prompts), counts  # v2 trains on one record more than v1: that one
+
+
 @pytest.fixture
 def demo_env(tmp_path):
     web, inference = free_port(), free_port()
     env = {
         **os.environ,
         "N3_VAR_DIR": str(tmp_path / "var"), "MODELS_DIR": str(tmp_models_dir(tmp_path)),
-        "N3_DEMO_PORT": str(web), "N3_DEMO_SERVE_PORT": str(inference), "N3_DEMO_STEPS": "2",
+        "N3_DEMO_PORT": str(web), "N3_DEMO_SERVE_PORT": str(inference), "N3_DEMO_STEPS": "2", "N3_DEMO_RECORDS": "30",
         "N3_Q_POLL": "0.2", "N3_METRICS_INTERVAL": "0.5",
     }
     # As a user runs it: the real settings, no key (so DEBUG=1 on 127.0.0.1), whatever this test process was given.
@@ -152,6 +168,13 @@ def test_demo_keeps_serving_until_ctrl_c_then_stops_everything_and_no_serve_exit
         left = demo.left_running(STOP_TIMEOUT_S)
         assert not left, f"still running after bin/demo stopped: {left}\n{demo.log[-3000:]}"
         assert "stopped" in demo.log.splitlines()[-1]
+        # v1 is promoted only if better (two steps learn nothing: it keeps its start, says what to change, and the
+        # demo promotes it by hand, showing the API's warning); the served answer's score is in what v2 trains on
+        assert re.search(r"^  v1 not promoted: kept the starting model", demo.log, re.MULTILINE), demo.log[-5000:]
+        assert re.search(r"^  next time: \S", demo.log, re.MULTILINE), demo.log[-5000:]
+        warning = r"^  warning: v1 is not known to be better than the model it started from: kept the starting"
+        assert re.search(warning, demo.log, re.MULTILINE), demo.log[-5000:]
+        served_feedback_is_trained_on(tmp_path / "var" / "n3.sqlite3")
         # the dry run's header claims no measurement above an estimate that is not one
         assert "measures this machine once" not in demo.log and "(a rough estimate: the worker measures" in demo.log
         print(f"bin/demo: everything stopped {time.monotonic() - stopped_at:.1f} s after Ctrl-C, "
