@@ -80,9 +80,13 @@ def test_sides_are_balanced(count):
 
 
 def test_sides_are_random_per_item(pair):
-    orders = {tuple(i.a_on_left for i in make_comparison(pair, [f"q{n}" for n in range(10)]).items.all())
-              for _ in range(5)}
-    assert len(orders) > 1  # not one fixed pattern (5 draws of C(10,5) = 252 orders all equal: 1 in 252^4)
+    draws = [[i.a_on_left for i in make_comparison(pair, [f"q{n}" for n in range(10)]).items.order_by("position")]
+             for _ in range(20)]
+    assert all(sum(sides) == 5 for sides in draws)  # each comparison balanced: A on the left for half its items
+    # and which half is drawn afresh: every position is A-left in some draw and B-left in another (a position stuck
+    # on one side over 20 balanced draws: about 1 in 50,000 for the ten), and the draws are not one repeated pattern
+    assert all(0 < sum(column) < 20 for column in zip(*draws))
+    assert len({tuple(sides) for sides in draws}) > 10
 
 
 def test_the_queue_hides_which_version_is_which(pair, reviewers):

@@ -68,10 +68,17 @@ def test_a_nested_fields_error_names_its_path():
 
 
 def test_the_bounds_leave_real_values_alone():
-    config(seed=0, temperature=0.7, init_kl_coef=0.05, vf_coef=0.5, missing_eos_penalty=1.0)
-    config(seed=2**32 - 1, temperature=1.3, init_kl_coef=20, learning_rate=5e-4)
+    low = config(seed=0, temperature=0.7, init_kl_coef=0.05, vf_coef=0.5, missing_eos_penalty=1.0)
+    high = config(seed=2**32 - 1, temperature=1.3, init_kl_coef=20, learning_rate=5e-4)
+    # accepted as given: nothing clamped or rounded on the way in
+    assert (low.seed, low.temperature, low.init_kl_coef, low.vf_coef, low.missing_eos_penalty) == (
+        0, 0.7, 0.05, 0.5, 1.0)
+    assert (high.seed, high.temperature, high.init_kl_coef, high.learning_rate) == (2**32 - 1, 1.3, 20, 5e-4)
     for name in PRESETS:
-        TrainingConfig.from_preset(name)
+        preset = TrainingConfig.from_preset(name)
+        preset.validate()
+        assert {k: getattr(preset, k) for k in PRESETS[name] if k != "reward_model_config"} == {
+            k: v for k, v in PRESETS[name].items() if k != "reward_model_config"}
 
 
 # --- which algorithm reads which field (issue 10) -----------------------------------------------------------------

@@ -130,7 +130,9 @@ def test_chat_json_is_a_conversation():
 
 def test_openai_request_shape_is_a_conversation_too():
     html = render_message(json.dumps({"model": "agent", "messages": [{"role": "user", "content": "hi"}]}))
-    assert 'n3-role-user' in html
+    roles = re.findall(r'<div class="n3-chat-message n3-role-(\w+)"><div class="n3-chat-role">(\w+)</div>', html)
+    assert html.startswith('<div class="n3-chat">') and roles == [("user", "user")]
+    assert html.endswith(">hi</div></div></div>") and "agent" not in html  # the conversation, not the request fields
 
 
 def test_an_unknown_role_is_shown_in_the_neutral_style():

@@ -26,6 +26,7 @@ from training.rlhf import (
     TrainingCancelled,
 )
 from training.rlhf.base_models import load_causal_lm, load_tokenizer
+from training.rlhf.context import auto_learning_rate, slow_rate_warning, with_learning_rate
 from training.rlhf.data import prepare_feedback, train_val_split
 from training.rlhf.errors import NonFiniteError
 from training.rlhf.modeling import lora_config_for
@@ -69,9 +70,14 @@ def tiny_config(**overrides) -> TrainingConfig:
 class TestTrainingConfig:
     def test_spec_python_api_example(self):
         config = TrainingConfig(base_model="gpt2", use_lora=True, learning_rate=1e-5, max_steps=1000, batch_size=8)
-        assert (config.base_model, config.use_lora, config.learning_rate, config.max_steps, config.batch_size) == (
-            "gpt2", True, 1e-5, 1000, 8,
-        )
+        config.validate()
+        # the spec's explicit rate is the rate used (not replaced by the automatic one), and the dry run says what it
+        # will do: a tenth or less of gpt2's automatic LoRA rate barely moves the adapter
+        assert with_learning_rate(config).learning_rate == 1e-5 and auto_learning_rate(config) == 2e-4
+        assert "1e-05 is a tenth or less of the rate n3 would choose" in slow_rate_warning(config)
+        left_out = TrainingConfig(base_model="gpt2", use_lora=True, max_steps=1000, batch_size=8)
+        assert with_learning_rate(left_out).learning_rate == 2e-4 and slow_rate_warning(left_out) is None
+        assert TrainingConfig.from_dict(config.to_dict()) == config
 
     @pytest.mark.parametrize("name, expected", [
         ("quick_test", {"base_model": "gpt2", "max_steps": 50, "batch_size": 4, "learning_rate": 1e-4}),
