@@ -3,8 +3,9 @@ steps), elapsed time, a smoothed ETA, latest figures, log tail. The page renders
 from progress.json (the same dict), so both say the same words."""
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Optional
 
 from django.utils import timezone
@@ -70,10 +71,27 @@ def eta_seconds(phase_progress: Optional[Mapping[str, Any]], *, now: float) -> O
     return pace * (remaining - 1) + in_progress_left
 
 
-def progress(version: PolicyVersion) -> dict:
-    """What the live status box shows (the page's first render and progress.json): status and its label, the
-    current phase's counter (done/total/unit, percent), elapsed, ETA of the phase, latest figures, log tail."""
-    now = timezone.now()
+@dataclass(frozen=True)
+class Timing:
+    """Where a version's training stands in time: what the admin's status box and the API's body both show.
+
+    ``elapsed``: seconds since it started running (its duration once ended; None while queued). ``eta``: seconds
+    left in the current ``phase`` (the admin's "remaining" figure; None when there is no estimate yet or the version
+    has ended). ``done``/``total``/``unit``: the current phase's counter (reward-model batches, evaluation, saving),
+    or the version's own policy steps in the policy phase, before any phase and once it ended."""
+
+    phase: str  # the core's phase name ("reward_model", "policy", ...); "" before the first report
+    phase_name: str  # in words, for the page
+    done: int
+    total: int
+    unit: str
+    detail: str
+    elapsed: Optional[float]
+    eta: Optional[float]
+
+
+def timing(version: PolicyVersion, *, now: datetime) -> Timing:
+    """The version's phase, counter, elapsed time and ETA at ``now``, from its own fields (no query)."""
     end = version.finished_at or now
     elapsed = (end - version.started_at).total_seconds() if version.started_at else None
     metrics = version.metrics or {}
@@ -92,31 +110,40 @@ def progress(version: PolicyVersion) -> dict:
         detail = f"{phase_name} phase" if phase else ""
     eta = None
     if version.is_active and phase_progress is not None:
-        eta = eta_seconds(phase_progress, now=time.time())
+        eta = eta_seconds(phase_progress, now=now.timestamp())
     elif version.is_active and version.step >= ETA_MIN_STEPS and elapsed and version.max_steps > version.step:
         eta = elapsed / version.step * (version.max_steps - version.step)  # a run that records no pace: the mean
+    return Timing(phase=phase, phase_name=phase_name, done=done, total=total, unit=unit, detail=detail,
+                  elapsed=elapsed, eta=eta)
+
+
+def progress(version: PolicyVersion) -> dict:
+    """What the live status box shows (the page's first render and progress.json): status and its label, the
+    current phase's counter (done/total/unit, percent), elapsed, ETA of the phase, latest figures, log tail."""
+    t = timing(version, now=timezone.now())
     if not version.is_active:
         eta_text = ""
-    elif eta is None:
+    elif t.eta is None:
         eta_text = ESTIMATING if version.status == PolicyVersion.Status.RUNNING else ""
     else:
-        eta_text = duration(eta)
+        eta_text = duration(t.eta)
     return {
         "status": version.status,
         "statusLabel": version.get_status_display(),
         "step": version.step,
         "maxSteps": version.max_steps,
-        "done": done,
-        "total": total,
-        "unit": unit,
-        "percent": round(100 * done / total, 1) if total else 0,
-        "phase": phase,
-        "phaseDetail": detail,
-        "elapsedSeconds": round(elapsed) if elapsed is not None else None,
-        "etaSeconds": round(eta) if eta is not None else None,
-        "elapsed": duration(elapsed),
+        "done": t.done,
+        "total": t.total,
+        "unit": t.unit,
+        "percent": round(100 * t.done / t.total, 1) if t.total else 0,
+        "phase": t.phase,
+        "phaseDetail": t.detail,
+        "elapsedSeconds": round(t.elapsed) if t.elapsed is not None else None,
+        "etaSeconds": round(t.eta) if t.eta is not None else None,
+        "elapsed": duration(t.elapsed),
         "eta": eta_text,
-        "etaLabel": f"remaining ({phase_name}, estimate)" if phase and version.is_active else "remaining (estimate)",
+        "etaLabel": f"remaining ({t.phase_name}, estimate)" if t.phase and version.is_active
+        else "remaining (estimate)",
         "rewardMean": version.reward_mean,
         "kl": version.kl,
         "loss": version.loss,
