@@ -6,6 +6,7 @@ config field is accepted, validated and documented without touching this file.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import re
 import types
@@ -15,6 +16,7 @@ from functools import cache
 from typing import Any, Optional
 
 from django.core.validators import RegexValidator
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -23,9 +25,11 @@ from rest_framework.reverse import reverse
 
 from policies.models import PolicyVersion
 from training.deployment import HumanScore, human_scores
+from training.events import MAX_LIMIT as MAX_EVENTS_LIMIT
 from training.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
 from training.rlhf.metrics import SPEC_NAMES
 from training.selectors import QueueState, queue_state
+from training.status import PHASE_WORDS, Timing, timing
 
 
 def to_camel(name: str) -> str:
@@ -424,9 +428,32 @@ def api_human_score(score: HumanScore) -> dict[str, Any]:
     return {"n": score.n, "nScored": score.n_scored, "mean": score.mean, "ci": list(score.ci) if score.ci else None}
 
 
+_PROGRESS = {
+    "type": "object",
+    "description": "Where the training stands: the current phase and its counter (the admin's status box shows the "
+                   "same). The reward model, evaluation and saving phases count their own units while the version "
+                   "runs; in the policy phase, before any phase and once the version ended, the counter is its "
+                   "policy steps (trainingSteps of maxSteps)",
+    "properties": {
+        "phase": {"type": "string", "nullable": True, "description": "The training's current (or last) phase, the "
+                  f"core's name ({', '.join(PHASE_WORDS)}); null before it started, and once trained"},
+        "done": {"type": "integer", "description": "Units done in the phase"},
+        "total": {"type": "integer", "description": "Units the phase takes"},
+        "unit": {"type": "string", "description": 'What is counted: "steps", "reward-model batches", ...'},
+    },
+    "required": ["phase", "done", "total", "unit"],
+}
+
+
+TIMING_KEYS = ("elapsedSeconds", "estimatedFinish", "progress")
+
+
 class PolicyVersionSummarySerializer(serializers.Serializer):
     """One item of ``GET /api/policies/<agent>``. Its human scores come from ``context["human_scores"]``
-    (training.deployment.human_scores: one query for a whole list), else one query for this version."""
+    (training.deployment.human_scores: one query for a whole list), else one query for this version.
+
+    Its last keys (elapsedSeconds, estimatedFinish, progress) were added after the others: training.status.timing,
+    the figures of the admin's status box, read from the version's own fields (no query)."""
 
     version = serializers.CharField(read_only=True, help_text='"v1", "v2", ... per agent')
     policyId = serializers.CharField(source="policy_id", read_only=True)
@@ -444,6 +471,38 @@ class PolicyVersionSummarySerializer(serializers.Serializer):
     trafficShare = serializers.SerializerMethodField()
     humanScore = serializers.SerializerMethodField()
     url = VersionUrlField()
+    elapsedSeconds = serializers.SerializerMethodField()
+    estimatedFinish = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField()
+
+    def _timing(self, version: PolicyVersion) -> Timing:
+        cached = getattr(self, "_timed", None)
+        if cached is None or cached[0] != version.pk:
+            now = self.context.setdefault("now", timezone.now())  # one moment for a whole list
+            self._timed = cached = (version.pk, timing(version, now=now))
+        return cached[1]
+
+    @extend_schema_field({**_NUMBER_OR_NULL, "description": "Seconds since it started running; once it ended, how "
+                          "long it ran; null while queued"})
+    def get_elapsedSeconds(self, version: PolicyVersion) -> Optional[float]:
+        elapsed = self._timing(version).elapsed
+        return round(elapsed, 1) if elapsed is not None else None
+
+    @extend_schema_field({"type": "string", "format": "date-time", "nullable": True, "description": "Queued or "
+                          "running: when the current phase (progress.phase) is estimated to end, from its recent "
+                          "pace (the admin's \"remaining\" figure); in the policy phase, about when training ends "
+                          "(evaluation and saving follow). Null when there is no estimate yet, and once it ended"})
+    def get_estimatedFinish(self, version: PolicyVersion) -> Optional[str]:
+        eta = self._timing(version).eta
+        if eta is None or not version.is_active:
+            return None
+        return serializers.DateTimeField().to_representation(
+            self.context["now"] + datetime.timedelta(seconds=round(eta)))
+
+    @extend_schema_field(_PROGRESS)
+    def get_progress(self, version: PolicyVersion) -> dict[str, Any]:
+        t = self._timing(version)
+        return {"phase": t.phase or None, "done": t.done, "total": t.total, "unit": t.unit}
 
     @extend_schema_field(_WARNINGS)
     def get_warnings(self, version: PolicyVersion) -> list[str]:
@@ -527,7 +586,63 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
         data = super().to_representation(instance)
         data["error"] = data["error"] or None
         data["promotionNote"] = data["promotionNote"] or None
+        for key in TIMING_KEYS:  # the body's last keys here too (added after the others)
+            data[key] = data.pop(key)
         return data
+
+
+class EventQuerySerializer(serializers.Serializer):
+    """The query parameters of GET /api/policies/<agent>/<version>/events; one it does not know is refused."""
+
+    after = serializers.IntegerField(
+        required=False, min_value=0, max_value=2**53,
+        help_text="List the events after this id (the last one seen): poll with it for new events",
+    )
+    limit = serializers.IntegerField(
+        required=False, min_value=1, max_value=MAX_EVENTS_LIMIT, default=100, help_text="Events per page (default 100)",
+    )
+
+    def to_internal_value(self, data):
+        errors = {key: [f"Unknown query parameter (known: {', '.join(self.fields)})"]
+                  for key in data if key not in self.fields}
+        errors.update({key: ["Give it once."] for key in data if key in self.fields and len(data.getlist(key)) > 1})
+        if errors:
+            raise serializers.ValidationError(errors)
+        return super().to_internal_value(data.dict())
+
+
+class EventSerializer(serializers.Serializer):
+    """One event of a version's training (training.events.Event)."""
+
+    id = serializers.IntegerField(help_text="Increases in the order the events happen; stable: poll with ?after=")
+    createdAt = serializers.DateTimeField(
+        source="created_at", allow_null=True, help_text="When it happened; null for a step whose time is unknown",
+    )
+    level = serializers.ChoiceField(choices=["info", "warning", "error"])
+    type = serializers.ChoiceField(
+        choices=["queued", "started", "reward_model.epoch", "reward_model.fitted", "policy.step", "warning",
+                 "evaluation", "promotion", "end"],
+        help_text="reward_model.epoch: an epoch's train loss and validation MSE (of a fold when it cross-validates); "
+                  "policy.step: every n-th step's figures (about 100 per run); end: data.status is trained, failed "
+                  "or cancelled, data.error why",
+    )
+    message = serializers.CharField(help_text="The event in words")
+    data = serializers.SerializerMethodField()
+
+    @extend_schema_field({"type": "object", "additionalProperties": True,
+                          "description": "The event's figures, camelCase (e.g. epoch, valMse; step, rewardMean, kl)"})
+    def get_data(self, event) -> dict[str, Any]:
+        return camel_keys(event.data)
+
+
+class EventPageSerializer(serializers.Serializer):
+    """A page of a version's events, oldest first."""
+
+    next = serializers.URLField(
+        allow_null=True, help_text="The next page; null when there are no more events yet (poll again later with "
+                                   "?after=<the last id>)",
+    )
+    results = EventSerializer(many=True)
 
 
 class DeploymentSerializer(serializers.Serializer):

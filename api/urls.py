@@ -44,6 +44,7 @@ urlpatterns = [
     *_route(AGENT, views.PolicyVersionListView.as_view(), "version-list"),
     *_route(rf"{AGENT}/traffic", views.TrafficView.as_view(), "traffic"),  # before {VERSION}: "traffic" is no version
     *_route(rf"{AGENT}/{VERSION}", views.PolicyVersionDetailView.as_view(), "version-detail"),
+    *_route(rf"{AGENT}/{VERSION}/events", views.PolicyVersionEventsView.as_view(), "version-events"),
     *_route(rf"{AGENT}/{VERSION}/cancel", views.PolicyVersionCancelView.as_view(), "version-cancel"),
     *_route(rf"{AGENT}/{VERSION}/promote", views.PromoteView.as_view(), "version-promote"),
     re_path(r"", api_not_found),

@@ -28,7 +28,7 @@ from feedback.models import Feedback
 from feedback.services import record_feedback, record_feedback_batch, update_feedback
 from policies import selectors
 from policies.models import agent_name_validator
-from training import deployment, services
+from training import deployment, events, services
 
 from .feedback_serializers import (
     EXPORT_FORMATS,
@@ -51,6 +51,9 @@ from .serializers import (
     AgentSerializer,
     DeploymentSerializer,
     DryRunSerializer,
+    EventPageSerializer,
+    EventQuerySerializer,
+    EventSerializer,
     PolicyVersionSerializer,
     PolicyVersionSummarySerializer,
     PromotionSerializer,
@@ -359,6 +362,37 @@ class PolicyVersionDetailView(APIView):
     def get(self, request: Request, agent: str, version: str) -> Response:
         found = selectors.get_policy_version(agent_name=agent, version=version)
         return Response(shown_to(request, PolicyVersionSerializer(found, context={"request": request}).data))
+
+
+class PolicyVersionEventsView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion"}
+
+    @extend_schema(
+        operation_id="list_policy_version_events",
+        summary="The version's training as events, oldest first: queued, started, reward-model epochs, steps, "
+                "warnings, evaluation, promotion, end",
+        parameters=[AGENT, VERSION, EventQuerySerializer],
+        description=(
+            "Derived from what the training writes (the version, its step rows, its training.log): reward-model "
+            "epochs with their validation MSE, every n-th policy step (about 100 per run, with the first and the "
+            "last), the training's warnings, the evaluation's verdict, the promotion decision and the end (trained, "
+            "failed or cancelled, with the error). Ids increase in the order events happen and never change: to "
+            "follow a running training, poll with `?after=<the last id seen>`. `next` links to the next page while "
+            "one is full."
+        ),
+        responses={200: EventPageSerializer, **_errors(400, 401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str, version: str) -> Response:
+        query = EventQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        found = selectors.get_policy_version(agent_name=agent, version=version)
+        page, more = events.version_events(version=found, **query.validated_data)
+        following = None
+        if more:
+            following = request.build_absolute_uri(
+                f"{request.path}?after={page[-1].id}&limit={query.validated_data['limit']}")
+        body = {"next": following, "results": EventSerializer(page, many=True).data}
+        return Response(shown_to(request, body))
 
 
 class PolicyVersionCancelView(APIView):

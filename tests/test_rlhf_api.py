@@ -881,6 +881,7 @@ def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
         "/api/policies/train_policy/{agent}": {"post"},
         "/api/policies/{agent}": {"get"},
         "/api/policies/{agent}/{version}": {"get"},
+        "/api/policies/{agent}/{version}/events": {"get"},
         "/api/policies/{agent}/{version}/cancel": {"post"},
         "/api/policies/{agent}/{version}/promote": {"post"},
         "/api/policies/{agent}/traffic": {"get", "put"},
@@ -893,6 +894,7 @@ def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
         evaluated, skipped = version["metrics"]["properties"]["evaluation"]["oneOf"]
         assert {"better", "winRate", "winRateCi", "kl", "heldoutPrompts", "scoredBy"} <= set(evaluated["required"])
         assert ("samples" in evaluated["properties"]) is samples and skipped["required"] == ["skipped"]
+        assert {"elapsedSeconds", "estimatedFinish", "progress"} <= set(version)  # issue 21: the job's timing
     docs = anonymous.get("/api/docs/")
     assert docs.status_code == 200
     assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs.content  # served locally: works offline

@@ -168,7 +168,7 @@ def test_success_bodies_match_the_schema(api_schema, token, seeded):
 
 def test_read_bodies_match_the_schema(api_schema, token, seeded):
     """The reads' 200 bodies on seeded data (the fuzzer's agents have no records): the agents, a filtered page and
-    the next one, the export's file, one record with its review."""
+    the next one, the export's file, one record with its review; a version's events."""
     auth = {"Authorization": f"Token {token}"}
     agents = api_schema["/api/policies/"]["GET"].Case().call_and_validate(headers=auth)
     assert [(a["agent"], a["feedbackCount"], a["versionCount"]) for a in agents.json()] == [("bot", 12, 3)]
@@ -190,3 +190,7 @@ def test_read_bodies_match_the_schema(api_schema, token, seeded):
         path_parameters={"agent": "bot", "run_id": "run-1"}
     ).call_and_validate(headers=auth)
     assert record.json()["reviews"][0]["reviewer"] == "fuzzer"
+    events = api_schema["/api/policies/{agent}/{version}/events"]["GET"]
+    for version in ("v1", "v2", "v3"):  # trained (its steps, evaluation), failed, running
+        page = events.Case(path_parameters={"agent": "bot", "version": version}, query={"limit": 2})
+        assert page.call_and_validate(headers=auth).json()["results"][0]["type"] == "queued"
