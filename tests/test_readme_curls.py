@@ -65,7 +65,8 @@ def test_the_readme_commands_match_the_spec_quick_start():
         "POST feedback/my_agent", "PATCH feedback/my_agent/run_123", "POST train_policy/my_agent (dry run)",
         "POST train_policy/my_agent",
         "GET my_agent", "GET my_agent | jq", "GET my_agent | jq (evaluation)", "GET my_agent/v1",
-        "POST my_agent/v1/cancel", "POST my_agent/v2/promote", "PUT my_agent/traffic", "GET my_agent/traffic",
+        "GET my_agent/v1/events?limit=100", "POST my_agent/v1/cancel", "POST my_agent/v2/promote",
+        "PUT my_agent/traffic", "GET my_agent/traffic",
         "GET ", "GET feedback/my_agent?scored=true&pageSize=2", "GET feedback/my_agent/run_123",
         "GET feedback/my_agent?format=jsonl",
     }
@@ -123,6 +124,8 @@ def test_the_readme_curls_work_against_a_running_server(server):
         }
     assert json.loads(run(curls["GET my_agent/v1"], base, token))["policyId"] == queued["policyId"]
     assert json.loads(run(curls["POST my_agent/v1/cancel"], base, token))["status"] == "cancelled"
+    events = json.loads(run(curls["GET my_agent/v1/events?limit=100"], base, token))  # cancelled while queued
+    assert [(e["type"], e["data"].get("status")) for e in events["results"]] == [("queued", None), ("end", "cancelled")]
 
     # Deploy: two trained versions (rows only: deployment reads the status, not the files) to promote and split.
     site.shell("from policies.models import Agent, PolicyVersion; agent = Agent.objects.get(name='my_agent'); "
