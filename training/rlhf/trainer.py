@@ -382,6 +382,9 @@ def _verdict(block: dict, *, judged: bool, reward_model_warnings: list[str], fal
 
 # Below this KL (nats per response) a version has barely left its start: too little training, not a bad preference.
 BARELY_MOVED_KL = 0.1
+# From this KL on, more steps mostly move it further from what the reward models know (the bench's regressions came
+# at KL 2 and beyond): the advice asks for more feedback only.
+MOVED_KL = 1.0
 
 
 def _advice(block: dict, *, judged: bool, max_kl: float) -> str:
@@ -400,8 +403,9 @@ def _advice(block: dict, *, judged: bool, max_kl: float) -> str:
     if high < 0.5:
         return ("the judges prefer its start: the reward model rewards something the held-out answers do not "
                 "show; more feedback, on more distinct prompts, before training further")
+    more_steps = " or more steps (maxSteps)" if block["kl"] < MOVED_KL else ""  # further from the start: no
     return (f"the interval spans 0.5 on {len(block['heldout_prompts'])} held-out prompts: more feedback on more "
-            "distinct prompts (a fifth of them are held out) or more steps (maxSteps)")
+            f"distinct prompts (a fifth of them are held out){more_steps}")
 
 
 def _positions(name: str) -> Optional[int]:
