@@ -15,7 +15,9 @@ from policies.models import PolicyVersion
 # axis does not run past it.
 CURVES = [
     {"key": "objective/scores", "title": "Reward mean", "css": "n3-reward", "domain": (0.0, 1.0),
-     "hint": "Good: increasing. Target > 0.7.", "refs": [(0.7, "target 0.7")]},
+     # No target line: each version's reward is on its own reward model's scale (README), so no fixed level
+     # means "good" across versions.
+     "hint": "Good: increasing (on this version's own reward model's scale).", "refs": []},
     {"key": "objective/kl", "title": "KL divergence", "css": "n3-kl", "domain": (0.0, None),
      "hint": "Good: < 10 (close to the base model). Bad: > 20.", "refs": [(10.0, "10"), (20.0, "20")]},
     {"key": "loss/total", "title": "Loss", "css": "n3-loss", "domain": (None, None),
