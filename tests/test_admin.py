@@ -323,6 +323,17 @@ def test_version_page_shows_the_evaluation_its_samples_and_a_warning_badge(evalu
     assert POOR_FIT in html and 'id="n3-warnings"' in html
 
 
+def test_a_reward_difference_that_rounds_to_zero_shows_no_minus_sign(agent):
+    from training.admin_views import evaluation_view
+
+    version = PolicyVersion(agent=agent, number=1, metrics={
+        "evaluation": {**EVALUATION, "reward_diff": -0.001, "reward_diff_ci": [-0.004, 0.003]}})
+    rows = dict(evaluation_view(version)["rows"])
+    assert rows["Reward difference"] == "0.00 (95 % interval 0.00 to 0.00)"
+    version.metrics["evaluation"].update(reward_diff=-0.05, reward_diff_ci=[-0.12, 0.02])
+    assert dict(evaluation_view(version)["rows"])["Reward difference"] == "-0.05 (95 % interval -0.12 to 0.02)"
+
+
 def test_version_page_says_when_a_version_was_not_evaluated(trained, engineer):
     html = page(engineer, "admin:policies_policyversion_change", trained.pk)
     assert "trained before n3 evaluated its versions" in html and "n3-warning-badge" not in html

@@ -272,7 +272,7 @@ def evaluation_view(version: PolicyVersion) -> Optional[dict]:
         ("Scored by", e.get("scored_by") or "—"),
         ("Win rate", f"{_percent(e.get('win_rate'))} (95 % interval {_percent_interval(e.get('win_rate_ci'))})"),
         ("Reward (start → version)", reward),
-        ("Reward difference", f"{'—' if diff is None else f'{diff:+.2f}'} "
+        ("Reward difference", f"{'—' if diff is None else signed(diff)} "
                               f"(95 % interval {_interval(e.get('reward_diff_ci'))})"),
         ("KL from its start", f"{_short(e.get('kl'))} nats per response"),
         ("Response length (start → version)",
@@ -313,7 +313,16 @@ def _percent_interval(bounds: Any) -> str:
 
 def _interval(bounds: Any) -> str:
     low, high = _bounds(bounds)
-    return "—" if low is None or high is None else f"{low:.2f} to {high:.2f}"
+    return "—" if low is None or high is None else f"{signed(low, plus='')} to {signed(high, plus='')}"
+
+
+def signed(value: float, *, plus: str = "+") -> str:
+    """A difference to two decimals with its sign ("+0.19", "-0.05"), and one that rounds to zero as "0.00": no
+    "-0.00" for a difference too small to show."""
+    text = f"{value:.2f}"
+    if float(text) == 0:
+        return "0.00"
+    return text if value < 0 else f"{plus}{text}"
 
 
 def _bounds(bounds: Any) -> tuple[Optional[float], Optional[float]]:
@@ -492,8 +501,8 @@ def human_score_rows(pair: Sequence[PolicyVersion]) -> dict:
     if diff.difference is None:
         difference = "— (each version needs scored feedback tied to it)"
     else:
-        interval = f" (95 % interval {diff.ci[0]:+.2f} to {diff.ci[1]:+.2f})" if diff.ci else ""
-        difference = f"{diff.difference:+.2f}{interval}"
+        interval = f" (95 % interval {signed(diff.ci[0])} to {signed(diff.ci[1])})" if diff.ci else ""
+        difference = f"{signed(diff.difference)}{interval}"
     rows = [
         {"label": "Feedback tied to it", "cells": [str(scores[v.pk].n) for v in pair]},
         {"label": "Scored", "cells": [str(scores[v.pk].n_scored) for v in pair]},
