@@ -7,7 +7,7 @@ from policies.models import Agent, PolicyVersion
 
 class Feedback(models.Model):
     class Source(models.TextChoices):
-        API = "api"
+        API = "api", "API"
         ADMIN = "admin"
         IMPORT = "import"
 

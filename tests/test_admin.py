@@ -75,6 +75,11 @@ def test_other_filters_and_search(scored, reviewer, agent):
     assert len(listed_ids(client.get(url, {"created_at__gte": midnight.isoformat(" ")}))) == 8
 
 
+def test_the_list_labels_the_api_source_api_not_api_title_cased(scored, reviewer):
+    html = login(reviewer).get(reverse(CHANGELIST)).content.decode()
+    assert ">API</td>" in html and ">Api<" not in html
+
+
 def test_list_shows_import_export_and_queue_links(scored, reviewer):
     html = login(reviewer).get(reverse(CHANGELIST)).content.decode()
     assert "Review queue (1 unscored)" in html
