@@ -225,6 +225,21 @@ def test_json_views_refuse_get(alice):
     assert client_for(alice).get(reverse("review:next")).status_code == 405
 
 
+def test_the_agent_picker_names_its_count_apart_from_the_reviewers_own(agent, alice, bob):
+    agent.review_overlap = 2
+    agent.save()
+    first, _ = add_feedback(agent, 2)
+    review.score_feedback(feedback_id=first.pk, user=User.objects.get(username="bob"), score=0.5)
+    html = client_for(bob).get(reverse("review:queue")).content.decode()
+    # Both items still need a score, only one needs bob's: the picker's count says it counts every reviewer's.
+    assert "support (2 unscored, all reviewers)" in html and "awaiting your review" in html
+
+
+def test_the_queue_says_a_skip_lasts_until_logout(agent, alice):
+    html = client_for(alice).get(reverse("review:queue")).content.decode()
+    assert "skips last until you log out" in html.lower()
+
+
 # --- page and permissions ----------------------------------------------------------------------
 
 
@@ -235,7 +250,7 @@ def test_queue_page_shows_guidelines_and_agents(agent, alice):
     html = page.content.decode()
     assert "Feedback Scoring Guidelines" in html
     assert "Perfect answer, comprehensive, accurate" in html and "Wrong, misleading, or unhelpful" in html
-    assert 'data-agent="support"' in html and "support (2 unscored)" in html
+    assert 'data-agent="support"' in html and "support (2 unscored, all reviewers)" in html
     assert "n3/review.js" in html
 
 
