@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_POST
 from n3site.exceptions import ServiceError
 from policies.models import Agent
 
-from . import review
+from . import rendering, review
 from .models import Feedback, Review
 from .rendering import render_bounded
 
@@ -300,6 +300,18 @@ def my_reviews(request: HttpRequest):
     reviews = list(review.recent_reviews(user=request.user, agent_name=agent_name, limit=RECENT_REVIEWS))
     for mine in reviews:
         mine.item_reviews = mine.feedback.reviews.count()
+    # Prompts and responses as the queue shows them (chats as conversations, Markdown rendered), within a list
+    # page's budget.
+    texts = []
+    for mine in reviews:
+        item = mine.feedback
+        texts += [(item.prompt[:rendering.LIST_CHARS + 1], len(item.prompt),
+                   reverse("admin:feedback_feedback_text", args=[item.pk, "prompt"])),
+                  (item.response[:rendering.LIST_CHARS + 1], len(item.response),
+                   reverse("admin:feedback_feedback_text", args=[item.pk, "response"]))]
+    html = rendering.render_list(texts)
+    for i, mine in enumerate(reviews):
+        mine.prompt_html, mine.response_html = html[2 * i], html[2 * i + 1]
     context = {
         **admin.site.each_context(request),
         "title": "My recent reviews",

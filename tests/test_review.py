@@ -1,4 +1,5 @@
 """The review queue: claim/lease between reviewers, scoring, skipping, and who may use it."""
+import json
 from datetime import timedelta
 
 import pytest
@@ -604,6 +605,15 @@ def test_empty_state_names_items_awaiting_others_and_items_held_by_others(agent,
     review.score_feedback(feedback_id=third.pk, user=alice, score=0.5)
     body = post_json(client_for(alice), reverse("review:next"), {}).json()
     assert body["empty"]["title"] == "Nothing awaiting your review." and body["remaining"] == 0
+
+
+def test_my_recent_reviews_render_chats_and_markdown_as_the_queue_does(agent, alice):
+    chat = json.dumps([{"role": "user", "content": "Where is the Louvre?"}])
+    item = Feedback.objects.create(agent=agent, prompt=chat, response="It is in **Paris**.")
+    review.score_feedback(feedback_id=item.pk, user=alice, score=0.8)
+    html = client_for(alice).get(reverse("review:mine")).content.decode()
+    assert 'class="n3-chat"' in html and "Where is the Louvre?" in html and '&quot;role&quot;' not in html
+    assert "<strong>Paris</strong>" in html and "**Paris**" not in html
 
 
 def test_my_reviews_page_lists_and_edits_reviews(agent, alice):
