@@ -28,6 +28,7 @@ from training.rlhf.records import (
     update_problems,
 )
 
+from .query import QuerySerializer
 from .serializers import StrictFloatField, StrictSerializer, StrictSerializerExtension
 from .serializers import _unknown_message as unknown_field_message  # the wording of every API body's unknown keys
 
@@ -282,7 +283,7 @@ class SinceField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
-class FeedbackQuerySerializer(serializers.Serializer):
+class FeedbackQuerySerializer(QuerySerializer):
     """The query parameters of GET /api/policies/feedback/<agent>: filters, paging, format. A parameter it does not
     know is refused (a misspelt filter must not silently list everything)."""
 
@@ -319,12 +320,7 @@ class FeedbackQuerySerializer(serializers.Serializer):
 
     def to_internal_value(self, data):
         """``data``: the request's QueryDict. An empty value is refused as any bad one (not read as "no filter")."""
-        errors = {key: [f"Unknown query parameter (known: {', '.join(self.fields)})"]
-                  for key in data if key not in self.fields}
-        errors.update({key: ["Give it once."] for key in data if key in self.fields and len(data.getlist(key)) > 1})
-        if errors:
-            raise serializers.ValidationError(errors)
-        values = super().to_internal_value(data.dict())
+        values = super().to_internal_value(data)
         if "scored" in values:
             values["scored"] = values["scored"] == "true"
         return values

@@ -31,6 +31,8 @@ from training.rlhf.metrics import SPEC_NAMES
 from training.selectors import QueueState, queue_state
 from training.status import PHASE_WORDS, Timing, timing
 
+from .query import QuerySerializer
+
 
 def to_camel(name: str) -> str:
     """``reward_model_config`` -> ``rewardModelConfig``: the one mapping from Python names to JSON names."""
@@ -591,7 +593,7 @@ class PolicyVersionSerializer(PolicyVersionSummarySerializer):
         return data
 
 
-class EventQuerySerializer(serializers.Serializer):
+class EventQuerySerializer(QuerySerializer):
     """The query parameters of GET /api/policies/<agent>/<version>/events; one it does not know is refused."""
 
     after = serializers.IntegerField(
@@ -602,13 +604,6 @@ class EventQuerySerializer(serializers.Serializer):
         required=False, min_value=1, max_value=MAX_EVENTS_LIMIT, default=100, help_text="Events per page (default 100)",
     )
 
-    def to_internal_value(self, data):
-        errors = {key: [f"Unknown query parameter (known: {', '.join(self.fields)})"]
-                  for key in data if key not in self.fields}
-        errors.update({key: ["Give it once."] for key in data if key in self.fields and len(data.getlist(key)) > 1})
-        if errors:
-            raise serializers.ValidationError(errors)
-        return super().to_internal_value(data.dict())
 
 
 class EventSerializer(serializers.Serializer):
