@@ -217,8 +217,15 @@ def test_human_score_is_the_mean_with_a_t_interval(agent):
     one = got[version(agent, 1).pk]
     half = 2.776 * statistics.stdev(scores) / math.sqrt(5)  # t(4) 97.5 %
     assert (one.n, one.n_scored) == (7, 5) and one.mean == pytest.approx(0.56)
-    assert one.ci == pytest.approx((0.56 - half, 0.56 + half))
+    assert one.ci == pytest.approx((0.56 - half, 0.56 + half), abs=1e-6)  # shown to 6 decimals
     assert got[version(agent, 2).pk] == HumanScore()
+
+
+def test_a_human_score_interval_is_rounded_for_display():
+    # The API's human score showed "ci": [0.31469999999999265, 1.0].
+    score = HumanScore.from_sums(n=3, n_scored=3, total=2.1, squares=1.49)
+    assert score.ci == (0.451566, 0.948434)  # 0.7 -/+ t(2) * 0.1 / sqrt(3), to 6 decimals
+    assert score.mean == pytest.approx(0.7)
 
 
 def test_human_scores_of_a_list_are_one_query(agent):

@@ -216,8 +216,10 @@ class HumanScore:
             return cls(n=n, n_scored=n_scored, mean=mean)
         variance = max(0.0, (squares - n_scored * mean * mean) / (n_scored - 1))
         half = t975(n_scored - 1) * math.sqrt(variance / n_scored)
-        return cls(n=n, n_scored=n_scored, mean=mean, ci=(max(0.0, mean - half), min(1.0, mean + half)),
-                   variance=variance)
+        # The interval is only shown (nothing computes from it): to 6 decimals, as the dry run's figures are
+        # (api.serializers.RoundedFloatField), so the API says [0.3147, 1.0], not [0.31469999999999265, 1.0].
+        ci = (round(max(0.0, mean - half), 6) + 0.0, round(min(1.0, mean + half), 6) + 0.0)
+        return cls(n=n, n_scored=n_scored, mean=mean, ci=ci, variance=variance)
 
 
 def human_scores(versions: Iterable[PolicyVersion]) -> dict[int, HumanScore]:
