@@ -259,6 +259,28 @@ def test_version_page_shows_the_log_tail(trained, engineer, settings):
     assert "step 199" in html and "step 120" in html and "step 119\n" not in html
 
 
+def test_version_page_shows_the_reward_models_figures_once_fitted_before_the_run_ends(agent, engineer, settings,
+                                                                                     tmp_path):
+    from training.files import version_dir
+
+    settings.MODELS_DIR = tmp_path
+    version = version_with_steps(agent, 3, 5, status="running", step=5, max_steps=40,
+                                 started_at=timezone.now() - timedelta(minutes=2), metrics={"phase": "policy"})
+    url = reverse("admin:policies_policyversion_change", args=[version.pk])
+    assert "Not trained yet." in login(engineer).get(url).content.decode()
+    log = version_dir("support", 3) / "training.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(
+        "2026-12-07 21:52:16,752 INFO reward model (20-fold cross-validation): val_mse=0.0312 "
+        "(predict-the-mean 0.0710), pearson=0.812, spearman=0.790, best epoch 3 of 4\n"
+        "2026-12-07 21:52:20,001 INFO ppo step 5/40 reward=0.5\n"
+    )
+    panel = login(engineer).get(url).content.decode().split('id="n3-reward-model"')[1].split("</div>")[0]
+    assert "Not trained yet." not in panel
+    assert "Validation MSE" in panel and "0.0312" in panel and "20-fold cross-validation" in panel
+    assert "0.812" in panel
+
+
 def test_progress_json_while_running(agent, engineer):
     version = version_with_steps(
         agent, 3, 10, status="running", step=10, max_steps=40,

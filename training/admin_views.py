@@ -33,6 +33,7 @@ from .deployment import (
     score_difference,
     set_traffic,
 )
+from .events import fitted_reward_model
 from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
 from .services import (
@@ -49,7 +50,6 @@ from .status import duration, progress
 
 def version_context(version: PolicyVersion) -> dict:
     """Everything the version page draws besides Django's own form."""
-    metrics = version.metrics or {}
     others = (
         PolicyVersion.objects.filter(agent=version.agent).exclude(pk=version.pk).order_by("-number")
     )
@@ -58,7 +58,7 @@ def version_context(version: PolicyVersion) -> dict:
         "progress": progress(version),
         "charts": version_charts([version]),
         "summary": summary_rows([version]),
-        "reward_model": [(k, _format(v)) for k, v in _scalars(metrics.get("reward_model"))],
+        "reward_model": [(k, _format(v)) for k, v in _scalars(reward_model_figures(version))],
         "config_json": json.dumps(version.config, indent=2, sort_keys=True),
         "warnings": version.warnings,
         "evaluation": evaluation_view(version),
@@ -238,8 +238,17 @@ def _scalars(table: Optional[dict]) -> list[tuple[str, Any]]:
     ]
 
 
+def reward_model_figures(version: PolicyVersion) -> Optional[dict]:
+    """metrics.reward_model, which a run writes when it ends; before that, once the reward model is fitted, the
+    figures its training.log states (the policy phase need not show "Not trained yet")."""
+    figures = (version.metrics or {}).get("reward_model")
+    if not isinstance(figures, dict) and version.started_at is not None:
+        figures = fitted_reward_model(version)
+    return figures
+
+
 def _reward_model_rows(pair: Sequence[PolicyVersion]) -> list[dict]:
-    tables = [dict(_scalars((v.metrics or {}).get("reward_model"))) for v in pair]
+    tables = [dict(_scalars(reward_model_figures(v))) for v in pair]
     keys = sorted(set().union(*tables))
     return [{"label": k, "cells": [_format(t.get(k)) for t in tables]} for k in keys]
 

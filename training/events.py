@@ -83,6 +83,19 @@ def _all_events(version: PolicyVersion) -> list[Event]:
     return sorted(events, key=lambda event: event.id)
 
 
+def fitted_reward_model(version: PolicyVersion) -> Optional[dict[str, Any]]:
+    """The reward model's validation figures as its training.log states them once it is fitted, under
+    metrics.reward_model's names; None before the fit. A run writes metrics.reward_model only when it ends, so this
+    is what the version page shows during the policy phase."""
+    for line in reversed(_read_log(files.version_dir(version.agent.name, version.number) / LOG_FILE)):
+        if (match := _FITTED.match(line.message)) is not None:
+            return {"validation": match["validation"], "val_mse": _number(match["val_mse"]),
+                    "val_mse_baseline": _number(match["baseline"]), "val_pearson": _number(match["pearson"]),
+                    "val_spearman": _number(match["spearman"]), "best_epoch": int(match["best"]),
+                    "epochs": int(match["epochs"])}
+    return None
+
+
 def _queued(version: PolicyVersion) -> Event:
     config = version.config or {}
     data = {"max_steps": version.max_steps, "algorithm": config.get("algorithm"),
