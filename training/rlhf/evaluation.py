@@ -167,7 +167,7 @@ def evaluate_policy(
         ],
     }
     if len(judged) > 1:  # several judges: how far they agree that the version wins
-        rates = [stats.win_rate(a, b, groups=repeated)[0] for a, b in zip(judged, base_judged)]
+        rates = [_mean(stats.outcomes(a, b)) for a, b in zip(judged, base_judged)]
         block["judge_win_rates"] = rates
         block["judge_agreement"] = sum(r > 0.5 for r in rates) / len(rates)
     for name, other_fn in (also_scored_by or {}).items():  # e.g. the reward model the policy trained against

@@ -32,25 +32,8 @@ def win_rate(
     scores: Sequence[float], baseline_scores: Sequence[float], *, seed: int = 0,
     groups: Optional[Sequence[Hashable]] = None,
 ) -> tuple[float, float, float]:
-    """P(score > baseline score), ties counting half, with its 95 % interval: (rate, low, high).
-
-    Without `groups`, item by item. With them (the prompt of each item), every score of a group is compared with
-    every baseline score of that group (Mann-Whitney within the prompt): k samples of each side make k * k
-    comparisons, not k, which estimates the prompt's win rate with less noise from the same samples (slot i of each
-    side shares only a sampling seed, a pairing that helps only while the two models are nearly the same); the
-    interval still resamples whole groups."""
-    if groups is None:
-        return mean_interval(outcomes(scores, baseline_scores), seed=seed)
-    by_group: dict[Hashable, tuple[list[float], list[float]]] = {}
-    for a, b, group in zip(scores, baseline_scores, groups, strict=True):
-        mine, theirs = by_group.setdefault(group, ([], []))
-        mine.append(a)
-        theirs.append(b)
-    values, labels = [], []
-    for group, (mine, theirs) in by_group.items():
-        values += [1.0 if a > b else 0.5 if a == b else 0.0 for a in mine for b in theirs]
-        labels += [group] * (len(mine) * len(theirs))
-    return mean_interval(values, seed=seed, groups=labels)
+    """P(score > baseline score), ties counting half, with its 95 % interval: (rate, low, high)."""
+    return mean_interval(outcomes(scores, baseline_scores), seed=seed, groups=groups)
 
 
 def mean_difference(
