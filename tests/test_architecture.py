@@ -87,6 +87,7 @@ def test_the_torch_free_modules_of_the_core_load_no_deep_learning_library(name):
     assert out.stdout.strip() == "", f"training.rlhf.{name} loads {out.stdout.strip()}"
 
 
+@pytest.mark.slow  # loads torch, transformers, peft and trl in a fresh interpreter: about 10 s
 def test_the_documented_python_api_still_imports():
     code = "from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult; print(RLHFTrainer.__name__)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

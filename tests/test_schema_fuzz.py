@@ -106,6 +106,7 @@ def result_metrics_evaluation() -> dict:
     })
 
 
+@pytest.mark.slow  # about 40 s of generated requests: CI runs it, the fast loop (bin/test --fast) does not
 @schema.parametrize()
 @settings(
     max_examples=25, derandomize=True, deadline=None, database=None,
