@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 from django.conf import settings
 
-from tests.servers import free_port  # noqa: F401  (tests import it from here too)
+from tests.servers import free_port, free_ports  # noqa: F401  (tests import them from here too)
 
 ROOT = Path(__file__).resolve().parent.parent
 

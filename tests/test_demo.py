@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sites import ROOT, descendants, free_port, tmp_models_dir
+from tests.sites import ROOT, descendants, free_ports, tmp_models_dir
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def served_feedback_is_trained_on(database: Path) -> None:
 
 @pytest.fixture
 def demo_env(tmp_path):
-    web, inference = free_port(), free_port()
+    web, inference = free_ports(2)
     env = {
         **os.environ,
         "N3_VAR_DIR": str(tmp_path / "var"), "MODELS_DIR": str(tmp_models_dir(tmp_path)),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sites import ROOT, descendants, free_port, make_site
+from tests.sites import ROOT, descendants, free_ports, make_site
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def command_line(pid: int) -> str:
 def test_honcho_start_runs_the_installation_and_stops_every_process(tmp_path):
     site = make_site(tmp_path)  # migrated first, as the README says
     token = site.api_token("procfile-bot")
-    web, inference = free_port(), free_port()
+    web, inference = free_ports(2)
     env = {
         **site.env,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # the venv's python first
