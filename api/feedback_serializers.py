@@ -1,6 +1,6 @@
 """Feedback JSON: the spec's field names (prompt, response, score, runId, notes), policyVersion, plus stored facts.
 
-What a valid record is, is training.rlhf.records' one validator (file import, the service and the training core use
+What a valid record is, is n3_server.rlhf.records' one validator (file import, the service and the training core use
 it too); its JSON_NAMES map the names here to the service's. Feedback is the API's hot path (agents post it in loops,
 a list body carries thousands of records), so the view calls ``validated_feedback`` directly, without DRF's per-field
 machinery, and FeedbackSerializer builds its dict directly (checked against DRF's generic result in
@@ -15,7 +15,7 @@ from rest_framework import serializers
 from rest_framework.settings import api_settings
 
 from feedback.models import Feedback
-from training.rlhf.records import (
+from n3_server.rlhf.records import (
     JSON_NAMES,
     PYTHON_NAMES,
     RUN_ID_MAX_LENGTH,

@@ -23,11 +23,11 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.reverse import reverse
 
+from n3_server.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
+from n3_server.rlhf.metrics import SPEC_NAMES
 from policies.models import PolicyVersion
 from training.deployment import HumanScore, human_scores
 from training.events import MAX_LIMIT as MAX_EVENTS_LIMIT
-from training.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConfig
-from training.rlhf.metrics import SPEC_NAMES
 from training.selectors import QueueState, queue_state
 from training.status import PHASE_WORDS, Timing, timing
 

@@ -28,10 +28,10 @@ import _common  # noqa: F401  (sets up Django and the import path first)
 from _common import Figure, machine_busy_s, print_table, throwaway_site
 from latency_bench import base_model, stop_cluster
 
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf import estimate as timing
+from n3_server.rlhf.data import prepare_feedback
 from tests.sites import LEAN_CONFIG, feedback_records, percentile
-from training.rlhf import TrainingConfig
-from training.rlhf import estimate as timing
-from training.rlhf.data import prepare_feedback
 
 TARGET_P99_MS = 1000.0
 DRY_RUN = {"dryRun": True, "baseModel": "n3-tiny-random", "maxSteps": 40, "batchSize": 2, "miniBatchSize": 2}

@@ -41,10 +41,10 @@ from pathlib import Path
 import _common  # noqa: F401  (repository root on sys.path, Django set up)
 import torch
 
+from n3_server.rlhf import RLHFError, RLHFTrainer, TrainingConfig
+from n3_server.rlhf.base_models import default_models_dir
+from n3_server.rlhf.config import PRESETS
 from tests.reviewers import REVIEWERS, feedback_for, gold_evaluation, prompt_sets
-from training.rlhf import RLHFError, RLHFTrainer, TrainingConfig
-from training.rlhf.base_models import default_models_dir
-from training.rlhf.config import PRESETS
 from training.run import promotion
 
 CPU_BUDGET_MIN = {"default": 5.0, "quick_test": 2.0}  # issue 19's targets; other configurations have none

@@ -30,7 +30,7 @@ PARTS = [
     ("input validation (records rules)", "api.feedback_serializers:validated_feedback"),
     ("service: record_feedback", "feedback.services:record_feedback"),
     ("service: record_feedback_batch", "feedback.services:record_feedback_batch"),
-    ("  records.record_problems (both)", "training.rlhf.records:record_problems"),
+    ("  records.record_problems (both)", "n3_server.rlhf.records:record_problems"),
     ("  agent lookup (1 query)", "policies.services:get_or_create_agent"),
     ("  INSERT (feedback/inserts.py)", "feedback.inserts:insert"),
     ("  INSERT (bulk_create)", "django.db.models.query:QuerySet.bulk_create"),

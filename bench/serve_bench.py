@@ -31,9 +31,9 @@ import torch
 from _common import Figure, print_table, throwaway_site
 from transformers import AutoModelForCausalLM, GenerationConfig
 
+from n3_server.rlhf.base_models import load_tokenizer, resolve_base_model
+from n3_server.rlhf.data import format_query
 from tests.test_inference import SERVE_PERMS, Served, deploy, serve
-from training.rlhf.base_models import load_tokenizer, resolve_base_model
-from training.rlhf.data import format_query
 
 TARGET_LATENCY_RATIO = 1.15
 TARGET_THROUGHPUT_RATIO = 3.0

@@ -9,7 +9,7 @@ Run (about 2.5 minutes on 2 CPU cores, more when the CPU is shared; the first ru
 Not a test: it prints figures, one table at the end with each figure's target and pass/miss. Both algorithms get
 the same base model (n3-tiny, LoRA r=8), the same prompts, batch (8 completions, micro-batches of 4), generation
 length (max_new_tokens 48, sampling at temperature 1, top_k 0) and seed. TRL's RLOO is run through our own
-training/rlhf/trl_algorithms.py glue (that is, TRL's RLOOTrainer with 4 completions per prompt). One torch thread
+n3_server/rlhf/trl_algorithms.py glue (that is, TRL's RLOOTrainer with 4 completions per prompt). One torch thread
 by default (--threads): the matrices are tiny, and one thread does not collapse when neighbours share the CPU.
 
 Figures
@@ -60,11 +60,11 @@ os.environ.setdefault("MODELS_DIR", "/tmp/n3-test-models")  # the test suite's: 
 import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 
-from training.rlhf import RLHFTrainer, TrainingCancelled, TrainingConfig  # noqa: E402
-from training.rlhf.base_models import load_causal_lm, load_tokenizer  # noqa: E402
-from training.rlhf.modeling import lora_config_for  # noqa: E402
-from training.rlhf.ppo import generate_responses, tokenize_queries  # noqa: E402
-from training.rlhf.trainer import ALGORITHMS  # noqa: E402
+from n3_server.rlhf import RLHFTrainer, TrainingCancelled, TrainingConfig  # noqa: E402
+from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer  # noqa: E402
+from n3_server.rlhf.modeling import lora_config_for  # noqa: E402
+from n3_server.rlhf.ppo import generate_responses, tokenize_queries  # noqa: E402
+from n3_server.rlhf.trainer import ALGORITHMS  # noqa: E402
 
 BASE = "n3-tiny"
 CPU = torch.device("cpu")

@@ -18,9 +18,9 @@ from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
+from n3_server.rlhf import records as rules
 from n3site.exceptions import ServiceError
 from policies.models import Agent
-from training.rlhf import records as rules
 
 from . import importexport, rendering, review
 from .models import Feedback

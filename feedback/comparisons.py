@@ -22,9 +22,9 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from n3_server.rlhf.stats import wilson_interval
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import PolicyVersion
-from training.rlhf.stats import wilson_interval
 
 from .models import Comparison, ComparisonItem
 from .review import LEASE, free_for

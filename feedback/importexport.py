@@ -15,7 +15,7 @@ policyVersion. A file's runId-less rows that a stored runId-less record of the a
 many as are stored: two identical rows stored twice stay two), and counted as already there.
 CSV cells may be as long as a request body (``N3_MAX_BODY_BYTES``), not the csv module's 131,072 characters.
 Import is all or nothing: every line is parsed and checked first (by the REST API's rules,
-``training.rlhf.records``), each problem is reported with its line number, and only a file without problems
+``n3_server.rlhf.records``), each problem is reported with its line number, and only a file without problems
 is stored, in one transaction, through ``record_feedback_batch``.
 Export streams rows from the database in chunks, so a large agent never sits in memory.
 """
@@ -37,8 +37,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 
+from n3_server.rlhf import records as rules
 from n3site.exceptions import ServiceError
-from training.rlhf import records as rules
 
 from . import services
 from .models import Feedback, Review
@@ -109,7 +109,7 @@ def import_feedback(
 ) -> ImportResult:
     """Check a whole file, then store it in one transaction; raises ImportFailed listing bad lines.
 
-    Content rules (required text, score range, ...) are the API's (``training.rlhf.records``), checked on every
+    Content rules (required text, score range, ...) are the API's (``n3_server.rlhf.records``), checked on every
     row first, so one upload reports all bad lines at once; so is a runId repeated with other content.
     """
     if fmt not in FORMATS:

@@ -27,10 +27,10 @@ from django.db import transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from n3_server.rlhf.data import FeedbackRecord, feedback_warnings
+from n3_server.rlhf.errors import MIN_FEEDBACK, InsufficientFeedbackError
+from n3_server.rlhf.records import check_score
 from n3site.exceptions import Conflict, NotFound, ServiceError
-from training.rlhf.data import FeedbackRecord, feedback_warnings
-from training.rlhf.errors import MIN_FEEDBACK, InsufficientFeedbackError
-from training.rlhf.records import check_score
 
 from .models import Feedback, Review
 

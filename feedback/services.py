@@ -3,7 +3,7 @@ change to a stored one (an end user's score arriving after the response).
 
 Records are dicts in model field names: prompt, response, score (0..1 or None: awaiting review),
 run_id, notes, policy_version ("v3": the agent's version that produced the response, or None); what a valid one
-is, is training.rlhf.records' (the API, import and training core use it too).
+is, is n3_server.rlhf.records' (the API, import and training core use it too).
 With its agent, a non-empty run_id is an idempotency key: storing the same record again returns the stored one
 (created=False); the same run_id with different content is a Conflict.
 """
@@ -20,11 +20,11 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from n3_server.rlhf import records as rules
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import Agent, PolicyVersion, agent_name_validator
 from policies.selectors import get_agent
 from policies.services import get_or_create_agent
-from training.rlhf import records as rules
 
 from . import inserts, review
 from .models import Feedback, Review

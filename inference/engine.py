@@ -43,7 +43,7 @@ from transformers import (
     StoppingCriteria,
 )
 
-from training.rlhf.base_models import load_causal_lm, load_tokenizer
+from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer
 
 logger = logging.getLogger(__name__)
 

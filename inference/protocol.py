@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from training.rlhf import records
-from training.rlhf.data import format_query
+from n3_server.rlhf import records
+from n3_server.rlhf.data import format_query
 
 from .engine import ContextLengthExceeded, Finished, Generation
 

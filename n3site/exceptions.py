@@ -23,7 +23,7 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from training.rlhf.errors import RLHFError
+from n3_server.rlhf.errors import RLHFError
 
 logger = logging.getLogger(__name__)
 

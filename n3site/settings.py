@@ -215,7 +215,7 @@ N3_CANCEL_GRACE = float(os.environ.get("N3_CANCEL_GRACE", 60))
 # Empty: this Python. For several GPUs: N3_TRAINING_LAUNCHER="accelerate launch --num_processes 2" (or torchrun
 # --nproc_per_node 2): data-parallel PPO, one process per GPU, batch_size rollouts per process and step, bf16 on
 # GPUs as with one; rank 0 alone writes the version and the database. No model sharding (each GPU holds the whole
-# model); TRL's RLOO/GRPO parallelise themselves. Details: training/rlhf/distributed.py.
+# model); TRL's RLOO/GRPO parallelise themselves. Details: n3_server/rlhf/distributed.py.
 N3_TRAINING_LAUNCHER = os.environ.get("N3_TRAINING_LAUNCHER", "")
 
 # --- Inference process (manage.py serve_policies; README "Inference") -----------------------------------------------

@@ -142,7 +142,7 @@ class PolicyVersion(models.Model):
 
 class TrainingStep(models.Model):
     """One logged step of a version's training: its figures under the training core's (TRL's) names
-    (training.rlhf.metrics.STEP_METRICS), e.g. {"objective/scores": 0.71, "objective/kl": 0.4, "loss/total": 0.2}."""
+    (n3_server.rlhf.metrics.STEP_METRICS), e.g. {"objective/scores": 0.71, "objective/kl": 0.4, "loss/total": 0.2}."""
 
     version = models.ForeignKey(PolicyVersion, on_delete=models.CASCADE, related_name="steps")
     step = models.PositiveIntegerField()

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.rlhf import TrainingConfig
-from training.rlhf.base_models import load_causal_lm, load_tokenizer
-from training.rlhf.corpus import corpus_examples
-from training.rlhf.evaluation import evaluate_policy, sample
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer
+from n3_server.rlhf.corpus import corpus_examples
+from n3_server.rlhf.evaluation import evaluate_policy, sample
 
 ANSWERS = dict(corpus_examples())  # question -> the corpus's correct answer
 

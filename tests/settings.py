@@ -5,8 +5,8 @@ import tempfile
 os.environ.setdefault("SECRET_KEY", "test-secret-key")
 os.environ.setdefault("MODELS_DIR", os.path.join(tempfile.gettempdir(), "n3-test-models"))
 
+from n3_server.rlhf.threads import torch_threads  # noqa: E402
 from n3site.settings import *  # noqa: E402,F401,F403
-from training.rlhf.threads import torch_threads  # noqa: E402
 
 # The suite's own torch (models trained in this process) takes its share of the cores, not all of them: its training
 # and inference child processes take theirs (N3_TRAINING_THREADS, N3_INFERENCE_THREADS). Read when torch loads.

@@ -535,9 +535,9 @@ def test_compare_generates_greedy_samples_in_the_worker_while_the_page_polls(tra
     JSON is pending; the worker's job (run here, its real child process) writes the samples the page then shows."""
     from django_q.models import OrmQ
 
+    from n3_server.rlhf.base_models import resolve_base_model
     from tests.sites import tmp_models_dir
     from training import tasks
-    from training.rlhf.base_models import resolve_base_model
 
     settings.MODELS_DIR = tmp_models_dir(tmp_path)
     policy = resolve_base_model(TINY, models_dir=settings.MODELS_DIR)  # a plain HF model directory

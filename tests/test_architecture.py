@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Lowest first: a module may import its own layer and the ones before it, never one after it.
-LAYERS = ["training.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "inference", "n3site"]
+LAYERS = ["n3_server.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "inference", "n3site"]
 # The training core's modules that the web process imports; none of them may load torch, transformers, peft or trl.
 TORCH_FREE = ["config", "context", "data", "errors", "estimate", "layout", "metrics", "preference_data", "progress",
               "records", "results", "stats"]
@@ -20,7 +20,7 @@ HEAVY = ("torch", "transformers", "peft", "trl", "accelerate")
 
 
 def layer_of(module: str) -> str | None:
-    """The longest layer name that ``module`` lies in ("training.rlhf.config" -> "training.rlhf")."""
+    """The longest layer name that ``module`` lies in ("n3_server.rlhf.config" -> "n3_server.rlhf")."""
     matches = [layer for layer in LAYERS if module == layer or module.startswith(layer + ".")]
     return max(matches, key=len) if matches else None
 
@@ -44,7 +44,7 @@ def imports_of(path: Path) -> set[str]:
 
 def source_files() -> list[Path]:
     return [
-        path for app in ("api", "feedback", "inference", "n3site", "policies", "training")
+        path for app in ("api", "feedback", "inference", "n3_server", "n3site", "policies", "training")
         for path in (ROOT / app).rglob("*.py") if "migrations" not in path.parts
     ]
 
@@ -67,24 +67,25 @@ def test_imports_between_the_apps_run_one_way():
 
 def test_the_training_core_imports_neither_django_nor_an_app():
     offending = []
-    for path in (ROOT / "training" / "rlhf").rglob("*.py"):
+    for path in (ROOT / "n3_server").rglob("*.py"):
         for imported in imports_of(path):
             top = imported.split(".")[0]
-            if top in ("django", "rest_framework", "django_q", "api", "feedback", "policies", "n3site") or (
-                top == "training" and not imported.startswith("training.rlhf")
-            ):
+            if top in ("django", "rest_framework", "django_q", "api", "feedback", "inference", "policies", "training",
+                       "n3site"):
                 offending.append(f"{module_name(path)} imports {imported}")
     assert not offending, "\n".join(sorted(set(offending)))
 
 
-@pytest.mark.parametrize("name", TORCH_FREE)
+@pytest.mark.parametrize("name", ["", *TORCH_FREE])
 def test_the_torch_free_modules_of_the_core_load_no_deep_learning_library(name):
+    """"" is the package itself: a web-only install (no torch) imports the documented ``n3_server.rlhf``."""
+    module = f"n3_server.rlhf.{name}".rstrip(".")
     code = (
-        f"import sys, training.rlhf.{name}; "
+        f"import sys, {module}; "
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"training.rlhf.{name} loads {out.stdout.strip()}"
+    assert out.stdout.strip() == "", f"{module} loads {out.stdout.strip()}"
 
 
 @pytest.mark.slow  # loads torch, transformers, peft and trl in a fresh interpreter: about 10 s

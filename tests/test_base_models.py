@@ -19,7 +19,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from training.rlhf.base_models import (
+from n3_server.rlhf.base_models import (
     BASE_SUBDIR,
     BUILD_MARKER,
     BUILD_VERSION,
@@ -34,9 +34,9 @@ from training.rlhf.base_models import (
     load_tokenizer,
     resolve_base_model,
 )
-from training.rlhf.corpus import corpus_examples
-from training.rlhf.errors import BaseModelUnavailable, TrainingCancelled
-from training.rlhf.modeling import lora_config_for
+from n3_server.rlhf.corpus import corpus_examples
+from n3_server.rlhf.errors import BaseModelUnavailable, TrainingCancelled
+from n3_server.rlhf.modeling import lora_config_for
 
 
 def weights_digest(model) -> str:

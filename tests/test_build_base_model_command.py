@@ -5,8 +5,8 @@ import io
 
 from django.core.management import call_command
 
+from n3_server.rlhf.progress import Progress
 from training.management.commands.build_base_model import progress_lines
-from training.rlhf.progress import Progress
 
 
 def n3_tiny_notices() -> list[Progress]:
@@ -40,7 +40,7 @@ def test_build_base_model_builds_once_and_prints_no_log_line(settings, tmp_path,
         "  Built n3-tiny-random: step 1 of 1",
         f"  ready at {tmp_path / '_base' / 'n3-tiny-random'}",
     ]
-    assert not [r for r in caplog.records if r.name == "training.rlhf.base_models"]  # LOG_LEVEL=INFO prints them
+    assert not [r for r in caplog.records if r.name == "n3_server.rlhf.base_models"]  # LOG_LEVEL=INFO prints them
     again = io.StringIO()
     call_command("build_base_model", "n3-tiny-random", stdout=again)  # built: nothing to do
     assert again.getvalue().splitlines() == [f"  ready at {tmp_path / '_base' / 'n3-tiny-random'}"]

@@ -12,12 +12,12 @@ from django.utils import timezone
 
 from feedback import comparisons
 from feedback.models import Comparison, ComparisonItem, Feedback
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf.data import heldout_split
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
 from tests.users import login, staff
 from training.comparisons import comparison_prompts, start_comparison
-from training.rlhf import TrainingConfig
-from training.rlhf.data import heldout_split
 
 pytestmark = pytest.mark.django_db
 
@@ -343,9 +343,9 @@ def test_the_panel_says_which_version_reviewers_prefer(pair, choices, verdict):
 @pytest.mark.slow
 def test_the_worker_generates_both_versions_responses(agent, engineer, settings, tmp_path):
     """The queued job, run here with its real child process (manage.py generate_comparison) on n3-tiny-random."""
+    from n3_server.rlhf.base_models import resolve_base_model
     from tests.sites import tmp_models_dir
     from training import tasks
-    from training.rlhf.base_models import resolve_base_model
 
     settings.MODELS_DIR = tmp_models_dir(tmp_path)
     policy = resolve_base_model(TINY, models_dir=settings.MODELS_DIR)

@@ -1,4 +1,4 @@
-"""Model loads from several threads of one process at once (training.rlhf.base_models.LOAD_LOCK).
+"""Model loads from several threads of one process at once (n3_server.rlhf.base_models.LOAD_LOCK).
 
 transformers' from_pretrained swaps process-wide functions while it loads; two unserialised loads at once failed
 with "Cannot copy out of meta tensor; no data!" and left every later load in the process without lm_head.weight.
@@ -13,9 +13,9 @@ import pytest
 import torch
 from django.conf import settings
 
-from training.rlhf.base_models import load_causal_lm, load_tokenizer
-from training.rlhf.config import RewardModelConfig
-from training.rlhf.reward_model import _load_body, build_reward_model
+from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer
+from n3_server.rlhf.config import RewardModelConfig
+from n3_server.rlhf.reward_model import _load_body, build_reward_model
 
 MODEL = "n3-tiny"
 THREADS = 8

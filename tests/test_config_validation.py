@@ -16,15 +16,15 @@ from django.test import override_settings
 from django_q.models import OrmQ
 
 from feedback import services as feedback_services
+from n3_server.rlhf import ConfigError, RLHFTrainer, TrainingConfig, TrainingEstimate
+from n3_server.rlhf.config import ALGORITHMS, FIELD_ALGORITHMS, PRESETS, algorithms_reading, check_fields_used
+from n3_server.rlhf.context import check_fits_context, model_positions
+from n3_server.rlhf.layout import BUILTIN_CONTEXT
 from policies.models import Agent, PolicyVersion
 from training import services
-from training.rlhf import ConfigError, RLHFTrainer, TrainingConfig, TrainingEstimate
-from training.rlhf.config import ALGORITHMS, FIELD_ALGORITHMS, PRESETS, algorithms_reading, check_fields_used
-from training.rlhf.context import check_fits_context, model_positions
-from training.rlhf.layout import BUILTIN_CONTEXT
 
 MODEL = "n3-tiny-random"
-CORE = Path(__file__).resolve().parent.parent / "training" / "rlhf"
+CORE = Path(__file__).resolve().parent.parent / "n3_server" / "rlhf"
 
 
 def config(**fields) -> TrainingConfig:
@@ -160,7 +160,7 @@ def test_positions_are_read_from_config_json_without_loading_a_model(tmp_path, m
 
 
 def test_the_built_in_models_positions_are_their_recipes():
-    from training.rlhf import base_models  # noqa: PLC0415  (torch: only to compare the figure)
+    from n3_server.rlhf import base_models  # noqa: PLC0415  (torch: only to compare the figure)
 
     assert base_models.CONTEXT == BUILTIN_CONTEXT
 

@@ -112,8 +112,8 @@ class Demo:
 
 def served_feedback_is_trained_on(database: Path) -> None:
     """The score of the served answer (the one record tied to a version) is in v2's training set, not held out."""
-    from training.rlhf import TrainingConfig
-    from training.rlhf.data import heldout_split
+    from n3_server.rlhf import TrainingConfig
+    from n3_server.rlhf.data import heldout_split
 
     with sqlite3.connect(database) as db:
         prompts = [row[0] for row in db.execute("SELECT prompt FROM feedback_feedback")]

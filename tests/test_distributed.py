@@ -1,4 +1,4 @@
-"""Several training processes under a launcher (training/rlhf/distributed.py), for real: two CPU processes that
+"""Several training processes under a launcher (n3_server/rlhf/distributed.py), for real: two CPU processes that
 talk over gloo, started by `accelerate launch --multi_gpu` (what N3_TRAINING_LAUNCHER documents; it takes the
 multi-process path on a machine without GPUs too) or by torchrun (torch elastic, which accelerate runs underneath).
 
@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from n3_server.rlhf import distributed
 from tests.sites import LEAN_CONFIG, ROOT, feedback_records, free_port, make_site
-from training.rlhf import distributed
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -30,7 +30,7 @@ HOOK = """
 import os, runpy, sys
 sys.path.insert(0, {root!r})
 import torch
-from training.rlhf import trainer
+from n3_server.rlhf import trainer
 
 ppo = trainer.ALGORITHMS["ppo"]
 

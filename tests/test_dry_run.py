@@ -11,12 +11,12 @@ from django_q.models import OrmQ
 
 from feedback import services as feedback_services
 from feedback.models import Feedback
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf import estimate as timing
+from n3_server.rlhf.data import prepare_feedback
 from policies.models import Agent
 from tests.sites import tmp_models_dir
 from training import selectors, services, tasks
-from training.rlhf import TrainingConfig
-from training.rlhf import estimate as timing
-from training.rlhf.data import prepare_feedback
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,9 @@ import random
 import pytest
 import torch
 
+from n3_server.rlhf import RLHFTrainer, TrainingConfig
+from n3_server.rlhf.base_models import load_causal_lm
 from tests.reviewers import feedback_for, gold_evaluation, prompt_sets
-from training.rlhf import RLHFTrainer, TrainingConfig
-from training.rlhf.base_models import load_causal_lm
 from training.run import promotion
 
 pytestmark = pytest.mark.slow

@@ -6,11 +6,11 @@ import random
 import pytest
 import torch
 
-from training.rlhf import RewardModelConfig, TrainingConfig
-from training.rlhf.data import FeedbackRecord, heldout_split, prepare_feedback
-from training.rlhf.errors import RewardModelQualityError
-from training.rlhf.reward_model import cv_folds, fit_reward_model, quality_warnings
-from training.rlhf.stats import mean_difference, mean_interval, win_rate
+from n3_server.rlhf import RewardModelConfig, TrainingConfig
+from n3_server.rlhf.data import FeedbackRecord, heldout_split, prepare_feedback
+from n3_server.rlhf.errors import RewardModelQualityError
+from n3_server.rlhf.reward_model import cv_folds, fit_reward_model, quality_warnings
+from n3_server.rlhf.stats import mean_difference, mean_interval, win_rate
 
 MODEL = "n3-tiny-random"
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from feedback import services as feedback_services
+from n3_server.rlhf.results import RESULTS_FILE
 from policies.models import Agent
 from tests.sites import LEAN_CONFIG, children_of, descendants, feedback_records, make_site, tmp_models_dir
 from training import jobs, run, services
-from training.rlhf.results import RESULTS_FILE
 
 LEFTOVERS = ("policy", "reward_model", ".policy.tmp", ".reward_model.tmp", RESULTS_FILE)
 

@@ -15,11 +15,11 @@ import torch
 from django.urls import reverse
 
 from feedback import services as feedback_services
+from n3_server.rlhf import ConfigError, TrainingConfig
+from n3_server.rlhf.base_models import load_causal_lm
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, feedback_records, tmp_models_dir
 from training import jobs, run, services
-from training.rlhf import ConfigError, TrainingConfig
-from training.rlhf.base_models import load_causal_lm
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from inference import protocol
 from inference.engine import ContextLengthExceeded, Engine, Finished, Generation
-from training.rlhf.base_models import resolve_base_model
+from n3_server.rlhf.base_models import resolve_base_model
 
 KEY = "bot:v1"
 

@@ -24,8 +24,8 @@ from inference import protocol, services
 from inference.engine import Engine
 from inference.protocol import OpenAIError
 from inference.server import InferenceApp, read_json
+from n3_server.rlhf.base_models import resolve_base_model
 from n3site.exceptions import NotFound
-from training.rlhf.base_models import resolve_base_model
 
 MODELS = ["bot", "bot:v1"]
 

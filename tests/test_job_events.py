@@ -10,13 +10,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from n3_server.rlhf.progress import Progress
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, add_steps, feedback_records, tmp_models_dir
 from training import files
 from training import progress as progress_module
 from training.events import STAGE, step_stride
 from training.progress import JobProgress
-from training.rlhf.progress import Progress
 from training.status import progress as admin_progress
 
 pytestmark = pytest.mark.django_db

@@ -15,12 +15,12 @@ from django_q.models import OrmQ, Task
 
 from api.serializers import PolicyVersionSerializer
 from feedback import services as feedback_services
+from n3_server.rlhf import ConfigError, InsufficientFeedbackError
+from n3_server.rlhf.results import RESULTS_FILE
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
 from training import files, jobs, run, selectors, services, sweep, tasks
-from training.rlhf import ConfigError, InsufficientFeedbackError
-from training.rlhf.results import RESULTS_FILE
 
 pytestmark = pytest.mark.django_db
 

@@ -1,6 +1,6 @@
 """PPO on a tiny GPT-2: it learns an easy reward, stays anchored to its reference, stops when told to.
 
-No Django here: training/rlhf/ is usable on its own. The tiny model is built offline in a few seconds: a
+No Django here: n3_server/rlhf/ is usable on its own. The tiny model is built offline in a few seconds: a
 byte-level BPE tokenizer and a 2-layer GPT-2 briefly trained on n3-format texts ("prompt\\nresponse<eos>"),
 so that, like a real base model, it has a peaked distribution that LoRA can move.
 """
@@ -15,10 +15,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from training.rlhf.config import PRESETS, TrainingConfig
-from training.rlhf.errors import ConfigError, NonFiniteError, TrainingCancelled
-from training.rlhf.modeling import lora_config_for
-from training.rlhf.ppo import (
+from n3_server.rlhf.config import PRESETS, TrainingConfig
+from n3_server.rlhf.errors import ConfigError, NonFiniteError, TrainingCancelled
+from n3_server.rlhf.modeling import lora_config_for
+from n3_server.rlhf.ppo import (
     METRIC_KEYS,
     KLController,
     compute_advantages,
@@ -225,7 +225,7 @@ def test_reward_fn_must_return_one_score_per_response(tiny):
 
 def test_run_logs_one_line_per_step(tiny, caplog):
     config = make_config(max_steps=2)
-    with caplog.at_level("INFO", logger="training.rlhf.ppo"):
+    with caplog.at_level("INFO", logger="n3_server.rlhf.ppo"):
         run(tiny, lora_policy(tiny, config), config)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ppo step")]
     assert len(lines) == 2

@@ -17,22 +17,22 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from feedback import services as feedback_services
-from policies.models import PolicyVersion
-from training.rlhf import ConfigError, Progress, RewardModelConfig, RLHFTrainer, TrainingCancelled, TrainingConfig
-from training.rlhf.base_models import load_causal_lm, load_tokenizer
-from training.rlhf.data import FeedbackRecord
-from training.rlhf.estimate import calibration_records
-from training.rlhf.modeling import lora_config_for
-from training.rlhf.preference_data import (
+from n3_server.rlhf import ConfigError, Progress, RewardModelConfig, RLHFTrainer, TrainingCancelled, TrainingConfig
+from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer
+from n3_server.rlhf.data import FeedbackRecord
+from n3_server.rlhf.estimate import calibration_records
+from n3_server.rlhf.modeling import lora_config_for
+from n3_server.rlhf.preference_data import (
     MAX_PAIRS_PER_PROMPT,
     MIN_PREFERENCE_PAIRS,
     check_preference_data,
     dpo_pairs,
     kto_data,
 )
-from training.rlhf.results import TrainingResult
-from training.rlhf.trl_algorithms import micro_batch_size
-from training.rlhf.trl_preference import train_dpo, train_kto
+from n3_server.rlhf.results import TrainingResult
+from n3_server.rlhf.trl_algorithms import micro_batch_size
+from n3_server.rlhf.trl_preference import train_dpo, train_kto
+from policies.models import PolicyVersion
 
 MODEL = "n3-tiny-random"
 TOPICS = ["the weather", "python", "paris", "cats", "music", "the sea", "trains", "coffee"]
@@ -214,9 +214,9 @@ def test_preference_data_is_torch_free():
     code = (
         "import sys, types\n"
         "import training\n"
-        "package = types.ModuleType('training.rlhf'); package.__path__ = ['training/rlhf']\n"
-        "sys.modules['training.rlhf'] = package  # skip training/rlhf/__init__.py, which loads the trainer\n"
-        "import training.rlhf.preference_data\n"
+        "package = types.ModuleType('n3_server.rlhf'); package.__path__ = ['n3_server/rlhf']\n"
+        "sys.modules['n3_server.rlhf'] = package  # skip n3_server/rlhf/__init__.py, which loads the trainer\n"
+        "import n3_server.rlhf.preference_data\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     root = Path(__file__).resolve().parents[1]

@@ -7,11 +7,11 @@ import time
 import pytest
 from django.db import connection
 
+from n3_server.rlhf.progress import Progress
+from n3_server.rlhf.results import TrainingResult
 from policies.models import Agent, PolicyVersion, TrainingStep
 from tests.sites import add_steps
 from training.progress import JobProgress, result_metrics
-from training.rlhf.progress import Progress
-from training.rlhf.results import TrainingResult
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +22,7 @@ def running_version(max_steps: int) -> PolicyVersion:
 
 
 def stats(step: int) -> dict:
-    """A PPO step's figures as the core reports them (training.rlhf.metrics.STEP_METRICS)."""
+    """A PPO step's figures as the core reports them (n3_server.rlhf.metrics.STEP_METRICS)."""
     return {
         "step": step, "objective/scores": 0.3 + step / 10_000, "objective/scores_std": 0.1, "objective/kl": step / 1000,
         "objective/kl_coef": 0.2, "objective/rlhf_reward": 0.25, "policy/entropy": 2.1, "policy/clipfrac": 0.05,

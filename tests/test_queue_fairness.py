@@ -16,14 +16,14 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from feedback.services import record_feedback_batch
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf import estimate as timing
+from n3_server.rlhf.data import prepare_feedback
+from n3_server.rlhf.layout import RESULTS_FILE
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, feedback_records, tmp_models_dir
 from training import calibration, jobs, services, sweep, tasks
 from training.files import version_dir
-from training.rlhf import TrainingConfig
-from training.rlhf import estimate as timing
-from training.rlhf.data import prepare_feedback
-from training.rlhf.layout import RESULTS_FILE
 
 LEAN_API = {"baseModel": "n3-tiny-random", "batchSize": 2, "miniBatchSize": 2, "ppoEpochs": 1, "maxNewTokens": 8,
             "maxSteps": 2, "rewardModelConfig": {"numEpochs": 1, "batchSize": 4}}

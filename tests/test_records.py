@@ -1,4 +1,4 @@
-"""One validator for a feedback record (training/rlhf/records.py): the API, file import, service, review queue,
+"""One validator for a feedback record (n3_server/rlhf/records.py): the API, file import, service, review queue,
 admin and training core refuse the same records, with the same messages, and spell fields through one map."""
 import io
 import json
@@ -13,9 +13,9 @@ from api.feedback_serializers import FeedbackInputSerializer, FeedbackSerializer
 from feedback import importexport
 from feedback import services as feedback_services
 from feedback.models import Feedback
-from training.rlhf import FeedbackFormatError
-from training.rlhf.data import normalize_record
-from training.rlhf.records import (
+from n3_server.rlhf import FeedbackFormatError
+from n3_server.rlhf.data import normalize_record
+from n3_server.rlhf.records import (
     INVISIBLE_RANGES,
     JSON_NAMES,
     PYTHON_NAMES,

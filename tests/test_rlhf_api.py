@@ -14,12 +14,12 @@ from django_q.models import OrmQ
 
 from feedback import services as feedback_services
 from feedback.models import Feedback
+from n3_server.rlhf.progress import Progress
+from n3_server.rlhf.results import TrainingResult
 from policies.models import Agent, PolicyVersion
 from tests.sites import add_steps
 from training import services as policy_services
 from training.progress import JobProgress, result_metrics
-from training.rlhf.progress import Progress
-from training.rlhf.results import TrainingResult
 
 pytestmark = pytest.mark.django_db
 
@@ -243,8 +243,8 @@ def test_a_run_id_repeated_with_other_content_within_one_list_is_400_naming_both
 def test_the_dry_run_body_rounds_the_scores_for_display():
     """Equal scores average to 0.7000000000000001 with a spread of 1e-16 in floating point: shown as 0.7 and 0."""
     from api.serializers import DryRunSerializer
-    from training.rlhf.data import prepare_feedback
-    from training.rlhf.results import TrainingEstimate
+    from n3_server.rlhf.data import prepare_feedback
+    from n3_server.rlhf.results import TrainingEstimate
 
     data = prepare_feedback([{"prompt": f"q{i}", "response": "a", "score": 0.7} for i in range(10)])
     assert (data.score_mean, data.score_std) != (0.7, 0.0)  # what training uses stays exact
@@ -473,7 +473,7 @@ def test_config_fields_round_trip_in_camel_case(api):
 def test_every_training_config_field_is_accepted_in_camel_case():
     """New TrainingConfig fields need no API change: the request serializer is derived from the dataclass."""
     from api.serializers import TrainPolicyRequestSerializer, to_camel
-    from training.rlhf import RewardModelConfig, TrainingConfig
+    from n3_server.rlhf import RewardModelConfig, TrainingConfig
 
     fields = TrainPolicyRequestSerializer().fields
     assert {to_camel(name) for name in TrainingConfig.field_names()} <= set(fields)

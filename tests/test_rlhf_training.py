@@ -14,8 +14,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult
-from training.rlhf import (
+from n3_server.rlhf import (
     MIN_FEEDBACK,
     BaseModelUnavailable,
     ConfigError,
@@ -23,15 +22,18 @@ from training.rlhf import (
     InsufficientFeedbackError,
     Progress,
     RewardModelConfig,
+    RLHFTrainer,
     TrainingCancelled,
+    TrainingConfig,
+    TrainingResult,
 )
-from training.rlhf.base_models import load_causal_lm, load_tokenizer
-from training.rlhf.context import auto_learning_rate, slow_rate_warning, with_learning_rate
-from training.rlhf.data import prepare_feedback, train_val_split
-from training.rlhf.errors import NonFiniteError
-from training.rlhf.modeling import lora_config_for
-from training.rlhf.reward_model import fit_reward_model, load_reward_model, pearson, spearman
-from training.rlhf.trl_algorithms import train_grpo, train_rloo, trl_args
+from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer
+from n3_server.rlhf.context import auto_learning_rate, slow_rate_warning, with_learning_rate
+from n3_server.rlhf.data import prepare_feedback, train_val_split
+from n3_server.rlhf.errors import NonFiniteError
+from n3_server.rlhf.modeling import lora_config_for
+from n3_server.rlhf.reward_model import fit_reward_model, load_reward_model, pearson, spearman
+from n3_server.rlhf.trl_algorithms import train_grpo, train_rloo, trl_args
 
 MODEL = "n3-tiny-random"
 TOPICS = [

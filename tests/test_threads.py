@@ -1,12 +1,12 @@
 """Each torch process takes a share of the machine's cores chosen for its role, so that a training, the inference
-process and the tests sharing a machine do not oversubscribe it (training/rlhf/threads.py)."""
+process and the tests sharing a machine do not oversubscribe it (n3_server/rlhf/threads.py)."""
 import subprocess
 import sys
 
 import pytest
 
+from n3_server.rlhf import threads
 from tests.sites import ROOT
-from training.rlhf import threads
 
 
 @pytest.mark.parametrize("cores, training, inference", [(1, 1, 1), (2, 1, 1), (4, 2, 1), (16, 8, 4)])
@@ -31,7 +31,7 @@ def test_settings_override_the_defaults_and_bad_values_are_refused(monkeypatch):
 
 
 def test_a_torch_process_uses_its_roles_threads():
-    code = ("from training.rlhf.threads import use_torch_threads; import torch; use_torch_threads('training'); "
+    code = ("from n3_server.rlhf.threads import use_torch_threads; import torch; use_torch_threads('training'); "
             "print(torch.get_num_threads())")
     env = {"PATH": "/usr/bin:/bin", "N3_TRAINING_THREADS": "1", "OMP_NUM_THREADS": "7"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

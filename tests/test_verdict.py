@@ -7,11 +7,11 @@ import random
 import pytest
 import torch
 
-from training.rlhf import TrainingConfig
-from training.rlhf.data import prepare_feedback
-from training.rlhf.reward_model import fit_reward_model, trainable_state
-from training.rlhf.stats import win_rate
-from training.rlhf.trainer import _verdict
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf.data import prepare_feedback
+from n3_server.rlhf.reward_model import fit_reward_model, trainable_state
+from n3_server.rlhf.stats import win_rate
+from n3_server.rlhf.trainer import _verdict
 from training.run import promotion
 
 MODEL = "n3-tiny-random"
@@ -129,7 +129,7 @@ def test_the_judge_is_the_fold_models_and_scoring_with_it_leaves_the_reward_mode
 
 @pytest.mark.parametrize("algorithm", ["best_of_n"])
 def test_best_of_n_needs_lora_and_two_samples(algorithm):
-    from training.rlhf.errors import ConfigError
+    from n3_server.rlhf.errors import ConfigError
 
     with pytest.raises(ConfigError, match="best_of_n"):
         TrainingConfig(base_model=MODEL, algorithm=algorithm, use_lora=False)
@@ -139,7 +139,7 @@ def test_best_of_n_needs_lora_and_two_samples(algorithm):
 
 @pytest.mark.slow
 def test_best_of_n_trains_a_version_that_imitates_its_best_samples(tmp_path):
-    from training.rlhf import RLHFTrainer
+    from n3_server.rlhf import RLHFTrainer
 
     feedback = [{"prompt": f"Question {i}?", "response": "yes" if i % 2 else "no, not at all",
                  "score": 0.9 if i % 2 else 0.1} for i in range(12) for _ in range(2)]

@@ -10,12 +10,12 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from n3_server.rlhf.progress import Progress
 from policies.models import Agent, PolicyVersion
 from tests.sites import add_steps
 from training import progress as progress_module
 from training.charts import line_chart, nice_axis
 from training.progress import JobProgress, mean_pace
-from training.rlhf.progress import Progress
 from training.status import eta_seconds
 
 
@@ -143,7 +143,7 @@ def test_the_page_and_progress_json_say_the_same_status_and_draw_whole_step_tick
 
 def test_the_reported_kl_is_never_negative_where_k1_is():
     torch = pytest.importorskip("torch")
-    from training.rlhf.ppo import compute_rewards, kl_k3  # noqa: PLC0415  (torch only for this test)
+    from n3_server.rlhf.ppo import compute_rewards, kl_k3  # noqa: PLC0415  (torch only for this test)
 
     logprobs = torch.log(torch.tensor([[0.5, 0.25, 0.3]]))
     ref_logprobs = torch.log(torch.tensor([[0.25, 0.5, 0.9]]))

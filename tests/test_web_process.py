@@ -25,9 +25,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from feedback.services import record_feedback_batch
 from policies.models import Agent, PolicyVersion
-from training.rlhf import TrainingConfig
-from training.rlhf import estimate as timing
-from training.rlhf.data import prepare_feedback
+from n3_server.rlhf import TrainingConfig
+from n3_server.rlhf import estimate as timing
+from n3_server.rlhf.data import prepare_feedback
 from training.services import resolve_training_config
 from django.conf import settings
 

@@ -9,9 +9,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from feedback.agreement import agent_agreement
+from n3_server.rlhf import RLHFError
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
-from training.rlhf import RLHFError
 
 from . import admin_views
 from .files import agent_dir, version_dir

@@ -16,10 +16,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from feedback.review import score_summary
+from n3_server.rlhf import PRESETS, RLHFError, TrainingConfig
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_policy_version
-from training.rlhf import PRESETS, RLHFError, TrainingConfig
 
 from .charts import histogram, number, version_charts
 from .comparisons import DEFAULT_PROMPTS as DEFAULT_COMPARISON_PROMPTS

@@ -22,13 +22,13 @@ from typing import Any, Optional
 from django.conf import settings
 from django_q.tasks import async_task
 
+from n3_server.rlhf import TrainingConfig, TrainingEstimate
+from n3_server.rlhf import estimate as timing
+from n3_server.rlhf.data import FeedbackRecord, prepare_feedback
+from n3_server.rlhf.layout import RESULTS_FILE
+from n3_server.rlhf.results import TrainingResult
 from n3site.exceptions import ServiceError
 from policies.models import PolicyVersion
-from training.rlhf import TrainingConfig, TrainingEstimate
-from training.rlhf import estimate as timing
-from training.rlhf.data import FeedbackRecord, prepare_feedback
-from training.rlhf.layout import RESULTS_FILE
-from training.rlhf.results import TrainingResult
 
 from . import selectors
 from .files import version_dir
@@ -63,7 +63,7 @@ def estimate(
         return timing.make_estimate(config, data, measured, source="measured", total_records=total_records)
     if measure_here:
         # Function-local: only the CLI's dry run (a torch process anyway) measures in its own process.
-        from training.rlhf import RLHFTrainer  # noqa: PLC0415
+        from n3_server.rlhf import RLHFTrainer  # noqa: PLC0415
 
         return RLHFTrainer(config, models_dir=models_dir).estimate(records)
     if queue:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 from policies.models import PolicyVersion
 
-# One chart per spec metric, drawn from the version's TrainingStep rows (the core's names: training.rlhf.metrics).
+# One chart per spec metric, drawn from the version's TrainingStep rows (the core's names: n3_server.rlhf.metrics).
 # "domain": where the figure can lie (the reward model's scores are clamped to 0..1; a KL is never negative), so an
 # axis does not run past it.
 CURVES = [
@@ -24,7 +24,7 @@ CURVES = [
      "hint": "Good: decreasing, then stable.", "refs": []},
 ]
 
-# How each algorithm's objective/kl is estimated (training.rlhf.ppo, trl_algorithms), said under the KL chart.
+# How each algorithm's objective/kl is estimated (n3_server.rlhf.ppo, trl_algorithms), said under the KL chart.
 KL_NOTES = {
     "ppo": "KL per response, k3 estimate (never negative).",
     "grpo": "KL per response, TRL's k3 estimate (never negative).",

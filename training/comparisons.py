@@ -11,7 +11,7 @@ responses), and what the compare page shows. The queue and the result live in fe
 
 Prompts: ones neither version trained on. A version trained on its feedback snapshot minus the prompts its
 evaluation held out; that split is recomputed here from the stored feedback with the version's own settings
-(training.rlhf.data.heldout_split: seed, eval_fraction, eval_max_prompts), and a version that started from another
+(n3_server.rlhf.data.heldout_split: seed, eval_fraction, eval_max_prompts), and a version that started from another
 (init_from "vN") also counts what that one trained on. The prompts held out of both versions come first (the ones
 their evaluations used), then the agent's most recent other prompts that are in neither training set (feedback
 newer than both snapshots). The recomputed split is the trained one as long as the snapshot's scored rows are
@@ -31,10 +31,10 @@ from django_q.tasks import async_task
 
 from feedback import comparisons
 from feedback.models import Comparison, Feedback
+from n3_server.rlhf import RLHFError, TrainingConfig
+from n3_server.rlhf.data import heldout_split
 from n3site.exceptions import ServiceError
 from policies.models import PolicyVersion
-from training.rlhf import RLHFError, TrainingConfig
-from training.rlhf.data import heldout_split
 
 from .files import absolute_path
 from .selectors import snapshot_feedback

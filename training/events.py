@@ -27,9 +27,9 @@ from typing import Any, Optional
 from django.db.models import F, Q
 from django.db.models.functions import Mod
 
+from n3_server.rlhf.layout import LOG_FILE
+from n3_server.rlhf.metrics import SPEC_NAMES
 from policies.models import PolicyVersion, TrainingStep
-from training.rlhf.layout import LOG_FILE
-from training.rlhf.metrics import SPEC_NAMES
 
 from . import files
 

@@ -1,4 +1,4 @@
-"""Where a version's files live: MODELS_DIR/<agent>/v<N>/ (the names inside it: training.rlhf.layout).
+"""Where a version's files live: MODELS_DIR/<agent>/v<N>/ (the names inside it: n3_server.rlhf.layout).
 
 Model paths are stored as the spec's responses show them: relative to the project directory
 (``models/my_agent/v15/policy``) when MODELS_DIR lies inside it, absolute otherwise. ``absolute_path`` reads
@@ -14,7 +14,7 @@ from typing import Optional
 from django.conf import settings
 from django.utils import timezone
 
-from training.rlhf.layout import RESULTS_FILE, UNFINISHED_OUTPUTS
+from n3_server.rlhf.layout import RESULTS_FILE, UNFINISHED_OUTPUTS
 
 logger = logging.getLogger(__name__)
 

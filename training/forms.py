@@ -7,8 +7,8 @@ from typing import Optional
 from django import forms
 from django.conf import settings
 
+from n3_server.rlhf import PRESETS
 from policies.models import Agent
-from training.rlhf import PRESETS
 
 
 class TrainForm(forms.Form):

@@ -1,7 +1,7 @@
 """A training's progress: written to the database as it goes (JobProgress), drawn as bars by the CLI
 (ProgressBars), and a finished run's figures as n3 stores them (result_metrics).
 
-Everything is stored under the training core's names (training.rlhf.metrics: TRL's step metrics, the core's
+Everything is stored under the training core's names (n3_server.rlhf.metrics: TRL's step metrics, the core's
 snake_case reward-model and evaluation keys); the API renames them to the spec's camelCase at its edge.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as transformers_logging
 
+from n3_server.rlhf import Progress
+from n3_server.rlhf.metrics import SPEC_NAMES
 from policies.models import PolicyVersion, TrainingStep
 from training.jobs import reconnecting
-from training.rlhf import Progress
-from training.rlhf.metrics import SPEC_NAMES
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any, Optional
 from django.conf import settings
 from django.db import transaction
 
+from n3_server.rlhf import Progress, RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig, distributed
 from n3site.exceptions import Conflict, NotFound
 from policies.models import PolicyVersion
-from training.rlhf import Progress, RLHFError, RLHFTrainer, TrainingCancelled, TrainingConfig, distributed
 
 from . import selectors
 from .deployment import promote_version
@@ -54,7 +54,7 @@ def run_version(*, version_id: int, progress: bool = False) -> PolicyVersion:
     KeyboardInterrupt is re-raised after it is recorded. A version deleted while it trains takes the files it
     wrote since with it.
 
-    Under a launcher (N3_TRAINING_LAUNCHER="accelerate launch ...": one process per GPU, training.rlhf.distributed)
+    Under a launcher (N3_TRAINING_LAUNCHER="accelerate launch ...": one process per GPU, n3_server.rlhf.distributed)
     only rank 0 does all of the above; the other ranks train alongside it and write nothing (train_replica).
     """
     version = PolicyVersion.objects.select_related("agent").get(pk=version_id)

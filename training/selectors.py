@@ -13,7 +13,7 @@ from django_q.models import OrmQ
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
 
-# The fields of a feedback record as the training core reads them (training.rlhf.data).
+# The fields of a feedback record as the training core reads them (n3_server.rlhf.data).
 RECORD_FIELDS = ("prompt", "response", "score", "run_id", "notes")
 
 

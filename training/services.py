@@ -24,10 +24,7 @@ from django.db.models import Avg, Count, Max, StdDev
 from django_q.tasks import async_task
 
 from feedback.models import Feedback
-from n3site.exceptions import Conflict, ServiceError, Unavailable
-from policies.models import Agent, PolicyVersion
-from policies.selectors import get_agent, get_policy_version
-from training.rlhf import (
+from n3_server.rlhf import (
     MIN_FEEDBACK,
     PRESETS,
     ConfigError,
@@ -35,11 +32,14 @@ from training.rlhf import (
     TrainingConfig,
     TrainingEstimate,
 )
-from training.rlhf.config import check_fields_used
-from training.rlhf.context import check_fits_context, with_learning_rate
-from training.rlhf.data import awaiting_review_warning, prepare_feedback
-from training.rlhf.layout import BUILTIN_MODELS
-from training.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
+from n3_server.rlhf.config import check_fields_used
+from n3_server.rlhf.context import check_fits_context, with_learning_rate
+from n3_server.rlhf.data import awaiting_review_warning, prepare_feedback
+from n3_server.rlhf.layout import BUILTIN_MODELS
+from n3_server.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
+from n3site.exceptions import Conflict, ServiceError, Unavailable
+from policies.models import Agent, PolicyVersion
+from policies.selectors import get_agent, get_policy_version
 
 from . import calibration, selectors
 from .jobs import end_version

@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 from django.utils import timezone
 
+from n3_server.rlhf.layout import LOG_FILE
 from policies.models import PolicyVersion
-from training.rlhf.layout import LOG_FILE
 
 from . import files, selectors
 
@@ -23,7 +23,7 @@ ETA_MIN_STEPS = 3
 ETA_MIN_SECONDS = 30.0
 ESTIMATING = "estimating…"
 
-# What each of the core's phases (training.rlhf.progress.PHASES) is called on the page, and what it counts.
+# What each of the core's phases (n3_server.rlhf.progress.PHASES) is called on the page, and what it counts.
 PHASE_WORDS = {
     "base_model": ("building the base model", "steps"),
     "reward_model": ("reward model", "reward-model batches"),

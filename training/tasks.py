@@ -24,8 +24,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from n3_server.rlhf import estimate as timing
 from policies.models import PolicyVersion
-from training.rlhf import estimate as timing
 
 from . import calibration, comparisons, samples, services, worker
 from .files import deleted_during_training, remove_unfinished_outputs, remove_version_files, version_dir

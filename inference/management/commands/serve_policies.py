@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from gunicorn.app.base import BaseApplication
 
 from inference.server import make_application
-from training.rlhf.threads import use_torch_threads
+from n3_server.rlhf.threads import use_torch_threads
 
 
 class Command(BaseCommand):

@@ -12,9 +12,9 @@ from typing import Any, Optional
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from training.rlhf.base_models import build_base_model
-from training.rlhf.layout import BUILTIN_MODELS, N3_TINY
-from training.rlhf.progress import Progress
+from n3_server.rlhf.base_models import build_base_model
+from n3_server.rlhf.layout import BUILTIN_MODELS, N3_TINY
+from n3_server.rlhf.progress import Progress
 
 
 def progress_lines(write: Callable[[str], Any], every: int) -> Callable[[Progress], None]:
@@ -47,7 +47,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         # Its own lines say what the build's INFO log line would ("Built n3-tiny in ..."), in the demo's words.
-        logger = logging.getLogger("training.rlhf.base_models")
+        logger = logging.getLogger("n3_server.rlhf.base_models")
         level = logger.level
         logger.setLevel(logging.WARNING)
         try:

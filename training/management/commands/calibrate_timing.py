@@ -11,10 +11,10 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from training.rlhf import RLHFTrainer, TrainingConfig
-from training.rlhf import estimate as timing
-from training.rlhf.data import prepare_feedback
-from training.rlhf.threads import use_torch_threads
+from n3_server.rlhf import RLHFTrainer, TrainingConfig
+from n3_server.rlhf import estimate as timing
+from n3_server.rlhf.data import prepare_feedback
+from n3_server.rlhf.threads import use_torch_threads
 
 
 class Command(BaseCommand):

@@ -12,8 +12,8 @@ import torch
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from n3_server.rlhf.data import format_query
 from training import samples
-from training.rlhf.data import format_query
 
 
 class Command(BaseCommand):

@@ -13,11 +13,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from n3_server.rlhf import RLHFError
+from n3_server.rlhf.threads import use_torch_threads
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
 from training import files, jobs, run, services
-from training.rlhf import RLHFError
-from training.rlhf.threads import use_torch_threads
 
 
 class Command(BaseCommand):
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would start a version of its own
             raise CommandError(
                 "Several processes (a launcher such as torchrun or accelerate launch) train a version only as a job: "
-                "set N3_TRAINING_LAUNCHER and queue it with --async (or the API); see training/rlhf/distributed.py."
+                "set N3_TRAINING_LAUNCHER and queue it with --async (or the API); see n3_server/rlhf/distributed.py."
             )
         if not options["agent"]:
             raise CommandError("Name the agent to train, e.g. `manage.py train_policy my_agent` (see --help).")

@@ -453,7 +453,7 @@ def _run_log(path: Optional[Path]) -> Iterator[logging.Logger]:
     """A logger that writes this run's lines to `path` as they happen (FileHandler flushes every record).
 
     The logger is created outside the logging registry (one per run, never leaked) and hangs under
-    ``training.rlhf.trainer``, so LOG_LEVEL/handlers configured for the app also see the run's lines.
+    ``n3_server.rlhf.trainer``, so LOG_LEVEL/handlers configured for the app also see the run's lines.
     No `path` (the other processes of a multi-process run): no file, and only warnings and errors go on.
     """
     parent = logging.getLogger(__name__)
