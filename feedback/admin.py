@@ -202,6 +202,15 @@ class FeedbackAdmin(admin.ModelAdmin):
     def get_changelist_form(self, request, **kwargs):
         return FeedbackListForm
 
+    # Reviewers score blind (review.sees_versions): the version that wrote a response is shown to leads only.
+    def get_list_display(self, request):
+        return self.list_display if review.sees_versions(request.user) else [
+            f for f in self.list_display if f != "version"]
+
+    def get_list_filter(self, request):
+        return self.list_filter if review.sees_versions(request.user) else [
+            f for f in self.list_filter if not (isinstance(f, tuple) and f[0] == "policy_version")]
+
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return self.readonly_fields
@@ -209,11 +218,15 @@ class FeedbackAdmin(admin.ModelAdmin):
         return [*self.readonly_fields, "agent", "prompt_text", "response_text", "run_id", "policy_version"]
 
     def get_fieldsets(self, request, obj=None):
+        fieldsets = self.fieldsets
+        if not review.sees_versions(request.user):
+            fieldsets = [(name, {**options, "fields": [f for f in options["fields"] if f != "policy_version"]})
+                         for name, options in fieldsets]
         if obj is None:
-            return self.fieldsets
+            return fieldsets
         # A stored record's texts are shown by prompt_text/response_text: bounded, as on every reviewer page.
         first = (None, {"fields": ["agent", "prompt_text", "response_text"]})
-        return [first, *self.fieldsets[1:]]
+        return [first, *fieldsets[1:]]
 
     def _text(self, obj: Feedback, field: str):
         """A stored text as the readonly field shows it (line breaks kept); beyond rendering.LIST_CHARS characters,

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 from n3site.exceptions import ServiceError
 from policies.models import Agent
 
-from . import agreement, rendering
+from . import agreement, rendering, review
 from .views import reviewer_required
 
 
@@ -54,6 +54,8 @@ def _disagreements_page(request: HttpRequest, filters: dict, *, error: str = "",
         "error_item": error_item,
         "default_spread": agreement.DEFAULT_SPREAD,
         "limit": 100,
+        # A reviewer who may settle but not change versions still scores blind (review.sees_versions).
+        "show_versions": review.sees_versions(request.user),
     }
     return render(request, "feedback/disagreements.html", context, status=status)
 

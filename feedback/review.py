@@ -35,6 +35,9 @@ from n3site.exceptions import Conflict, NotFound, ServiceError
 from .models import Feedback, Review
 
 LEASE = timedelta(minutes=5)
+# Who may see which version wrote a response: leads, those who may change versions (promote one, set the traffic
+# split). Reviewers score blind: under a split, knowing the arm they score biases humanScore, the A/B result.
+VERSION_PERMISSION = "policies.change_policyversion"
 # Candidates looked at per claim attempt; others may win some of them, so take a few at once.
 _CLAIM_BATCH = 10
 
@@ -79,6 +82,11 @@ def band_for(score: Optional[float]) -> Optional[ScoreBand]:
         if band.low <= score < band.high or (band.high >= 1.0 and band.low <= score <= 1.0):
             return band
     return None
+
+
+def sees_versions(user: AbstractBaseUser) -> bool:
+    """Whether ``user`` may see the policy version of a feedback item (leads) or scores blind (reviewers)."""
+    return user.has_perm(VERSION_PERMISSION)
 
 
 def validate_score(value) -> float:

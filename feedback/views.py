@@ -76,10 +76,11 @@ def _whole(feedback: Feedback, field: str) -> str:
     return reverse("admin:feedback_feedback_text", args=[feedback.pk, field])
 
 
-def _item(feedback: Feedback, *, mine: Optional[Review] = None) -> dict:
-    """An item as the queue's script shows it. ``mine``: the reviewer's own review of it (going back), whose score
-    and notes the page puts in the fields; otherwise the notes field starts with the item's notes only while it has
-    no review (a second reviewer does not see the first one's notes: reviews stay independent)."""
+def _item(feedback: Feedback, *, user, mine: Optional[Review] = None) -> dict:
+    """An item as the queue's script shows it to ``user``. ``mine``: the reviewer's own review of it (going back),
+    whose score and notes the page puts in the fields; otherwise the notes field starts with the item's notes only
+    while it has no review (a second reviewer does not see the first one's notes: reviews stay independent).
+    ``policyVersion`` only for a lead (review.sees_versions): reviewers score blind."""
     reviews = feedback.reviews.count()
     item = {
         "id": feedback.pk,
@@ -93,7 +94,6 @@ def _item(feedback: Feedback, *, mine: Optional[Review] = None) -> dict:
         "notes": feedback.notes if mine is None and not reviews else "",
         "runId": feedback.run_id,
         "source": feedback.source,
-        "policyVersion": feedback.policy_version.version if feedback.policy_version_id else None,
         "createdAt": feedback.created_at.isoformat(),
         "claimedUntil": feedback.claimed_until.isoformat() if feedback.claimed_until else None,
         "adminUrl": reverse("admin:feedback_feedback_change", args=[feedback.pk]),
@@ -102,6 +102,8 @@ def _item(feedback: Feedback, *, mine: Optional[Review] = None) -> dict:
         "reviews": reviews,
         "score": feedback.score if mine is not None else None,
     }
+    if review.sees_versions(user):
+        item["policyVersion"] = feedback.policy_version.version if feedback.policy_version_id else None
     if mine is not None:
         item["review"] = {"id": mine.pk, "score": mine.score, "notes": mine.notes,
                           "createdAt": mine.created_at.isoformat(), "updatedAt": mine.updated_at.isoformat()}
@@ -150,7 +152,7 @@ def _next_payload(request: HttpRequest, agent_name: str, *, item: Optional[Feedb
                    & ~Q(id__in=skipped_ids)),
     )
     counts["reviewed"] = review.unscored_feedback(agent_name=agent_name).filter(reviews__reviewer=request.user).count()
-    payload = {"item": _item(item) if item else None, **counts}
+    payload = {"item": _item(item, user=request.user) if item else None, **counts}
     if item is None:
         payload["empty"] = _empty_state(agent_name=agent_name, **counts)
     return payload
@@ -188,6 +190,7 @@ def queue_page(request: HttpRequest):
         "agents": agents,
         "bands": review.SCORE_BANDS,
         "lease_minutes": int(review.LEASE.total_seconds() // 60),
+        "blind": not review.sees_versions(request.user),
     }
     return render(request, "feedback/review_queue.html", context)
 
@@ -240,7 +243,7 @@ def previous_item(request: HttpRequest):
     data = _body(request)
     mine = review.previous_review(user=request.user, before=_int(data.get("before"), "before"),
                                   agent_name=data.get("agent", ""))
-    return JsonResponse({"item": _item(mine.feedback, mine=mine) if mine else None})
+    return JsonResponse({"item": _item(mine.feedback, user=request.user, mine=mine) if mine else None})
 
 
 @require_POST
