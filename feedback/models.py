@@ -106,6 +106,9 @@ class Comparison(models.Model):
     # How the prompts were chosen, in words (held out of both versions' training, or the latest not trained on).
     prompt_source = models.TextField(blank=True)
     max_new_tokens = models.PositiveIntegerField(default=64)
+    # Pairs whose responses differ that were asked for: more prompts are drawn than this, and the worker stops once
+    # it has this many (feedback.comparisons.set_responses). Null (comparisons made before): every item counts.
+    requested = models.PositiveIntegerField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -121,7 +124,8 @@ class Comparison(models.Model):
 
 class ComparisonItem(models.Model):
     """One held-out prompt of a comparison, both versions' responses, which one is shown on the left (random, fixed
-    when the item is made), and the one vote it gets: ``a``, ``b`` or ``tie`` (blank: awaiting). Reviewers claim
+    when the item is made), and the one vote it gets: ``a``, ``b`` or ``tie`` (blank: awaiting; ``tie`` without a
+    vote when the two responses are identical). Reviewers claim
     an item with a lease, as in the review queue, so two reviewers never get the same item at once."""
 
     class Choice(models.TextChoices):
@@ -136,6 +140,8 @@ class ComparisonItem(models.Model):
     response_b = models.TextField(blank=True)
     a_on_left = models.BooleanField()
     choice = models.CharField(max_length=8, choices=Choice.choices, blank=True)
+    # Both responses byte-identical: a tie recorded without asking anyone (no reviewer), left out of the win rate.
+    identical = models.BooleanField(default=False)
     reviewer = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -1,6 +1,8 @@
 """Blind side-by-side comparison of two versions (issue 13 item 3): prompts neither version trained on, sides
 random and balanced and never in the page, one leased vote per pair, the win rate with its Wilson interval, the
 compare page's panel, and (slow) the worker really generating both versions' responses."""
+import io
+import json
 import random
 import re
 from datetime import timedelta
@@ -14,10 +16,10 @@ from feedback import comparisons
 from feedback.models import Comparison, ComparisonItem, Feedback
 from n3_server.rlhf import TrainingConfig
 from n3_server.rlhf.data import heldout_split
-from n3site.exceptions import Conflict
+from n3site.exceptions import Conflict, ServiceError
 from policies.models import Agent, PolicyVersion
 from tests.users import login, staff
-from training.comparisons import comparison_prompts, start_comparison
+from training.comparisons import DRAWS_PER_PAIR, comparison_prompts, start_comparison
 
 pytestmark = pytest.mark.django_db
 
@@ -278,7 +280,8 @@ def test_compare_page_starts_a_comparison_shows_generating_then_the_tally(agent,
     assert (comparison.version_a, comparison.version_b, comparison.items.count()) == (v1, v2, 3)
     jobs = [t for t in OrmQ.objects.all() if t.func() == "training.tasks.generate_comparison"]
     assert [t.args()[0] for t in jobs] == [comparison.pk]
-    assert "generating… 3 responses of each version" in response.content.decode()
+    assert "generating… each version's responses until 3 pairs differ, from up to 3 prompts" in \
+        response.content.decode()
     assert client.get(url, {"other": v1.pk, "blind": "status"}).json() == {"status": "generating"}
 
     ready(comparison)
@@ -313,7 +316,9 @@ def test_a_bad_number_of_prompts_is_a_400_that_says_why(agent, pair, engineer, c
     assert reason in page and "No blind comparison started" in page
     assert not Comparison.objects.exists()
     assert client.post(url, {"blind": "1", "count": "2"}).status_code == 302
-    assert Comparison.objects.get().items.count() == 2
+    # 2 pairs asked for; the 3 prompts there are drawn, the spare one for a pair that turns out identical.
+    comparison = Comparison.objects.get()
+    assert (comparison.requested, comparison.items.count()) == (2, 3)
 
 
 def test_starting_a_comparison_needs_the_change_permission(pair):
@@ -361,6 +366,10 @@ def test_the_worker_generates_both_versions_responses(agent, engineer, settings,
     assert comparison.status == "ready" and comparison.ready_at is not None
     for item in comparison.items.all():
         assert item.response_a and item.response_a == item.response_b  # same weights, greedy: the same text
+        assert (item.identical, item.choice, item.reviewer) == (True, "tie", None)  # nothing to ask a reviewer
+    tally = comparisons.tally(comparison=comparison)
+    assert (tally.identical, tally.total, tally.n) == (3, 0, 0)
+    assert comparisons.claim_next_item(comparison=comparison, user=engineer) is None
 
 
 @pytest.mark.slow
@@ -374,3 +383,117 @@ def test_a_policy_that_cannot_load_fails_the_comparison(agent, settings, tmp_pat
     assert tasks.generate_comparison(comparison.pk).endswith("exit code 1")
     comparison.refresh_from_db()
     assert comparison.status == "failed" and "Cannot load the policy of v1" in comparison.error
+
+
+# --- identical pairs: ties without asking, more prompts drawn (issue 21, item 4) ---------------------------------
+
+
+def test_an_identical_pair_is_a_tie_without_a_vote_and_spare_prompts_make_up_the_pairs(pair, reviewers):
+    """3 of 4 pairs were byte-identical and still asked for a vote: now they are ties nobody is asked about, and
+    the worker's further answers fill the 2 informative pairs asked for; the prompts not needed are dropped."""
+    comparison = comparisons.create_comparison(version_a=pair[0], version_b=pair[1],
+                                               prompts=[f"q{n}" for n in range(8)], prompt_source="test",
+                                               max_new_tokens=8, requested=2)
+    # The worker answered 5 prompts (q0 to q4): q0, q1 and q3 alike, q2 and q4 not.
+    comparisons.set_responses(comparison_id=comparison.pk, responses_a=["same", "same", "A2", "same", "A4"],
+                              responses_b=["same", "same", "B2", "same", "B4"])
+    items = list(comparison.items.order_by("position"))
+    assert [(i.prompt, i.identical, i.choice, i.reviewer) for i in items] == [
+        ("q0", True, "tie", None), ("q1", True, "tie", None), ("q2", False, "", None), ("q3", True, "tie", None),
+        ("q4", False, "", None)]
+    assert sorted(i.a_on_left for i in items if not i.identical) == [False, True]  # sides balanced over the shown
+    tally = comparisons.tally(comparison=comparison)
+    assert (tally.total, tally.identical, tally.ties, tally.n, tally.drawn, tally.win_rate) == (2, 3, 0, 0, 5, None)
+
+    # Reviewers get the two informative pairs only; their votes alone make the win rate.
+    client = login(reviewers[0])
+    shown = []
+    for _ in range(2):
+        item = client.get(reverse("review:compare", args=[comparison.pk])).context["item"]
+        shown.append(item.prompt)
+        client.post(reverse("review:compare_vote", args=[comparison.pk, item.pk]),
+                    {"choice": "left" if not item.a_on_left else "right"})  # B each time
+    assert shown == ["q2", "q4"]
+    page = client.get(reverse("review:compare", args=[comparison.pk])).content.decode()
+    assert "All 2 pairs are judged" in page and "3 pairs with identical responses not asked" in page
+    tally = comparisons.tally(comparison=comparison)
+    assert (tally.wins, tally.ties, tally.n, tally.win_rate) == (2, 0, 2, 1.0)
+
+
+def test_answers_beyond_the_pairs_asked_for_are_dropped(pair):
+    comparison = comparisons.create_comparison(version_a=pair[0], version_b=pair[1], prompts=["q0", "q1", "q2"],
+                                               prompt_source="test", max_new_tokens=8, requested=1)
+    comparisons.set_responses(comparison_id=comparison.pk, responses_a=["a0", "a1"], responses_b=["b0", "b1"])
+    assert list(comparison.items.values_list("prompt", "identical")) == [("q0", False)]
+    # Without ``requested`` every prompt is a pair, and every answer is needed.
+    plain = make_comparison(pair, ["q0", "q1"])
+    with pytest.raises(ServiceError, match="2 items but 1 and 1 responses"):
+        comparisons.set_responses(comparison_id=plain.pk, responses_a=["a"], responses_b=["b"])
+
+
+def test_start_draws_spare_prompts_for_pairs_that_turn_out_identical(agent, pair):
+    for n in range(30):
+        Feedback.objects.create(agent=agent, prompt=f"prompt {n}", response="r")
+    comparison = start_comparison(version=pair[1], other=pair[0], count=3)
+    assert (comparison.requested, comparison.items.count()) == (3, 3 * DRAWS_PER_PAIR)
+
+
+def test_the_worker_answers_more_prompts_until_enough_pairs_differ(tmp_path, monkeypatch):
+    """The child (no models here: its generate() stands in): the first round's 3 prompts give 1 differing pair, so
+    it answers more, in as few rounds as the share of differing pairs says, and stops at 3."""
+    from django.core.management import call_command
+
+    from training.management.commands import generate_comparison as command
+
+    alike = {"q0", "q2", "q3", "q5", "q7"}
+    calls = []
+
+    def fake_generate(path, prompts, max_new_tokens):
+        calls.append((path, list(prompts)))
+        return ["same" if p in alike else f"{path} on {p}" for p in prompts]
+
+    monkeypatch.setattr(command, "generate", fake_generate)
+    (tmp_path / "request.json").write_text(json.dumps({
+        "prompts": [f"q{n}" for n in range(12)], "model_paths": ["A", "B"], "names": ["v1", "v2"],
+        "max_new_tokens": 8, "wanted": 3}))
+    call_command("generate_comparison", str(tmp_path), stdout=io.StringIO())
+    responses_a, responses_b = json.loads((tmp_path / "responses.json").read_text())["responses"]
+    # Round 1: q0-q2 (1 differs); round 2: 2 more wanted at a share of 1/3, so 6 prompts (q3-q8): 3 more differ.
+    assert [prompts for path, prompts in calls if path == "A"] == [["q0", "q1", "q2"],
+                                                                   ["q3", "q4", "q5", "q6", "q7", "q8"]]
+    assert len(responses_a) == len(responses_b) == 9
+    assert sum(a != b for a, b in zip(responses_a, responses_b)) == 4
+
+
+def test_the_worker_stops_at_the_prompts_drawn_when_the_versions_answer_alike(tmp_path, monkeypatch):
+    from django.core.management import call_command
+
+    from training.management.commands import generate_comparison as command
+
+    rounds = []
+    monkeypatch.setattr(command, "generate", lambda path, prompts, tokens: rounds.append(prompts) or
+                        ["same"] * len(prompts))
+    (tmp_path / "request.json").write_text(json.dumps({
+        "prompts": [f"q{n}" for n in range(8)], "model_paths": ["A", "B"], "names": ["v1", "v2"],
+        "max_new_tokens": 8, "wanted": 2}))
+    call_command("generate_comparison", str(tmp_path), stdout=io.StringIO())
+    assert [len(r) for r in rounds] == [2, 2, 6, 6]  # two rounds of both versions, then every prompt was answered
+    assert len(json.loads((tmp_path / "responses.json").read_text())["responses"][0]) == 8
+
+
+def test_the_panel_counts_identical_pairs_apart_and_says_how_many_were_informative(pair):
+    from training.comparisons import comparison_panel
+
+    comparison = comparisons.create_comparison(version_a=pair[0], version_b=pair[1],
+                                               prompts=[f"q{n}" for n in range(4)], prompt_source="test",
+                                               max_new_tokens=8, requested=3)
+    comparisons.set_responses(comparison_id=comparison.pk, responses_a=["same", "A1", "same", "A3"],
+                              responses_b=["same", "B1", "same", "B3"])
+    for item in comparison.items.filter(identical=False):
+        ComparisonItem.objects.filter(pk=item.pk).update(choice="b")
+    panel = comparison_panel(version=pair[0], other=pair[1])
+    assert panel["sentence"].startswith("Win rate of v2 over v1: 100 % (95 % interval 34–100 %) on 2 judged pairs")
+    assert panel["identical_sentence"] == (
+        "2 informative pairs (responses that differ) of 4 prompts answered; the 2 with identical responses are ties "
+        "recorded without a vote and left out of the win rate. 3 were asked for: no more prompts that neither "
+        "version trained on.")

@@ -1,6 +1,7 @@
 """In a real headless Chromium: a lead starts a blind comparison on the compare page, sees "generating…" until the
 worker's responses are stored, opens the queue, votes left, right and tie from the keyboard without ever seeing
-which version wrote which response, and finds the tally on the compare page. Screenshots in test-artifacts/."""
+which version wrote which response (and is never asked about the pair whose responses are identical), and finds the
+tally on the compare page. Screenshots in test-artifacts/."""
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ PROMPTS = [
     "How do I reverse a list in Python?",
     "What is the capital of Australia?",
     "Write a haiku about autumn.",
+    "Say hello.",
 ]
 # (A's response, B's response): B is the better one each time, so the votes below are "B, A, tie".
 RESPONSES = [
@@ -28,6 +30,7 @@ RESPONSES = [
                     "backwards = items[::-1]  # a copy\n```"),
     ("Canberra is the capital of Australia.", "Sydney."),
     ("Leaves fall, red and gold", "Crisp leaves drift and fall"),
+    ("Hello!", "Hello!"),  # identical: a tie nobody is asked about
 ]
 
 
@@ -62,7 +65,7 @@ def test_blind_comparison_from_start_to_tally_by_keyboard(live_server, browser, 
     compare_url = f"{live_server.url}{reverse('admin:policies_policyversion_compare', args=[v2.pk])}?other={v1.pk}"
     page.goto(compare_url)
     start = page.locator("#n3-blind-start")
-    assert start.input_value() == "Start blind comparison (3 prompts)"
+    assert start.input_value() == "Start blind comparison (4 prompts)"
     start.click()
     page.locator("#n3-blind-generating").wait_for()
     assert "generating…" in page.locator("#n3-blind-generating").inner_text()
@@ -100,13 +103,19 @@ def test_blind_comparison_from_start_to_tally_by_keyboard(live_server, browser, 
             page.keyboard.press(key)
 
     assert "All 3 pairs are judged" in page.locator("#n3-compare-empty").inner_text()
-    assert [i.choice for i in comparison.items.order_by("position")] == ["b", "a", "tie"]
+    assert page.locator("#n3-identical").inner_text() == "1 pair with identical responses not asked"
+    assert [(i.choice, i.identical) for i in comparison.items.order_by("position")] == [
+        ("b", False), ("a", False), ("tie", False), ("tie", True)]
 
     page.goto(compare_url)
     result = page.locator("#n3-blind-result").inner_text()
     assert result == ("Win rate of v2 over v1: 50 % (95 % interval 13–87 %) on 3 judged pairs: "
                       "no evidence either way yet")
     cells = page.locator("#n3-blind-tally tbody td").all_inner_texts()
-    assert cells == ["1", "1", "1", "3 of 3", "0"]
+    assert cells == ["1", "1", "1", "3 of 3", "0", "1"]
+    assert page.locator("#n3-blind-informative").inner_text() == (
+        "3 informative pairs (responses that differ) of 4 prompts answered; the 1 with identical responses is a tie "
+        "recorded without a vote and left out of the win rate. 4 were asked for: no more prompts that neither "
+        "version trained on.")
     page.locator("#n3-blind-comparison").screenshot(path=str(ARTIFACTS / "compare_blind_panel.png"))
     page.screenshot(path=str(ARTIFACTS / "compare_page_blind.png"), full_page=True)

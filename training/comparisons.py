@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_PROMPTS = 20
 MAX_PROMPTS = 200
 MAX_NEW_TOKENS = 64
+# Prompts drawn per pair asked for: two versions often answer a prompt with the same text (a pair with nothing to
+# judge), so a comparison gets up to this many times the pairs it asks for, and the worker answers them in order
+# until that many pairs differ. The bound: versions that answer nearly everything alike stop there, saying so.
+DRAWS_PER_PAIR = 4
 # Recent feedback rows read when looking for prompts neither version trained on.
 RECENT_ROWS = 5000
 PROMPT_COUNT_CACHE_S = 300
@@ -114,8 +118,10 @@ def start_comparison(
     *, version: PolicyVersion, other: PolicyVersion, count: int = DEFAULT_PROMPTS,
     max_new_tokens: int = MAX_NEW_TOKENS, user: Optional[AbstractBaseUser] = None,
 ) -> Comparison:
-    """Make a blind comparison of two trained versions on up to ``count`` prompts neither trained on, and queue the
-    generation of its responses. ServiceError when a version cannot answer or there are no such prompts."""
+    """Make a blind comparison of two trained versions for ``count`` pairs whose responses differ, on prompts neither
+    trained on (up to ``DRAWS_PER_PAIR`` times ``count`` drawn: pairs with identical responses are ties without a
+    vote, and more prompts are answered until ``count`` pairs differ), and queue the generation of its responses.
+    ServiceError when a version cannot answer or there are no such prompts."""
     if not 1 <= count <= MAX_PROMPTS:
         raise ServiceError(f"Number of prompts must be between 1 and {MAX_PROMPTS}, got {count}")
     version_a, version_b = ordered_pair(version, other)
@@ -124,12 +130,12 @@ def start_comparison(
             raise ServiceError(f"{v} is {v.status}, not trained: it has no policy to answer with")
         if not v.model_path or not absolute_path(v.model_path).is_dir():
             raise ServiceError(f"{v}: no policy files at {v.model_path or '(no path recorded)'}")
-    prompts, source = comparison_prompts(version_a=version_a, version_b=version_b, count=count)
+    prompts, source = comparison_prompts(version_a=version_a, version_b=version_b, count=count * DRAWS_PER_PAIR)
     if not prompts:
         raise ServiceError(f"No prompts to compare on: {source}. New feedback brings new prompts.")
     comparison = comparisons.create_comparison(
         version_a=version_a, version_b=version_b, prompts=prompts, prompt_source=source,
-        max_new_tokens=max_new_tokens, user=user,
+        max_new_tokens=max_new_tokens, user=user, requested=count,
     )
     try:
         async_task("training.tasks.generate_comparison", comparison.pk,
@@ -175,7 +181,26 @@ def comparison_panel(*, version: PolicyVersion, other: PolicyVersion) -> dict:
                 f"{100 * high:.0f} %) on {tally.n} judged pair{'s' if tally.n != 1 else ''}: {verdict}"
             )
             panel["better"] = low > 0.5
+        if comparison.status == Comparison.Status.READY:
+            panel["identical_sentence"] = identical_sentence(comparison=comparison, tally=tally)
     return panel
+
+
+def identical_sentence(*, comparison: Comparison, tally: comparisons.Tally) -> str:
+    """How many of the prompts answered gave pairs to judge, in words ("" when every pair differs as asked)."""
+    if not tally.identical and (comparison.requested is None or tally.total >= comparison.requested):
+        return ""
+    alike = ("the 1 with identical responses is a tie" if tally.identical == 1
+             else f"the {tally.identical} with identical responses are ties")
+    sentence = (f"{tally.total} informative pair{'s' if tally.total != 1 else ''} (responses that differ) of "
+                f"{tally.drawn} prompt{'s' if tally.drawn != 1 else ''} answered; {alike} recorded without a vote "
+                f"and left out of the win rate.")
+    if comparison.requested and tally.total < comparison.requested:
+        sentence += (f" {comparison.requested} were asked for: the versions answered the other prompts alike, up to "
+                     f"{DRAWS_PER_PAIR} prompts drawn per pair" if tally.drawn >= DRAWS_PER_PAIR * comparison.requested
+                     else f" {comparison.requested} were asked for: no more prompts that neither version trained on")
+        sentence += "."
+    return sentence
 
 
 # --- the worker's side -------------------------------------------------------------------------------------------
@@ -194,6 +219,8 @@ def write_request(*, comparison_id: int, directory: Path) -> bool:
         "model_paths": [str(absolute_path(v.model_path)) if v.model_path else "(no path recorded)" for v in versions],
         "names": [v.version for v in versions],
         "max_new_tokens": comparison.max_new_tokens,
+        # Answer the prompts in order until this many pairs differ (null: answer them all).
+        "wanted": comparison.requested,
     }))
     return True
 
