@@ -16,7 +16,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from feedback.review import score_summary
-from n3_server.rlhf import PRESETS, RLHFError, TrainingConfig
+from n3_server.rlhf import PRESETS, RLHFError, TrainingConfig, TrainingEstimate
+from n3_server.rlhf.preference_data import PREFERENCE_ALGORITHMS
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_policy_version
@@ -393,11 +394,12 @@ def train_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
                 estimate = estimate_policy_training(**request_args)
                 config = resolve_training_config(agent=agent, overrides=request_args["overrides"],
                                                  preset=request_args["preset"])
-                preview = {"estimate": estimate, "config_json": json.dumps(config.to_dict(), indent=2, sort_keys=True)}
+                preview = train_preview(estimate, config)
             except (RLHFError, ServiceError) as exc:
-                form.add_error(None, str(exc))
+                form.add_service_error(exc)  # beside the field it names
     else:
-        form = TrainForm(initial=_initial_from_version(request, agent), agent=agent)
+        form = TrainForm(agent=agent)
+        form.initial = _initial_from_version(request, agent, form)
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Agent._meta,
@@ -412,7 +414,29 @@ def train_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
     return TemplateResponse(request, "admin/policies/agent/train.html", context)
 
 
-def _initial_from_version(request: HttpRequest, agent: Agent) -> dict:
+def train_preview(estimate: TrainingEstimate, config: TrainingConfig) -> dict:
+    """The Train page's dry run: the estimate, the run's algorithm, start and promotion, and for KTO/DPO what the
+    feedback gives them (the same count the training would make)."""
+    preference = None
+    if config.algorithm in PREFERENCE_ALGORITHMS:
+        counts = estimate.preference
+        preference = {
+            "count": counts.examples if counts else None,
+            "label": "preference pairs" if config.algorithm == "dpo" else "KTO examples",
+            "text": counts.describe(config) if counts else (
+                f"Not counted here: the dry run reads a sample of the {estimate.feedback_count} scored records "
+                "(more than N3_ESTIMATE_SAMPLE); Start training counts them on all of them and refuses too few."
+            ),
+        }
+    return {
+        "estimate": estimate,
+        "config": config,
+        "preference": preference,
+        "config_json": json.dumps(config.to_dict(), indent=2, sort_keys=True),
+    }
+
+
+def _initial_from_version(request: HttpRequest, agent: Agent, form: TrainForm) -> dict:
     """Retrain: the form filled with an earlier version's full config."""
     version_id = request.GET.get("from_version", "")
     if not version_id.isdigit():
@@ -420,9 +444,7 @@ def _initial_from_version(request: HttpRequest, agent: Agent) -> dict:
     version = PolicyVersion.objects.filter(pk=int(version_id), agent=agent).first()
     if version is None:
         raise Http404("No such version of this agent")
-    known = set(TrainingConfig.field_names())
-    config = {k: v for k, v in (version.config or {}).items() if k in known}
-    return {"extra": json.dumps(config, indent=2, sort_keys=True)}
+    return form.initial_from_config(version.config or {})
 
 
 def agent_panels(agent: Agent) -> dict:

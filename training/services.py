@@ -36,7 +36,7 @@ from n3_server.rlhf.config import check_fields_used
 from n3_server.rlhf.context import check_fits_context, with_learning_rate
 from n3_server.rlhf.data import awaiting_review_warning, prepare_feedback
 from n3_server.rlhf.layout import BUILTIN_MODELS
-from n3_server.rlhf.preference_data import PREFERENCE_ALGORITHMS, check_preference_data
+from n3_server.rlhf.preference_data import PREFERENCE_ALGORITHMS, PreferenceCounts, check_preference_data
 from n3site.exceptions import Conflict, ServiceError, Unavailable
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_agent, get_policy_version
@@ -151,13 +151,15 @@ def estimate_training(
     records = selectors.feedback_records(
         selectors.spread_sample(scored, count=stats["count"], limit=settings.N3_ESTIMATE_SAMPLE)
     )
+    preference = None
     if not sampled:  # KTO/DPO's classes and pairs need every record; queue_training checks them on all of them
-        check_preference_feedback(records=records, config=config)
+        preference = check_preference_feedback(records=records, config=config)
     config = with_learning_rate(config)  # the dry run shows the rate the run would train at
     estimate = calibration.estimate(
         config=config, records=records, measure_here=measure_here, total_records=stats["count"] if sampled else None,
         queue=queue_measurement,
     )
+    estimate.preference = preference  # KTO/DPO: the examples or pairs it trains on (the admin's preview shows them)
     if sampled:
         estimate.score_mean, estimate.score_std = stats["mean"], stats["std"]
     awaiting = Feedback.objects.filter(agent=agent, score__isnull=True).count()  # trains on scored feedback only
@@ -166,11 +168,13 @@ def estimate_training(
     return estimate
 
 
-def check_preference_feedback(*, records: list[dict], config: TrainingConfig) -> None:
+def check_preference_feedback(*, records: list[dict], config: TrainingConfig) -> Optional[PreferenceCounts]:
     """KTO/DPO: raise ConfigError when the feedback yields one class only or too few pairs (the message says how
-    many it found), so that the request is refused instead of a job failing later. Other algorithms: nothing."""
+    many it found), so that the request is refused instead of a job failing later; else how many examples or pairs
+    it yields. Other algorithms: None."""
     if config.algorithm in PREFERENCE_ALGORITHMS:
-        check_preference_data(prepare_feedback(records).records, config)
+        return check_preference_data(prepare_feedback(records).records, config)
+    return None
 
 
 # --- queueing ---------------------------------------------------------------------------------------------------

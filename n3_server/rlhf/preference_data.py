@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Optional
 
 from .config import TrainingConfig
 from .data import FeedbackRecord, heldout_split
@@ -126,23 +127,56 @@ def dpo_pairs(
     return pairs
 
 
-def check_preference_data(records: list[FeedbackRecord], config: TrainingConfig) -> None:
-    """Raise ConfigError when `config.algorithm` is KTO or DPO and `records` cannot train it; other algorithms pass.
+@dataclass(frozen=True)
+class PreferenceCounts:
+    """What KTO or DPO would train on (check_preference_data): the dry run shows it."""
+
+    algorithm: str  # "kto" or "dpo"
+    examples: int  # KTO: labelled examples (desirable + undesirable); DPO: preference pairs
+    desirable: int = 0  # KTO only
+    undesirable: int = 0  # KTO only
+    left_out: int = 0  # KTO: scored between the thresholds
+    heldout_prompts: int = 0  # the evaluation's prompts, set aside before counting
+
+    def describe(self, config: TrainingConfig) -> str:
+        """One sentence, e.g. "12 preference pairs (responses to one prompt whose scores differ by at least 0.2)"."""
+        aside = ""
+        if self.heldout_prompts:
+            aside = f"; the feedback of {self.heldout_prompts} held-out prompts is set aside for the evaluation"
+        if self.algorithm == "dpo":
+            return (
+                f"{self.examples} preference pairs (responses to the same prompt whose scores differ by at least "
+                f"{config.dpo_pair_margin:g}){aside}"
+            )
+        return (
+            f"{self.examples} labelled examples: {self.desirable} desirable (score >= "
+            f"{config.kto_desirable_threshold:g}), {self.undesirable} undesirable (<= "
+            f"{config.kto_undesirable_threshold:g}), {self.left_out} in between left out{aside}"
+        )
+
+
+def check_preference_data(records: list[FeedbackRecord], config: TrainingConfig) -> Optional[PreferenceCounts]:
+    """Raise ConfigError when `config.algorithm` is KTO or DPO and `records` cannot train it, else say how many
+    examples or pairs they give; other algorithms: None.
 
     The same construction the training runs, on the records it trains on (the evaluation's held-out prompts set
-    aside), so a request accepted here does not fail on its data later.
+    aside), so a request accepted here does not fail on its data later, and the counts are the run's.
     """
     if config.algorithm not in PREFERENCE_ALGORITHMS:
-        return
+        return None
     heldout, _ = heldout_split([r.prompt for r in records], config)
     records = [r for r in records if r.prompt not in heldout]
     if config.algorithm == "kto":
-        kto_data(
+        kto = kto_data(
             records, desirable_threshold=config.kto_desirable_threshold,
             undesirable_threshold=config.kto_undesirable_threshold, seed=config.seed,
         )
-    elif config.algorithm == "dpo":
-        dpo_pairs(records, margin=config.dpo_pair_margin, seed=config.seed)
+        return PreferenceCounts(
+            "kto", len(kto.examples), desirable=kto.n_desirable, undesirable=kto.n_undesirable,
+            left_out=kto.n_dropped, heldout_prompts=len(heldout),
+        )
+    pairs = dpo_pairs(records, margin=config.dpo_pair_margin, seed=config.seed)
+    return PreferenceCounts("dpo", len(pairs), heldout_prompts=len(heldout))
 
 
 def preference_subset(records: list[FeedbackRecord], config: TrainingConfig, size: int) -> list[FeedbackRecord]:

@@ -6,9 +6,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from .layout import RESULTS_FILE
+
+if TYPE_CHECKING:
+    from .preference_data import PreferenceCounts
 
 
 @dataclass
@@ -68,3 +71,5 @@ class TrainingEstimate:
     warnings: list[str] = field(default_factory=list)
     seconds_per_step: float = 0.0
     estimate_source: str = "measured"  # or "rough": no calibration yet (estimate.rough_calibration)
+    # KTO/DPO: the examples or pairs the feedback gives (None for the others, or when the dry run read a sample)
+    preference: Optional[PreferenceCounts] = None

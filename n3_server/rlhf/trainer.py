@@ -103,7 +103,7 @@ class RLHFTrainer:
         config = self.config
         algorithm_fn(config.algorithm)
         data = prepare_feedback(feedbacks)
-        check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
+        preference = check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
         self._device()  # a device this machine lacks is a ConfigError here, not after the calibration
         models_dir = self._models_dir()
         key = calibration.timing_key(config, data.records, models_dir=models_dir)
@@ -115,7 +115,9 @@ class RLHFTrainer:
             # Building a built-in base model on first use changes its fingerprint: file the key as it is now too.
             now = {**key, **calibration.fingerprints(config, models_dir=models_dir)}
             calibration.store_calibration(models_dir, now, measured)
-        return calibration.make_estimate(config, data, measured, source="measured")
+        estimate = calibration.make_estimate(config, data, measured, source="measured")
+        estimate.preference = preference
+        return estimate
 
     def calibrate(self, records: list[FeedbackRecord]) -> calibration.Calibration:
         """Train a miniature run of this config on a sample of `records` (in a scratch directory) and return its
