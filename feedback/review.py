@@ -153,6 +153,18 @@ def claim_next(
         queue = queue.exclude(id__in=candidates)
 
 
+def identical_items(*, item: Feedback, user: AbstractBaseUser, now=None) -> QuerySet[Feedback]:
+    """The other items of ``item``'s agent with the same prompt and response (the same served answer, stored each
+    time it was served) that ``user`` may score now: unscored, not reviewed by them, not held by anyone else. What
+    the queue shows as "N identical items", and what a score given with ``identical=True`` applies to."""
+    now = now or timezone.now()
+    return (
+        Feedback.objects.filter(agent_id=item.agent_id, score__isnull=True, prompt=item.prompt,
+                                response=item.response)
+        .exclude(pk=item.pk).filter(free_for(user, now), _not_reviewed_by(user)).order_by("id")
+    )
+
+
 def try_claim(*, feedback_id: int, user: AbstractBaseUser, now=None) -> bool:
     """Lease one unscored item to ``user`` if nobody else holds it and ``user`` has not reviewed it; True when the
     claim is theirs.
@@ -202,14 +214,16 @@ def _settle(item: Feedback, *, complete: bool) -> Feedback:
 
 
 def score_feedback(
-    *, feedback_id: int, user: AbstractBaseUser, score, notes: Optional[str] = None
+    *, feedback_id: int, user: AbstractBaseUser, score, notes: Optional[str] = None, identical: bool = False
 ) -> Feedback:
     """Record ``user``'s review (score and notes) of a queue item and release its claim; returns the item, its
-    ``saved_review`` the new review.
+    ``saved_review`` the new review and ``identical_reviews`` the reviews given with it to identical items.
 
     The item leaves the queue once it has its agent's ``review_overlap`` reviews; its score is then their mean.
     ``notes`` None keeps the item's notes. Refused with Conflict when another reviewer holds a live lease on it,
     when it already has its reviews, or when ``user`` reviewed it already (edit that review instead).
+    ``identical``: the same review is given to each of ``identical_items`` (the same prompt and response, which the
+    queue shows once with their count), each settled as if scored on its own.
     """
     score = validate_score(score)
     with transaction.atomic():
@@ -226,14 +240,27 @@ def score_feedback(
         if item.claimed_by_id not in (None, user.pk) and item.claimed_until and item.claimed_until > now:
             who = item.claimed_by.get_username() if item.claimed_by else "another reviewer"
             raise Conflict(f"Feedback {feedback_id} is being reviewed by {who}")
-        review = Review.objects.create(feedback=item, reviewer=user, score=score,
-                                       notes=item.notes if notes is None else notes)
-        item.claimed_by, item.claimed_until = None, None
-        count = Review.objects.filter(feedback=item).count()
-        _settle(item, complete=count >= item.agent.review_overlap)
+        # The identical items' reviews first: the item's own is then the reviewer's latest ("previous" reopens it).
+        others = []
+        if identical:
+            for other in identical_items(item=item, user=user, now=now).select_for_update(skip_locked=True):
+                other.agent = item.agent
+                others.append(_add_review(other, user=user, score=score, notes=notes))
+        review = _add_review(item, user=user, score=score, notes=notes)
     review.feedback = item
     item.saved_review = review
+    item.identical_reviews = others
     return item
+
+
+def _add_review(item: Feedback, *, user: AbstractBaseUser, score: float, notes: Optional[str]) -> Review:
+    """``user``'s review of ``item`` (row locked, checked free), its claim ended and its score settled."""
+    review = Review.objects.create(feedback=item, reviewer=user, score=score,
+                                   notes=item.notes if notes is None else notes)
+    item.claimed_by, item.claimed_until = None, None
+    count = Review.objects.filter(feedback=item).count()
+    _settle(item, complete=count >= item.agent.review_overlap)
+    return review
 
 
 # --- going back --------------------------------------------------------------------------------
@@ -260,6 +287,11 @@ def previous_review(*, user: AbstractBaseUser, before: Optional[int] = None, age
         qs = qs.filter(feedback__agent__name=agent_name)
     if before is not None:
         qs = qs.filter(id__lt=before)
+        # One score given to identical items (score_feedback's ``identical``) is one step back, not one per item.
+        shown = Feedback.objects.filter(reviews__pk=before, reviews__reviewer=user).first()
+        if shown is not None:
+            qs = qs.exclude(feedback__agent_id=shown.agent_id, feedback__prompt=shown.prompt,
+                            feedback__response=shown.response)
     return qs.order_by("-id").first()
 
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_POST
 
-from n3site.exceptions import ServiceError
+from n3site.exceptions import NotFound, ServiceError
 from policies.models import Agent
 
 from . import rendering, review
@@ -101,6 +101,9 @@ def _item(feedback: Feedback, *, user, mine: Optional[Review] = None) -> dict:
         "overlap": feedback.agent.review_overlap,
         "reviews": reviews,
         "score": feedback.score if mine is not None else None,
+        # The same prompt and response stored again (a served answer, each time served): shown once, and the
+        # score saved here applies to these too (review.identical_items).
+        "identical": review.identical_items(item=feedback, user=user).count() if mine is None else 0,
     }
     if review.sees_versions(user):
         item["policyVersion"] = feedback.policy_version.version if feedback.policy_version_id else None
@@ -212,12 +215,15 @@ def next_item(request: HttpRequest):
 def score_item(request: HttpRequest, pk: int):
     """Save ``{"score", "notes"}`` on a claimed item and claim the next one in the same round trip."""
     data = _body(request)
-    saved = review.score_feedback(feedback_id=pk, user=request.user, score=_score_from(data), notes=_notes_from(data))
+    saved = review.score_feedback(feedback_id=pk, user=request.user, score=_score_from(data), notes=_notes_from(data),
+                                  identical=True)
     payload = _next_payload(request, data.get("agent", ""))
     mine = saved.saved_review
     payload["saved"] = {"id": saved.pk, "score": mine.score, "reviewer": request.user.get_username(),
                         "reviewId": mine.pk, "itemScore": saved.score, "reviews": saved.reviews.count(),
-                        "overlap": saved.agent.review_overlap}
+                        "overlap": saved.agent.review_overlap,
+                        # The same review given to the identical items (undo takes these back too).
+                        "identicalReviewIds": [r.pk for r in saved.identical_reviews]}
     return JsonResponse(payload)
 
 
@@ -281,9 +287,18 @@ def _back_to_mine(data: dict) -> str:
 @_json_errors
 def undo_item(request: HttpRequest, pk: int):
     """Remove the reviewer's review ``pk`` (undo of a save): the item returns to the queue if it had all its
-    reviews, and is shown to this reviewer again when nobody else holds it; else the next item is."""
+    reviews, and is shown to this reviewer again when nobody else holds it; else the next item is. ``{"also":
+    [reviewId, ...]}``: the reviews the same save gave to identical items, removed too."""
     data = _body(request)
+    also = data.get("also") or []
+    if not isinstance(also, list):
+        raise ServiceError("also must be a list of review ids")
     item = review.undo_review(review_id=pk, user=request.user)
+    for other in also:
+        try:
+            review.undo_review(review_id=_int(other, "also"), user=request.user)
+        except NotFound:  # changed since (a lead cleared it): nothing of this reviewer's left to undo
+            pass
     agent_name = data.get("agent", "")
     again = None
     if review.try_claim(feedback_id=item.pk, user=request.user):

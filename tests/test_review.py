@@ -173,7 +173,8 @@ def test_save_returns_the_next_item_in_the_same_round_trip(agent, alice):
     assert answer.status_code == 200
     body = answer.json()
     assert body["saved"] == {"id": first.pk, "score": 0.95, "reviewer": "alice", "itemScore": 0.95,
-                             "reviewId": Review.objects.get().pk, "reviews": 1, "overlap": 1}
+                             "reviewId": Review.objects.get().pk, "reviews": 1, "overlap": 1,
+                             "identicalReviewIds": []}
     assert body["item"]["id"] == second.pk and body["remaining"] == 1
     first.refresh_from_db()
     assert (first.score, first.notes, first.reviewer) == (0.95, "great", alice)
@@ -642,3 +643,66 @@ def test_queue_page_shows_the_going_back_keys_and_what_undo_does(agent, alice):
     assert "<strong>Undo</strong> removes the score you saved last" in html
     for route in ("previous", "edit", "undo"):
         assert f'data-{route}-url="/review/' in html
+
+
+# --- identical items: the same served answer, shown once (issue 21, item 4) -------------------------------------
+
+
+def served_again(agent: Agent, times: int, prompt: str = "Where is my order?", response: str = "It ships today.",
+                 ) -> list[Feedback]:
+    """The same answer stored each time it was served."""
+    return [Feedback.objects.create(agent=agent, prompt=prompt, response=response, run_id=f"chatcmpl-{prompt}-{i}")
+            for i in range(times)]
+
+
+def test_identical_items_are_shown_once_with_their_count_and_one_score_applies_to_all(agent, alice, bob):
+    first, *others = served_again(agent, 12)
+    different = add_feedback(agent, 1)[0]
+    other_agents = served_again(Agent.objects.create(name="sales"), 1)[0]  # another agent's: not the same item
+    held = others[-1]
+    review.try_claim(feedback_id=held.pk, user=bob)  # bob is reading one of them: it stays his
+    client = client_for(alice)
+
+    shown = post_json(client, reverse("review:next"), {}).json()
+    assert shown["item"]["id"] == first.pk and shown["item"]["identical"] == 10  # 12, less bob's and this one
+
+    saved = post_json(client, reverse("review:score", args=[first.pk]), {"score": 0.8, "notes": "fine"}).json()
+    assert len(saved["saved"]["identicalReviewIds"]) == 10
+    assert saved["item"]["id"] == different.pk  # the next item is not one of the twelve again
+    scored = Feedback.objects.filter(pk__in=[first.pk] + [o.pk for o in others[:-1]])
+    assert set(scored.values_list("score", "notes", "reviewer")) == {(0.8, "fine", alice.pk)} and len(scored) == 11
+    assert Review.objects.filter(reviewer=alice).count() == 11
+    for untouched in (held, other_agents, different):
+        untouched.refresh_from_db()
+        assert untouched.score is None and not untouched.reviews.exists()
+
+    # Going back: one step for the one score, then the item scored before it (none here).
+    previous = post_json(client, reverse("review:previous"), {}).json()["item"]
+    assert previous["id"] == first.pk
+    assert post_json(client, reverse("review:previous"), {"before": previous["review"]["id"]}).json() == \
+        {"item": None}
+
+    # Undo takes the score back from all of them.
+    undone = post_json(client, reverse("review:undo", args=[saved["saved"]["reviewId"]]),
+                       {"also": saved["saved"]["identicalReviewIds"]}).json()
+    assert undone["undone"]["shownAgain"] and undone["item"]["id"] == first.pk
+    assert not Review.objects.filter(reviewer=alice).exists()
+    assert Feedback.objects.filter(score__isnull=False).count() == 0
+
+
+def test_with_overlap_2_one_score_gives_each_identical_item_one_review(agent, alice, bob):
+    agent.review_overlap = 2
+    agent.save()
+    items = served_again(agent, 3)
+    review.score_feedback(feedback_id=items[0].pk, user=alice, score=0.2, identical=True)
+    assert [Feedback.objects.get(pk=i.pk).score for i in items] == [None, None, None]  # each awaits a second
+    assert review.claim_next(user=alice) is None  # alice reviewed all three
+    second = review.claim_next(user=bob)
+    assert second.pk == items[0].pk
+    review.score_feedback(feedback_id=second.pk, user=bob, score=0.6, identical=True)
+    assert [Feedback.objects.get(pk=i.pk).score for i in items] == [0.4, 0.4, 0.4]
+
+
+def test_the_queue_page_says_the_score_applies_to_identical_items(agent, alice):
+    page = client_for(alice).get(reverse("review:queue")).content.decode()
+    assert 'id="n3-identical"' in page

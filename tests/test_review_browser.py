@@ -180,3 +180,46 @@ def test_the_empty_queue_says_every_item_was_skipped_and_brings_them_back(live_s
     page.screenshot(path=str(ARTIFACTS / "review-all-skipped.png"), full_page=True)
     page.click("#n3-review-skipped")
     shows(page, QUESTIONS[0][0])
+
+
+def test_the_blind_queue_under_a_split_shows_no_version_and_identical_answers_once(
+        live_server, browser, transactional_db):  # noqa: F811
+    """Issue 21, item 4: served responses of two versions under a traffic split. A reviewer sees neither version
+    (a lead does), and the same served answer, stored three times, is one item with its count: one score for all."""
+    from policies.models import PolicyVersion
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    reviewer("rita")
+    lead = reviewer("lena")
+    lead.user_permissions.add(Permission.objects.get(codename="change_policyversion"))
+    agent = Agent.objects.create(name="support")
+    v1, v2 = [PolicyVersion.objects.create(agent=agent, number=n, status="trained") for n in (1, 2)]
+    served = [Feedback.objects.create(agent=agent, prompt="Where is my order?", policy_version=v2, run_id=f"c-{i}",
+                                      response="It ships **today**; you get a tracking link by email.")
+              for i in range(3)]
+    other = Feedback.objects.create(agent=agent, prompt="Can I pay by invoice?", response="Yes, for companies.",
+                                    policy_version=v1, run_id="c-other")
+
+    page = open_queue(browser, live_server.url, "rita")
+    shows(page, "Where is my order?")
+    meta = page.inner_text("#n3-meta")
+    assert "policy" not in meta and "v2" not in meta and "v1" not in page.inner_text("body")
+    assert page.locator("#n3-blind-note").is_visible()
+    assert page.inner_text("#n3-identical") == ("This prompt and response are in the queue 3 times (the same answer, "
+                                                "stored each time it was served): your score applies to all 3.")
+    page.keyboard.press("4")
+    page.screenshot(path=str(ARTIFACTS / "review-blind-queue.png"), full_page=True)
+    page.keyboard.press("s")
+    shows(page, "Can I pay by invoice?")
+    assert f"Saved #{served[0].pk} and its 2 identical items = 0.8" in page.inner_text("#n3-status")
+    assert [Feedback.objects.get(pk=f.pk).score for f in served] == [0.8, 0.8, 0.8]
+    assert page.locator("#n3-identical").is_hidden()
+    page.keyboard.press("u")
+    shows(page, "Where is my order?")
+    assert f"of #{served[0].pk} and its 2 identical items was removed" in page.inner_text("#n3-status")
+    assert not Review.objects.exists()
+    assert Feedback.objects.get(pk=other.pk).score is None
+
+    lead_page = open_queue(browser, live_server.url, "lena")
+    lead_page.locator("#n3-meta").wait_for()
+    assert "policy v" in lead_page.inner_text("#n3-meta") and lead_page.locator("#n3-blind-note").count() == 0

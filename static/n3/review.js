@@ -112,6 +112,13 @@
           : "";
       }
       line.hidden = !line.textContent;
+      // The same prompt and response stored again (a served answer, each time served): shown once with the count.
+      const identical = $("n3-identical");
+      identical.textContent = !editing && item.identical
+        ? "This prompt and response are in the queue " + (item.identical + 1) + " times (the same answer, stored " +
+          "each time it was served): your score applies to all " + (item.identical + 1) + "."
+        : "";
+      identical.hidden = !identical.textContent;
     }
 
     function showItem(item) {
@@ -211,10 +218,13 @@
         done += 1;
         $("n3-done").textContent = done;
         const saved = payload.saved;
-        lastSaved = { reviewId: saved.reviewId, id: saved.id, score: saved.score, notes: notesInput.value };
+        lastSaved = { reviewId: saved.reviewId, id: saved.id, score: saved.score, notes: notesInput.value,
+                      also: saved.identicalReviewIds || [] };
         show(payload);
         const progress = saved.overlap > 1 ? " (review " + saved.reviews + " of " + saved.overlap + ")" : "";
-        setStatus("Saved #" + saved.id + " = " + saved.score + progress + ". Press u to undo.", "ok");
+        const also = lastSaved.also.length
+          ? " and its " + lastSaved.also.length + " identical item" + (lastSaved.also.length === 1 ? "" : "s") : "";
+        setStatus("Saved #" + saved.id + also + " = " + saved.score + progress + ". Press u to undo.", "ok");
       });
     }
 
@@ -266,19 +276,21 @@
       }
       run(async () => {
         const undone = lastSaved;
-        const payload = await post(itemUrl(root.dataset.undoUrl, undone.reviewId), { agent: agent });
+        const payload = await post(itemUrl(root.dataset.undoUrl, undone.reviewId), { agent: agent, also: undone.also });
         lastSaved = null;
         done = Math.max(done - 1, 0);
         $("n3-done").textContent = done;
         show(payload);
+        const of = "#" + undone.id + (undone.also.length
+          ? " and its " + undone.also.length + " identical item" + (undone.also.length === 1 ? "" : "s") : "");
         if (payload.undone.shownAgain) {
           scoreInput.value = String(undone.score);
           notesInput.value = undone.notes;
           highlightBand();
-          setStatus("Undone: your score " + undone.score + " of #" + undone.id +
+          setStatus("Undone: your score " + undone.score + " of " + of +
             " was removed and the item is back in the queue. Score it again, or skip it.", "ok");
         } else {
-          setStatus("Undone: your score " + undone.score + " of #" + undone.id +
+          setStatus("Undone: your score " + undone.score + " of " + of +
             " was removed; the item is back in the queue (someone else is reviewing it now).", "ok");
         }
       });
