@@ -197,6 +197,70 @@ def release_item(*, item_id: int, user: AbstractBaseUser) -> None:
     ComparisonItem.objects.filter(pk=item_id, claimed_by=user).update(claimed_by=None, claimed_until=None)
 
 
+# --- going back: the reviewer's previous pair, a changed vote, undo ----------------------------------------------
+
+
+def side_of(item: ComparisonItem) -> str:
+    """The side (left, right, tie) that ``item``'s vote chose, as its reviewer saw the pair; "" while undecided."""
+    if item.choice == Choice.TIE:
+        return "tie"
+    if not item.choice:
+        return ""
+    return "left" if (item.choice == Choice.A) == item.a_on_left else "right"
+
+
+def previous_vote(
+    *, comparison: Comparison, user: AbstractBaseUser, before: Optional[int] = None
+) -> Optional[ComparisonItem]:
+    """The pair ``user`` judged last in ``comparison``, or the one judged just before pair ``before``; None when
+    there is none. Pairs are taken in the order they were judged (a changed vote does not move one); identical
+    pairs, which nobody judged, are not among them."""
+    votes = comparison.items.filter(reviewer=user, identical=False).exclude(choice="")
+    if before is not None:
+        shown = votes.filter(pk=before).first()
+        if shown is None:
+            raise NotFound(f"You did not judge pair {before} of this comparison")
+        votes = votes.filter(Q(decided_at__lt=shown.decided_at) | Q(decided_at=shown.decided_at, id__lt=shown.pk))
+    return votes.order_by("-decided_at", "-id").first()
+
+
+def _own_vote(item_id: int, user: AbstractBaseUser, comparison_id: Optional[int]) -> ComparisonItem:
+    item = ComparisonItem.objects.filter(pk=item_id, reviewer=user, identical=False).exclude(choice="").first()
+    if item is None or (comparison_id is not None and item.comparison_id != comparison_id):
+        raise NotFound(f"You have no vote on pair {item_id}")
+    return item
+
+
+def change_vote(
+    *, item_id: int, user: AbstractBaseUser, side: str, comparison_id: Optional[int] = None
+) -> ComparisonItem:
+    """Change ``user``'s own vote on a pair to ``side`` (left, right or tie, the sides as they saw them)."""
+    if side not in SIDES:
+        raise ServiceError(f"Choose left, right or tie, not {side!r}")
+    item = _own_vote(item_id, user, comparison_id)
+    item.choice = Choice.TIE if side == "tie" else Choice.A if (side == "left") == item.a_on_left else Choice.B
+    # Conditional: the vote is still this reviewer's (a concurrent undo leaves nothing to change).
+    if not ComparisonItem.objects.filter(pk=item.pk, reviewer=user).exclude(choice="").update(choice=item.choice):
+        raise NotFound(f"You have no vote on pair {item_id}")
+    return item
+
+
+def undo_vote(*, item_id: int, user: AbstractBaseUser, comparison_id: Optional[int] = None) -> ComparisonItem:
+    """Remove ``user``'s vote on a pair: it is undecided again, and held by ``user`` (shown to them next) unless
+    someone else took it since. Returns the item."""
+    item = _own_vote(item_id, user, comparison_id)
+    now = timezone.now()
+    with transaction.atomic():
+        if not ComparisonItem.objects.filter(pk=item.pk, reviewer=user).exclude(choice="").update(
+                choice="", reviewer=None, decided_at=None, claimed_by=user, claimed_until=now + LEASE):
+            raise NotFound(f"You have no vote on pair {item_id}")
+        # One pair at a time: whatever else the reviewer held in this comparison goes back to the queue.
+        ComparisonItem.objects.filter(comparison_id=item.comparison_id, claimed_by=user).exclude(pk=item.pk).update(
+            claimed_by=None, claimed_until=None)
+    item.refresh_from_db()
+    return item
+
+
 # --- the result -------------------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,9 @@ urlpatterns = [
     path("compare/<int:pk>/", comparison_views.compare_queue, name="compare"),
     path("compare/<int:pk>/items/<int:item_pk>/vote", comparison_views.vote_item, name="compare_vote"),
     path("compare/<int:pk>/items/<int:item_pk>/skip", comparison_views.skip_item, name="compare_skip"),
+    path("compare/<int:pk>/previous", comparison_views.previous_item, name="compare_previous"),
+    path("compare/<int:pk>/items/<int:item_pk>/change", comparison_views.change_item, name="compare_change"),
+    path("compare/<int:pk>/items/<int:item_pk>/undo", comparison_views.undo_item, name="compare_undo"),
     # The lead reviewer's pages (feedback/lead_views.py): disagreements to settle, every reviewer's progress.
     path("disagreements/", lead_views.disagreements_page, name="disagreements"),
     path("disagreements/<int:pk>/settle", lead_views.settle_item, name="settle"),

@@ -497,3 +497,62 @@ def test_the_panel_counts_identical_pairs_apart_and_says_how_many_were_informati
         "2 informative pairs (responses that differ) of 4 prompts answered; the 2 with identical responses are ties "
         "recorded without a vote and left out of the win rate. 3 were asked for: no more prompts that neither "
         "version trained on.")
+
+
+# --- going back: previous pair, a changed vote, undo (issue 21, item 4) ------------------------------------------
+
+
+def test_previous_reopens_the_pairs_judged_with_the_vote_marked_and_a_vote_can_be_changed(pair, reviewers):
+    comparison = ready(make_comparison(pair, ["q0", "q1", "q2"]))
+    rita, sam = reviewers
+    client = login(rita)
+    url = reverse("review:compare", args=[comparison.pk])
+    judged = []
+    for side in ("left", "tie"):
+        item = client.get(url).context["item"]
+        client.post(reverse("review:compare_vote", args=[comparison.pk, item.pk]), {"choice": side})
+        judged.append(item)
+    held = client.get(url).context["item"]  # q2, held by rita while she goes back
+    assert held.prompt == "q2"
+
+    last = client.get(reverse("review:compare_previous", args=[comparison.pk]))
+    assert last.context["item"].pk == judged[1].pk and last.context["my_side"] == "tie"
+    assert "Your vote on this pair" in last.content.decode()
+    assert reverse("review:compare_change", args=[comparison.pk, judged[1].pk]) in last.content.decode()
+    earlier = client.get(reverse("review:compare_previous", args=[comparison.pk]), {"before": judged[1].pk})
+    assert earlier.context["item"].pk == judged[0].pk and earlier.context["my_side"] == "left"
+    first = client.get(reverse("review:compare_previous", args=[comparison.pk]), {"before": judged[0].pk},
+                       follow=True)
+    assert "No earlier vote" in first.content.decode()
+
+    # Changing the first vote to "right": the item records the other version, the tally follows.
+    client.post(reverse("review:compare_change", args=[comparison.pk, judged[0].pk]), {"choice": "right"})
+    changed = ComparisonItem.objects.get(pk=judged[0].pk)
+    assert changed.choice == ("b" if changed.a_on_left else "a") and changed.reviewer == rita
+    assert comparisons.side_of(changed) == "right"
+    # Only one's own vote: sam has none to change or undo.
+    with pytest.raises(Exception, match="You have no vote on pair"):
+        comparisons.change_vote(item_id=judged[0].pk, user=sam, side="left")
+    with pytest.raises(Exception, match="You have no vote on pair"):
+        comparisons.undo_vote(item_id=judged[0].pk, user=sam)
+    # Going back kept rita's held pair.
+    assert client.get(url).context["item"].pk == held.pk
+
+
+def test_undo_removes_the_latest_vote_and_shows_that_pair_again(pair, reviewers):
+    comparison = ready(make_comparison(pair, ["q0", "q1"]))
+    client = login(reviewers[0])
+    url = reverse("review:compare", args=[comparison.pk])
+    item = client.get(url).context["item"]
+    client.post(reverse("review:compare_vote", args=[comparison.pk, item.pk]), {"choice": "left"})
+    page = client.get(url)
+    assert page.context["last_vote"].pk == item.pk
+    assert reverse("review:compare_undo", args=[comparison.pk, item.pk]) in page.content.decode()
+
+    response = client.post(reverse("review:compare_undo", args=[comparison.pk, item.pk]), follow=True)
+    assert "Undone: your vote on pair 1 was removed" in response.content.decode()
+    assert response.context["item"].pk == item.pk  # shown again, held by this reviewer
+    undone = ComparisonItem.objects.get(pk=item.pk)
+    assert (undone.choice, undone.reviewer, undone.decided_at, undone.claimed_by) == ("", None, None, reviewers[0])
+    assert ComparisonItem.objects.exclude(pk=item.pk).get().claimed_by is None  # one pair at a time
+    assert comparisons.tally(comparison=comparison).n == 0

@@ -1,7 +1,7 @@
 """In a real headless Chromium: a lead starts a blind comparison on the compare page, sees "generating…" until the
 worker's responses are stored, opens the queue, votes left, right and tie from the keyboard without ever seeing
-which version wrote which response (and is never asked about the pair whose responses are identical), and finds the
-tally on the compare page. Screenshots in test-artifacts/."""
+which version wrote which response (and is never asked about the pair whose responses are identical), goes back to
+the last pair and undoes a vote, and finds the tally on the compare page. Screenshots in test-artifacts/."""
 from pathlib import Path
 
 import pytest
@@ -102,6 +102,21 @@ def test_blind_comparison_from_start_to_tally_by_keyboard(live_server, browser, 
         with page.expect_navigation():
             page.keyboard.press(key)
 
+    assert "All 3 pairs are judged" in page.locator("#n3-compare-empty").inner_text()
+    # Going back: p reopens the last pair judged with the vote marked, Esc returns, u undoes the latest vote.
+    with page.expect_navigation():
+        page.keyboard.press("p")
+    assert page.locator("#n3-prompt").inner_text() == PROMPTS[2]
+    assert page.locator("#n3-my-vote").inner_text() == "a tie"
+    page.screenshot(path=str(ARTIFACTS / "compare_queue_previous.png"), full_page=True)
+    with page.expect_navigation():
+        page.keyboard.press("Escape")
+    with page.expect_navigation():
+        page.keyboard.press("u")
+    assert "Undone: your vote on pair 3 was removed" in page.inner_text("body")
+    assert page.locator("#n3-prompt").inner_text() == PROMPTS[2]
+    with page.expect_navigation():
+        page.keyboard.press("t")
     assert "All 3 pairs are judged" in page.locator("#n3-compare-empty").inner_text()
     assert page.locator("#n3-identical").inner_text() == "1 pair with identical responses not asked"
     assert [(i.choice, i.identical) for i in comparison.items.order_by("position")] == [

@@ -1,4 +1,5 @@
-// Blind comparison queue: keys for the vote buttons (1/← left, 2/→ right, 0/t tie, k skip); one submit per page;
+// Blind comparison queue: keys for the vote buttons (1/← left, 2/→ right, 0/t tie, k skip) and going back (p previous
+// pair, u undo the latest vote, Esc back to the queue); one submit per page;
 // while the worker is still generating the responses, the page looks again every few seconds.
 (function () {
   "use strict";
@@ -8,6 +9,7 @@
     "2": "n3-vote-right", "ArrowRight": "n3-vote-right",
     "0": "n3-vote-tie", "t": "n3-vote-tie",
     "k": "n3-skip",
+    "p": "n3-previous", "u": "n3-undo", "Escape": "n3-back",
   };
 
   document.addEventListener("DOMContentLoaded", function () {
@@ -18,13 +20,13 @@
       return;
     }
     let sent = false;
-    document.querySelectorAll("#n3-vote-form, #n3-skip-form").forEach(function (form) {
+    document.querySelectorAll("#n3-vote-form, #n3-skip-form, #n3-undo-form").forEach(function (form) {
       form.addEventListener("submit", function (event) {
         if (sent) { event.preventDefault(); return; }
         sent = true;
         // After the browser has read the pressed button's value: no second vote on this pair.
         setTimeout(function () {
-          document.querySelectorAll("#n3-vote-form button, #n3-skip-form button").forEach(function (b) {
+          document.querySelectorAll("#n3-vote-form button, #n3-skip-form button, #n3-undo-form button").forEach(function (b) {
             b.disabled = true;
           });
         }, 0);
