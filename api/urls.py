@@ -15,6 +15,7 @@ app_name = "policies"  # the URL names' namespace: the API lives under /api/poli
 ANY_AGENT = r"(?P<agent>.*[^/])"  # anything not ending in "/": validated by the service
 AGENT = r"(?P<agent>[^/]+)"
 VERSION = r"(?P<version>[^/]+)"
+COMPARISON = r"(?P<comparison>[0-9]{1,18})"  # within a 64-bit id; anything else is no comparison (404)
 RUN_ID = r"(?P<run_id>[\s\S]*[^/])"  # the rest of the path: a runId may contain "/" (sent as %2F) or a newline
 
 
@@ -43,6 +44,9 @@ urlpatterns = [
     *_route(rf"train_policy/{ANY_AGENT}", views.TrainPolicyView.as_view(), "train-policy"),
     *_route(AGENT, views.PolicyVersionListView.as_view(), "version-list"),
     *_route(rf"{AGENT}/traffic", views.TrafficView.as_view(), "traffic"),  # before {VERSION}: "traffic" is no version
+    *_route(rf"{AGENT}/compare", views.CompareView.as_view(), "compare"),  # and these: no versions either
+    *_route(rf"{AGENT}/comparisons", views.ComparisonListView.as_view(), "comparison-list"),
+    *_route(rf"{AGENT}/comparisons/{COMPARISON}", views.ComparisonDetailView.as_view(), "comparison-detail"),
     *_route(rf"{AGENT}/{VERSION}", views.PolicyVersionDetailView.as_view(), "version-detail"),
     *_route(rf"{AGENT}/{VERSION}/events", views.PolicyVersionEventsView.as_view(), "version-events"),
     *_route(rf"{AGENT}/{VERSION}/cancel", views.PolicyVersionCancelView.as_view(), "version-cancel"),

@@ -28,8 +28,18 @@ from feedback.models import Feedback
 from feedback.services import record_feedback, record_feedback_batch, update_feedback
 from policies import selectors
 from policies.models import agent_name_validator
+from training import comparisons as blind_comparisons
 from training import deployment, events, services
+from training import selectors as training_selectors
 
+from .comparison_serializers import (
+    CompareQuerySerializer,
+    ComparisonPageSerializer,
+    ComparisonQuerySerializer,
+    ComparisonRequestSerializer,
+    ComparisonSerializer,
+    VersionComparisonSerializer,
+)
 from .feedback_serializers import (
     EXPORT_FORMATS,
     FeedbackInputSerializer,
@@ -75,6 +85,9 @@ AGENT = OpenApiParameter(
     description="Agent name: 1-100 letters, digits, '_' or '-' (other names are refused with 400 or 404)",
 )
 VERSION = OpenApiParameter("version", str, OpenApiParameter.PATH, pattern=r"^v[0-9]+$", description='"v1", "v2", ...')
+COMPARISON = OpenApiParameter(
+    "comparison", int, OpenApiParameter.PATH, description="The blind comparison's id (`id` in its body)",
+)
 RUN_ID = OpenApiParameter(
     "run_id", str, OpenApiParameter.PATH, pattern=r"^[\s\S]*[^/]$",
     description="The record's runId, percent-encoded (its agent's idempotency key)",
@@ -86,7 +99,7 @@ def _errors(*codes: int, media_type: str | None = None) -> dict:
     files answers its errors in JSON)."""
     meaning = {
         400: "Invalid input", 401: "No or invalid credentials", 403: "Missing permission",
-        404: "Unknown agent or version", 409: "Conflicts with the current state", 413: "Body too large",
+        404: "Unknown agent, version or comparison", 409: "Conflicts with the current state", 413: "Body too large",
         415: "Body is not JSON",
     }
     return {(code, media_type) if media_type else code: OpenApiResponse(ErrorSerializer, description=meaning[code])
@@ -461,3 +474,102 @@ class TrafficView(APIView):
         shares, record_served = traffic_request(request.data)
         updated = deployment.set_traffic(agent_name=agent, shares=shares, record_served=record_served)
         return Response(DeploymentSerializer(deployment.deployment_state(updated)).data)
+
+
+class CompareView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion"}
+
+    @extend_schema(
+        operation_id="compare_policy_versions",
+        summary="Two versions side by side: their figures and evaluations, human scores and the difference of the "
+                "human scores with its interval",
+        parameters=[AGENT, CompareQuerySerializer],
+        description=(
+            "What the admin's compare page shows, as data. `a` and `b` as each one's list entry (metrics with the "
+            "evaluation against the model it started from, `humanScore`), `humanScoreDifference` (b's mean human "
+            "score minus a's, 95 % Welch interval) and the pair's latest blind comparison. Each version's reward is "
+            "measured by its own reward model, so rewards are not comparable across versions: compare their "
+            "evaluations, human scores and blind comparisons instead. 400 when a or b is missing, repeated or "
+            "names the same version as the other; 404 for an unknown agent or version."
+        ),
+        responses={200: VersionComparisonSerializer, **_errors(400, 401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str) -> Response:
+        query = CompareQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        a, b = training_selectors.version_pair(agent_name=agent, **query.validated_data)
+        compared = training_selectors.version_comparison(a=a, b=b)
+        blind = feedback_selectors.latest_comparison_of(version_a=a, version_b=b)
+        body = VersionComparisonSerializer(compared, context={"request": request, "blind_comparison": blind}).data
+        return Response(shown_to(request, body))
+
+
+class ComparisonListView(APIView):
+    """Blind comparisons of two versions of the agent. Creating one needs ``policies.change_policyversion``, as the
+    admin's "Start blind comparison" does: it queues a worker job that loads both policies and generates their
+    responses, and asks reviewers for their time; viewing versions is not enough to start that."""
+
+    required_permissions = {"GET": "policies.view_policyversion", "POST": "policies.change_policyversion"}
+
+    @extend_schema(
+        operation_id="list_comparisons",
+        summary="The agent's blind comparisons, newest first, each with its result so far",
+        parameters=[AGENT, ComparisonQuerySerializer],
+        description="`next` links to the next (older) page while one is full.",
+        responses={200: ComparisonPageSerializer, **_errors(400, 401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str) -> Response:
+        query = ComparisonQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        limit = query.validated_data["limit"]
+        page, more = feedback_selectors.comparisons_for(agent_name=agent, **query.validated_data)
+        following = None
+        if more:
+            following = request.build_absolute_uri(f"{request.path}?before={page[-1].comparison.pk}&limit={limit}")
+        body = {"next": following, "results": ComparisonSerializer(page, many=True, context={"request": request}).data}
+        return Response(shown_to(request, body))
+
+    @extend_schema(
+        operation_id="start_comparison",
+        summary="Start a blind comparison of two trained versions: a worker generates both versions' responses, "
+                "then reviewers vote in the blind queue (`reviewUrl`)",
+        parameters=[AGENT],
+        description=(
+            "The same as the compare page's \"Start blind comparison\": `count` pairs whose responses differ, on "
+            "prompts neither version trained on (held out of both first, then the agent's newest prompts neither "
+            "saw); pairs with identical responses are ties without a vote, made up for by more prompts (up to 4 per "
+            "pair). The older version is stored as A, whatever the order given; the result is B's win rate over A. "
+            "Poll the comparison's `url` "
+            "until `status` is ready (or failed, with `error`). 400 when a or b is missing, both name one version, "
+            "a version is not trained or has no policy files, or there is no prompt to compare on; 404 for an "
+            "unknown agent or version. Needs policies.change_policyversion."
+        ),
+        request=ComparisonRequestSerializer,
+        responses={202: OpenApiResponse(ComparisonSerializer, description="Started: its responses are being "
+                                        "generated"),
+                   **_errors(400, 401, 403, 404, 413, 415)},
+        examples=[OpenApiExample("v2 against v1", request_only=True, value={"a": "v1", "b": "v2", "count": 20})],
+    )
+    def post(self, request: Request, agent: str) -> Response:
+        serializer = ComparisonRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        a, b = training_selectors.version_pair(agent_name=agent, a=data["a"], b=data["b"])
+        comparison = blind_comparisons.start_comparison(version=b, other=a, count=data["count"], user=request.user)
+        result = feedback_selectors.get_comparison(agent_name=agent, comparison_id=comparison.pk)
+        body = ComparisonSerializer(result, context={"request": request}).data
+        return Response(shown_to(request, body), status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+class ComparisonDetailView(APIView):
+    required_permissions = {"GET": "policies.view_policyversion"}
+
+    @extend_schema(
+        operation_id="get_comparison",
+        summary="One blind comparison: its status and result (B's win rate over A with its 95 % interval)",
+        parameters=[AGENT, COMPARISON],
+        responses={200: ComparisonSerializer, **_errors(401, 403, 404)},
+    )
+    def get(self, request: Request, agent: str, comparison: str) -> Response:
+        result = feedback_selectors.get_comparison(agent_name=agent, comparison_id=int(comparison))
+        return Response(shown_to(request, ComparisonSerializer(result, context={"request": request}).data))

@@ -1,6 +1,7 @@
-"""Reads of feedback: an agent's records filtered (the API's list and export), one record by runId, and every agent
-with its counts. Each raises NotFound (unknown agent or record) or ValidationError keyed by the filter as the API
-names it (a reviewer or version that does not exist) with a message a client can act on.
+"""Reads of feedback: an agent's records filtered (the API's list and export), one record by runId, every agent
+with its counts, and the agent's blind comparisons with their results. Each raises NotFound (unknown agent, record
+or comparison) or ValidationError keyed by the filter as the API names it (a reviewer or version that does not
+exist) with a message a client can act on.
 
 The list is read in id order: ids are unique and given in insertion order, so a cursor on them never skips or
 repeats a record, whatever timestamps a bulk import gave (DRF's cursor on created_at falls back to an offset among
@@ -20,7 +21,8 @@ from n3site.exceptions import NotFound
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_agent
 
-from .models import Feedback, Review
+from .comparisons import Tally, latest_comparison, tally
+from .models import Comparison, Feedback, Review
 
 # A reviewer with up to this many reviews is filtered from their reviews; above it, from the agent's records.
 _FEW_REVIEWS = 10_000
@@ -116,3 +118,56 @@ def agents_with_counts() -> list[AgentCounts]:
                     scored_count=feedback.get(agent.pk, (0, 0))[1], version_count=versions.get(agent.pk, 0))
         for agent in agents
     ]
+
+
+# --- blind comparisons -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """A blind comparison and its votes so far (comparisons.tally: B's wins over A, losses, ties, the win rate of B
+    with its Wilson interval)."""
+
+    comparison: Comparison
+    tally: Tally
+
+    @property
+    def preferred(self) -> Optional[PolicyVersion]:
+        """The version reviewers prefer, once the interval excludes 0.5 (as the compare page's sentence says it);
+        None while there is no evidence either way."""
+        if self.tally.ci is None:
+            return None
+        low, high = self.tally.ci
+        return self.comparison.version_b if low > 0.5 else self.comparison.version_a if high < 0.5 else None
+
+
+def _comparisons(agent: Agent) -> QuerySet[Comparison]:
+    return Comparison.objects.filter(agent=agent).select_related("agent", "version_a", "version_b")
+
+
+def comparisons_for(
+    *, agent_name: str, limit: int, before: Optional[int] = None
+) -> tuple[list[ComparisonResult], bool]:
+    """The agent's blind comparisons, newest first (by id), ``limit`` of them with ids below ``before``; and whether
+    there are more. One tally query per comparison: a page holds at most api's MAX_COMPARISONS."""
+    queryset = _comparisons(get_agent(name=agent_name)).order_by("-id")
+    if before is not None:
+        queryset = queryset.filter(id__lt=before)
+    found = list(queryset[:limit + 1])
+    return [ComparisonResult(c, tally(comparison=c)) for c in found[:limit]], len(found) > limit
+
+
+def get_comparison(*, agent_name: str, comparison_id: int) -> ComparisonResult:
+    """The agent's comparison with this id and its tally; NotFound for an unknown agent or comparison (one of
+    another agent is not found under this one)."""
+    found = _comparisons(get_agent(name=agent_name)).filter(pk=comparison_id).first()
+    if found is None:
+        raise NotFound(f"No blind comparison {comparison_id} for agent '{agent_name}'")
+    return ComparisonResult(found, tally(comparison=found))
+
+
+def latest_comparison_of(*, version_a: PolicyVersion, version_b: PolicyVersion) -> Optional[ComparisonResult]:
+    """The newest blind comparison of these two versions (either order) with its tally, as the compare page's panel
+    shows it; None when there is none."""
+    found = latest_comparison(version_a=version_a, version_b=version_b)
+    return ComparisonResult(found, tally(comparison=found)) if found else None

@@ -69,6 +69,7 @@ def test_the_readme_commands_match_the_spec_quick_start():
         "PUT my_agent/traffic", "GET my_agent/traffic",
         "GET ", "GET feedback/my_agent?scored=true&pageSize=2", "GET feedback/my_agent/run_123",
         "GET feedback/my_agent?format=jsonl",
+        "GET my_agent/compare?a=v1&b=v2", "POST my_agent/comparisons", "GET my_agent/comparisons/1",
     }
     assert all('-H "Authorization: Token $TOKEN"' in command for command in curls.values())
     assert '"dryRun": false' in curls["POST train_policy/my_agent"]
@@ -147,3 +148,20 @@ def test_the_readme_curls_work_against_a_running_server(server):
     run(f"cd {site.root} && " + curls["GET feedback/my_agent?format=jsonl"], base, token)
     assert [json.loads(line)["runId"] for line in (site.root / "my_agent.jsonl").read_text().splitlines()] == [
         "run_123", *(f"r{i}" for i in range(9))]
+
+    # Compare two versions, a blind comparison: v1 and v2 trained, with policy directories (rows and empty folders:
+    # nothing loads them here; the comparison's job waits in the queue), and a prompt that came after v1's training.
+    site.shell("from django.conf import settings; from policies.models import PolicyVersion; "
+               "from feedback.models import Feedback; "
+               "Feedback.objects.create(agent_id=PolicyVersion.objects.get(number=1).agent_id, prompt='New?', "
+               "response='Yes.'); "
+               "[(settings.MODELS_DIR / f'my_agent/v{n}/policy').mkdir(parents=True) for n in (1, 2)]; "
+               "[PolicyVersion.objects.filter(agent__name='my_agent', number=n).update("
+               "status='trained', model_path=str(settings.MODELS_DIR / f'my_agent/v{n}/policy')) for n in (1, 2)]")
+    compared = json.loads(run(curls["GET my_agent/compare?a=v1&b=v2"], base, token))
+    assert (compared["a"]["version"], compared["b"]["version"], compared["blindComparison"]) == ("v1", "v2", None)
+    assert compared["humanScoreDifference"] == {"difference": None, "ci": None, "preferred": None}
+    started = json.loads(run(curls["POST my_agent/comparisons"], base, token))
+    assert (started["id"], started["status"], started["requested"]) == (1, "generating", 20) and started["prompts"]
+    assert json.loads(run(curls["GET my_agent/comparisons/1"], base, token))["result"]["remaining"] == started[
+        "prompts"]

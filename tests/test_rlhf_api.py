@@ -885,6 +885,9 @@ def test_the_openapi_schema_is_valid_and_lists_the_spec_endpoints(anonymous):
         "/api/policies/{agent}/{version}/cancel": {"post"},
         "/api/policies/{agent}/{version}/promote": {"post"},
         "/api/policies/{agent}/traffic": {"get", "put"},
+        "/api/policies/{agent}/compare": {"get"},  # issue 21: comparisons in the API
+        "/api/policies/{agent}/comparisons": {"get", "post"},
+        "/api/policies/{agent}/comparisons/{comparison}": {"get"},
     } == {path: set(ops) - {"parameters"} for path, ops in schema["paths"].items()}
     feedback_body = schema["components"]["schemas"]["FeedbackRequestBodyRequest"]
     assert len(feedback_body["oneOf"]) == 2  # one record, or a list of them

@@ -6,8 +6,9 @@ documents, match the documented body, and an invalid request must be refused. Th
 process on pytest-django's database; each generated request runs in a savepoint that is rolled back, so
 nothing accumulates between requests: a train_policy request never finds an agent with enough feedback to
 calibrate or queue anything. The success bodies of train_policy (200 dry run, 202 queued), of the reads
-(queued, running, trained, failed versions) and of the feedback reads (the agents, a page, the export, a record)
-are checked against the schema on seeded data at the end.
+(queued, running, trained, failed versions), of the feedback reads (the agents, a page, the export, a record) and of
+the comparisons (two versions compared, a blind comparison started, listed, read with its result) are checked
+against the schema on seeded data at the end.
 """
 import json
 import os
@@ -25,6 +26,7 @@ from schemathesis.core.errors import InvalidRegexPattern
 from schemathesis.specs.openapi import negative
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from feedback import comparisons
 from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
 from tests.conftest import API_PERMISSIONS
@@ -195,3 +197,39 @@ def test_read_bodies_match_the_schema(api_schema, token, seeded):
     for version in ("v1", "v2", "v3"):  # trained (its steps, evaluation), failed, running
         page = events.Case(path_parameters={"agent": "bot", "version": version}, query={"limit": 2})
         assert page.call_and_validate(headers=auth).json()["results"][0]["type"] == "queued"
+
+
+def test_comparison_bodies_match_the_schema(api_schema, token, seeded, settings, tmp_path):
+    """Issue 21 item 3's bodies on seeded data (the fuzzer's agents have no versions): two versions compared, a blind
+    comparison started (202), listed, and read with its result once a reviewer voted."""
+    auth = {"Authorization": f"Token {token}"}
+    settings.MODELS_DIR = tmp_path
+    for number in (1, 4):
+        (tmp_path / f"v{number}").mkdir()
+    PolicyVersion.objects.filter(agent=seeded, number=1).update(model_path=str(tmp_path / "v1"))
+    PolicyVersion.objects.create(agent=seeded, number=4, status="trained", model_path=str(tmp_path / "v4"))
+    started = api_schema["/api/policies/{agent}/comparisons"]["POST"].Case(
+        path_parameters={"agent": "bot"}, body={"a": "v4", "b": "v1", "count": 3}, media_type="application/json"
+    ).call_and_validate(headers=auth)
+    assert started.status_code == 202 and (started.json()["a"], started.json()["status"]) == ("v1", "generating")
+    comparison_id = started.json()["id"]
+    prompts = started.json()["prompts"]
+    comparisons.set_responses(comparison_id=comparison_id, responses_a=[f"a{i}" for i in range(prompts)],
+                              responses_b=[f"b{i}" for i in range(prompts)])
+    item = comparisons.claim_next_item(comparison=seeded.comparisons.get(), user=Token.objects.get(key=token).user)
+    comparisons.vote(item_id=item.pk, user=item.claimed_by, side="tie")
+
+    listed = api_schema["/api/policies/{agent}/comparisons"]["GET"].Case(
+        path_parameters={"agent": "bot"}, query={"limit": 1}).call_and_validate(headers=auth)
+    assert [c["id"] for c in listed.json()["results"]] == [comparison_id]
+    one = api_schema["/api/policies/{agent}/comparisons/{comparison}"]["GET"].Case(
+        path_parameters={"agent": "bot", "comparison": comparison_id}).call_and_validate(headers=auth)
+    assert one.json()["result"]["ties"] == 1 and one.json()["result"]["winRate"] == 0.5
+    compare = api_schema["/api/policies/{agent}/compare"]["GET"]
+    both = compare.Case(path_parameters={"agent": "bot"}, query={"a": "v1", "b": "v4"}).call_and_validate(
+        headers=auth)
+    assert both.json()["blindComparison"]["id"] == comparison_id
+    failed = compare.Case(path_parameters={"agent": "bot"}, query={"a": "v1", "b": "v2"}).call_and_validate(
+        headers=auth)
+    assert failed.json()["b"]["metrics"]["evaluation"] == {"skipped": "it failed"}
+    assert failed.json()["blindComparison"] is None

@@ -31,12 +31,12 @@ from .deployment import (
     human_scores,
     promote_version,
     promotion_warning,
-    score_difference,
     set_traffic,
 )
 from .events import fitted_reward_model
 from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
+from .selectors import version_comparison
 from .services import (
     cancel_policy_training,
     estimate_policy_training,
@@ -525,10 +525,11 @@ def human_score_text(score: HumanScore) -> str:
 
 def human_score_rows(pair: Sequence[PolicyVersion]) -> dict:
     """The compare page's human-score rows: per version n, n scored, mean [CI], and the difference of the first
-    minus the second with its interval."""
-    scores = human_scores(pair)
-    first, second = (scores[v.pk] for v in pair)
-    diff = score_difference(first, second)
+    minus the second with its interval (training.selectors.version_comparison, as the API's compare answers it)."""
+    compared = version_comparison(a=pair[1], b=pair[0])  # b minus a: the page's version minus the other
+    first, second = compared.score_b, compared.score_a
+    scores = {pair[0].pk: first, pair[1].pk: second}
+    diff = compared.difference
     if diff.difference is None:
         difference = "— (each version needs scored feedback tied to it)"
     else:

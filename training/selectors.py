@@ -1,17 +1,21 @@
-"""Reads for training jobs: the feedback a version trains on, in the training core's record format, and where a
-queued version stands in the job queue."""
+"""Reads for training jobs: the feedback a version trains on, in the training core's record format, where a
+queued version stands in the job queue, and two versions compared (the compare page and the API's compare)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import F, Q, QuerySet
 from django.db.models.functions import Mod
 from django_q.models import OrmQ
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
+from policies.selectors import get_agent, get_policy_version
+
+from .deployment import HumanScore, ScoreDifference, human_scores, score_difference
 
 # The fields of a feedback record as the training core reads them (n3_server.rlhf.data).
 RECORD_FIELDS = ("prompt", "response", "score", "run_id", "notes")
@@ -102,3 +106,35 @@ def _other_jobs_ahead(version: PolicyVersion) -> list[str]:
     if mine is None:
         return []
     return [OTHER_JOBS[row.func()] for row in rows if row.pk < mine and row.func() in OTHER_JOBS]
+
+
+# --- two versions compared -----------------------------------------------------------------------------------------
+
+
+def version_pair(*, agent_name: str, a: str, b: str) -> tuple[PolicyVersion, PolicyVersion]:
+    """The agent's versions ``a`` and ``b`` ("v1", "v2"): NotFound for an unknown agent or version, ValidationError
+    keyed "b" when both name the same version (a version is not compared with itself)."""
+    get_agent(name=agent_name)  # an unknown agent first: 404 whatever the versions say
+    if a == b:
+        raise ValidationError({"b": [f"Name a version other than a ('{a}'): a version is not compared with itself."]})
+    return get_policy_version(agent_name=agent_name, version=a), get_policy_version(agent_name=agent_name, version=b)
+
+
+@dataclass(frozen=True)
+class VersionComparison:
+    """What the compare page and GET .../compare?a=&b= show of two versions besides their own figures: each one's
+    human score (feedback tied to it) and the difference of the means, b's minus a's, with its 95 % Welch
+    interval."""
+
+    a: PolicyVersion
+    b: PolicyVersion
+    score_a: HumanScore
+    score_b: HumanScore
+    difference: ScoreDifference
+
+
+def version_comparison(*, a: PolicyVersion, b: PolicyVersion) -> VersionComparison:
+    """Human scores of ``a`` and ``b`` (one grouped query) and b's mean minus a's."""
+    scores = human_scores([a, b])
+    return VersionComparison(a=a, b=b, score_a=scores[a.pk], score_b=scores[b.pk],
+                             difference=score_difference(scores[b.pk], scores[a.pk]))
