@@ -28,8 +28,7 @@ import _common  # noqa: F401  (sets up Django and the import path first)
 from _common import Figure, machine_busy_s, print_table, throwaway_site
 from latency_bench import base_model, stop_cluster
 
-from n3_server.rlhf import TrainingConfig
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import TrainingConfig, timing
 from n3_server.rlhf.data import prepare_feedback
 from tests.sites import LEAN_CONFIG, feedback_records, percentile
 

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # Lowest first: a module may import its own layer and the ones before it, never one after it.
 LAYERS = ["n3_server.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "inference", "n3site"]
 # The training core's modules that the web process imports; none of them may load torch, transformers, peft or trl.
-TORCH_FREE = ["config", "context", "data", "errors", "estimate", "layout", "metrics", "preference_data", "progress",
-              "records", "results", "stats"]
+TORCH_FREE = ["config", "context", "data", "errors", "layout", "metrics", "preference_data", "progress",
+              "records", "results", "stats", "timing"]
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate")
 
 

@@ -11,8 +11,7 @@ from django_q.models import OrmQ
 
 from feedback import services as feedback_services
 from feedback.models import Feedback
-from n3_server.rlhf import TrainingConfig
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import TrainingConfig, timing
 from n3_server.rlhf.data import prepare_feedback
 from policies.models import Agent
 from tests.sites import tmp_models_dir

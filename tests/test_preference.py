@@ -20,7 +20,6 @@ from feedback import services as feedback_services
 from n3_server.rlhf import ConfigError, Progress, RewardModelConfig, RLHFTrainer, TrainingCancelled, TrainingConfig
 from n3_server.rlhf.base_models import load_causal_lm, load_tokenizer
 from n3_server.rlhf.data import FeedbackRecord
-from n3_server.rlhf.estimate import calibration_records
 from n3_server.rlhf.modeling import lora_config_for
 from n3_server.rlhf.preference_data import (
     MAX_PAIRS_PER_PROMPT,
@@ -30,6 +29,7 @@ from n3_server.rlhf.preference_data import (
     kto_data,
 )
 from n3_server.rlhf.results import TrainingResult
+from n3_server.rlhf.timing import calibration_records
 from n3_server.rlhf.trl_algorithms import micro_batch_size
 from n3_server.rlhf.trl_preference import train_dpo, train_kto
 from policies.models import PolicyVersion

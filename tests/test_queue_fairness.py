@@ -16,8 +16,7 @@ from django.utils import timezone
 from django_q.models import OrmQ
 
 from feedback.services import record_feedback_batch
-from n3_server.rlhf import TrainingConfig
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import TrainingConfig, timing
 from n3_server.rlhf.data import prepare_feedback
 from n3_server.rlhf.layout import RESULTS_FILE
 from policies.models import Agent, PolicyVersion

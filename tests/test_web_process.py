@@ -26,7 +26,7 @@ from rest_framework.test import APIClient
 from feedback.services import record_feedback_batch
 from policies.models import Agent, PolicyVersion
 from n3_server.rlhf import TrainingConfig
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import timing
 from n3_server.rlhf.data import prepare_feedback
 from training.services import resolve_training_config
 from django.conf import settings

@@ -11,7 +11,7 @@ key), it returns without work when its key was measured meanwhile or a training 
 worker stops it as soon as a training is queued while it runs (training_waiting).
 
 A measurement that fails (the config cannot train on this model: a LoRA target it lacks, say) is stored under
-its key too, and dry runs with that key answer 400 with the reason for estimate.FAILURE_TTL_S.
+its key too, and dry runs with that key answer 400 with the reason for timing.FAILURE_TTL_S.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from typing import Any, Optional
 from django.conf import settings
 from django_q.tasks import async_task
 
-from n3_server.rlhf import TrainingConfig, TrainingEstimate
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import TrainingConfig, TrainingEstimate, timing
 from n3_server.rlhf.data import FeedbackRecord, prepare_feedback
 from n3_server.rlhf.layout import RESULTS_FILE
 from n3_server.rlhf.results import TrainingResult

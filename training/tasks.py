@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import timing
 from policies.models import PolicyVersion
 
 from . import calibration, comparisons, samples, services, worker

@@ -44,8 +44,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers import AutoConfig, set_seed
 
-from . import distributed
-from . import estimate as calibration
+from . import distributed, timing
 from .base_models import default_models_dir, load_causal_lm, load_tokenizer, resolve_base_model
 from .best_of_n import train_best_of_n
 from .config import TrainingConfig
@@ -96,7 +95,7 @@ class RLHFTrainer:
         """What train() would do with this feedback and how long it would take here.
 
         The time is measured: the first estimate for a timing key (model, device, batch shapes, lengths: see
-        estimate.py) runs a miniature training in this process (seconds on the tiny models; five PPO steps plus
+        timing.py) runs a miniature training in this process (seconds on the tiny models; five PPO steps plus
         model loading and saving on others) and caches the timings under MODELS_DIR/_calibration/, where the
         service's dry runs find them too; later estimates reuse them.
         """
@@ -106,29 +105,29 @@ class RLHFTrainer:
         preference = check_preference_data(data.records, config)  # KTO/DPO: both classes, enough pairs
         self._device()  # a device this machine lacks is a ConfigError here, not after the calibration
         models_dir = self._models_dir()
-        key = calibration.timing_key(config, data.records, models_dir=models_dir)
-        measured = None if recalibrate else calibration.load_calibration(models_dir, key)
+        key = timing.timing_key(config, data.records, models_dir=models_dir)
+        measured = None if recalibrate else timing.load_calibration(models_dir, key)
         if measured is None:
             logger.info("Measuring training speed for %s (once per timing key)", config.base_model)
             measured = self.calibrate(data.records)
-            calibration.store_calibration(models_dir, key, measured)
+            timing.store_calibration(models_dir, key, measured)
             # Building a built-in base model on first use changes its fingerprint: file the key as it is now too.
-            now = {**key, **calibration.fingerprints(config, models_dir=models_dir)}
-            calibration.store_calibration(models_dir, now, measured)
-        estimate = calibration.make_estimate(config, data, measured, source="measured")
+            now = {**key, **timing.fingerprints(config, models_dir=models_dir)}
+            timing.store_calibration(models_dir, now, measured)
+        estimate = timing.make_estimate(config, data, measured, source="measured")
         estimate.preference = preference
         return estimate
 
-    def calibrate(self, records: list[FeedbackRecord]) -> calibration.Calibration:
+    def calibrate(self, records: list[FeedbackRecord]) -> timing.Calibration:
         """Train a miniature run of this config on a sample of `records` (in a scratch directory) and return its
-        timings; estimate.py says what it measures."""
-        mini = RLHFTrainer(calibration.calibration_config(self.config), models_dir=self.models_dir)
-        scratch = self._models_dir() / calibration.CALIBRATION_DIR
+        timings; timing.py says what it measures."""
+        mini = RLHFTrainer(timing.calibration_config(self.config), models_dir=self.models_dir)
+        scratch = self._models_dir() / timing.CALIBRATION_DIR
         scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-            sample = calibration.calibration_records(records, self.config)
+            sample = timing.calibration_records(records, self.config)
             result = mini.train([dataclasses.asdict(r) for r in sample], Path(tmp) / "run")
-        return calibration.calibration_from_result(result)
+        return timing.calibration_from_result(result)
 
     # -- training ------------------------------------------------------------------------------------------------
     def train(

@@ -11,8 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from n3_server.rlhf import RLHFTrainer, TrainingConfig
-from n3_server.rlhf import estimate as timing
+from n3_server.rlhf import RLHFTrainer, TrainingConfig, timing
 from n3_server.rlhf.data import prepare_feedback
 from n3_server.rlhf.threads import use_torch_threads
 
