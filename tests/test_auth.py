@@ -19,6 +19,7 @@ WRITES = [
     ("post", "/api/policies/bot/v1/cancel", None, "policies.change_policyversion"),
     ("post", "/api/policies/bot/v1/promote", None, "policies.change_policyversion"),
     ("put", "/api/policies/bot/traffic", {"v1": 1}, "policies.change_policyversion"),
+    ("post", "/api/policies/bot/comparisons", {"a": "v1", "b": "v2", "count": 5}, "policies.change_policyversion"),
 ]
 READS = ["/api/policies/", "/api/policies/bot", "/api/policies/bot/v1", "/api/policies/bot/traffic"]
 
