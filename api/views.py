@@ -338,9 +338,9 @@ class TrainPolicyView(APIView):
         overrides = dict(serializer.validated_data)
         dry_run, preset = overrides.pop("dry_run"), overrides.pop("preset", None)
         if dry_run:
-            estimate = services.estimate_policy_training(agent_name=agent, overrides=overrides, preset=preset)
+            estimate = services.estimate_training_request(agent_name=agent, overrides=overrides, preset=preset)
             return Response(DryRunSerializer(estimate).data, status=status.HTTP_200_OK)
-        version = services.queue_policy_training(
+        version = services.queue_training_request(
             agent_name=agent, overrides=overrides, preset=preset, user=request.user
         )
         body = PolicyVersionSerializer(version, context={"request": request}).data
@@ -423,7 +423,7 @@ class PolicyVersionCancelView(APIView):
         responses={200: PolicyVersionSerializer, **_errors(401, 403, 404, 409)},
     )
     def post(self, request: Request, agent: str, version: str) -> Response:
-        cancelled = services.cancel_policy_training(agent_name=agent, version=version)
+        cancelled = services.cancel_training(version=selectors.get_policy_version(agent_name=agent, version=version))
         return Response(PolicyVersionSerializer(cancelled, context={"request": request}).data)
 
 

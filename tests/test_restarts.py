@@ -133,7 +133,7 @@ def test_the_api_answers_503_with_a_detail_while_the_database_is_away(api, monke
     def database_away(**kwargs):
         raise OperationalError('connection to server at "127.0.0.1", port 5432 failed: Connection refused')
 
-    monkeypatch.setattr(services, "queue_policy_training", database_away)
+    monkeypatch.setattr(services, "queue_training_request", database_away)
     response = api.post("/api/policies/train_policy/bot", {"maxSteps": 2}, format="json")
 
     assert response.status_code == 503

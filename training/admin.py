@@ -15,7 +15,7 @@ from policies.models import Agent, PolicyVersion
 
 from . import admin_views
 from .files import agent_dir, version_dir
-from .services import queue_policy_training
+from .services import queue_training_request
 
 
 def _files_going(deleted_objects: list, directories: list[str], running: int) -> list:
@@ -79,7 +79,7 @@ class AgentAdmin(admin.ModelAdmin):
     def train_now(self, request, queryset):
         for agent in queryset:
             try:
-                version = queue_policy_training(agent_name=agent.name, overrides={}, user=request.user)
+                version = queue_training_request(agent_name=agent.name, overrides={}, user=request.user)
             except (RLHFError, ServiceError) as exc:
                 self.message_user(request, f"Agent {agent.name}: not started: {exc}", messages.ERROR)
             else:

@@ -38,10 +38,10 @@ from .forms import TrainForm
 from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
 from .selectors import version_comparison
 from .services import (
-    cancel_policy_training,
-    estimate_policy_training,
+    cancel_training,
+    estimate_training_request,
     preset_values,
-    queue_policy_training,
+    queue_training_request,
     resolve_training_config,
 )
 from .status import duration, progress
@@ -133,7 +133,7 @@ def cancel_version(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin)
     if not model_admin.has_change_permission(request, version):
         raise PermissionDenied
     try:
-        cancel_policy_training(agent_name=version.agent.name, version=version.version)
+        cancel_training(version=version)
     except (ServiceError, RLHFError) as exc:
         messages.error(request, f"Could not cancel {version}: {exc}")
     else:
@@ -388,10 +388,10 @@ def train_agent(request: HttpRequest, pk: int, model_admin: admin.ModelAdmin):
             }
             try:
                 if "confirm" in request.POST:
-                    version = queue_policy_training(**request_args, user=request.user)
+                    version = queue_training_request(**request_args, user=request.user)
                     messages.success(request, f"Training {version} queued ({version.max_steps or '?'} steps).")
                     return redirect("admin:policies_policyversion_change", version.pk)
-                estimate = estimate_policy_training(**request_args)
+                estimate = estimate_training_request(**request_args)
                 config = resolve_training_config(agent=agent, overrides=request_args["overrides"],
                                                  preset=request_args["preset"])
                 preview = train_preview(estimate, config)

@@ -4,7 +4,7 @@ A version's life (each step in its own module)::
 
     queue_training()              queued     the scored-feedback snapshot, number max+1, django-q2 task enqueued
     tasks.run_policy_version()    running    claimed by a conditional UPDATE, trained in a child process
-    jobs.run_version() (child)    trained    or failed / cancelled, each with its reason in ``error``
+    run.run_version() (child)     trained    or failed / cancelled, each with its reason in ``error``
     sweep.sweep_stale_versions()  failed     a running version whose heartbeat stopped (its process died)
 
 Every status change is a conditional UPDATE (``filter(pk=..., status=...).update(...)``), so two processes never
@@ -39,7 +39,7 @@ from n3_server.rlhf.layout import BUILTIN_MODELS
 from n3_server.rlhf.preference_data import PREFERENCE_ALGORITHMS, PreferenceCounts, check_preference_data
 from n3site.exceptions import Conflict, ServiceError, Unavailable
 from policies.models import Agent, PolicyVersion
-from policies.selectors import get_agent, get_policy_version
+from policies.selectors import get_agent
 
 from . import calibration, selectors
 from .jobs import end_version
@@ -263,7 +263,10 @@ def cancel_training(*, version: PolicyVersion) -> PolicyVersion:
     return version
 
 
-# --- requests by agent name (the API and the admin) ---------------------------------------------------------------
+# --- a client's request (the API and the admin) -------------------------------------------------------------------
+# The functions above take a resolved TrainingConfig (the CLI, the tests); the ones below take what a client sent (the
+# agent's name, a preset, overrides) and refuse what a web client must not ask for: a base model outside the allowed
+# ones, sequences longer than the model's positions, a run beyond the training time limit.
 def check_base_model(name: str) -> None:
     """Refuse a base model that a web client should not be able to load.
 
@@ -333,36 +336,33 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def estimate_policy_training(
+def estimate_training_request(
     *, agent_name: str, overrides: dict[str, Any], preset: Optional[str] = None
 ) -> TrainingEstimate:
-    """The dry run: what training ``agent_name`` with this config would do and how long it would take.
+    """The dry run a client asks for: estimate_training on the config that the preset and ``overrides``
+    (TrainingConfig fields, snake_case) make over the agent's defaults, checked as queue_training_request checks it,
+    with a warning where the run would exceed the training time limit.
 
-    ``overrides`` are TrainingConfig fields (snake_case) applied over the preset and the agent's defaults.
     Raises NotFound, ConfigError, InsufficientFeedbackError or ServiceError (base model not allowed, or this
     configuration's measurement failed).
     """
     agent = get_agent(name=agent_name)
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
     estimate = estimate_training(agent=agent, config=config)
-    if problem := time_limit_problem(estimate):  # queue_policy_training refuses it (check_time_limit)
+    if problem := time_limit_problem(estimate):  # queue_training_request refuses it (check_time_limit)
         estimate.warnings.append(f"{problem[0].upper()}{problem[1:]}.")
     return estimate
 
 
-def queue_policy_training(
+def queue_training_request(
     *, agent_name: str, overrides: dict[str, Any], preset: Optional[str] = None,
     user: Optional[AbstractBaseUser] = None,
 ) -> PolicyVersion:
-    """Create the agent's next version (queued) and enqueue its training job; same errors as the dry run, and a
-    ConfigError naming max_steps when the run's estimate exceeds N3_TRAINING_TIMEOUT (check_time_limit)."""
+    """The training a client asks for: queue_training on the config made and checked as for the dry run; same
+    errors, and a ConfigError naming max_steps when the run's estimate exceeds N3_TRAINING_TIMEOUT
+    (check_time_limit)."""
     agent = get_agent(name=agent_name)
     config = _training_config(agent=agent, overrides=overrides, preset=preset)
     # No measurement queued: it would run ahead of this training, which records its own timings under the key.
     check_time_limit(estimate_training(agent=agent, config=config, queue_measurement=False))
     return queue_training(agent=agent, config=config, user=user)
-
-
-def cancel_policy_training(*, agent_name: str, version: str) -> PolicyVersion:
-    """Cancel a queued or running version; raises NotFound, or Conflict if it already finished."""
-    return cancel_training(version=get_policy_version(agent_name=agent_name, version=version))

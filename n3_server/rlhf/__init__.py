@@ -20,7 +20,7 @@ from .errors import (
 from .progress import Progress, ProgressCallback
 from .results import TrainingEstimate, TrainingResult
 
-# The package itself is torch-free: config, context, errors, estimate, layout, metrics, records, data,
+# The package itself is torch-free: config, context, errors, timing, layout, metrics, records, data,
 # preference_data, stats, progress and results import neither torch nor transformers, so the web process can use them
 # (tests/test_architecture.py checks). The trainer (torch, transformers, peft, trl) is imported on first use.
 _TRAINER_NAMES = ("RLHFTrainer",)
