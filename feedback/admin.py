@@ -23,7 +23,7 @@ from n3site.exceptions import ServiceError
 from policies.models import Agent
 
 from . import importexport, rendering, review
-from .models import Feedback
+from .models import SCORE_BANDS, Feedback, band_q
 
 
 class ScoreBandFilter(admin.SimpleListFilter):
@@ -34,7 +34,7 @@ class ScoreBandFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         return [("unscored", "Unscored (awaiting review)"), ("scored", "Scored")] + [
-            (band.key, f"{band.quality} ({band.range_label})") for band in review.SCORE_BANDS
+            (band.key, f"{band.quality} ({band.range_label})") for band in SCORE_BANDS
         ]
 
     def queryset(self, request, queryset):
@@ -43,9 +43,9 @@ class ScoreBandFilter(admin.SimpleListFilter):
             return queryset.filter(score__isnull=True)
         if value == "scored":
             return queryset.filter(score__isnull=False)
-        for band in review.SCORE_BANDS:
+        for band in SCORE_BANDS:
             if value == band.key:
-                return queryset.filter(review.band_q(band))
+                return queryset.filter(band_q(band))
         return queryset
 
 

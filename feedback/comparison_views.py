@@ -19,8 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from n3site.exceptions import ServiceError
 
 from . import comparisons
-from .models import Comparison, ComparisonItem
-from .review import LEASE
+from .models import LEASE, Comparison, ComparisonItem
 from .views import reviewer_required
 
 # Items this reviewer skipped, per browser session and comparison: they stay in the queue for everyone else.

@@ -31,8 +31,7 @@ from n3_server.rlhf.stats import wilson_interval
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import PolicyVersion
 
-from .models import Comparison, ComparisonItem
-from .review import LEASE, free_for
+from .models import LEASE, Comparison, ComparisonItem, free_for
 
 Choice = ComparisonItem.Choice
 # The reviewer's keys name sides; the item knows which version each side shows.

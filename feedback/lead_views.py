@@ -1,7 +1,8 @@
 """The lead reviewer's pages (mounted under /review/): disagreements to settle, and every reviewer's progress.
 
 Both need what the review queue needs (staff, ``feedback.change_feedback``): whoever may score may settle. The
-logic is in feedback/agreement.py; these views read the query, call it and render.
+reads are in feedback/selectors.py, settling in feedback/services.py; these views read the query, call them and
+render.
 """
 from __future__ import annotations
 
@@ -16,21 +17,21 @@ from django.views.decorators.http import require_GET, require_POST
 from n3site.exceptions import ServiceError
 from policies.models import Agent
 
-from . import agreement, rendering, review
+from . import agreement, rendering, review, selectors, services
 from .views import reviewer_required
 
 
 def _filters(source) -> dict:
     """spread, agent and settled from a query string or form, spread checked (ServiceError -> 400)."""
     return {
-        "spread": agreement.parse_spread(source.get("spread")),
+        "spread": selectors.parse_spread(source.get("spread")),
         "agent_name": source.get("agent", ""),
         "include_settled": source.get("settled") in ("1", "on", "true"),
     }
 
 
 def _disagreements_page(request: HttpRequest, filters: dict, *, error: str = "", error_item=None, status=200):
-    items = agreement.disagreements(**filters) if filters else []
+    items = selectors.disagreements(**filters) if filters else []
     # Up to 100 items, each with a prompt and a response of any size: rendered within one page's budget.
     texts = []
     for d in items:
@@ -52,7 +53,7 @@ def _disagreements_page(request: HttpRequest, filters: dict, *, error: str = "",
         "agents": Agent.objects.order_by("name"),
         "error": error,
         "error_item": error_item,
-        "default_spread": agreement.DEFAULT_SPREAD,
+        "default_spread": selectors.DEFAULT_SPREAD,
         "limit": 100,
         # A reviewer who may settle but not change versions still scores blind (review.sees_versions).
         "show_versions": review.sees_versions(request.user),
@@ -81,7 +82,7 @@ def settle_item(request: HttpRequest, pk: int):
     try:
         if request.POST.get("score", "").strip() == "":
             raise ServiceError("Score is required: the final score, a number between 0 and 1")
-        item = agreement.settle(feedback_id=pk, user=request.user, score=request.POST["score"],
+        item = services.settle(feedback_id=pk, user=request.user, score=request.POST["score"],
                                 notes=request.POST.get("notes", ""))
     except ServiceError as exc:
         if wants_json:
@@ -108,7 +109,7 @@ def progress_page(request: HttpRequest):
     context = {
         **admin.site.each_context(request),
         "title": "Reviewer progress",
-        "progress": agreement.reviewer_progress(),
+        "progress": selectors.reviewer_progress(),
         "reliable": agreement.RELIABLE,
         "tentative": agreement.TENTATIVE,
     }

@@ -1,8 +1,69 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Optional
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
 from policies.models import Agent, PolicyVersion
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+# A claim's lease (claimed_by, claimed_until: the review queue's items, the blind comparison's pairs): a reviewer
+# holds a row this long; one that runs out (closed tab, lunch) frees the row without any clean-up job.
+LEASE = timedelta(minutes=5)
+
+
+def free_for(user: AbstractBaseUser, now) -> Q:
+    """Rows ``user`` may claim: unclaimed, lease run out, or already theirs (any model with claimed_by and
+    claimed_until: the review queue's items, the blind comparison's pairs)."""
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lte=now) | Q(claimed_by=user)
+
+
+@dataclass(frozen=True)
+class ScoreBand:
+    """A row of the spec's "Feedback Scoring Guidelines" table, plus the value its key enters."""
+
+    key: str  # keyboard key in the review queue
+    value: float  # the score that key records
+    low: float
+    high: float
+    quality: str
+    example: str
+
+    @property
+    def range_label(self) -> str:
+        return f"{self.low:.1f}-{self.high:.1f}"
+
+
+# Best first, as in the spec's table. Each band is [low, high) except the top one, which includes 1.0.
+SCORE_BANDS: tuple[ScoreBand, ...] = (
+    ScoreBand("5", 0.95, 0.9, 1.0, "Excellent", "Perfect answer, comprehensive, accurate"),
+    ScoreBand("4", 0.8, 0.7, 0.9, "Good", "Correct, clear, minor improvements possible"),
+    ScoreBand("3", 0.6, 0.5, 0.7, "Mediocre", "Acceptable but vague or incomplete"),
+    ScoreBand("2", 0.4, 0.3, 0.5, "Poor", "Partially incorrect or very incomplete"),
+    ScoreBand("1", 0.1, 0.0, 0.3, "Very Poor", "Wrong, misleading, or unhelpful"),
+)
+
+
+def band_q(band: ScoreBand) -> Q:
+    """A filter for the scores inside ``band``."""
+    if band.high >= 1.0:
+        return Q(score__gte=band.low, score__lte=1.0)
+    return Q(score__gte=band.low, score__lt=band.high)
+
+
+def band_for(score: Optional[float]) -> Optional[ScoreBand]:
+    if score is None:
+        return None
+    for band in SCORE_BANDS:
+        if band.low <= score < band.high or (band.high >= 1.0 and band.low <= score <= 1.0):
+            return band
+    return None
 
 
 class Feedback(models.Model):

@@ -1,5 +1,5 @@
-"""Reviewing feedback: the score bands, the review queue's claim/lease, reviews (several per item), going back, a
-lead's decisions, and score summaries.
+"""Reviewing feedback (the writes): the review queue's claim/lease, reviews (several per item), going back, and a
+lead's decisions. The reads (the queue, a reviewer's reviews, score summaries) are feedback/selectors.py's.
 
 Two reviewers working the same queue must never be shown the same response at the same moment.
 A reviewer *claims* an item with a short lease (``claimed_by`` + ``claimed_until``); the claim is one
@@ -15,73 +15,31 @@ and ends in ``_settle``, the one place its score is computed, so reviewers racin
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import timedelta
 from statistics import fmean
 from typing import Optional
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
-from n3_server.rlhf.data import FeedbackRecord, feedback_warnings
-from n3_server.rlhf.errors import MIN_FEEDBACK, InsufficientFeedbackError
 from n3_server.rlhf.records import check_score
 from n3site.exceptions import Conflict, NotFound, ServiceError
 
-from .models import Feedback, Review
+from .models import LEASE, Feedback, Review, free_for
+from .selectors import (
+    identical_items,
+    not_reviewed_by,
+    reviewable_by,
+    score_summary,  # noqa: F401  (training/admin_views.py imports it from here)
+)
 
-LEASE = timedelta(minutes=5)
 # Who may see which version wrote a response: leads, those who may change versions (promote one, set the traffic
 # split). Reviewers score blind: under a split, knowing the arm they score biases humanScore, the A/B result.
 VERSION_PERMISSION = "policies.change_policyversion"
 # Candidates looked at per claim attempt; others may win some of them, so take a few at once.
 _CLAIM_BATCH = 10
-
-
-@dataclass(frozen=True)
-class ScoreBand:
-    """A row of the spec's "Feedback Scoring Guidelines" table, plus the value its key enters."""
-
-    key: str  # keyboard key in the review queue
-    value: float  # the score that key records
-    low: float
-    high: float
-    quality: str
-    example: str
-
-    @property
-    def range_label(self) -> str:
-        return f"{self.low:.1f}-{self.high:.1f}"
-
-
-# Best first, as in the spec's table. Each band is [low, high) except the top one, which includes 1.0.
-SCORE_BANDS: tuple[ScoreBand, ...] = (
-    ScoreBand("5", 0.95, 0.9, 1.0, "Excellent", "Perfect answer, comprehensive, accurate"),
-    ScoreBand("4", 0.8, 0.7, 0.9, "Good", "Correct, clear, minor improvements possible"),
-    ScoreBand("3", 0.6, 0.5, 0.7, "Mediocre", "Acceptable but vague or incomplete"),
-    ScoreBand("2", 0.4, 0.3, 0.5, "Poor", "Partially incorrect or very incomplete"),
-    ScoreBand("1", 0.1, 0.0, 0.3, "Very Poor", "Wrong, misleading, or unhelpful"),
-)
-
-
-def band_q(band: ScoreBand) -> Q:
-    """A filter for the scores inside ``band``."""
-    if band.high >= 1.0:
-        return Q(score__gte=band.low, score__lte=1.0)
-    return Q(score__gte=band.low, score__lt=band.high)
-
-
-def band_for(score: Optional[float]) -> Optional[ScoreBand]:
-    if score is None:
-        return None
-    for band in SCORE_BANDS:
-        if band.low <= score < band.high or (band.high >= 1.0 and band.low <= score <= 1.0):
-            return band
-    return None
 
 
 def sees_versions(user: AbstractBaseUser) -> bool:
@@ -99,29 +57,6 @@ def validate_score(value) -> float:
 
 
 # --- queue -----------------------------------------------------------------------------------
-
-
-def unscored_feedback(*, agent_name: str = "") -> QuerySet[Feedback]:
-    """The queue: responses awaiting a score (fewer reviews than their agent's ``review_overlap``), oldest first."""
-    qs = Feedback.objects.filter(score__isnull=True)
-    if agent_name:
-        qs = qs.filter(agent__name=agent_name)
-    return qs.order_by("created_at", "id")
-
-
-def reviewable_by(*, user: AbstractBaseUser, agent_name: str = "") -> QuerySet[Feedback]:
-    """``user``'s queue: items awaiting a score that ``user`` has not reviewed yet, oldest first."""
-    return unscored_feedback(agent_name=agent_name).exclude(reviews__reviewer=user)
-
-
-def free_for(user: AbstractBaseUser, now) -> Q:
-    """Rows ``user`` may claim: unclaimed, lease run out, or already theirs (any model with claimed_by and
-    claimed_until: the review queue's items, the blind comparison's pairs)."""
-    return Q(claimed_until__isnull=True) | Q(claimed_until__lte=now) | Q(claimed_by=user)
-
-
-def _not_reviewed_by(user: AbstractBaseUser) -> Exists:
-    return ~Exists(Review.objects.filter(feedback=OuterRef("pk"), reviewer=user))
 
 
 def claim_next(
@@ -153,18 +88,6 @@ def claim_next(
         queue = queue.exclude(id__in=candidates)
 
 
-def identical_items(*, item: Feedback, user: AbstractBaseUser, now=None) -> QuerySet[Feedback]:
-    """The other items of ``item``'s agent with the same prompt and response (the same served answer, stored each
-    time it was served) that ``user`` may score now: unscored, not reviewed by them, not held by anyone else. What
-    the queue shows as "N identical items", and what a score given with ``identical=True`` applies to."""
-    now = now or timezone.now()
-    return (
-        Feedback.objects.filter(agent_id=item.agent_id, score__isnull=True, prompt=item.prompt,
-                                response=item.response)
-        .exclude(pk=item.pk).filter(free_for(user, now), _not_reviewed_by(user)).order_by("id")
-    )
-
-
 def try_claim(*, feedback_id: int, user: AbstractBaseUser, now=None) -> bool:
     """Lease one unscored item to ``user`` if nobody else holds it and ``user`` has not reviewed it; True when the
     claim is theirs.
@@ -175,7 +98,7 @@ def try_claim(*, feedback_id: int, user: AbstractBaseUser, now=None) -> bool:
     now = now or timezone.now()
     return bool(
         Feedback.objects.filter(pk=feedback_id, score__isnull=True)
-        .filter(free_for(user, now), _not_reviewed_by(user))
+        .filter(free_for(user, now), not_reviewed_by(user))
         .update(claimed_by=user, claimed_until=now + LEASE)
     )
 
@@ -266,35 +189,6 @@ def _add_review(item: Feedback, *, user: AbstractBaseUser, score: float, notes: 
 # --- going back --------------------------------------------------------------------------------
 
 
-def recent_reviews(*, user: AbstractBaseUser, agent_name: str = "", limit: int = 50) -> QuerySet[Review]:
-    """``user``'s reviews, the latest saved first (an edit counts as a save), with their items."""
-    qs = Review.objects.filter(reviewer=user).select_related("feedback", "feedback__agent",
-                                                             "feedback__policy_version")
-    if agent_name:
-        qs = qs.filter(feedback__agent__name=agent_name)
-    return qs.order_by("-updated_at", "-id")[:limit]
-
-
-def previous_review(*, user: AbstractBaseUser, before: Optional[int] = None, agent_name: str = "") -> Optional[Review]:
-    """The review ``user`` gave last, or the one given just before review ``before``; None when there is none.
-
-    Reviews are taken in the order they were given (an edit does not move one), so pressing "previous" again
-    walks back through the reviewer's history.
-    """
-    qs = Review.objects.filter(reviewer=user).select_related("feedback", "feedback__agent",
-                                                             "feedback__policy_version")
-    if agent_name:
-        qs = qs.filter(feedback__agent__name=agent_name)
-    if before is not None:
-        qs = qs.filter(id__lt=before)
-        # One score given to identical items (score_feedback's ``identical``) is one step back, not one per item.
-        shown = Feedback.objects.filter(reviews__pk=before, reviews__reviewer=user).first()
-        if shown is not None:
-            qs = qs.exclude(feedback__agent_id=shown.agent_id, feedback__prompt=shown.prompt,
-                            feedback__response=shown.response)
-    return qs.order_by("-id").first()
-
-
 def _own_review(item: Feedback, review_id: int, user: AbstractBaseUser) -> Review:
     review = Review.objects.filter(pk=review_id, feedback=item, reviewer=user).first()
     if review is None:
@@ -366,53 +260,3 @@ def clear_scores(*, queryset: QuerySet[Feedback]) -> int:
         return Feedback.objects.filter(id__in=ids).update(
             score=None, reviewer=None, reviewed_at=None, updated_at=timezone.now()
         )
-
-
-# --- score summary (agent page) --------------------------------------------------------------
-
-
-HISTOGRAM_BINS = 10  # 0.1 wide: the band edges (0.3, 0.5, 0.7, 0.9) fall on bin edges
-
-
-@dataclass
-class ScoreSummary:
-    total: int
-    scored: int
-    unscored: int
-    mean: Optional[float]
-    std: Optional[float]
-    # HISTOGRAM_BINS dicts, lowest scores first: low, high, count, band (the band the bin lies in)
-    bins: list[dict] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-def score_summary(*, agent_name: str) -> ScoreSummary:
-    """Counts per score bin, mean and spread, and the spec's feedback-quality warnings, for one agent."""
-    qs = Feedback.objects.filter(agent__name=agent_name)
-    edges = [i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
-    aggregates = {"total": Count("id"), "scored": Count("id", filter=Q(score__isnull=False))}
-    for i in range(HISTOGRAM_BINS):
-        upper = Q(score__lte=1.0) if i == HISTOGRAM_BINS - 1 else Q(score__lt=edges[i + 1])
-        aggregates[f"bin_{i}"] = Count("id", filter=Q(score__gte=edges[i]) & upper)
-    counts = qs.aggregate(**aggregates)
-    scores = list(qs.filter(score__isnull=False).values_list("score", flat=True))
-    scored = counts["scored"]
-    mean = sum(scores) / scored if scored else None
-    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / scored) if scored else None
-    bins = [
-        {"low": edges[i], "high": edges[i + 1], "count": counts[f"bin_{i}"], "band": band_for(edges[i])}
-        for i in range(HISTOGRAM_BINS)
-    ]
-    return ScoreSummary(
-        total=counts["total"], scored=scored, unscored=counts["total"] - scored, mean=mean, std=std, bins=bins,
-        warnings=_warnings(scores),
-    )
-
-
-def _warnings(scores: list[float]) -> list[str]:
-    """The feedback-quality warnings a dry run would give now (the training core words them)."""
-    warnings = [str(InsufficientFeedbackError(len(scores)))] if len(scores) < MIN_FEEDBACK else []
-    if scores:
-        records = [FeedbackRecord(prompt="", response="", score=score) for score in scores]
-        warnings += feedback_warnings(records)
-    return warnings

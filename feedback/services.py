@@ -1,5 +1,5 @@
-"""Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports), and a later
-change to a stored one (an end user's score arriving after the response).
+"""Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports), a later
+change to a stored one (an end user's score arriving after the response), and a lead settling a disagreement.
 
 Records are dicts in model field names: prompt, response, score (0..1 or None: awaiting review),
 run_id, notes, policy_version ("v3": the agent's version that produced the response, or None); what a valid one
@@ -28,6 +28,7 @@ from policies.services import get_or_create_agent
 
 from . import inserts, review
 from .models import Feedback, Review
+from .selectors import SETTLED_PREFIX
 
 # Rows per SELECT when looking up a batch's run ids (SQLite allows 999 parameters in old builds).
 _LOOKUP_CHUNK = 500
@@ -286,6 +287,30 @@ def update_feedback(
                                              "updated_at"])
     feedback.agent = agent
     return feedback
+
+
+def settle(*, feedback_id: int, user: AbstractBaseUser, score, notes: str = "") -> Feedback:
+    """A lead's final score for an item its reviewers disagree on: ``Feedback.score`` (what training reads)
+    becomes ``score`` and the item leaves the queue; reviewer = the lead; its notes say it was settled, from which
+    reviews, with the lead's ``notes``. The reviews stay (alpha is about them). Needs two or more reviews."""
+    score = review.validate_score(score)
+    with transaction.atomic():
+        item = Feedback.objects.select_for_update(of=("self",)).filter(pk=feedback_id).first()
+        if item is None:
+            raise NotFound(f"Feedback {feedback_id} does not exist")
+        reviews = list(Review.objects.filter(feedback=item).select_related("reviewer").order_by("score", "id"))
+        if len(reviews) < 2:
+            raise Conflict(
+                f"Feedback {feedback_id} has {len(reviews)} review(s): settling decides between two or more"
+            )
+        who = ", ".join(f"{r.reviewer.get_username() if r.reviewer else 'deleted user'} {r.score:g}" for r in reviews)
+        note = f"{SETTLED_PREFIX}{user.get_username()} at {score:g} (reviews: {who})."
+        item.notes = f"{note} {notes.strip()}" if notes and notes.strip() else note
+        item.score, item.reviewer, item.reviewed_at = score, user, timezone.now()
+        item.claimed_by, item.claimed_until = None, None
+        item.save(update_fields=["score", "notes", "reviewer", "reviewed_at", "claimed_by", "claimed_until",
+                                 "updated_at"])
+    return item
 
 
 def _stored(agent: Agent):

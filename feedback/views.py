@@ -24,8 +24,8 @@ from django.views.decorators.http import require_GET, require_POST
 from n3site.exceptions import NotFound, ServiceError
 from policies.models import Agent
 
-from . import rendering, review
-from .models import Feedback, Review
+from . import rendering, review, selectors
+from .models import LEASE, SCORE_BANDS, Feedback, Review
 from .rendering import render_bounded
 
 # Items this reviewer skipped, per browser session: they stay in the queue for everyone else.
@@ -102,8 +102,8 @@ def _item(feedback: Feedback, *, user, mine: Optional[Review] = None) -> dict:
         "reviews": reviews,
         "score": feedback.score if mine is not None else None,
         # The same prompt and response stored again (a served answer, each time served): shown once, and the
-        # score saved here applies to these too (review.identical_items).
-        "identical": review.identical_items(item=feedback, user=user).count() if mine is None else 0,
+        # score saved here applies to these too (selectors.identical_items).
+        "identical": selectors.identical_items(item=feedback, user=user).count() if mine is None else 0,
     }
     if review.sees_versions(user):
         item["policyVersion"] = feedback.policy_version.version if feedback.policy_version_id else None
@@ -131,7 +131,7 @@ def _empty_state(*, remaining: int, skipped: int, held: int, reviewed: int, agen
             lines.append(f"You skipped {_plural(skipped, 'of them', 'of them')}.")
     if held:
         lines.append(f"{_plural(held, 'item is', 'items are')} being reviewed by someone else right now "
-                     f"(held for up to {int(review.LEASE.total_seconds() // 60)} minutes).")
+                     f"(held for up to {int(LEASE.total_seconds() // 60)} minutes).")
     if reviewed:
         lines.append(f"{_plural(reviewed, 'item awaits', 'items await')} other reviewers (you reviewed "
                      f"{'it' if reviewed == 1 else 'them'}).")
@@ -147,14 +147,15 @@ def _next_payload(request: HttpRequest, agent_name: str, *, item: Optional[Feedb
     skipped_ids = request.session.get(SKIPPED_KEY, [])
     if item is None:
         item = review.claim_next(user=request.user, agent_name=agent_name, exclude_ids=skipped_ids)
-    queue = review.reviewable_by(user=request.user, agent_name=agent_name)
+    queue = selectors.reviewable_by(user=request.user, agent_name=agent_name)
     counts = queue.aggregate(
         remaining=Count("id"),
         skipped=Count("id", filter=Q(id__in=skipped_ids)),
         held=Count("id", filter=Q(claimed_until__gt=timezone.now()) & ~Q(claimed_by=request.user)
                    & ~Q(id__in=skipped_ids)),
     )
-    counts["reviewed"] = review.unscored_feedback(agent_name=agent_name).filter(reviews__reviewer=request.user).count()
+    counts["reviewed"] = (selectors.unscored_feedback(agent_name=agent_name)
+                          .filter(reviews__reviewer=request.user).count())
     payload = {"item": _item(item, user=request.user) if item else None, **counts}
     if item is None:
         payload["empty"] = _empty_state(agent_name=agent_name, **counts)
@@ -191,8 +192,8 @@ def queue_page(request: HttpRequest):
         "title": f"Review queue: {agent_name}" if agent_name else "Review queue",
         "agent_name": agent_name,
         "agents": agents,
-        "bands": review.SCORE_BANDS,
-        "lease_minutes": int(review.LEASE.total_seconds() // 60),
+        "bands": SCORE_BANDS,
+        "lease_minutes": int(LEASE.total_seconds() // 60),
         "blind": not review.sees_versions(request.user),
     }
     return render(request, "feedback/review_queue.html", context)
@@ -247,7 +248,7 @@ def previous_item(request: HttpRequest):
     """The reviewer's last review (``{"before": reviewId}``: the one given before it) with its item, to change it;
     ``{"item": null}`` when there is no earlier one. The item the reviewer holds in the queue stays theirs."""
     data = _body(request)
-    mine = review.previous_review(user=request.user, before=_int(data.get("before"), "before"),
+    mine = selectors.previous_review(user=request.user, before=_int(data.get("before"), "before"),
                                   agent_name=data.get("agent", ""))
     return JsonResponse({"item": _item(mine.feedback, user=request.user, mine=mine) if mine else None})
 
@@ -315,7 +316,7 @@ def undo_item(request: HttpRequest, pk: int):
 def my_reviews(request: HttpRequest):
     """The reviewer's latest reviews, each score and note editable in place."""
     agent_name = request.GET.get("agent", "")
-    reviews = list(review.recent_reviews(user=request.user, agent_name=agent_name, limit=RECENT_REVIEWS))
+    reviews = list(selectors.recent_reviews(user=request.user, agent_name=agent_name, limit=RECENT_REVIEWS))
     for mine in reviews:
         mine.item_reviews = mine.feedback.reviews.count()
     # Prompts and responses as the queue shows them (chats as conversations, Markdown rendered), within a list

@@ -1,6 +1,7 @@
-"""Reviewer agreement (feedback/agreement.py): Krippendorff's alpha against examples checked by hand, per agent and per
-reviewer pair; the disagreements view and a lead settling an item (what training reads changes, the reviews stay);
-reviewer progress; who may see and do what; bad input answered with a 4xx that says what is wrong."""
+"""Reviewer agreement (feedback/agreement.py, its reads in feedback/selectors.py): Krippendorff's alpha against
+examples checked by hand, per agent and per reviewer pair; the disagreements view and a lead settling an item (what
+training reads changes, the reviews stay); reviewer progress; who may see and do what; bad input answered with a 4xx
+that says what is wrong."""
 from fractions import Fraction
 
 import pytest
@@ -8,6 +9,8 @@ from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
 from feedback import agreement
+from feedback import selectors as feedback_selectors
+from feedback import services as feedback_services
 from feedback.agreement import interval_alpha
 from feedback.models import Feedback, Review
 from policies.models import Agent
@@ -146,10 +149,10 @@ def test_every_page_agrees_when_nobody_varies(reviewers, client):
         item = Feedback.objects.create(agent=agent, prompt=f"q{i}", response="a", score=0.6)
         for name in NAMES:
             Review.objects.create(feedback=item, reviewer=reviewers[name], score=0.6)
-    result = agreement.agent_agreement(agent=agent)
+    result = feedback_selectors.agent_agreement(agent=agent)
     assert result.overall.display == "—" and result.overall.verdict == "no variation in the scores"
     assert [p.agreement.display for p in result.pairs] == ["—"] * 3
-    progress = agreement.reviewer_progress()
+    progress = feedback_selectors.reviewer_progress()
     assert {r.username: r.agreement.display for r in progress.agents[0].rows if r.agreement.items} == {
         "alice": "—", "bob": "—", "carol": "—"}
     client.force_login(User.objects.create_superuser("boss", password="pw"))
@@ -229,7 +232,7 @@ def seeded(reviewers):
 
 def test_agent_and_pair_alphas(seeded):
     agent, _ = seeded
-    result = agreement.agent_agreement(agent=agent)
+    result = feedback_selectors.agent_agreement(agent=agent)
     assert result.overall.alpha == pytest.approx(123 / 326)
     assert (result.overall.items, result.overall.scores) == (6, 15)
     pairs = {(p.first, p.second): (round(p.agreement.alpha, 3), p.agreement.items) for p in result.pairs}
@@ -240,7 +243,7 @@ def test_a_reviewer_against_the_others(seeded):
     """alice against bob and carol: her score paired with each other score of the items she shares, 8 pairs on 5
     items; the pooled alpha of those pairs."""
     agent, _ = seeded
-    by_item = agreement._scores_by_item(Review.objects.filter(feedback__agent=agent))
+    by_item = feedback_selectors._scores_by_item(Review.objects.filter(feedback__agent=agent))
     alice = User.objects.get(username="alice")
     result = agreement.reviewer_agreements(by_item)[alice.pk]
     units = [[Fraction(s[0]), Fraction(other)] for s in SEEDED.values() if s[0] for other in s[1:] if other]
@@ -250,23 +253,23 @@ def test_a_reviewer_against_the_others(seeded):
 
 def test_disagreements_list_the_spread_items_with_their_reviews(seeded):
     _, items = seeded
-    found = agreement.disagreements(spread=0.3)
+    found = feedback_selectors.disagreements(spread=0.3)
     assert [d.item.prompt for d in found] == ["Talk to a human", "Do you ship abroad?"]  # latest reviewed first
     talk = found[0]
     assert talk.spread == pytest.approx(0.8)
     assert [(r.reviewer.username, r.score) for r in talk.reviews] == [("bob", 0.2), ("carol", 0.9), ("alice", 1.0)]
     # "More than" the threshold: 0.6 vs 0.6 (spread 0) never, 0.2/0.3/0.1 (spread 0.2) only below 0.2.
-    assert len(agreement.disagreements(spread=0.0)) == 5
-    assert "Cancel my order" not in [d.item.prompt for d in agreement.disagreements(spread=0.2)]
-    assert "Cancel my order" in [d.item.prompt for d in agreement.disagreements(spread=0.19)]
-    assert agreement.disagreements(spread=0.3, agent_name="other") == []
+    assert len(feedback_selectors.disagreements(spread=0.0)) == 5
+    assert "Cancel my order" not in [d.item.prompt for d in feedback_selectors.disagreements(spread=0.2)]
+    assert "Cancel my order" in [d.item.prompt for d in feedback_selectors.disagreements(spread=0.19)]
+    assert feedback_selectors.disagreements(spread=0.3, agent_name="other") == []
 
 
 def test_settling_sets_the_score_training_reads_and_keeps_the_reviews(seeded, reviewers):
     agent, items = seeded
     item = items["Talk to a human"]
     assert item.score == pytest.approx(0.7)  # the mean of 1.0, 0.2, 0.9
-    agreement.settle(feedback_id=item.pk, user=reviewers["lead"], score="0.95", notes="bob misread the request")
+    feedback_services.settle(feedback_id=item.pk, user=reviewers["lead"], score="0.95", notes="bob misread the request")
 
     item.refresh_from_db()
     assert item.score == 0.95 and item.reviewer == reviewers["lead"]
@@ -275,17 +278,17 @@ def test_settling_sets_the_score_training_reads_and_keeps_the_reviews(seeded, re
     records = {r["prompt"]: r["score"] for r in selectors.feedback_records(selectors.scored_feedback(agent=agent))}
     assert records["Talk to a human"] == 0.95
     assert Review.objects.filter(feedback=item).count() == 3  # the reviews stay, and so does alpha
-    assert agreement.agent_agreement(agent=agent).overall.alpha == pytest.approx(123 / 326)
+    assert feedback_selectors.agent_agreement(agent=agent).overall.alpha == pytest.approx(123 / 326)
 
-    assert [d.item.prompt for d in agreement.disagreements()] == ["Do you ship abroad?"]
-    shown = agreement.disagreements(include_settled=True)
+    assert [d.item.prompt for d in feedback_selectors.disagreements()] == ["Do you ship abroad?"]
+    shown = feedback_selectors.disagreements(include_settled=True)
     assert [(d.item.prompt, d.settled) for d in shown] == [("Talk to a human", True), ("Do you ship abroad?", False)]
 
     # A reviewer who changes their review later reopens the question: the item is a disagreement again.
     review = Review.objects.get(feedback=item, reviewer=reviewers["bob"])
     review.score = 0.1
     review.save()
-    assert "Talk to a human" in [d.item.prompt for d in agreement.disagreements()]
+    assert "Talk to a human" in [d.item.prompt for d in feedback_selectors.disagreements()]
 
 
 def test_settling_an_item_still_in_the_queue_takes_it_out(reviewers):
@@ -293,8 +296,8 @@ def test_settling_an_item_still_in_the_queue_takes_it_out(reviewers):
     item = Feedback.objects.create(agent=agent, prompt="p", response="r")
     Review.objects.create(feedback=item, reviewer=reviewers["alice"], score=0.1)
     Review.objects.create(feedback=item, reviewer=reviewers["bob"], score=0.9)
-    assert [d.item for d in agreement.disagreements()] == [item]
-    agreement.settle(feedback_id=item.pk, user=reviewers["lead"], score=0.5)
+    assert [d.item for d in feedback_selectors.disagreements()] == [item]
+    feedback_services.settle(feedback_id=item.pk, user=reviewers["lead"], score=0.5)
     item.refresh_from_db()
     assert item.score == 0.5
 
@@ -305,13 +308,13 @@ def test_settle_refuses_what_it_cannot_do(seeded, reviewers):
     _, items = seeded
     lead = reviewers["lead"]
     with pytest.raises(NotFound, match="Feedback 999999 does not exist"):
-        agreement.settle(feedback_id=999999, user=lead, score=0.5)
+        feedback_services.settle(feedback_id=999999, user=lead, score=0.5)
     with pytest.raises(ServiceError, match="between 0 and 1"):
-        agreement.settle(feedback_id=items["Talk to a human"].pk, user=lead, score=1.5)
+        feedback_services.settle(feedback_id=items["Talk to a human"].pk, user=lead, score=1.5)
     single = Feedback.objects.create(agent=items["Talk to a human"].agent, prompt="p", response="r")
     Review.objects.create(feedback=single, reviewer=reviewers["alice"], score=0.3)
     with pytest.raises(Conflict, match="has 1 review"):
-        agreement.settle(feedback_id=single.pk, user=lead, score=0.5)
+        feedback_services.settle(feedback_id=single.pk, user=lead, score=0.5)
 
 
 def test_progress_per_reviewer_and_agent(seeded, reviewers):
@@ -319,7 +322,7 @@ def test_progress_per_reviewer_and_agent(seeded, reviewers):
     waiting = Feedback.objects.create(agent=agent, prompt="Open question", response="r")
     Review.objects.create(feedback=waiting, reviewer=reviewers["carol"], score=0.5)  # 1 of 2: still in the queue
     Feedback.objects.create(agent=agent, prompt="Nobody yet", response="r")
-    progress = agreement.reviewer_progress()
+    progress = feedback_selectors.reviewer_progress()
     rows = {r.username: (r.today, r.total, r.remaining) for r in progress.agents[0].rows}
     # Two items await a score; carol reviewed one of them already.
     assert rows == {"alice": (5, 5, 2), "bob": (5, 5, 2), "carol": (6, 6, 1), "lead": (0, 0, 2)}

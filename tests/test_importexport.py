@@ -11,8 +11,8 @@ from django.test import Client
 from django.urls import reverse
 
 from feedback import importexport, review
-from feedback.agreement import agent_agreement
 from feedback.models import Feedback, Review
+from feedback.selectors import agent_agreement
 from policies.models import Agent, PolicyVersion
 
 pytestmark = pytest.mark.django_db

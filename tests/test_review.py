@@ -8,8 +8,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from feedback import review
-from feedback.models import Feedback, Review
+from feedback import review, selectors
+from feedback.models import SCORE_BANDS, Feedback, Review, band_for
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import Agent
 
@@ -142,15 +142,15 @@ def test_score_must_be_between_0_and_1(agent, alice, bad):
 
 
 def test_score_bands_are_the_spec_table():
-    assert [(b.key, b.value, b.range_label, b.quality) for b in review.SCORE_BANDS] == [
+    assert [(b.key, b.value, b.range_label, b.quality) for b in SCORE_BANDS] == [
         ("5", 0.95, "0.9-1.0", "Excellent"),
         ("4", 0.8, "0.7-0.9", "Good"),
         ("3", 0.6, "0.5-0.7", "Mediocre"),
         ("2", 0.4, "0.3-0.5", "Poor"),
         ("1", 0.1, "0.0-0.3", "Very Poor"),
     ]
-    assert all(review.band_for(b.value) == b for b in review.SCORE_BANDS)
-    assert review.band_for(1.0).quality == "Excellent" and review.band_for(0.7).quality == "Good"
+    assert all(band_for(b.value) == b for b in SCORE_BANDS)
+    assert band_for(1.0).quality == "Excellent" and band_for(0.7).quality == "Good"
 
 
 # --- JSON views ------------------------------------------------------------------------------
@@ -436,11 +436,11 @@ def test_previous_walks_back_through_the_reviewers_reviews_in_the_order_given(ag
     review.score_feedback(feedback_id=Feedback.objects.filter(score__isnull=True).get().pk, user=bob, score=0.1)
 
     walked, before = [], None
-    while (mine := review.previous_review(user=alice, before=before)) is not None:
+    while (mine := selectors.previous_review(user=alice, before=before)) is not None:
         walked.append(mine.feedback_id)
         before = mine.pk
     assert walked == [items[2].pk, items[1].pk, items[0].pk]
-    assert [r.feedback_id for r in review.recent_reviews(user=alice)] == [items[0].pk, items[2].pk, items[1].pk]
+    assert [r.feedback_id for r in selectors.recent_reviews(user=alice)] == [items[0].pk, items[2].pk, items[1].pk]
 
 
 def test_a_leads_score_is_the_items_score_and_their_review(agent, alice, bob):
@@ -471,7 +471,7 @@ def test_the_last_slot_taken_by_two_reviewers_one_after_the_other(agent, alice, 
     overlap(agent, 2)
     (item,) = add_feedback(agent, 1)
     review.score_feedback(feedback_id=item.pk, user=alice, score=0.8)
-    assert review.reviewable_by(user=bob).get() == review.reviewable_by(user=carol).get() == item
+    assert selectors.reviewable_by(user=bob).get() == selectors.reviewable_by(user=carol).get() == item
 
     review.score_feedback(feedback_id=item.pk, user=bob, score=0.6)
     with pytest.raises(Conflict):

@@ -8,7 +8,7 @@ from django.template.loader import render_to_string
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from feedback.agreement import agent_agreement
+from feedback.selectors import agent_agreement
 from n3_server.rlhf import RLHFError
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
