@@ -7,6 +7,8 @@ and whole bodies, on its event loop and only then runs Django (WSGI) in one of i
 or stalled clients (trickled headers, a Content-Length never sent in full) cost a socket, not a thread: with the
 ``gthread`` worker 8 such connections held a third of the other requests past their timeout and 5 unfinished
 headers blocked a one-worker server outright. No proxy is needed for that; one in front (TLS) may buffer or not.
+Django's own ASGI application (n3site.asgi) under this worker was tried in its place and fails the chunked,
+413 and 408 tests at half the throughput; n3site/serve.py's docstring has the figures.
 
 Every value can be changed by an environment variable here, or on gunicorn's command line (which wins):
 

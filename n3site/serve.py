@@ -1,16 +1,25 @@
 """The web process as gunicorn serves it: ``gunicorn -c n3site/gunicorn.conf.py n3site.serve:application``.
 
-gunicorn's ``asyncio`` worker (``asgi``) reads every request, headers and whole body, on its event loop; only then
-does ``BufferedWSGI`` hand it to Django's WSGI application in a pool of ``N3_WEB_THREADS`` threads. A slow or stalled
-client (headers or body trickling in, a Content-Length it never sends) holds a coroutine and a socket, never a
-thread, so it cannot starve the other requests, which gthread workers let it do. The threads are long-lived, so each
-keeps its database connection between requests as under gthread (DB_CONN_MAX_AGE), unlike Django's own ASGI handler,
-which starts a thread per request.
+Why n3 does not serve Django's own ASGI application (n3site.asgi) instead: tried under the same gunicorn ``asgi``
+worker (issue 24, item 8), 3 of tests/test_http_edges.py's 4 server tests fail, and the API loses about half its
+throughput. tests/test_load.py and the slow-client test pass under both.
 
-Bodies: a chunked body (``Transfer-Encoding: chunked``) reaches Django with its length, like any other; one larger
-than N3_MAX_BODY_BYTES is not read past the limit and Django answers 413 (``n3site.exceptions``), as for a
-Content-Length over the limit, which is refused before any of the body is read. A body that stops coming for
-N3_WEB_TIMEOUT seconds is answered 408 and its connection closed.
+- test_chunked_json_post_is_read_in_full: Django reads a chunked body but sets no CONTENT_LENGTH, so DRF parses
+  it as empty (400 "prompt: is required"). Here CONTENT_LENGTH is what was read.
+- test_bodies_over_the_limit_answer_413_chunked_or_not: a chunked body over N3_MAX_BODY_BYTES gets that 400 too,
+  read in full; a declared Content-Length over it gets no answer until the body comes (none within 10 s).
+- test_a_stalled_body_is_answered_408_and_closed: Django drops a stalled request unanswered; gunicorn sends 500.
+- Throughput: asgiref runs each request's sync code in a thread of its own, so each request opens a database
+  connection, and with DB_CONN_MAX_AGE > 0 leaves it open until garbage-collected (one worker held 49 SQLite
+  connections after 200 requests, 71 after 600), so it needs DB_CONN_MAX_AGE=0. bench/ingest_bench.py --quick
+  --no-postgres, SQLite, 2 shared cores: 95-119 single feedback POSTs/s against 164-239/s here (-42 to -53 %),
+  server CPU 8.9-9.9 ms a POST against 3.0-3.3 ms (DB_CONN_MAX_AGE 0 or 300 alike).
+
+How: the worker reads each request, headers and whole body, on its event loop (a slow client holds a socket, not a
+thread); then ``BufferedWSGI`` runs Django's WSGI application in a pool of ``N3_WEB_THREADS`` long-lived threads,
+each keeping its database connection (DB_CONN_MAX_AGE). A body is read at most one byte past N3_MAX_BODY_BYTES
+(Django answers 413, ``n3site.exceptions``); a declared Content-Length over it is refused unread; a body that stops
+coming for N3_WEB_TIMEOUT seconds is answered 408 and its connection closed.
 """
 from __future__ import annotations
 

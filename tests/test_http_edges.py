@@ -2,6 +2,8 @@
 n3site/serve.py): chunked bodies, bodies over N3_MAX_BODY_BYTES, and slow clients beside normal requests.
 
 Each test starts a real gunicorn on a throwaway site (tests/sites.py), one worker where starving it is the point.
+Under Django's own ASGI application (N3_WSGI_APP=n3site.asgi:application) the chunked, 413 and 408 tests
+fail: they are why n3site/serve.py exists (its docstring says how each fails).
 """
 import asyncio
 import http.client
