@@ -22,7 +22,7 @@ from n3_server.rlhf import records as rules
 from n3site.exceptions import ServiceError
 from policies.models import Agent
 
-from . import importexport, rendering, review
+from . import importexport, rendering, review, services
 from .models import SCORE_BANDS, Feedback, band_q
 
 
@@ -258,17 +258,13 @@ class FeedbackAdmin(admin.ModelAdmin):
         return HttpResponse(getattr(feedback, field), content_type="text/plain; charset=utf-8")
 
     def save_model(self, request, obj, form, change):
-        """A score typed here (form or list) is a lead's decision, as the "Set score" action: see review.set_scores;
-        clearing it puts the item back in the queue without its reviews."""
+        """A score typed here (form or list) is a lead's decision, as the "Set score" action: see
+        services.decide_score; clearing it puts the item back in the queue without its reviews."""
         if not change:
             obj.source = Feedback.Source.ADMIN
         super().save_model(request, obj, form, change)
         if "score" in form.changed_data or (not change and obj.score is not None):
-            one = Feedback.objects.filter(pk=obj.pk)
-            if obj.score is None:
-                review.clear_scores(queryset=one)
-            else:
-                review.set_scores(queryset=one, score=obj.score, user=request.user)
+            services.decide_score(feedback_id=obj.pk, score=obj.score, user=request.user)
             obj.refresh_from_db()
 
     # -- actions ---------------------------------------------------------------------------

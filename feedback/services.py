@@ -261,9 +261,7 @@ def update_feedback(
 ) -> Feedback:
     """Set ``score`` and/or ``notes`` (``changes``, in Python names) of the agent's record with ``run_id``.
 
-    A score is a lead's decision (``review.set_scores``): it records ``user`` as its reviewer, now, as ``user``'s
-    review, and frees the record's review-queue claim; a score of None puts the record back in the review queue
-    without its reviews (``review.clear_scores``). Raises ValidationError (bad change) or NotFound (agent, run_id).
+    A score is a lead's decision (``decide_score``). Raises ValidationError (bad change) or NotFound (agent, run_id).
     """
     problems = rules.update_problems(changes)
     if problems:
@@ -277,16 +275,23 @@ def update_feedback(
             feedback.notes = changes["notes"]
             feedback.save(update_fields=["notes", "updated_at"])
         if "score" in changes:
-            one = Feedback.objects.filter(pk=feedback.pk)
-            score = rules.clean_score(changes["score"])
-            if score is None:
-                review.clear_scores(queryset=one)
-            else:
-                review.set_scores(queryset=one, score=score, user=user)
+            decide_score(feedback_id=feedback.pk, score=rules.clean_score(changes["score"]), user=user)
             feedback.refresh_from_db(fields=["score", "reviewer", "reviewed_at", "claimed_by", "claimed_until",
                                              "updated_at"])
     feedback.agent = agent
     return feedback
+
+
+def decide_score(*, feedback_id: int, score: Optional[float], user: Optional[AbstractBaseUser]) -> None:
+    """A lead's decision on one record (the admin's form and list, the API's PATCH): a score is set whatever its
+    reviews say, with ``user`` as its reviewer, now, as ``user``'s review, and frees the record's review-queue claim
+    (``review.set_scores``); None puts the record back in the review queue without its reviews
+    (``review.clear_scores``)."""
+    one = Feedback.objects.filter(pk=feedback_id)
+    if score is None:
+        review.clear_scores(queryset=one)
+    else:
+        review.set_scores(queryset=one, score=score, user=user)
 
 
 def settle(*, feedback_id: int, user: AbstractBaseUser, score, notes: str = "") -> Feedback:
