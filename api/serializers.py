@@ -710,9 +710,45 @@ class RoundedFloatField(serializers.FloatField):
         return round(float(value), 6) + 0.0
 
 
+def _nullable_count(description: str) -> dict:
+    return {"type": "integer", "nullable": True, "description": description}
+
+
+class PreferenceDataSerializer(serializers.Serializer):
+    """What KTO or DPO would train on (n3_server.rlhf.preference_data.PreferenceCounts), the counts the admin's Train
+    preview shows: DPO's pairs, KTO's classes; the other algorithm's counts are null."""
+
+    algorithm = serializers.ChoiceField(choices=["kto", "dpo"])
+    pairs = serializers.SerializerMethodField()
+    desirable = serializers.SerializerMethodField()
+    undesirable = serializers.SerializerMethodField()
+    leftOut = serializers.SerializerMethodField()
+    heldoutPrompts = serializers.IntegerField(
+        source="heldout_prompts", help_text="Prompts set aside for the evaluation: their feedback is not counted",
+    )
+
+    @extend_schema_field(_nullable_count(
+        "DPO: pairs of responses to the same prompt whose scores differ by at least dpo_pair_margin"
+    ))
+    def get_pairs(self, counts) -> Optional[int]:
+        return counts.examples if counts.algorithm == "dpo" else None
+
+    @extend_schema_field(_nullable_count("KTO: examples scored >= kto_desirable_threshold"))
+    def get_desirable(self, counts) -> Optional[int]:
+        return counts.desirable if counts.algorithm == "kto" else None
+
+    @extend_schema_field(_nullable_count("KTO: examples scored <= kto_undesirable_threshold"))
+    def get_undesirable(self, counts) -> Optional[int]:
+        return counts.undesirable if counts.algorithm == "kto" else None
+
+    @extend_schema_field(_nullable_count("KTO: records scored between the two thresholds, left out"))
+    def get_leftOut(self, counts) -> Optional[int]:
+        return counts.left_out if counts.algorithm == "kto" else None
+
+
 class DryRunSerializer(serializers.Serializer):
-    """The spec's dry-run body, plus ``warnings`` about the feedback (an empty list when all is well) and
-    ``estimateSource``: where estimatedTimeMinutes comes from."""
+    """The spec's dry-run body, plus ``warnings`` about the feedback (an empty list when all is well),
+    ``estimateSource``: where estimatedTimeMinutes comes from, and ``preferenceData``: what KTO/DPO would train on."""
 
     status = serializers.SerializerMethodField()
     feedbackCount = serializers.IntegerField(source="feedback_count", help_text="Scored feedback samples")
@@ -734,6 +770,12 @@ class DryRunSerializer(serializers.Serializer):
         source="model_config", help_text="base_model, use_lora, learning_rate (snake_case, as in the spec)"
     )
     warnings = serializers.ListField(child=serializers.CharField())
+    preferenceData = PreferenceDataSerializer(
+        source="preference", allow_null=True,
+        help_text="KTO/DPO: the labelled examples or preference pairs the scored feedback yields, counted as the "
+        "training counts them. Null for the other algorithms, and for an agent with more scored feedback than "
+        "N3_ESTIMATE_SAMPLE (the dry run reads a sample; the training request counts all of it and refuses too few)",
+    )
 
     @extend_schema_field({"type": "string", "enum": ["dry_run"]})
     def get_status(self, estimate) -> str:

@@ -358,3 +358,33 @@ def test_dpo_with_enough_pairs_is_queued(api):
 
     assert response.status_code == 202, response.content
     assert PolicyVersion.objects.get().config["dpo_pair_margin"] == 0.3
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("algorithm, expected", [
+    ("dpo", {"algorithm": "dpo", "pairs": 18, "desirable": None, "undesirable": None, "leftOut": None}),
+    ("kto", {"algorithm": "kto", "pairs": None, "desirable": 6, "undesirable": 6, "leftOut": 6}),
+])
+def test_the_dry_run_says_what_the_feedback_yields_the_algorithm(api, algorithm, expected):
+    """The counts the admin's Train preview shows: 8 prompts of 3 answers (0.9, 0.5, 0.1), 2 held out for the
+    evaluation; DPO pairs each two of a prompt's answers (3 a prompt), KTO leaves the 0.5s out."""
+    seed_feedback("my_agent", feedback())
+
+    response = api.post("/api/policies/train_policy/my_agent",
+                        {"dryRun": True, "baseModel": MODEL, "algorithm": algorithm}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["preferenceData"] == {**expected, "heldoutPrompts": 2}
+
+
+@pytest.mark.django_db
+def test_the_dry_run_counts_no_pairs_on_a_sample(api, settings):
+    """Above N3_ESTIMATE_SAMPLE records the dry run reads a sample, whose pairs would not be the run's: null."""
+    settings.N3_ESTIMATE_SAMPLE = 12
+    seed_feedback("my_agent", feedback())
+
+    response = api.post("/api/policies/train_policy/my_agent",
+                        {"dryRun": True, "baseModel": MODEL, "algorithm": "dpo"}, format="json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["preferenceData"] is None and response.json()["feedbackCount"] == 24

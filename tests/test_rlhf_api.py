@@ -24,10 +24,12 @@ from training.progress import JobProgress, result_metrics
 pytestmark = pytest.mark.django_db
 
 MODEL = "n3-tiny-random"
-# The spec's "Dry Run" body keys; we add "warnings" (a list) and "estimateSource" ("measured" or "default").
+# The spec's "Dry Run" body keys, and the ones we add: "warnings" (a list), "estimateSource" ("measured" or "rough")
+# and "preferenceData" (KTO/DPO's counts, else null).
 DRY_RUN_KEYS = {
     "status", "feedbackCount", "estimatedSteps", "estimatedTimeMinutes", "scoreMean", "scoreStd", "modelConfig"
 }
+ADDED_DRY_RUN_KEYS = {"warnings", "estimateSource", "preferenceData"}
 # The spec's "Training Success" body keys.
 SUCCESS_KEYS = {
     "status", "policyId", "version", "modelPath", "rewardModelPath", "feedbackCount", "trainingSteps", "rewardMean",
@@ -313,7 +315,7 @@ def test_dry_run_answers_exactly_the_spec_keys_plus_warnings(api):
 
     assert response.status_code == 200, response.content
     body = response.json()
-    assert set(body) == DRY_RUN_KEYS | {"warnings", "estimateSource"}
+    assert set(body) == DRY_RUN_KEYS | ADDED_DRY_RUN_KEYS
     assert body["status"] == "dry_run"
     assert body["feedbackCount"] == 12  # scored feedback only
     assert body["estimatedSteps"] == 40
@@ -323,6 +325,7 @@ def test_dry_run_answers_exactly_the_spec_keys_plus_warnings(api):
     assert body["scoreStd"] == pytest.approx(math.sqrt(sum((s - body["scoreMean"]) ** 2 for s in scores) / len(scores)))
     assert body["modelConfig"] == {"base_model": MODEL, "use_lora": True, "learning_rate": 1e-5}
     assert any("may overfit" in warning for warning in body["warnings"])  # 12 < the recommended 50
+    assert body["preferenceData"] is None  # PPO
     assert not PolicyVersion.objects.exists()
 
 
@@ -847,7 +850,7 @@ def test_quick_start(api):
     # 2. Estimate training (dry run).
     dry = api.post("/api/policies/train_policy/my_agent", {"dryRun": True, "maxSteps": 1000, "learningRate": 1e-5})
     assert dry.status_code == 200, dry.content
-    assert set(dry.json()) - {"warnings", "estimateSource"} == DRY_RUN_KEYS
+    assert set(dry.json()) - ADDED_DRY_RUN_KEYS == DRY_RUN_KEYS
     assert dry.json()["feedbackCount"] == 10 and dry.json()["estimatedSteps"] == 1000
 
     # 3. Train policy.
