@@ -319,6 +319,8 @@ def test_a_bad_number_of_prompts_is_a_400_that_says_why(agent, pair, engineer, c
     # 2 pairs asked for; the 3 prompts there are drawn, the spare one for a pair that turns out identical.
     comparison = Comparison.objects.get()
     assert (comparison.requested, comparison.items.count()) == (2, 3)
+    page = unescape(client.get(url).content.decode())
+    assert f"Blind comparison {comparison.pk} started for 2 pairs on 3 prompts drawn (" in page
 
 
 def test_starting_a_comparison_needs_the_change_permission(pair):

@@ -215,8 +215,10 @@ def start_blind_comparison(request: HttpRequest, version: PolicyVersion, other: 
     except ServiceError as exc:
         messages.error(request, f"No blind comparison started: {exc}")
         return None
-    messages.success(request, f"Blind comparison {comparison.pk} started on {comparison.items.count()} prompts "
-                              f"({comparison.prompt_source}); a worker is generating the responses.")
+    # Up to DRAWS_PER_PAIR prompts are drawn per pair asked for: pairs answered alike are ties, not votes.
+    messages.success(request, f"Blind comparison {comparison.pk} started for {comparison.requested} pairs on "
+                              f"{comparison.items.count()} prompts drawn ({comparison.prompt_source}); a worker is "
+                              "generating the responses.")
     return redirect(f"{request.path}?other={other.pk}#n3-blind-comparison")
 
 
