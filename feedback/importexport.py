@@ -16,7 +16,7 @@ many as are stored: two identical rows stored twice stay two), and counted as al
 CSV cells may be as long as a request body (``N3_MAX_BODY_BYTES``), not the csv module's 131,072 characters.
 Import is all or nothing: every line is parsed and checked first (by the REST API's rules,
 ``n3_server.rlhf.records``), each problem is reported with its line number, and only a file without problems
-is stored, in one transaction, through ``record_feedback_batch``.
+is stored, in one transaction, through ``import_feedback_batch``.
 Export streams rows from the database in chunks, so a large agent never sits in memory.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/cs
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 # Stop collecting problems after this many: a wrong file usually fails on every line.
 MAX_ERRORS = 1000
-# Records per record_feedback_batch call (all inside one transaction).
+# Records per import_feedback_batch call (all inside one transaction).
 BATCH_SIZE = 2000
 # Items per query for their reviews on export (SQLite allows 999 parameters in old builds).
 _REVIEWS_CHUNK = 500
@@ -141,9 +141,7 @@ def import_feedback(
         with transaction.atomic():
             for start in range(0, len(records), BATCH_SIZE):
                 batch = records[start:start + BATCH_SIZE]
-                results = services.record_feedback_batch(
-                    agent_name=agent_name, records=batch, source=Feedback.Source.IMPORT, user=user, stored=True,
-                )
+                results = services.import_feedback_batch(agent_name=agent_name, records=batch, user=user)
                 created += sum(1 for _, was_created in results if was_created)
                 unknown_reviewers.update(
                     record["reviewer"] for record, (feedback, was_created) in zip(batch, results)

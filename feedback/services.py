@@ -1,5 +1,6 @@
-"""Recording feedback: one record (the API's hot path) or a batch (the API's list body, file imports), a later
-change to a stored one (an end user's score arriving after the response), and a lead settling a disagreement.
+"""Recording feedback: one record (the API's hot path) or a batch (the API's list body; a file import's, with what
+an export writes besides the records, through its own ``import_feedback_batch``), a later change to a stored one
+(an end user's score arriving after the response), and a lead settling a disagreement.
 
 Records are dicts in model field names: prompt, response, score (0..1 or None: awaiting review),
 run_id, notes, policy_version ("v3": the agent's version that produced the response, or None); what a valid one
@@ -9,7 +10,7 @@ With its agent, a non-empty run_id is an idempotency key: storing the same recor
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
 from django.conf import settings
@@ -143,48 +144,91 @@ def record_feedback_batch(
     records: list[dict[str, Any]],
     source: str = Feedback.Source.API,
     user: Optional[AbstractBaseUser] = None,
-    stored: bool = False,
 ) -> list[tuple[Feedback, bool]]:
     """Store many records in one transaction, all or nothing; returns (feedback, created) per record, in order.
 
-    ``stored`` (file imports): records may carry what an export writes besides the record: ``source`` (kept;
-    default ``source``), ``reviewer`` (a username: kept when that user exists here, else left empty) and
-    ``reviewed_at`` (ISO 8601). A record with either of the last two keys is stored as they say; one without them
-    and with a score has ``user`` as its reviewer, now (as any record from a person: not through the API). A
-    non-empty ``reviews`` list (an export's) becomes the item's reviews instead of that reviewer's single one
-    (``_keep_reviews``); its score is stored as the record says (not recomputed from them).
-    Raises BatchValidationError listing (index, message) for every bad record (or run_id repeated with other
-    content, or version the agent does not have), BatchConflict for run_ids stored with other content,
-    ValidationError for a bad agent name.
+    A record with a score stored by ``user`` other than through the API has ``user`` as its reviewer, now (as
+    ``record_feedback``). Raises BatchValidationError listing (index, message) for every bad record (or run_id
+    repeated with other content, or version the agent does not have), BatchConflict for run_ids stored with other
+    content, ValidationError for a bad agent name.
     """
+    versions = _checked_batch(agent_name, records, stored=False)
+
+    def build(agent: Agent, record: dict[str, Any]) -> Feedback:
+        return _new_feedback(agent, record, source=source, user=user,
+                             policy_version=versions.get(record.get("policy_version") or ""))
+
+    def keep(new: list[Feedback], new_records: list[dict[str, Any]]) -> None:
+        _keep_reviews(new)
+
+    return _store_batch(agent_name, records, build=build, keep=keep)
+
+
+def import_feedback_batch(
+    *,
+    agent_name: str,
+    records: list[dict[str, Any]],
+    source: str = Feedback.Source.IMPORT,
+    user: Optional[AbstractBaseUser] = None,
+) -> list[tuple[Feedback, bool]]:
+    """A file import's records (feedback/importexport.py), stored as ``record_feedback_batch`` stores them, with
+    what an export writes besides the record: ``source`` (kept; default ``source``), ``reviewer`` (a username: kept
+    when that user exists here, else left empty) and ``reviewed_at`` (ISO 8601). A record with either of the last
+    two keys is stored as they say; one without them and with a score has ``user`` as its reviewer, now (as any
+    record from a person: not through the API). A non-empty ``reviews`` list (an export's) becomes the item's reviews
+    instead of that reviewer's single one (``_keep_imported_reviews``); its score is stored as the record says (not
+    recomputed from them). Raises as ``record_feedback_batch``.
+    """
+    versions = _checked_batch(agent_name, records, stored=True)
+    reviewers = users_named(reviewer_names(records))
+
+    def build(agent: Agent, record: dict[str, Any]) -> Feedback:
+        return _imported_feedback(agent, record, source=source, user=user, reviewers=reviewers,
+                                  policy_version=versions.get(record.get("policy_version") or ""))
+
+    def keep(new: list[Feedback], new_records: list[dict[str, Any]]) -> None:
+        _keep_imported_reviews(new, listed=[record.get("reviews") for record in new_records], reviewers=reviewers)
+
+    return _store_batch(agent_name, records, build=build, keep=keep)
+
+
+def _checked_batch(agent_name: str, records: list[Any], *, stored: bool) -> dict[str, PolicyVersion]:
+    """The versions the batch names, by name; BatchValidationError for bad records or versions the agent lacks."""
     problems = batch_problems(records, stored=stored)
     if problems:
         raise BatchValidationError(problems)
-    if not records:
-        return []
     labels = [record.get("policy_version") for record in records]
     versions = _versions_of(agent_name, [label for label in labels if label]) if any(labels) else {}
     unknown = [(index, f"policyVersion {_unknown_version(agent_name, label)}")
                for index, label in enumerate(labels) if label and label not in versions]
     if unknown:
         raise BatchValidationError(unknown)
-    reviewers = users_named(reviewer_names(records)) if stored else None
-    kwargs = {"source": source, "user": user, "versions": versions, "reviewers": reviewers}
+    return versions
+
+
+def _store_batch(
+    agent_name: str, records: list[dict[str, Any]], *, build: Callable[[Agent, dict[str, Any]], Feedback],
+    keep: Callable[[list[Feedback], list[dict[str, Any]]], None],
+) -> list[tuple[Feedback, bool]]:
+    """The batch in one transaction: ``build`` makes a new record's row, ``keep`` stores the reviews of the new
+    rows (given with their records)."""
+    if not records:
+        return []
     try:
         with transaction.atomic():
-            return _store_batch(agent_name, records, **kwargs)
+            return _store_batch_once(agent_name, records, build=build, keep=keep)
     except IntegrityError:
         # Another request stored one of these run_ids between our lookup and our insert (possible
         # on PostgreSQL; SQLite's IMMEDIATE transactions serialise writers), or the cached agent
         # was deleted since: look again, once.
         _forget_agent(agent_name)
         with transaction.atomic():
-            return _store_batch(agent_name, records, **kwargs, cached_agent=False)
+            return _store_batch_once(agent_name, records, build=build, keep=keep, cached_agent=False)
 
 
-def _store_batch(
-    agent_name: str, records: list[dict[str, Any]], *, source: str, user, versions: dict[str, PolicyVersion],
-    reviewers: Optional[dict[str, AbstractBaseUser]], cached_agent: bool = True,
+def _store_batch_once(
+    agent_name: str, records: list[dict[str, Any]], *, build: Callable[[Agent, dict[str, Any]], Feedback],
+    keep: Callable[[list[Feedback], list[dict[str, Any]]], None], cached_agent: bool = True,
 ) -> list[tuple[Feedback, bool]]:
     agent = _agent_for(agent_name)[0] if cached_agent else get_or_create_agent(name=agent_name)
     run_ids = sorted({record["run_id"] for record in records if record.get("run_id")})
@@ -193,7 +237,7 @@ def _store_batch(
         for stored in _stored(agent).filter(run_id__in=run_ids[start:start + _LOOKUP_CHUNK]):
             stored.agent = agent
             known[stored.run_id] = stored
-    results, new, listed, conflicts = [], [], [], []
+    results, new, new_records, conflicts = [], [], [], []
     for index, record in enumerate(records):
         run_id = record.get("run_id") or ""
         if run_id in known:  # stored before, or earlier in this batch (the same record: batch_problems checked)
@@ -202,44 +246,54 @@ def _store_batch(
                 conflicts.append((index, _conflict_message(agent, stored)))
             results.append((stored, False))
             continue
-        feedback = _new_feedback(agent, record, source=source, user=user,
-                                 policy_version=versions.get(record.get("policy_version") or ""),
-                                 reviewers=reviewers)
+        feedback = build(agent, record)
         new.append(feedback)
-        listed.append(record.get("reviews") if reviewers is not None else None)
+        new_records.append(record)
         results.append((feedback, True))
         if run_id:
             known[run_id] = feedback
     if conflicts:
         raise BatchConflict(conflicts)
     Feedback.objects.bulk_create(new)
-    _keep_reviews(new, listed=listed, reviewers=reviewers)
+    keep(new, new_records)
     return results
 
 
-def _keep_reviews(
-    new: list[Feedback], *, listed: Optional[list[Optional[list[dict]]]] = None,
-    reviewers: Optional[dict[str, AbstractBaseUser]] = None,
-) -> None:
+def _reviewer_review(feedback: Feedback) -> Optional[Review]:
+    """The review a score stored with its reviewer is (none without a reviewer or a score)."""
+    if feedback.reviewer_id is None or feedback.score is None:
+        return None
+    return Review(feedback=feedback, reviewer_id=feedback.reviewer_id, score=feedback.score, notes=feedback.notes)
+
+
+def _keep_reviews(new: list[Feedback]) -> None:
     """A score stored with its reviewer (entered in the admin, imported from a file) is that reviewer's review, as
     the queue's are: agreement, "my recent reviews" and the item's mean see it (migration feedback/0002 did the same
-    for scores given before reviews were kept). An agent's API posts have no reviewer: nothing to do.
+    for scores given before reviews were kept). An agent's API posts have no reviewer: nothing to do."""
+    reviews = [review for review in map(_reviewer_review, new) if review is not None]
+    if reviews:
+        Review.objects.bulk_create(reviews)
 
-    ``listed`` (file imports, one entry per item of ``new``): an item's non-empty ``reviews`` list replaces that
-    single review: one Review per entry whose reviewer is a user here (``reviewers``; an unknown one is skipped) or
-    null (a deleted user's review: kept without a reviewer, as agreement counts it), given and last changed at its
-    reviewedAt (else now). The times are set by a second UPDATE: bulk_create always writes now into auto_now fields,
-    bulk_update writes what the rows say."""
+
+def _keep_imported_reviews(
+    new: list[Feedback], *, listed: list[Optional[list[dict]]], reviewers: dict[str, AbstractBaseUser]
+) -> None:
+    """``_keep_reviews`` for a file import, whose items may list their reviews (``listed``, one entry per item of
+    ``new``): an item's non-empty ``reviews`` list replaces its reviewer's single review: one Review per entry whose
+    reviewer is a user here (``reviewers``; an unknown one is skipped) or null (a deleted user's review: kept
+    without a reviewer, as agreement counts it), given and last changed at its reviewedAt (else now). The times are
+    set by a second UPDATE: bulk_create always writes now into auto_now fields, bulk_update writes what the rows
+    say."""
     reviews, timed = [], []
-    for feedback, entries in zip(new, listed or [None] * len(new)):
+    for feedback, entries in zip(new, listed):
         if not entries:
-            if feedback.reviewer_id is not None and feedback.score is not None:
-                reviews.append(Review(feedback=feedback, reviewer_id=feedback.reviewer_id, score=feedback.score,
-                                      notes=feedback.notes))
+            single = _reviewer_review(feedback)
+            if single is not None:
+                reviews.append(single)
             continue
         for entry in entries:
             name = entry.get("reviewer")
-            reviewer = (reviewers or {}).get(name) if name else None
+            reviewer = reviewers.get(name) if name else None
             if name and reviewer is None:
                 continue
             review = Review(feedback=feedback, reviewer=reviewer, score=rules.clean_score(entry["score"]),
@@ -383,17 +437,10 @@ def _agent_key(name: str) -> str:
 
 def _new_feedback(
     agent: Agent, record: Mapping[str, Any], *, source: str, user, policy_version: Optional[PolicyVersion] = None,
-    reviewers: Optional[dict[str, AbstractBaseUser]] = None,
 ) -> Feedback:
     score = record.get("score")
-    if reviewers is not None and ("reviewer" in record or "reviewed_at" in record):
-        # A file's own review facts (record_feedback_batch's ``stored``).
-        reviewer = reviewers.get(record.get("reviewer") or "")
-        reviewed_at = rules.parse_timestamp(record["reviewed_at"]) if record.get("reviewed_at") else None
-    else:
-        # A person entering a score by hand or by import is its reviewer; an agent posting through the API is not.
-        reviewer = user if user is not None and score is not None and source != Feedback.Source.API else None
-        reviewed_at = timezone.now() if reviewer else None
+    # A person entering a score by hand or by import is its reviewer; an agent posting through the API is not.
+    reviewer = user if user is not None and score is not None and source != Feedback.Source.API else None
     return Feedback(
         agent=agent,
         prompt=record["prompt"],
@@ -401,11 +448,24 @@ def _new_feedback(
         score=rules.clean_score(score),
         run_id=record.get("run_id") or "",
         notes=record.get("notes") or "",
-        source=(record.get("source") or source) if reviewers is not None else source,
+        source=source,
         policy_version=policy_version,
         reviewer=reviewer,
-        reviewed_at=reviewed_at,
+        reviewed_at=timezone.now() if reviewer else None,
     )
+
+
+def _imported_feedback(
+    agent: Agent, record: Mapping[str, Any], *, source: str, user, policy_version: Optional[PolicyVersion],
+    reviewers: dict[str, AbstractBaseUser],
+) -> Feedback:
+    """``_new_feedback`` with what a file's record says besides: its source, and its own review facts."""
+    feedback = _new_feedback(agent, record, source=source, user=user, policy_version=policy_version)
+    feedback.source = record.get("source") or source
+    if "reviewer" in record or "reviewed_at" in record:
+        feedback.reviewer = reviewers.get(record.get("reviewer") or "")
+        feedback.reviewed_at = rules.parse_timestamp(record["reviewed_at"]) if record.get("reviewed_at") else None
+    return feedback
 
 
 def _same_content(stored: Feedback, record: Mapping[str, Any]) -> bool:

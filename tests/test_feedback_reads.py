@@ -213,10 +213,10 @@ def mixed(alice, bob):
     agent_name = "bot"
     store(agent_name, 3, prefix="api-scored-", score=0.7)
     store(agent_name, 2, prefix="api-pending-")
-    feedback_services.record_feedback_batch(agent_name=agent_name, records=[
+    feedback_services.import_feedback_batch(agent_name=agent_name, records=[
         {"prompt": "Imported?", "response": "Yes.", "score": 0.4, "run_id": "imported", "source": "import",
          "reviewer": "bob"},
-    ], stored=True)
+    ])
     feedback_services.record_feedback(agent_name=agent_name, prompt="Typed?", response="In the admin.", score=0.9,
                                       run_id="admin", source=Feedback.Source.ADMIN, user=alice)
     agent = Agent.objects.get(name=agent_name)

@@ -430,7 +430,7 @@ def test_admin_import_needs_the_add_permission():
 
 def test_an_imported_score_with_its_reviewer_is_that_reviewers_review(django_user_model):
     """Agreement and "my recent reviews" read Review rows: a file's reviewed scores become them, as queue scores do."""
-    from feedback.services import record_feedback_batch
+    from feedback.services import import_feedback_batch
 
     rita = django_user_model.objects.create_user("rita")
     records = [
@@ -440,7 +440,7 @@ def test_an_imported_score_with_its_reviewer_is_that_reviewers_review(django_use
          "reviewed_at": "2026-11-30T10:00:00+00:00"},
         {"prompt": "Q3?", "response": "A3.", "score": None, "run_id": "r3", "notes": ""},
     ]
-    record_feedback_batch(agent_name="imp", records=records, source="import", user=rita, stored=True)
+    import_feedback_batch(agent_name="imp", records=records, source="import", user=rita)
     assert list(Review.objects.values_list("feedback__run_id", "reviewer__username", "score", "notes")) == [
         ("r1", "rita", 0.8, "fine")
     ]
