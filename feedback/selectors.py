@@ -146,8 +146,8 @@ class ComparisonResult:
 
     @property
     def preferred(self) -> Optional[PolicyVersion]:
-        """The version reviewers prefer, once the interval excludes 0.5 (as the compare page's sentence says it);
-        None while there is no evidence either way."""
+        """The version reviewers prefer, once the interval excludes 0.5; None while there is no evidence either way.
+        The one rule for the verdict: the API's ``preferred`` and the compare page's sentence both read it."""
         if self.tally.ci is None:
             return None
         low, high = self.tally.ci

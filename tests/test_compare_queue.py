@@ -336,12 +336,17 @@ def test_starting_a_comparison_needs_the_change_permission(pair):
     (["a"] * 7 + ["tie"], "Win rate of v2 over v1: 6 % (95 % interval 1–40 %) on 8 judged pairs: reviewers prefer v1"),
 ])
 def test_the_panel_says_which_version_reviewers_prefer(pair, choices, verdict):
+    """As the API's ``preferred`` says it (feedback.selectors.ComparisonResult.preferred, the one rule)."""
+    from feedback.selectors import latest_comparison_of
     from training.comparisons import comparison_panel
 
     comparison = ready(make_comparison(pair, [f"q{n}" for n in range(8)]))
     for item, choice in zip(comparison.items.all(), choices):
         ComparisonItem.objects.filter(pk=item.pk).update(choice=choice)
-    assert comparison_panel(version=pair[0], other=pair[1])["sentence"] == verdict
+    panel = comparison_panel(version=pair[0], other=pair[1])
+    assert panel["sentence"] == verdict
+    preferred = latest_comparison_of(version_a=pair[0], version_b=pair[1]).preferred
+    assert verdict.endswith(f"reviewers prefer {preferred.version}") and panel["better"] == (preferred == pair[1])
 
 
 # --- the worker, for real ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from django_q.tasks import async_task
 
 from feedback import comparisons
 from feedback.models import Comparison, Feedback
+from feedback.selectors import latest_comparison_of
 from n3_server.rlhf import RLHFError, TrainingConfig
 from n3_server.rlhf.data import heldout_split
 from n3site.exceptions import ServiceError
@@ -151,7 +152,8 @@ def comparison_panel(*, version: PolicyVersion, other: PolicyVersion) -> dict:
     """The compare page's blind-comparison panel: the pair's latest comparison with its tally in words, and how
     many prompts a new one would get."""
     version_a, version_b = ordered_pair(version, other)
-    comparison = comparisons.latest_comparison(version_a=version_a, version_b=version_b)
+    result = latest_comparison_of(version_a=version_a, version_b=version_b)
+    comparison = result.comparison if result else None
     panel: dict = {"a": version_a, "b": version_b, "comparison": comparison}
     panel["trained"] = trained = all(v.status == PolicyVersion.Status.TRAINED for v in (version_a, version_b))
     if trained and (comparison is None or comparison.status != Comparison.Status.GENERATING):
@@ -165,22 +167,22 @@ def comparison_panel(*, version: PolicyVersion, other: PolicyVersion) -> dict:
             available = (len(prompts), source)
             cache.set(key, available, PROMPT_COUNT_CACHE_S)
         panel["available"], panel["source"] = available
-    if comparison is not None:
+    if result is not None:
         # Versions of an old comparison in the other order: say which is which as stored.
         panel["a"], panel["b"] = comparison.version_a, comparison.version_b
-        tally = comparisons.tally(comparison=comparison)
+        tally = result.tally
         panel["tally"] = tally
         panel["queue_url"] = reverse("review:compare", args=[comparison.pk])
         if tally.n:
             low, high = tally.ci
             a, b = panel["a"].version, panel["b"].version
-            verdict = (f"reviewers prefer {b}" if low > 0.5 else f"reviewers prefer {a}" if high < 0.5
-                       else "no evidence either way yet")
+            preferred = result.preferred  # the API's "preferred" too: one rule for both
+            verdict = f"reviewers prefer {preferred.version}" if preferred else "no evidence either way yet"
             panel["sentence"] = (
                 f"Win rate of {b} over {a}: {100 * tally.win_rate:.0f} % (95 % interval {100 * low:.0f}–"
                 f"{100 * high:.0f} %) on {tally.n} judged pair{'s' if tally.n != 1 else ''}: {verdict}"
             )
-            panel["better"] = low > 0.5
+            panel["better"] = preferred == comparison.version_b
         if comparison.status == Comparison.Status.READY:
             panel["identical_sentence"] = identical_sentence(comparison=comparison, tally=tally)
     return panel
