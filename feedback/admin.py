@@ -18,7 +18,7 @@ from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
-from n3_server.rlhf import records as rules
+from n3_server.rlhf.records import FIELDS, check_score, record_problems
 from n3site.exceptions import ServiceError
 from policies.models import Agent
 
@@ -73,16 +73,16 @@ class FeedbackForm(forms.ModelForm):
         if score is None:
             return None  # no score: back in the review queue
         try:
-            return rules.check_score(score)
+            return check_score(score)
         except ValueError as exc:
             raise forms.ValidationError(str(exc)) from None
 
     def clean(self):
         cleaned = super().clean()
-        record = {name: cleaned.get(name, getattr(self.instance, name, "")) for name in rules.FIELDS}
+        record = {name: cleaned.get(name, getattr(self.instance, name, "")) for name in FIELDS}
         # The version is a row here (chosen among the agent's versions below), not a name to check.
         record.update(score=None, policy_version=None)
-        for field, message in rules.record_problems(record):
+        for field, message in record_problems(record):
             if field in self.fields and field not in self.errors:
                 self.add_error(field, message[:1].upper() + message[1:])
         version, agent = cleaned.get("policy_version"), cleaned.get("agent")

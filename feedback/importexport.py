@@ -37,17 +37,26 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 
-from n3_server.rlhf import records as rules
+from n3_server.rlhf.records import (
+    FILE_JSON_NAMES,
+    FILE_PYTHON_NAMES,
+    JSON_NAMES,
+    REVIEW_FIELDS,
+    STORED_JSON_NAMES,
+    describe,
+    record_problems,
+    run_id_repeats,
+)
 from n3site.exceptions import ServiceError
 
 from . import services
 from .models import Feedback, Review
 
 # The API's field names, then the stored facts: a file's columns, in order.
-FIELDS = tuple(rules.JSON_NAMES.values())
-COLUMNS = tuple(rules.FILE_JSON_NAMES.values())
+FIELDS = tuple(JSON_NAMES.values())
+COLUMNS = tuple(FILE_JSON_NAMES.values())
 # Cells that an empty CSV cell leaves unset (None), as an export writes a missing value.
-_NULLABLE = ("policyVersion", *rules.STORED_JSON_NAMES.values())
+_NULLABLE = ("policyVersion", *STORED_JSON_NAMES.values())
 REQUIRED = ("prompt", "response")
 FORMATS = ("jsonl", "csv")
 CONTENT_TYPES = {"jsonl": "application/x-ndjson; charset=utf-8", "csv": "text/csv; charset=utf-8"}
@@ -117,7 +126,7 @@ def import_feedback(
     lines, records, errors = [], [], []
     for line, record, error in (_parse_jsonl if fmt == "jsonl" else _parse_csv)(_text(stream)):
         problems = [error] if error else [
-            rules.describe(p, rules.FILE_JSON_NAMES) for p in rules.record_problems(record, stored=True)
+            describe(p, FILE_JSON_NAMES) for p in record_problems(record, stored=True)
         ]
         errors += [(line, problem) for problem in problems]
         if len(errors) >= MAX_ERRORS:
@@ -128,7 +137,7 @@ def import_feedback(
         errors = [
             (lines[index], f"runId '{run_id}' is repeated with different content (lines {lines[first]} and "
                            f"{lines[index]})")
-            for index, first, run_id in rules.run_id_repeats(records)
+            for index, first, run_id in run_id_repeats(records)
         ]
     if errors:
         raise ImportFailed(errors)
@@ -287,14 +296,14 @@ def _csv_json(text: str):
 
 def _record(number: int, row: dict) -> tuple[int, dict, str]:
     """One row in the API's names -> a record in model names (the rules check the content)."""
-    unknown = [key for key in row if key not in rules.FILE_PYTHON_NAMES]
+    unknown = [key for key in row if key not in FILE_PYTHON_NAMES]
     if unknown:
         return number, {}, "; ".join(_unknown(str(key)) for key in unknown)
-    return number, {rules.FILE_PYTHON_NAMES[key]: value for key, value in row.items()}, ""
+    return number, {FILE_PYTHON_NAMES[key]: value for key, value in row.items()}, ""
 
 
 def _unknown(key: str) -> str:
-    hint = rules.FILE_JSON_NAMES.get(key)
+    hint = FILE_JSON_NAMES.get(key)
     return f"unknown field '{key}'" + (f" (did you mean '{hint}'?)" if hint and hint != key else "")
 
 
@@ -303,10 +312,10 @@ def _unknown(key: str) -> str:
 
 # What export reads of a row, in COLUMNS' order but reviews (read per chunk of rows): the related rows' names
 # instead of their ids.
-_READ = tuple(name for name in rules.FILE_JSON_NAMES if name != "reviews")
+_READ = tuple(name for name in FILE_JSON_NAMES if name != "reviews")
 _EXPORTED = tuple({"policy_version": "policy_version__number", "reviewer": "reviewer__username"}.get(name, name)
                   for name in _READ)
-_READ_COLUMNS = tuple(rules.FILE_JSON_NAMES[name] for name in _READ)
+_READ_COLUMNS = tuple(FILE_JSON_NAMES[name] for name in _READ)
 
 
 def export_lines(*, queryset: QuerySet[Feedback], fmt: str, chunk_rows: int = 1000) -> Iterator[str]:
@@ -349,7 +358,7 @@ def _reviews_of(feedback_ids: list[int]) -> dict[int, list[dict]]:
         found = (Review.objects.filter(feedback_id__in=feedback_ids[start:start + _REVIEWS_CHUNK]).order_by("id")
                  .values_list("feedback_id", "reviewer__username", "score", "notes", "updated_at"))
         for feedback_id, reviewer, score, notes, updated_at in found:
-            reviews[feedback_id].append(dict(zip(rules.REVIEW_FIELDS, (reviewer, score, notes,
+            reviews[feedback_id].append(dict(zip(REVIEW_FIELDS, (reviewer, score, notes,
                                                                         updated_at.isoformat()))))
     return reviews
 

@@ -21,7 +21,16 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from n3_server.rlhf import records as rules
+from n3_server.rlhf.records import (
+    JSON_NAMES,
+    clean_score,
+    content,
+    describe,
+    parse_timestamp,
+    record_problems,
+    run_id_repeats,
+    update_problems,
+)
 from n3site.exceptions import Conflict, NotFound, ServiceError
 from policies.models import Agent, PolicyVersion, agent_name_validator
 from policies.selectors import get_agent
@@ -59,13 +68,13 @@ class BatchConflict(BatchValidationError):
 
 def batch_problems(records: list[Any], *, stored: bool = False) -> list[tuple[int, str]]:
     """(index, message) for each bad record of a batch, and for each run_id repeated in it with other content."""
-    problems = [(index, rules.describe(problem)) for index, record in enumerate(records)
-                for problem in rules.record_problems(record, stored=stored)]
+    problems = [(index, describe(problem)) for index, record in enumerate(records)
+                for problem in record_problems(record, stored=stored)]
     if not problems:
         problems = [
             (index, f"runId '{run_id}' is repeated in this request with different content (records {first} and "
                     f"{index})")
-            for index, first, run_id in rules.run_id_repeats(records)
+            for index, first, run_id in run_id_repeats(records)
         ]
     return problems
 
@@ -92,9 +101,9 @@ def record_feedback(
     label = policy_version.version if isinstance(policy_version, PolicyVersion) else policy_version
     record = {"prompt": prompt, "response": response, "score": score, "run_id": run_id, "notes": notes,
               "policy_version": label}
-    problems = rules.record_problems(record)
+    problems = record_problems(record)
     if problems:
-        raise ValidationError([rules.describe(problem) for problem in problems])
+        raise ValidationError([describe(problem) for problem in problems])
     if isinstance(policy_version, PolicyVersion):
         if policy_version.agent.name != agent_name:
             raise ValidationError({"policyVersion": [_unknown_version(agent_name, label)]})
@@ -296,10 +305,10 @@ def _keep_imported_reviews(
             reviewer = reviewers.get(name) if name else None
             if name and reviewer is None:
                 continue
-            review = Review(feedback=feedback, reviewer=reviewer, score=rules.clean_score(entry["score"]),
+            review = Review(feedback=feedback, reviewer=reviewer, score=clean_score(entry["score"]),
                             notes=entry.get("notes") or "")
             reviews.append(review)
-            reviewed_at = rules.parse_timestamp(entry["reviewedAt"]) if entry.get("reviewedAt") else None
+            reviewed_at = parse_timestamp(entry["reviewedAt"]) if entry.get("reviewedAt") else None
             if reviewed_at is not None:
                 timed.append((review, reviewed_at))
     if reviews:
@@ -317,9 +326,9 @@ def update_feedback(
 
     A score is a lead's decision (``decide_score``). Raises ValidationError (bad change) or NotFound (agent, run_id).
     """
-    problems = rules.update_problems(changes)
+    problems = update_problems(changes)
     if problems:
-        raise ValidationError([rules.describe(problem, rules.JSON_NAMES) for problem in problems])
+        raise ValidationError([describe(problem, JSON_NAMES) for problem in problems])
     agent = get_agent(name=agent_name)
     feedback = _stored(agent).filter(run_id=run_id).first() if run_id else None
     if feedback is None:
@@ -329,7 +338,7 @@ def update_feedback(
             feedback.notes = changes["notes"]
             feedback.save(update_fields=["notes", "updated_at"])
         if "score" in changes:
-            decide_score(feedback_id=feedback.pk, score=rules.clean_score(changes["score"]), user=user)
+            decide_score(feedback_id=feedback.pk, score=clean_score(changes["score"]), user=user)
             feedback.refresh_from_db(fields=["score", "reviewer", "reviewed_at", "claimed_by", "claimed_until",
                                              "updated_at"])
     feedback.agent = agent
@@ -445,7 +454,7 @@ def _new_feedback(
         agent=agent,
         prompt=record["prompt"],
         response=record["response"],
-        score=rules.clean_score(score),
+        score=clean_score(score),
         run_id=record.get("run_id") or "",
         notes=record.get("notes") or "",
         source=source,
@@ -464,14 +473,14 @@ def _imported_feedback(
     feedback.source = record.get("source") or source
     if "reviewer" in record or "reviewed_at" in record:
         feedback.reviewer = reviewers.get(record.get("reviewer") or "")
-        feedback.reviewed_at = rules.parse_timestamp(record["reviewed_at"]) if record.get("reviewed_at") else None
+        feedback.reviewed_at = parse_timestamp(record["reviewed_at"]) if record.get("reviewed_at") else None
     return feedback
 
 
 def _same_content(stored: Feedback, record: Mapping[str, Any]) -> bool:
     as_stored = {"prompt": stored.prompt, "response": stored.response, "score": stored.score, "notes": stored.notes,
                  "policy_version": stored.policy_version.version if stored.policy_version_id else None}
-    return rules.content(as_stored) == rules.content(record)
+    return content(as_stored) == content(record)
 
 
 def _conflict_message(agent: Agent, stored: Feedback) -> str:
