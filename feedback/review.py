@@ -28,12 +28,7 @@ from n3_server.rlhf.records import check_score
 from n3site.exceptions import Conflict, NotFound, ServiceError
 
 from .models import LEASE, Feedback, Review, free_for
-from .selectors import (
-    identical_items,
-    not_reviewed_by,
-    reviewable_by,
-    score_summary,  # noqa: F401  (training/admin_views.py imports it from here)
-)
+from .selectors import identical_items, not_reviewed_by, reviewable_by
 
 # Who may see which version wrote a response: leads, those who may change versions (promote one, set the traffic
 # split). Reviewers score blind: under a split, knowing the arm they score biases humanScore, the A/B result.

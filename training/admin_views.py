@@ -15,7 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from feedback.review import score_summary
+from feedback.selectors import score_summary
 from n3_server.rlhf import PRESETS, RLHFError, TrainingConfig, TrainingEstimate
 from n3_server.rlhf.preference_data import PREFERENCE_ALGORITHMS
 from n3site.exceptions import ServiceError
