@@ -27,9 +27,9 @@ from n3_server.rlhf import PRESETS, ConfigError, RewardModelConfig, TrainingConf
 from n3_server.rlhf.metrics import SPEC_NAMES
 from policies.models import PolicyVersion
 from training.deployment import HumanScore, human_scores
-from training.events import MAX_LIMIT as MAX_EVENTS_LIMIT
+from training.jobs.events import MAX_LIMIT as MAX_EVENTS_LIMIT
+from training.jobs.status import PHASE_WORDS, Timing, timing
 from training.selectors import QueueState, queue_state
-from training.status import PHASE_WORDS, Timing, timing
 
 from .query import QuerySerializer
 
@@ -214,7 +214,7 @@ _SNAKE_FIELD = re.compile(r"\b(?:{})\b".format("|".join(sorted(_SNAKE_NAMES, key
 
 
 # --- responses ---------------------------------------------------------------------------------
-# Metrics are stored under the training core's names (training.progress); here, at the edge, they take the spec's
+# Metrics are stored under the training core's names (training.jobs.progress); here, at the edge, they take the spec's
 # camelCase ones.
 
 # A version's latest figures: the core's name -> the API's (the spec's four first: always present, null until known).
@@ -223,7 +223,7 @@ METRIC_NAMES = {
     "duration_seconds": "durationSeconds", "warnings": "warnings", "evaluation": "evaluation",
 }
 SUMMARY_METRICS = tuple(SPEC_NAMES.values())  # rewardMean, rewardStd, kl, loss
-# Stored for the admin's version page only (its phase counter and ETA: training.status), not part of the bodies.
+# Stored for the admin's version page only (its phase counter and ETA: training.jobs.status), not part of the bodies.
 PAGE_ONLY_METRICS = frozenset({"phase_progress"})
 # metrics.reward_model (the core's RewardModel.metrics, plain figures): the ones the API shows, in its order.
 REWARD_MODEL_KEYS = {
@@ -231,7 +231,7 @@ REWARD_MODEL_KEYS = {
     "train_loss": "trainLoss", "train_size": "trainSize", "val_size": "valSize", "epochs": "epochs",
     "fit_seconds": "fitSeconds", "validation": "validation", "best_epoch": "bestEpoch",
 }
-# metrics.evaluation (the core's TrainingResult.evaluation as training.progress stores it). Every figure is shown,
+# metrics.evaluation (the core's TrainingResult.evaluation as training.jobs.progress stores it). Every figure is shown,
 # null when the core left one out, so the block has one shape; the samples only in a version's own body.
 EVALUATION_KEYS = {
     "better": "better", "baseline": "baseline", "scored_by": "scoredBy", "n": "n", "win_rate": "winRate",
@@ -454,7 +454,7 @@ class PolicyVersionSummarySerializer(serializers.Serializer):
     """One item of ``GET /api/policies/<agent>``. Its human scores come from ``context["human_scores"]``
     (training.deployment.human_scores: one query for a whole list), else one query for this version.
 
-    Its last keys (elapsedSeconds, estimatedFinish, progress) were added after the others: training.status.timing,
+    Its last keys (elapsedSeconds, estimatedFinish, progress) were added after the others: training.jobs.status.timing,
     the figures of the admin's status box, read from the version's own fields (no query)."""
 
     version = serializers.CharField(read_only=True, help_text='"v1", "v2", ... per agent')
@@ -607,7 +607,7 @@ class EventQuerySerializer(QuerySerializer):
 
 
 class EventSerializer(serializers.Serializer):
-    """One event of a version's training (training.events.Event)."""
+    """One event of a version's training (training.jobs.events.Event)."""
 
     id = serializers.IntegerField(help_text="Increases in the order the events happen; stable: poll with ?after=")
     createdAt = serializers.DateTimeField(

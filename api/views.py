@@ -29,8 +29,9 @@ from feedback.services import record_feedback, record_feedback_batch, update_fee
 from policies import selectors
 from policies.models import agent_name_validator
 from training import comparisons as blind_comparisons
-from training import deployment, events, services
+from training import deployment, services
 from training import selectors as training_selectors
+from training.jobs import events
 
 from .comparison_serializers import (
     CompareQuerySerializer,

@@ -45,7 +45,7 @@ from n3_server.rlhf import RLHFError, RLHFTrainer, TrainingConfig
 from n3_server.rlhf.base_models import default_models_dir
 from n3_server.rlhf.config import PRESETS
 from tests.reviewers import REVIEWERS, feedback_for, gold_evaluation, prompt_sets
-from training.run import promotion
+from training.jobs.run import promotion
 
 CPU_BUDGET_MIN = {"default": 5.0, "quick_test": 2.0}  # issue 19's targets; other configurations have none
 SAMPLES_PER_PROMPT = 3

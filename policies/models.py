@@ -68,7 +68,7 @@ class PolicyVersion(models.Model):
     # the job starts. A bound, not a list of ids: it stays one value for millions of rows.
     feedback_through_id = models.BigIntegerField(null=True, blank=True)
     # Latest figures under the training core's names (objective/scores, objective/kl, loss/total, ...), the reward
-    # model's fit, warnings, evaluation (training.progress writes it); the per-step figures are TrainingStep rows.
+    # model's fit, warnings, evaluation (training.jobs.progress writes it); the per-step figures are TrainingStep rows.
     metrics = models.JSONField(default=dict, blank=True)
     step = models.PositiveIntegerField(default=0)
     max_steps = models.PositiveIntegerField(default=0)

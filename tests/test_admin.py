@@ -313,7 +313,8 @@ def test_compare_page_side_by_side(trained, engineer):
 # --- evaluation and warnings -----------------------------------------------------------------------------
 POOR_FIT = ("Reward model is no better than predicting the mean score (cross-validated MSE 0.16 vs 0.15): "
             "its scores carry little of the reviewers' judgement.")
-# metrics.evaluation as training.progress stores it (the core's names, held-out prompts counted, at most 8 samples).
+# metrics.evaluation as training.jobs.progress stores it (the core's names, held-out prompts counted, at most 8
+# samples).
 EVALUATION = {
     "better": True, "baseline": "base model n3-tiny", "scored_by": "this version's reward model", "n": 64,
     "heldout_prompts": 12, "split_seed": 42, "win_rate": 0.66, "win_rate_ci": [0.55, 0.76], "reward_mean": 0.71,
@@ -351,7 +352,7 @@ def test_version_page_shows_the_evaluation_its_samples_and_a_warning_badge(evalu
 
 
 def test_a_reward_difference_that_rounds_to_zero_shows_no_minus_sign(agent):
-    from training.admin_views import evaluation_view
+    from training.admin.views import evaluation_view
 
     version = PolicyVersion(agent=agent, number=1, metrics={
         "evaluation": {**EVALUATION, "reward_diff": -0.001, "reward_diff_ci": [-0.004, 0.003]}})

@@ -14,9 +14,9 @@ from feedback.models import Comparison, Feedback
 from n3_server.rlhf.stats import wilson_interval
 from policies.models import Agent, PolicyVersion
 from tests.users import login, staff
-from training.admin_views import human_score_rows, signed
+from training.admin.views import human_score_rows, signed
 from training.deployment import t975
-from training.progress import evaluation_metrics
+from training.jobs.progress import evaluation_metrics
 from training.selectors import version_comparison
 
 pytestmark = pytest.mark.django_db

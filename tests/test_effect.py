@@ -16,7 +16,7 @@ import torch
 from n3_server.rlhf import RLHFTrainer, TrainingConfig
 from n3_server.rlhf.base_models import load_causal_lm
 from tests.reviewers import feedback_for, gold_evaluation, prompt_sets
-from training.run import promotion
+from training.jobs.run import promotion
 
 pytestmark = pytest.mark.slow
 

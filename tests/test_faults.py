@@ -30,7 +30,8 @@ from feedback import services as feedback_services
 from n3_server.rlhf.results import RESULTS_FILE
 from policies.models import Agent
 from tests.sites import LEAN_CONFIG, children_of, descendants, feedback_records, make_site, tmp_models_dir
-from training import jobs, run, services
+from training import services
+from training.jobs import run, transitions
 
 LEFTOVERS = ("policy", "reward_model", ".policy.tmp", ".reward_model.tmp", RESULTS_FILE)
 
@@ -58,7 +59,7 @@ def queued_version(max_steps: int = 2, **overrides):
         agent=agent, overrides={**LEAN_CONFIG, "max_steps": max_steps, **overrides}
     )
     version = services.queue_training(agent=agent, config=config, enqueue=False)
-    assert jobs.claim_version(version_id=version.pk)
+    assert transitions.claim_version(version_id=version.pk)
     return version
 
 

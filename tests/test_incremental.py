@@ -19,7 +19,8 @@ from n3_server.rlhf import ConfigError, TrainingConfig
 from n3_server.rlhf.base_models import load_causal_lm
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, feedback_records, tmp_models_dir
-from training import jobs, run, services
+from training import services
+from training.jobs import run, transitions
 
 pytestmark = pytest.mark.django_db
 
@@ -50,7 +51,7 @@ def version(agent: Agent, number: int, status: str = "trained", **fields) -> Pol
 def train(agent: Agent, **overrides) -> PolicyVersion:
     config = services.resolve_training_config(agent=agent, overrides={"max_steps": 2, **overrides})
     queued = services.queue_training(agent=agent, config=config, enqueue=False)
-    jobs.claim_version(version_id=queued.pk)
+    transitions.claim_version(version_id=queued.pk)
     return run.run_version(version_id=queued.pk)
 
 
@@ -281,7 +282,7 @@ def test_a_process_killed_while_it_promotes_leaves_neither_trained_nor_promoted_
     it waited for the write lock inside promote_version left the version trained, not active, with no note, and the
     old version active for good. Now both commit together: killed there, the version is still running (no
     promotion lost in silence), and the sweep fails it with its reason once its heartbeat is stale."""
-    from training import sweep
+    from training.jobs import sweep
 
     agent = agent_with_feedback()
     v1 = train(agent, promote="always", fall_back_to_start=False)

@@ -14,10 +14,10 @@ from n3_server.rlhf.progress import Progress
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, add_steps, feedback_records, tmp_models_dir
 from training import files
-from training import progress as progress_module
-from training.events import STAGE, step_stride
-from training.progress import JobProgress
-from training.status import progress as admin_progress
+from training.jobs import progress as progress_module
+from training.jobs.events import STAGE, step_stride
+from training.jobs.progress import JobProgress
+from training.jobs.status import progress as admin_progress
 
 pytestmark = pytest.mark.django_db
 
@@ -85,7 +85,7 @@ def steps(count: int) -> list[dict]:
 
 def test_a_running_version_shows_elapsed_time_estimated_finish_and_its_phase_as_the_admin_does(api, monkeypatch):
     """JobProgress writes the reward model's batches with their wall times; the body's estimatedFinish is the admin's
-    "remaining" figure (training.status.timing) counted from now."""
+    "remaining" figure (training.jobs.status.timing) counted from now."""
     started = timezone.now() - timedelta(seconds=90)
     version = make_version("bot", 1, "running", max_steps=1000, started_at=started, config={"algorithm": "ppo"})
     base = started.timestamp() + 60
@@ -303,7 +303,8 @@ def test_events_need_the_permission_that_the_version_needs(anonymous, api_withou
 @pytest.mark.slow
 def test_a_real_two_step_run_lists_its_events_from_start_to_end(api, models_dir, settings):
     from feedback import services as feedback_services
-    from training import jobs, run, services
+    from training import services
+    from training.jobs import run, transitions
 
     settings.N3_METRICS_INTERVAL = 0.0
     feedback_services.record_feedback_batch(agent_name="bot", records=feedback_records(12))
@@ -312,7 +313,7 @@ def test_a_real_two_step_run_lists_its_events_from_start_to_end(api, models_dir,
     agent.save()
     config = services.resolve_training_config(agent=agent, overrides={"max_steps": 2})
     version = services.queue_training(agent=agent, config=config)
-    jobs.claim_version(version_id=version.pk)
+    transitions.claim_version(version_id=version.pk)
     assert run.run_version(version_id=version.pk).status == "trained"
 
     events = api.get(events_url("bot", "v1")).json()["results"]

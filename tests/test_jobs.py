@@ -20,7 +20,8 @@ from n3_server.rlhf.results import RESULTS_FILE
 from n3site.exceptions import Conflict
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, children_of, feedback_records, make_site, tmp_models_dir
-from training import files, jobs, run, selectors, services, sweep, tasks
+from training import files, selectors, services, tasks
+from training.jobs import run, sweep, transitions
 
 pytestmark = pytest.mark.django_db
 
@@ -106,8 +107,8 @@ def test_too_little_scored_feedback_queues_nothing():
 def test_a_version_is_claimed_once_and_its_job_never_trains_it_twice(models_dir):
     version = queue(agent_with_feedback())
 
-    assert jobs.claim_version(version_id=version.pk) is True
-    assert jobs.claim_version(version_id=version.pk) is False
+    assert transitions.claim_version(version_id=version.pk) is True
+    assert transitions.claim_version(version_id=version.pk) is False
     version.refresh_from_db()
     heartbeat = version.heartbeat_at
 
@@ -133,7 +134,7 @@ def test_cancelling_a_queued_version_is_immediate_and_its_job_does_nothing(model
 
 def test_a_running_version_stops_at_the_next_step_once_cancel_is_requested(models_dir):
     version = queue(agent_with_feedback(), max_steps=50)
-    jobs.claim_version(version_id=version.pk)
+    transitions.claim_version(version_id=version.pk)
 
     version = services.cancel_training(version=version)
     assert (version.status, version.cancel_requested) == ("running", True)  # the training process decides
@@ -154,7 +155,7 @@ def test_a_running_version_stops_at_the_next_step_once_cancel_is_requested(model
 
 def test_run_version_trains_and_records_the_spec_metrics(models_dir):
     version = queue(agent_with_feedback(), max_steps=2)
-    jobs.claim_version(version_id=version.pk)
+    transitions.claim_version(version_id=version.pk)
 
     version = run.run_version(version_id=version.pk)
 
@@ -190,7 +191,7 @@ def test_stored_paths_are_relative_to_the_project_when_models_dir_is_inside_it(s
 
 def test_a_training_error_fails_the_version_with_its_reason(models_dir):
     version = queue(agent_with_feedback(), base_model=str(models_dir / "no-such-model"))
-    jobs.claim_version(version_id=version.pk)
+    transitions.claim_version(version_id=version.pk)
 
     version = run.run_version(version_id=version.pk)
 

@@ -1,4 +1,4 @@
-"""How a training's progress reaches the database (training.progress.JobProgress): per-step figures as TrainingStep
+"""How a training's progress reaches the database (training.jobs.progress.JobProgress): per-step figures as TrainingStep
 rows inserted as they come, the version's metrics kept to its latest figures."""
 import json
 import math
@@ -11,7 +11,7 @@ from n3_server.rlhf.progress import Progress
 from n3_server.rlhf.results import TrainingResult
 from policies.models import Agent, PolicyVersion, TrainingStep
 from tests.sites import add_steps
-from training.progress import JobProgress, result_metrics
+from training.jobs.progress import JobProgress, result_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -105,7 +105,7 @@ def test_a_cancelled_run_keeps_every_step_it_logged():
         assert job.write() is True  # stop
         assert version.steps.count() == 3
     assert list(version.steps.values_list("step", flat=True)) == [1, 2, 3, 4, 5]
-    assert job.metrics()["objective/kl"] == 0.005  # what the run ends with (training.run's end_version)
+    assert job.metrics()["objective/kl"] == 0.005  # what the run ends with (training.jobs.run's end_version)
 
 
 def test_a_finished_run_stores_the_steps_its_callbacks_missed():

@@ -21,8 +21,9 @@ from n3_server.rlhf.data import prepare_feedback
 from n3_server.rlhf.layout import RESULTS_FILE
 from policies.models import Agent, PolicyVersion
 from tests.sites import LEAN_CONFIG, feedback_records, tmp_models_dir
-from training import calibration, jobs, services, sweep, tasks
+from training import calibration, services, tasks
 from training.files import version_dir
+from training.jobs import sweep, transitions
 
 LEAN_API = {"baseModel": "n3-tiny-random", "batchSize": 2, "miniBatchSize": 2, "ppoEpochs": 1, "maxNewTokens": 8,
             "maxSteps": 2, "rewardModelConfig": {"numEpochs": 1, "batchSize": 4}}
@@ -150,7 +151,7 @@ def test_a_queued_version_says_what_is_ahead_of_it_in_the_api_and_the_admin(api,
     record_feedback_batch(agent_name="other", records=feedback_records(12))
     first, second = queue("other"), queue("bot")
     mine = queue("bot")
-    assert jobs.claim_version(version_id=first.pk)  # running now
+    assert transitions.claim_version(version_id=first.pk)  # running now
 
     body = api.get(f"/api/policies/bot/{mine.version}").json()
     assert body["status"] == "queued" and body["queuePosition"] == 2
@@ -186,13 +187,13 @@ def test_the_sweep_leaves_a_job_waiting_behind_a_live_training_alone(settings, m
     running, waiting = queue(), queue()
     long_ago = timezone.now() - timedelta(minutes=10)
     PolicyVersion.objects.filter(pk__in=[running.pk, waiting.pk]).update(queued_at=long_ago)
-    assert jobs.claim_version(version_id=running.pk)
+    assert transitions.claim_version(version_id=running.pk)
     fetched = timezone.now() + timedelta(seconds=settings.Q_CLUSTER["retry"])
     rows = {row.task_id(): row.pk for row in OrmQ.objects.all()}
     OrmQ.objects.filter(pk=rows[running.task_id]).update(lock=fetched)
     OrmQ.objects.filter(pk=rows[waiting.task_id]).update(lock=fetched + timedelta(seconds=1))  # fetched after it
 
-    with caplog.at_level(logging.WARNING, logger="training.sweep"):
+    with caplog.at_level(logging.WARNING, logger="training.jobs.sweep"):
         assert sweep.sweep_stale_versions() == 0
     assert OrmQ.objects.get(pk=rows[waiting.task_id]).lock > timezone.now()  # still held: no second delivery
     assert "was" not in caplog.text and "Released" not in caplog.text

@@ -27,7 +27,8 @@ from n3_server.rlhf.layout import LOG_FILE, RESULTS_FILE
 from policies.models import Agent, PolicyVersion
 from tests.servers import postgres_database
 from tests.sites import LEAN_CONFIG, children_of, descendants, feedback_records, make_site, tmp_models_dir
-from training import files, run, selectors, services
+from training import files, selectors, services
+from training.jobs import run
 
 
 def wait_gone(pids: list[int], timeout: float) -> None:

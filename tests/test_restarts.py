@@ -2,10 +2,10 @@
 
 1. Redis without persistence loses its queue when it restarts, and django-q2's Redis broker never delivers a job
    twice: a version queued before the restart would stay queued for ever. A worker's sweep enqueues it again
-   (training.sweep.enqueue_lost_redis_jobs); with the ORM broker nothing is lost and nothing is enqueued twice.
+   (training.jobs.sweep.enqueue_lost_redis_jobs); with the ORM broker nothing is lost and nothing is enqueued twice.
 2. PostgreSQL restarts for a few seconds while a qcluster trains: the training, its progress and heartbeat and the
-   worker that supervises it reconnect (training.jobs.reconnecting); the version ends trained. The API answers 503
-   meanwhile (n3site.exceptions).
+   worker that supervises it reconnect (training.jobs.transitions.reconnecting); the version ends trained. The API
+   answers 503 meanwhile (n3site.exceptions).
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
 from tests.servers import postgres_database
 from tests.sites import LEAN_CONFIG, ROOT, Site, feedback_records, make_site
-from training import services, sweep
+from training import services
+from training.jobs import sweep
 
 QUEUE_KEY = "django_q:n3:q"  # django-q2's Redis list for the cluster named "n3" (n3site/settings.py)
 

@@ -19,7 +19,7 @@ from n3_server.rlhf.results import TrainingResult
 from policies.models import Agent, PolicyVersion
 from tests.sites import add_steps
 from training import services as policy_services
-from training.progress import JobProgress, result_metrics
+from training.jobs.progress import JobProgress, result_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -578,7 +578,7 @@ def test_a_running_version_shows_progress_and_a_failed_one_its_error(api):
     assert (failed["status"], failed["error"]) == ("failed", "Training diverged: loss is NaN at step 4")
 
 
-# The training core's TrainingResult.evaluation (snake_case), what training.progress stores of it in metrics, and
+# The training core's TrainingResult.evaluation (snake_case), what training.jobs.progress stores of it in metrics, and
 # what the API shows (camelCase).
 CORE_EVALUATION = {
     "baseline": "base model n3-tiny", "n": 64, "heldout_prompts": [f"Held-out {i}?" for i in range(12)],
@@ -697,8 +697,8 @@ RUNNING_DETAIL_BODY = f'{{{_FINAL}, "phase": "policy", "rewardModelLoss": 0.4, {
 
 
 def test_metrics_bodies_are_unchanged_by_the_core_names_and_the_step_rows(api):
-    """A run recorded the way training.run records it (JobProgress while it trains, result_metrics and its steps when
-    it ends) answers the same list and detail bodies, key order included, as before."""
+    """A run recorded the way training.jobs.run records it (JobProgress while it trains, result_metrics and its steps
+    when it ends) answers the same list and detail bodies, key order included, as before."""
     running = make_version("my_agent", 1, "running", max_steps=5)
     job = JobProgress(running.pk, interval=0)
     with job:

@@ -18,7 +18,7 @@ as a machine losing power). Then:
 ``pytest -s`` prints the figures: records, requests, versions, who trained what, wall time, what the kill left.
 
 The jobs the killed cluster had fetched ahead of its busy worker (django-q2's pusher holds one or two) are handed on
-by the survivor's sweep: enqueued again with Redis, their rows unlocked with the ORM broker (training/sweep.py).
+by the survivor's sweep: enqueued again with Redis, their rows unlocked with the ORM broker (training/jobs/sweep.py).
 Without that, those versions stayed queued: for ever with Redis, for `retry` (hours) with the ORM broker. The last
 test checks the ORM release on its own, without processes.
 """
@@ -51,7 +51,8 @@ from tests.sites import (
     kill_tree,
     make_site,
 )
-from training import jobs, services, sweep
+from training import services
+from training.jobs import sweep, transitions
 
 AGENTS = ("alpha", "beta", "gamma")
 RECORDS = 2_000
@@ -121,9 +122,9 @@ def handed_on_by_sweep(log: str) -> int:
     """How many jobs a worker's sweep enqueued again (Redis) or released (ORM broker), by its log."""
     count = 0
     for line in log.splitlines():
-        if "WARNING training.sweep" in line and " queued again as task " in line:
+        if "WARNING training.jobs.sweep" in line and " queued again as task " in line:
             count += 1
-        elif "WARNING training.sweep: Released " in line:
+        elif "WARNING training.jobs.sweep: Released " in line:
             count += int(line.split("Released ", 1)[1].split()[0])
     return count
 
@@ -341,7 +342,7 @@ def test_the_sweep_releases_a_job_fetched_long_ago_and_not_started_and_nothing_e
     held, fresh, claimed, unfetched = (services.queue_training(agent=agent, config=config) for _ in range(4))
     long_ago = timezone.now() - timedelta(minutes=10)
     PolicyVersion.objects.filter(pk__in=[held.pk, claimed.pk, unfetched.pk]).update(queued_at=long_ago)
-    assert jobs.claim_version(version_id=claimed.pk)
+    assert transitions.claim_version(version_id=claimed.pk)
     fetched_until = timezone.now() + timedelta(seconds=settings.Q_CLUSTER["retry"])
     rows = {row.task_id(): row.pk for row in OrmQ.objects.all()}
     OrmQ.objects.filter(pk__in=[rows[v.task_id] for v in (held, fresh)]).update(lock=fetched_until)

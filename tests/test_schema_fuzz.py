@@ -32,7 +32,7 @@ from feedback import services as feedback_services
 from policies.models import Agent, PolicyVersion
 from tests.conftest import API_PERMISSIONS
 from tests.sites import LEAN_CONFIG, add_steps, feedback_records
-from training.progress import evaluation_metrics
+from training.jobs.progress import evaluation_metrics
 
 pytestmark = pytest.mark.django_db
 
@@ -99,7 +99,7 @@ def seeded(settings):
 
 
 def result_metrics_evaluation() -> dict:
-    """An evaluation block as training.progress stores it, with a bound the core could not compute."""
+    """An evaluation block as training.jobs.progress stores it, with a bound the core could not compute."""
     return evaluation_metrics({
         "baseline": "base model n3-tiny-random", "n": 4, "heldout_prompts": ["q1", "q2"], "split_seed": 42,
         "win_rate": 0.75, "win_rate_ci": [0.5, float("nan")], "reward_mean": 0.6, "baseline_reward_mean": 0.4,

@@ -12,7 +12,7 @@ from n3_server.rlhf.data import prepare_feedback
 from n3_server.rlhf.reward_model import fit_reward_model, trainable_state
 from n3_server.rlhf.stats import win_rate
 from n3_server.rlhf.trainer import _verdict
-from training.run import promotion
+from training.jobs.run import promotion
 
 MODEL = "n3-tiny-random"
 

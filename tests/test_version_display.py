@@ -13,10 +13,10 @@ from django.utils import timezone
 from n3_server.rlhf.progress import Progress
 from policies.models import Agent, PolicyVersion
 from tests.sites import add_steps
-from training import progress as progress_module
-from training.charts import line_chart, nice_axis
-from training.progress import JobProgress, mean_pace
-from training.status import eta_seconds
+from training.admin.charts import line_chart, nice_axis
+from training.jobs import progress as progress_module
+from training.jobs.progress import JobProgress, mean_pace
+from training.jobs.status import eta_seconds
 
 
 # --- axes ---------------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class TrainingAppConfig(AppConfig):
 
 
 def _delete_old_sweep_schedule(using: str = "default", **kwargs) -> None:
-    from training.sweep import delete_old_sweep_schedule  # noqa: PLC0415  (this module loads before the models)
+    from training.jobs.sweep import delete_old_sweep_schedule  # noqa: PLC0415  (this module loads before the models)
 
     delete_old_sweep_schedule(using=using)
 
@@ -38,7 +38,7 @@ def _worker_started(**kwargs) -> None:
     """A django-q2 worker starts: it releases the jobs a stopped cluster fetched and never ran, sweeps at once
     (jobs that died while no cluster ran end now) and then every N3_SWEEP_INTERVAL s in a thread, and learns how
     to tell that its cluster is stopping."""
-    from training import sweep, worker  # noqa: PLC0415  (this module loads before the models)
+    from training.jobs import sweep, worker  # noqa: PLC0415  (this module loads before the models)
 
     started = timezone.now()
     worker.started()

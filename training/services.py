@@ -42,7 +42,7 @@ from policies.models import Agent, PolicyVersion
 from policies.selectors import get_agent
 
 from . import calibration, selectors
-from .jobs import end_version
+from .jobs.transitions import end_version
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """django-q2 tasks: a version's training job (started, supervised and recorded here), and the other model work the
 web queues (a dry run's timing measurement, a version's samples, a blind comparison's responses), each in a child
-process (training.processes).
+process (training.jobs.processes).
 
 The job starts ``manage.py train_policy --version-id N`` (through N3_TRAINING_LAUNCHER so ``accelerate launch`` can
 replace the plain launch), watches it (heartbeat, cancel, timeout, progress, its directory), and records what
-happened if the child could not (killed, crashed). A stopping cluster starts no training (training.worker).
+happened if the child could not (killed, crashed). A stopping cluster starts no training (training.jobs.worker).
 
 Nothing here imports the training core (torch): the worker stays small.
 """
@@ -27,10 +27,10 @@ from django.utils import timezone
 from n3_server.rlhf import timing
 from policies.models import PolicyVersion
 
-from . import calibration, comparisons, samples, services, worker
+from . import calibration, comparisons, samples, services
 from .files import deleted_during_training, remove_unfinished_outputs, remove_version_files, version_dir
-from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version, heartbeat, reconnecting
-from .processes import (
+from .jobs import worker
+from .jobs.processes import (
     KILL_AFTER_SECONDS,
     OutputTail,
     child_environment,
@@ -40,7 +40,8 @@ from .processes import (
     stop,
     training_command,
 )
-from .sweep import sweep_stale_versions as sweep
+from .jobs.sweep import sweep_stale_versions as sweep
+from .jobs.transitions import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version, heartbeat, reconnecting
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def _record_timings(version: PolicyVersion) -> None:
 
 def sweep_stale_versions() -> int:
     """The sweep as a task: what the django-q2 Schedule of earlier releases runs (the workers sweep in a thread
-    now, training.sweep.SweepThread; migrate deletes that Schedule)."""
+    now, training.jobs.sweep.SweepThread; migrate deletes that Schedule)."""
     return sweep()
 
 

@@ -14,7 +14,7 @@
     if (root.dataset.active !== "1") return;
     let historyLength = parseInt(root.dataset.historyLength, 10) || 0;
     const fixed = (value) => (typeof value === "number" ? value.toFixed(3) : "—");
-    // The summary table's format (training/admin_views.py _format: 4 significant digits).
+    // The summary table's format (training/admin/views.py _format: 4 significant digits).
     const short = (value) => (typeof value === "number" ? String(Number(value.toPrecision(4))) : "—");
 
     async function refreshCharts() {
@@ -38,7 +38,7 @@
         window.location.reload(); // finished, failed or cancelled: show the final page
         return;
       }
-      // The same words as the server's first render (training/status.py's progress()).
+      // The same words as the server's first render (training/jobs/status.py's progress()).
       $("n3-status-badge").textContent = data.statusLabel;
       $("n3-status-badge").className = "n3-status-badge n3-status-" + data.status;
       $("n3-step").textContent = data.done;

@@ -17,7 +17,8 @@ from n3_server.rlhf import RLHFError
 from n3_server.rlhf.threads import use_torch_threads
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
-from training import files, jobs, run, services
+from training import files, services
+from training.jobs import run, transitions
 
 
 class Command(BaseCommand):
@@ -45,7 +46,7 @@ class Command(BaseCommand):
             help="Any other TrainingConfig field, value in JSON (repeatable): --set max_new_tokens=16 "
                  "--set use_lora=false --set reward_model_config.num_epochs=1",
         )
-        # Internal: how a django-q2 job runs a version it has claimed (training.processes.training_command).
+        # Internal: how a django-q2 job runs a version it has claimed (training.jobs.processes.training_command).
         parser.add_argument("--version-id", type=int, help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -87,14 +88,14 @@ class Command(BaseCommand):
 
     # -- modes --------------------------------------------------------------------------------------------------
     def train_here(self, version: PolicyVersion) -> None:
-        jobs.claim_version(version_id=version.pk)
+        transitions.claim_version(version_id=version.pk)
         self.stdout.write(
             f"Training {version.agent.name} {version.version} on {version.feedback_count} feedback samples "
             f"({version.config['base_model']}, {version.max_steps} steps) "
             f"into {files.version_dir(version.agent.name, version.number)}"
         )
         try:
-            with jobs.keep_alive(version_id=version.pk):
+            with transitions.keep_alive(version_id=version.pk):
                 version = run.run_version(version_id=version.pk, progress=True)
         except KeyboardInterrupt as exc:
             raise CommandError(
@@ -133,7 +134,7 @@ class Command(BaseCommand):
         """The child process of a django-q2 job: train, record the outcome, exit 0 (the job reads the version).
 
         Under N3_TRAINING_LAUNCHER="accelerate launch ..." this runs once per process: rank 0 records everything,
-        the other ranks train alongside it and write nothing (training.run.run_version); a rank that fails exits
+        the other ranks train alongside it and write nothing (training.jobs.run.run_version); a rank that fails exits
         non-zero, and the launcher then stops the others and exits non-zero too.
         """
         # SIGTERM (the job stopping the run, or a shutdown) becomes KeyboardInterrupt: the trainer removes its partial

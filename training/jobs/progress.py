@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 from n3_server.rlhf import Progress
 from n3_server.rlhf.metrics import SPEC_NAMES
 from policies.models import PolicyVersion, TrainingStep
-from training.jobs import reconnecting
+from training.jobs.transitions import reconnecting
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class JobProgress:
         return self.write()
 
     def _time(self, progress: Progress) -> None:
-        """Where the phase stands, in a few numbers (the page's counter and ETA: training.status): step, total,
+        """Where the phase stands, in a few numbers (the page's counter and ETA: training.jobs.status): step, total,
         ``pace`` (mean seconds per step over the last PACE_WINDOW steps, wall time, so the web process can count
         down from ``at``), ``timed`` (steps that pace is measured on), and the reward model's epoch."""
         now = wall_clock()

@@ -1,5 +1,5 @@
 """A version's state changes, each one conditional UPDATE: claimed, alive, ended. Torch-free (the worker's
-supervisor, the sweep and the web use it); the training itself runs in training.run.
+supervisor, the sweep and the web use it); the training itself runs in training.jobs.run.
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ from n3_server.rlhf import RLHFError
 from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
 
-from . import admin_views
-from .files import agent_dir, version_dir
-from .services import queue_training_request
+from ..files import agent_dir, version_dir
+from ..services import queue_training_request
+from . import views
 
 
 def _files_going(deleted_objects: list, directories: list[str], running: int) -> list:
@@ -95,8 +95,8 @@ class AgentAdmin(admin.ModelAdmin):
     def get_urls(self):
         wrap = self.admin_site.admin_view
         return [
-            path("<int:pk>/train/", wrap(admin_views.train_agent), {"model_admin": self}, name="policies_agent_train"),
-            path("<int:pk>/deploy/", wrap(admin_views.deploy_agent), {"model_admin": self},
+            path("<int:pk>/train/", wrap(views.train_agent), {"model_admin": self}, name="policies_agent_train"),
+            path("<int:pk>/deploy/", wrap(views.deploy_agent), {"model_admin": self},
                  name="policies_agent_deploy"),
             *super().get_urls(),
         ]
@@ -109,7 +109,7 @@ class AgentAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         agent = self.get_object(request, object_id)
-        extra = {"n3": admin_views.agent_panels(agent)} if agent else {}
+        extra = {"n3": views.agent_panels(agent)} if agent else {}
         extra["can_train"] = self.has_train_permission(request)
         extra["can_deploy"] = request.user.has_perm("policies.change_policyversion")
         if agent:
@@ -191,13 +191,13 @@ class PolicyVersionAdmin(admin.ModelAdmin):
             return wrap(check)
 
         return [
-            path("<int:pk>/progress.json", viewing(admin_views.version_progress_json),
+            path("<int:pk>/progress.json", viewing(views.version_progress_json),
                  name="policies_policyversion_progress"),
-            path("<int:pk>/charts/", viewing(admin_views.version_charts_fragment),
+            path("<int:pk>/charts/", viewing(views.version_charts_fragment),
                  name="policies_policyversion_charts"),
-            path("<int:pk>/compare/", viewing(admin_views.compare_versions), {"model_admin": self},
+            path("<int:pk>/compare/", viewing(views.compare_versions), {"model_admin": self},
                  name="policies_policyversion_compare"),
-            path("<int:pk>/cancel/", wrap(admin_views.cancel_version), {"model_admin": self},
+            path("<int:pk>/cancel/", wrap(views.cancel_version), {"model_admin": self},
                  name="policies_policyversion_cancel"),
             *super().get_urls(),
         ]
@@ -216,7 +216,7 @@ class PolicyVersionAdmin(admin.ModelAdmin):
             "show_delete": self.has_delete_permission(request, version),
         }
         if version is not None:
-            extra["n3"] = admin_views.version_context(version)
+            extra["n3"] = views.version_context(version)
             extra["can_cancel"] = version.is_active and self.has_change_permission(request, version)
             extra["can_train"] = request.user.has_perm("policies.add_policyversion")
         return super().change_view(request, object_id, form_url, {**(extra_context or {}), **extra})

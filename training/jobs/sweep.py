@@ -26,10 +26,10 @@ from redis import RedisError
 
 from policies.models import PolicyVersion
 
-from . import services
-from .files import remove_unfinished_outputs
-from .jobs import end_version
-from .services import broker_is_this_database
+from .. import services
+from ..files import remove_unfinished_outputs
+from ..services import broker_is_this_database
+from .transitions import end_version
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ def enqueue_lost_redis_jobs(cutoff: datetime) -> int:
     jobs waiting in it, and django-q2's Redis broker never delivers a job again; so has a cluster killed while its
     pusher held jobs it had taken out of Redis ahead of its busy worker (tests/test_scale_out.py). Such a version
     would stay queued for ever. Enqueued again, it trains once: a job claims its version with a conditional UPDATE
-    (training.jobs), so a second delivery of the same version (the lost job was in fact held by a cluster whose only
-    worker is busy: its pusher takes one or two jobs out of Redis ahead) finds it claimed and returns "not run".
-    That can happen at most as often as busy clusters hold jobs outside Redis, not at every sweep: a job enqueued
+    (training.jobs.transitions), so a second delivery of the same version (the lost job was in fact held by a cluster
+    whose only worker is busy: its pusher takes one or two jobs out of Redis ahead) finds it claimed and returns "not
+    run". That can happen at most as often as busy clusters hold jobs outside Redis, not at every sweep: a job enqueued
     again waits in Redis where the next sweep sees it. (The ORM broker's queue is in the database and loses nothing:
     nothing is enqueued again there; release_held_jobs unlocks the rows a killed cluster held, and
     _lost_queued_versions fails a version whose job row was deleted.)

@@ -31,7 +31,7 @@ from n3_server.rlhf.layout import LOG_FILE
 from n3_server.rlhf.metrics import SPEC_NAMES
 from policies.models import PolicyVersion, TrainingStep
 
-from . import files
+from .. import files
 
 Status = PolicyVersion.Status
 
@@ -239,7 +239,7 @@ def _outcome_events(version: PolicyVersion, log: list[_LogLine]) -> Iterator[Eve
             verdict = evaluation.get("verdict") or f"better than its start: {'yes' if better else 'no'}"
             yield Event(EVALUATION * STAGE, at, "info" if better else "warning", "evaluation",
                         f"Evaluation: {verdict}", data)
-    if note := version.promotion_note:  # "promoted: ..." or "not promoted: ..." (training.run.promotion)
+    if note := version.promotion_note:  # "promoted: ..." or "not promoted: ..." (training.jobs.run.promotion)
         yield Event(PROMOTION * STAGE, ended, "info", "promotion", note[:1].upper() + note[1:],
                     {"promoted": note.startswith("promoted"), "note": note})
     level = {Status.TRAINED: "info", Status.CANCELLED: "warning"}.get(version.status, "error")

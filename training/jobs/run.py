@@ -18,9 +18,9 @@ from n3_server.rlhf import Progress, RLHFError, RLHFTrainer, TrainingCancelled, 
 from n3site.exceptions import Conflict, NotFound
 from policies.models import PolicyVersion
 
-from . import selectors
-from .deployment import promote_version
-from .files import (
+from .. import selectors
+from ..deployment import promote_version
+from ..files import (
     absolute_path,
     deleted_during_training,
     remove_version_files,
@@ -28,8 +28,8 @@ from .files import (
     stored_path,
     version_dir,
 )
-from .jobs import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version
 from .progress import JobProgress, ProgressBars, result_metrics
+from .transitions import INTERRUPTED_BY_SHUTDOWN, claim_version, end_version
 
 logger = logging.getLogger(__name__)
 

@@ -22,29 +22,29 @@ from n3site.exceptions import ServiceError
 from policies.models import Agent, PolicyVersion
 from policies.selectors import get_policy_version
 
-from .charts import histogram, number, version_charts
-from .comparisons import DEFAULT_PROMPTS as DEFAULT_COMPARISON_PROMPTS
-from .comparisons import comparison_panel as blind_comparison_panel
-from .comparisons import start_comparison
-from .deployment import (
+from ..comparisons import DEFAULT_PROMPTS as DEFAULT_COMPARISON_PROMPTS
+from ..comparisons import comparison_panel as blind_comparison_panel
+from ..comparisons import start_comparison
+from ..deployment import (
     HumanScore,
     human_scores,
     promote_version,
     promotion_warning,
     set_traffic,
 )
-from .events import fitted_reward_model
-from .forms import TrainForm
-from .samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
-from .selectors import version_comparison
-from .services import (
+from ..jobs.events import fitted_reward_model
+from ..jobs.status import duration, progress
+from ..samples import SAMPLE_MAX_NEW_TOKENS, request_samples, sample_prompts, samples_state
+from ..selectors import version_comparison
+from ..services import (
     cancel_training,
     estimate_training_request,
     preset_values,
     queue_training_request,
     resolve_training_config,
 )
-from .status import duration, progress
+from .charts import histogram, number, version_charts
+from .forms import TrainForm
 
 # --- views: policy version --------------------------------------------------------------------
 

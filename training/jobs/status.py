@@ -13,7 +13,7 @@ from django.utils import timezone
 from n3_server.rlhf.layout import LOG_FILE
 from policies.models import PolicyVersion
 
-from . import files, selectors
+from .. import files, selectors
 
 LOG_TAIL_LINES = 80
 
@@ -48,7 +48,7 @@ def log_tail(version: PolicyVersion, lines: int = LOG_TAIL_LINES) -> Optional[st
 
 
 def eta_seconds(phase_progress: Optional[Mapping[str, Any]], *, now: float) -> Optional[float]:
-    """Seconds left in the current phase, from the training process's ``phase_progress`` (training.progress:
+    """Seconds left in the current phase, from the training process's ``phase_progress`` (training.jobs.progress:
     step, total, ``pace`` = mean seconds per step over its window of recent steps, ``timed`` = steps in that window,
     ``at`` = wall time of the latest step).
 
