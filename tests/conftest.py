@@ -10,6 +10,17 @@ from rest_framework.test import APIClient
 
 from tests.servers import DatabaseServer, postgres_server, redis_server
 
+# The files whose tests take minutes each (real trainings of hundreds of steps, real servers restarted): they run
+# first, so that bin/test's two workers (xdist --dist loadfile hands out files in collection order) do not start them
+# last and leave one worker running them alone at the end (CI's wall time: 28 minutes of pytest with them last).
+LONG_FILES = ("test_effect.py", "test_demo.py", "test_restarts.py", "test_scale_out.py")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-django's own ordering, which the stable sort keeps within each group
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in LONG_FILES)  # stable: each file's own order is kept
+
+
 # Everything the REST API checks: feedback POST, train, cancel, reads.
 API_PERMISSIONS = (
     "feedback.add_feedback",
