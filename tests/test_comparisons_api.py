@@ -13,6 +13,7 @@ from feedback import comparisons
 from feedback.models import Comparison, Feedback
 from n3_server.rlhf.stats import wilson_interval
 from policies.models import Agent, PolicyVersion
+from tests.errors import assert_error
 from tests.users import login, staff
 from training.admin.views import human_score_rows, signed
 from training.deployment import t975
@@ -34,15 +35,6 @@ V2_SCORES = [0.7, 0.8, 0.9, 0.8]
 def compare_url(agent: str, query: str) -> str:
     return f"/api/policies/{agent}/compare?{query}"
 
-
-def assert_error(response, status: int, *fragments: str) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    body = response.json()
-    assert isinstance(body["detail"], str) and body["detail"]
-    for fragment in fragments:
-        assert fragment in body["detail"], body
-    return body
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from feedback import selectors as feedback_selectors
 from feedback import services as feedback_services
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
+from tests.errors import assert_error
 
 pytestmark = pytest.mark.django_db
 
@@ -33,15 +34,6 @@ def feedback_url(agent: str, **params) -> str:
 def record_url(agent: str, run_id: str) -> str:
     return f"/api/policies/feedback/{agent}/{quote(run_id, safe='')}"
 
-
-def assert_error(response, status: int, *fragments: str) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"] == "application/json"
-    body = response.json()
-    assert isinstance(body["detail"], str) and body["detail"]
-    for fragment in fragments:
-        assert fragment in body["detail"], body
-    return body
 
 
 def store(agent: str, n: int, *, prefix: str = "r", **fields) -> list[Feedback]:

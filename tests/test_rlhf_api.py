@@ -17,6 +17,7 @@ from feedback.models import Feedback
 from n3_server.rlhf.progress import Progress
 from n3_server.rlhf.results import TrainingResult
 from policies.models import Agent, PolicyVersion
+from tests.errors import assert_error
 from tests.sites import add_steps
 from training import services as policy_services
 from training.jobs.progress import JobProgress, result_metrics
@@ -58,14 +59,6 @@ def make_version(agent: str, number: int, status: str, **fields) -> PolicyVersio
     agent_obj, _ = Agent.objects.get_or_create(name=agent)
     return PolicyVersion.objects.create(agent=agent_obj, number=number, status=status, **fields)
 
-
-def assert_error(response, status: int, *fragments: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert isinstance(body["detail"], str) and body["detail"]
-    for fragment in fragments:
-        assert fragment in body["detail"], body
-    return body
 
 
 # --- feedback --------------------------------------------------------------------------------------------------
