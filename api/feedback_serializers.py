@@ -4,7 +4,7 @@ What a valid record is, is n3_server.rlhf.records' one validator (file import, t
 it too); its JSON_NAMES map the names here to the service's. Feedback is the API's hot path (agents post it in loops,
 a list body carries thousands of records), so the view calls ``validated_feedback`` directly, without DRF's per-field
 machinery, and FeedbackSerializer builds its dict directly (checked against DRF's generic result in
-tests/test_feedback_hot_path.py).
+tests/feedback/test_feedback_hot_path.py).
 """
 import re
 from typing import Any

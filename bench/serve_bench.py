@@ -33,7 +33,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 
 from n3_server.rlhf.base_models import load_tokenizer, resolve_base_model
 from n3_server.rlhf.data import format_query
-from tests.test_inference import SERVE_PERMS, Served, deploy, serve
+from tests.inference.test_inference import SERVE_PERMS, Served, deploy, serve
 
 TARGET_LATENCY_RATIO = 1.15
 TARGET_THROUGHPUT_RATIO = 3.0

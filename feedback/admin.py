@@ -125,8 +125,8 @@ def _preview(text: str, chars: int) -> str:
 
 @admin.register(Feedback)
 class FeedbackAdmin(admin.ModelAdmin):
-    # Fits 1280 px beside the filters (tests/test_defects_browser.py): texts cut short with the whole in a tooltip,
-    # the version as "v3" (the agent is its own column), a short date; n3.css narrows the notes box.
+    # Fits 1280 px beside the filters (tests/browser/test_defects_browser.py): texts cut short with the whole in a
+    # tooltip, the version as "v3" (the agent is its own column), a short date; n3.css narrows the notes box.
     list_display = [
         "prompt_preview", "response_preview", "score", "notes", "agent_name", "reviewer", "source", "version",
         "created",

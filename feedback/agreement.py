@@ -11,7 +11,7 @@ is 0/0), there is none.
 
 Written here rather than taken from the ``krippendorff`` package (PyPI, numpy-only): that package is GPL-3.0, and
 for interval data the formula is the dozen lines of ``interval_alpha``, checked against Krippendorff's own worked
-example in tests/test_agreement.py, and against the package itself there (a test-only dependency) on random and
+example in tests/feedback/test_agreement.py, and against the package itself there (a test-only dependency) on random and
 degenerate data. The sums are centred first (numerically stable when scores barely vary).
 
 Items whose reviews disagree and each reviewer's progress are reads (feedback/selectors.py: ``disagreements``,
@@ -56,7 +56,7 @@ def interval_alpha(units: Iterable[Sequence[float]]) -> Optional[float]:
         D_o = 1/n * sum_u [ sum_{i != j in u} (v_i - v_j)^2 / (m_u - 1) ]
         D_e = 1/(n (n - 1)) * sum_{i != j over all scores} (v_i - v_j)^2
         alpha = 1 - D_o / D_e
-    Checked against the ``krippendorff`` package on random and degenerate data (tests/test_agreement.py).
+    Checked against the ``krippendorff`` package on random and degenerate data (tests/feedback/test_agreement.py).
     """
     pairable = [list(map(float, u)) for u in units if len(u) >= 2]
     if len(pairable) < MIN_ITEMS:

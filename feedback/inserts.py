@@ -4,8 +4,8 @@
 column and assembles the statement, about a third of a single-record feedback POST's CPU on SQLite
 (bench/feedback_profile.py), for a statement that is the same every time. ``insert`` builds it once and runs it
 with each field's own conversions (``pre_save``, ``get_db_prep_save``), as ``save()`` does, so the row and the
-instance come out the same (tests/test_feedback_hot_path.py compares them); created_at and updated_at get the same
-time (``save()`` reads the clock once for each). Django has no
+instance come out the same (tests/feedback/test_feedback_hot_path.py compares them); created_at and updated_at get the
+same time (``save()`` reads the clock once for each). Django has no
 prepared-statement cache of its own to use instead.
 
 What ``save()`` does besides is kept: a ``pre_save``/``post_save`` receiver for Feedback (none is connected today)

@@ -16,7 +16,7 @@ Size bound: Markdown costs up to ~30 µs a character to render (2.25 MB took 30 
 ``MARKDOWN_LIMIT`` characters is not parsed at all: it is shown as plain escaped text (which costs ~15 ns a
 character) under a note that says why. List pages, where one page shows many texts, show only the start of each
 text, with a link to the whole record (``render_list``). Every reviewer page thus stays well under a second whatever
-a stored record holds (tests/test_rendering.py times 9 MB ones).
+a stored record holds (tests/feedback/test_rendering.py times 9 MB ones).
 """
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ Every value can be changed by an environment variable here, or on gunicorn's com
   feedback POST's database work (on SQLite: the connection, its PRAGMAs and Django's SQL functions; about 40 % of
   the request). Django checks a kept connection before reusing it (CONN_HEALTH_CHECKS).
 
-bench/ingest_bench.py measures the throughput of these settings on the machine at hand; tests/test_load.py and
-tests/test_http_edges.py hold them to slow clients and chunked bodies.
+bench/ingest_bench.py measures the throughput of these settings on the machine at hand; tests/system/test_load.py and
+tests/system/test_http_edges.py hold them to slow clients and chunked bodies.
 """
 import os
 

@@ -1,8 +1,8 @@
 """The web process as gunicorn serves it: ``gunicorn -c n3site/gunicorn.conf.py n3site.serve:application``.
 
 Why n3 does not serve Django's own ASGI application (n3site.asgi) instead: tried under the same gunicorn ``asgi``
-worker (issue 24, item 8), 3 of tests/test_http_edges.py's 4 server tests fail, and the API loses about half its
-throughput. tests/test_load.py and the slow-client test pass under both.
+worker (issue 24, item 8), 3 of tests/system/test_http_edges.py's 4 server tests fail, and the API loses about half its
+throughput. tests/system/test_load.py and the slow-client test pass under both.
 
 - test_chunked_json_post_is_read_in_full: Django reads a chunked body but sets no CONTENT_LENGTH, so DRF parses
   it as empty (400 "prompt: is required"). Here CONTENT_LENGTH is what was read.

@@ -4,8 +4,8 @@ Each reviewer has a preference, written as a deterministic gold score of (prompt
 with noise: its feedback scores are the gold score plus Gaussian noise, clipped to 0..1, as a person's would wobble.
 Training sees only the noisy feedback (through the reward model it fits); whether a policy got better is measured
 with the gold score itself, on prompts that were in no feedback. bench/effect_bench.py runs every reviewer; the
-effect test in tests/test_effect.py runs one. `short_correct` is the reviewer a person would be (right and brief);
-the single-trait ones are diagnostics: `concise` rewards any short answer, nonsense included.
+effect test in tests/library/test_effect.py runs one. `short_correct` is the reviewer a person would be (right and
+brief); the single-trait ones are diagnostics: `concise` rewards any short answer, nonsense included.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from n3site.settings import *  # noqa: E402,F401,F403
 os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads("tests")))
 
 # Pages link static files under their plain names, whatever a `collectstatic` left in STATIC_ROOT: the tests read
-# the HTML, and the deployment's hashed names are tested on a real web process (tests/test_procfile_browser.py).
+# the HTML, and the deployment's hashed names are tested on a real web process (tests/browser/test_procfile_browser.py).
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 
 # Django's testing advice: a fast password hasher. The default (PBKDF2, 1,000,000 iterations) costs about 0.3 s per

@@ -6,7 +6,8 @@ Built-in base models are shared with the rest of the suite (a symlink to the tes
 ``make_site(tmp_path, DATABASE_URL="postgres://...")`` makes one on PostgreSQL instead (see ``Site.query``).
 
 The web side: ``Site.api_token()`` makes an API user, ``Site.gunicorn()`` serves the site with a real gunicorn on
-127.0.0.1, and ``feedback_load()`` drives it with concurrent keep-alive HTTP clients (tests/test_load.py, bench/).
+127.0.0.1, and ``feedback_load()`` drives it with concurrent keep-alive HTTP clients (tests/system/test_load.py,
+bench/).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from .results import TrainingEstimate, TrainingResult
 
 # The package itself is torch-free: config, context, errors, timing, layout, metrics, records, data,
 # preference_data, stats, progress and results import neither torch nor transformers, so the web process can use them
-# (tests/test_architecture.py checks). The trainer (torch, transformers, peft, trl) is imported on first use.
+# (tests/library/test_architecture.py checks). The trainer (torch, transformers, peft, trl) is imported on first use.
 _TRAINER_NAMES = ("RLHFTrainer",)
 
 

@@ -111,7 +111,8 @@ if not hub_allowed():
 # every later load in that process (lm_head.weight missing), and a model built meanwhile keeps uninitialised weights.
 # Every from_pretrained in the training core (models, tokenizers, adapters) runs under this lock, and so does building
 # modules from a config (a model, LoRA layers, a head). Reentrant: a load may call another (an adapter around its base
-# model). Other processes are unaffected (each has its own transformers); tests/test_concurrent_loads.py races it.
+# model). Other processes are unaffected (each has its own transformers); tests/library/test_concurrent_loads.py races
+# it.
 LOAD_LOCK = threading.RLock()
 
 

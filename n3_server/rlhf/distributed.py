@@ -4,7 +4,7 @@
 
 starts `manage.py train_policy --version-id N` once per process (accelerate turns on its multi-process launcher
 by itself when it sees several GPUs; on a machine without, `--multi_gpu` forces it, and the processes use gloo on
-the CPU: that is how tests/test_distributed.py runs). accelerate's ``PartialState`` reads the
+the CPU: that is how tests/library/test_distributed.py runs). accelerate's ``PartialState`` reads the
 launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), initialises torch.distributed (NCCL on
 CUDA, gloo on CPU) and gives each process its rank and device. In a plain single process it is a no-op: every
 helper below then returns at once and training is exactly what it is without a launcher.

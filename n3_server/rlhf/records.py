@@ -55,7 +55,8 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 # Characters a reader does not see: whitespace, controls (Cc), format characters (Cf: U+200B, U+FEFF, bidi marks),
 # fillers that render blank (Hangul, Braille) and invisible marks (variation selectors, U+034F).
-# Unicode 14 (Python 3.11); tests/test_records.py recomputes it from unicodedata, so an upgrade cannot leave it stale.
+# Unicode 14 (Python 3.11); tests/library/test_records.py recomputes it from unicodedata, so an upgrade cannot leave it
+# stale.
 INVISIBLE_RANGES = (
     (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x034F, 0x034F), (0x0600, 0x0605), (0x061C, 0x061C),
     (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x115F, 0x1160), (0x1680, 0x1680),

@@ -109,7 +109,7 @@ def enqueue_lost_redis_jobs(cutoff: datetime) -> int:
 
     Redis keeps the queue in memory: one restarted without persistence (or flushed, or failed over) has lost the
     jobs waiting in it, and django-q2's Redis broker never delivers a job again; so has a cluster killed while its
-    pusher held jobs it had taken out of Redis ahead of its busy worker (tests/test_scale_out.py). Such a version
+    pusher held jobs it had taken out of Redis ahead of its busy worker (tests/system/test_scale_out.py). Such a version
     would stay queued for ever. Enqueued again, it trains once: a job claims its version with a conditional UPDATE
     (training.jobs.transitions), so a second delivery of the same version (the lost job was in fact held by a cluster
     whose only worker is busy: its pusher takes one or two jobs out of Redis ahead) finds it claimed and returns "not
@@ -169,7 +169,7 @@ def release_held_jobs(cutoff: datetime) -> int:
 
     A busy cluster's pusher fetches one or two jobs ahead of its worker, and django-q2 locks each fetched row for
     `retry` (hours). A cluster killed outright (SIGKILL, a machine lost) takes them with it: their versions would wait
-    those hours (tests/test_scale_out.py). Released, the next free worker anywhere fetches them.
+    those hours (tests/system/test_scale_out.py). Released, the next free worker anywhere fetches them.
 
     A job that merely waits behind a live training is left alone (no false alarm, no second delivery): django-q2
     fetches rows one at a time in queue order, so a held row fetched no earlier than the row of a training still

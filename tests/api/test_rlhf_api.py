@@ -1,8 +1,8 @@
 """The REST API as the spec documents it: feedback in, training requests, versions out, errors as {"detail"}.
 
 Training requests run the real dry run (from a cached calibration, or the default while the worker would measure
-it: tests/test_dry_run.py) and the real queueing (a django-q2 task row on the ORM broker; no worker runs in these
-tests: the jobs tests train for real).
+it: tests/training/test_dry_run.py) and the real queueing (a django-q2 task row on the ORM broker; no worker runs in
+these tests: the jobs tests train for real).
 """
 import json
 import math
@@ -404,7 +404,7 @@ def test_config_values_the_trainer_refuses_are_400_named_as_sent(api, body, frag
 
 
 # A dry run whose configuration cannot train (its measurement in the worker failed) is a 400 saying why:
-# tests/test_dry_run.py, with the default answer before the measurement and the measured one after it.
+# tests/training/test_dry_run.py, with the default answer before the measurement and the measured one after it.
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 from tests.sites import ROOT, free_port, make_site
-from tests.test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
-from tests.test_procfile import wait_for_port
+from tests.system.test_procfile import wait_for_port
 
 pytestmark = [
     pytest.mark.browser,

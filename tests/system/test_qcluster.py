@@ -40,7 +40,8 @@ def test_a_qcluster_trains_a_queued_version_and_stops_cleanly(tmp_path):
         ).fetchall()
         schedules = db.execute("SELECT func FROM django_q_schedule").fetchall()
     assert results == [(1,)]
-    assert schedules == []  # the workers sweep in a thread (tests/test_reliability.py): no sweep task in the queue
+    # the workers sweep in a thread (tests/system/test_reliability.py): no sweep task in the queue
+    assert schedules == []
     assert "[bot v1]" in log and "ppo step 3/3" in log
     assert "Q Cluster" in log and "has stopped" in log and "Traceback" not in log
     assert cluster.returncode == 0

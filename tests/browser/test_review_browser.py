@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission, User
 
 from feedback.models import Feedback, Review
 from policies.models import Agent
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
+from tests.browser.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
 
 pytestmark = [
     pytest.mark.browser,

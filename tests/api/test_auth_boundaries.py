@@ -1,4 +1,4 @@
-"""Auth boundaries that tests/test_auth.py does not already walk: every write endpoint the schema lists (both URL
+"""Auth boundaries that tests/api/test_auth.py does not already walk: every write endpoint the schema lists (both URL
 forms), CSRF on each of them for session auth, the user admin out of reviewers' reach, and the production
 settings path (no SECRET_KEY, DEBUG off by default)."""
 import json
@@ -15,11 +15,11 @@ from rest_framework.test import APIClient
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
-from tests.test_auth import WRITES
+from tests.api.test_auth import WRITES
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Each write in both URL forms the API answers: the spec's, and with a trailing slash.
 EVERY_WRITE = [(method, path + slash, body, perm) for method, path, body, perm in WRITES for slash in ("", "/")]
 IDS = [f"{path}" for _, path, _, _ in EVERY_WRITE]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.sites import ROOT
-from tests.test_web_process import HEAVY
+from tests.system.test_web_process import HEAVY
 
 API_IMPORT = ("from n3_server.rlhf import RLHFTrainer, TrainingConfig, TrainingResult; "
               "import n3site; print(n3site.__file__)")
@@ -20,7 +20,8 @@ def test_the_web_install_needs_no_torch_and_the_train_extra_brings_it():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = lambda requirements: {r.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip().lower()  # noqa: E731
                                   for r in requirements}
-    assert not names(project["dependencies"]) & set(HEAVY)  # tests/test_web_process.py: the web process loads none
+    # tests/system/test_web_process.py: the web process loads none of them
+    assert not names(project["dependencies"]) & set(HEAVY)
     assert set(HEAVY) <= names(project["optional-dependencies"]["train"])
     assert project["scripts"]["n3"] == "n3site.cli:main"
 

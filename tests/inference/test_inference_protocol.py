@@ -3,7 +3,7 @@ refuses, and a fuzz of the whole ASGI application over the request schema with 0
 
 The application runs with the real engine on n3-tiny-random (max_tokens bounded to 4, so a generate is a few
 milliseconds); only the database work (who is asking, which version answers) is replaced by fixed answers, which
-tests/test_inference.py covers against a real server.
+tests/inference/test_inference.py covers against a real server.
 """
 from __future__ import annotations
 

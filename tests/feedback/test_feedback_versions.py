@@ -1,6 +1,6 @@
 """Feedback tied to the version that produced it (policyVersion), and scored later (PATCH feedback/<agent>/<runId>).
 
-Issue 12 item 1: the API, the service, the admin (files: tests/test_importexport.py).
+Issue 12 item 1: the API, the service, the admin (files: tests/feedback/test_importexport.py).
 """
 from urllib.parse import quote
 

@@ -11,7 +11,7 @@ from django.urls import reverse
 from feedback import comparisons
 from feedback.models import Comparison, Feedback
 from policies.models import Agent, PolicyVersion
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
+from tests.browser.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
 
 pytestmark = [
     pytest.mark.browser,
@@ -72,7 +72,7 @@ def test_blind_comparison_from_start_to_tally_by_keyboard(live_server, browser, 
     comparison = Comparison.objects.get()
     assert [i.prompt for i in comparison.items.order_by("position")] == PROMPTS
 
-    # The worker's part (its real run is tests/test_compare_queue.py's slow test): the page notices by itself.
+    # The worker's part (its real run is tests/feedback/test_compare_queue.py's slow test): the page notices by itself.
     comparisons.set_responses(comparison_id=comparison.pk, responses_a=[a for a, _ in RESPONSES],
                               responses_b=[b for _, b in RESPONSES])
     queue_link = page.locator("#n3-blind-queue")

@@ -25,7 +25,7 @@ from training.jobs import run, transitions
 pytestmark = pytest.mark.django_db
 
 TRAIN_URL = "/api/policies/train_policy/bot"
-DEMO = str(Path(__file__).resolve().parent.parent / "bin" / "demo")
+DEMO = str(Path(__file__).resolve().parents[2] / "bin" / "demo")
 
 
 @pytest.fixture

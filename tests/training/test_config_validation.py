@@ -24,7 +24,7 @@ from policies.models import Agent, PolicyVersion
 from training import services
 
 MODEL = "n3-tiny-random"
-CORE = Path(__file__).resolve().parent.parent / "n3_server" / "rlhf"
+CORE = Path(__file__).resolve().parents[2] / "n3_server" / "rlhf"
 
 
 def config(**fields) -> TrainingConfig:

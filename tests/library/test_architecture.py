@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Lowest first: a module may import its own layer and the ones before it, never one after it.
 LAYERS = ["n3_server.rlhf", "n3site.exceptions", "policies", "feedback", "training", "api", "inference", "n3site"]

@@ -8,7 +8,7 @@ from django_q.models import OrmQ
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
-from tests.test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
+from tests.browser.test_browser import CHROMIUM, browser  # noqa: F401  (the fixture)
 
 pytestmark = [
     pytest.mark.browser,

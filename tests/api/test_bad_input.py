@@ -1,6 +1,6 @@
 """Bad input the API must refuse with a 4xx and a readable {"detail": "..."}, never a 500 or a traceback.
 
-What tests/test_rlhf_api.py already covers is not repeated here (form-encoded bodies, malformed JSON, a
+What tests/api/test_rlhf_api.py already covers is not repeated here (form-encoded bodies, malformed JSON, a
 100,000-deep array on feedback, a 413 on feedback, NaN/Infinity literals, string/bool/out-of-range scores, bad
 agent names on the feedback URL, baseModel paths outside the allowed directories, a lone surrogate).
 """

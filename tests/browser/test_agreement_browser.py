@@ -1,5 +1,5 @@
-"""In a real headless Chromium (Debian's, as tests/test_browser.py drives it): two reviewers' reviews seeded, a lead
-sees the alpha computed by hand on the Agent page, settles the one disagreement, and looks at reviewer progress;
+"""In a real headless Chromium (Debian's, as tests/browser/test_browser.py drives it): two reviewers' reviews seeded, a
+lead sees the alpha computed by hand on the Agent page, settles the one disagreement, and looks at reviewer progress;
 prompts and responses rendered (Markdown, chat) with nothing in them run. Screenshots go to test-artifacts/."""
 import json
 from pathlib import Path
@@ -9,7 +9,7 @@ from django.contrib.auth.models import Permission, User
 
 from feedback.models import Feedback, Review
 from policies.models import Agent
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
+from tests.browser.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
 
 pytestmark = [
     pytest.mark.browser,
@@ -37,8 +37,9 @@ def lead(transactional_db):
 
 
 def seed() -> tuple[Agent, Feedback]:
-    """alice and bob, three items: (0, 0), (0.5, 1), (1, 1). Alpha by hand (tests/test_agreement.py's tiny example):
-    D_o = 1/12, D_e = 14.5/30, alpha = 24/29 = 0.828. The middle item spreads 0.5: the one disagreement."""
+    """alice and bob, three items: (0, 0), (0.5, 1), (1, 1). Alpha by hand
+    (tests/feedback/test_agreement.py's tiny example): D_o = 1/12, D_e = 14.5/30, alpha = 24/29 = 0.828. The middle
+    item spreads 0.5: the one disagreement."""
     agent = Agent.objects.create(name="tutor", review_overlap=2)
     alice = User.objects.create_user("alice", is_staff=True)
     bob = User.objects.create_user("bob", is_staff=True)

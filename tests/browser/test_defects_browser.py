@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from feedback.models import Feedback
 from policies.models import Agent, PolicyVersion
+from tests.browser.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
 from tests.sites import add_steps
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401  (the fixture)
 from training.files import version_dir
 from training.samples import SAMPLES_FILE, sample_prompts
 

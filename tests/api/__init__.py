@@ -1,0 +1,1 @@
+"""The REST API: its endpoints, auth, errors and schema."""

@@ -1,0 +1,1 @@
+"""A real headless Chromium drives the admin and the reviewers' pages."""

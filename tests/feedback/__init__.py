@@ -1,0 +1,1 @@
+"""Feedback and reviewers: records, the review queue, agreement, import/export, blind comparisons."""

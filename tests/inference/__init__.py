@@ -1,0 +1,1 @@
+"""The inference process: the OpenAI protocol, the engine, the server."""
