@@ -196,11 +196,16 @@ BIG = {
 PAGE_SECONDS = 1.0
 
 
-def _timed(fn):
+def _timed(fn, runs: int = 3):
+    """fn's result and its best time of ``runs``: another process's burst on a loaded machine (the suite runs two
+    workers) must not fail a bound meant for the rendering's own cost."""
     import time
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return result, best
 
 
 @pytest.mark.parametrize("kind", sorted(BIG))
