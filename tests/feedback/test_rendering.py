@@ -233,7 +233,6 @@ def test_reviewer_pages_with_a_nine_megabyte_record_answer_within_a_second():
 
     from feedback.models import Feedback, Review
     from policies.models import Agent
-
     from tests.users import login, staff
 
     lead = staff("lead", "feedback.change_feedback")
