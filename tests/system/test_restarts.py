@@ -242,7 +242,11 @@ def test_a_training_outlives_a_postgresql_restart(tmp_path, postgres, redis, dow
     assert row["status"] == "trained", (row, log)
     assert row["step"] == steps and row["error"] == ""
     assert stored_steps == (steps, steps)  # every step stored, once
-    assert results == ["bot v1: trained"]  # the job itself ended well: its supervisor reconnected
+    # The job itself ended well: its supervisor reconnected. With N3_HEARTBEAT_TIMEOUT at 4 s the sweep may have
+    # queued the job again while a slow-starting cluster's pusher held it out of Redis (sweep.enqueue_lost_redis_jobs
+    # says when): that second delivery finds the version claimed and trains nothing, which is the guarantee.
+    assert results[0] == "bot v1: trained", results
+    assert all(r.startswith("not run: ") for r in results[1:]), results
     assert "the connection is closed" not in log  # what the supervisor said for ever before it reconnected
     assert during[0] == 503 and "database is unavailable" in during[1]["detail"], during
     assert after[0] == 201, after
